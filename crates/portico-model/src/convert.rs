@@ -1,0 +1,1 @@
+//! Conversion from k8s-openapi objects to the model's inputs.

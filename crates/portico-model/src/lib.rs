@@ -1,0 +1,32 @@
+//! Portico's routing model.
+//!
+//! Kubernetes objects go in (as [`Resource`]s, converted from k8s-openapi types at the edge);
+//! one immutable [`RoutingTable`] comes out, with the problems found in each Ingress. The
+//! table is changed by small [`Change`]s that travel through the Raft log, and is cheap to
+//! clone, so each applied version can be handed whole to the data plane.
+//!
+//! Nothing here does I/O or depends on an async runtime.
+
+mod change;
+pub mod convert;
+mod key;
+mod path;
+mod route;
+mod settings;
+mod source;
+mod table;
+
+pub use change::Change;
+pub use key::ObjectKey;
+pub use route::{
+    Backend, BackendKey, BackendProtocol, BackendTarget, CookieAffinity, Endpoint, PathMatch,
+    Route, RoutePolicy, ServicePortRef, Unavailable,
+};
+pub use settings::{CONTROLLER_NAME, Settings};
+pub use source::*;
+pub use table::RoutingTable;
+
+/// A table or change could not be decoded from bytes.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode routing data: {0}")]
+pub struct DecodeError(#[source] postcard::Error);
