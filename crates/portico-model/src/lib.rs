@@ -15,6 +15,7 @@ mod route;
 mod settings;
 mod source;
 mod table;
+pub mod validate;
 
 pub use change::Change;
 pub use key::ObjectKey;

@@ -1,0 +1,1 @@
+//! Validation of Ingresses as kube-apiserver does it.
