@@ -7,25 +7,35 @@
 //!
 //! Nothing here does I/O or depends on an async runtime.
 
+mod annotations;
 mod change;
 pub mod convert;
+mod host;
+mod host_routes;
 mod key;
 mod path;
+mod plan;
+mod problem;
+mod resolve;
 mod route;
 mod settings;
 mod source;
 mod table;
+mod tls;
 pub mod validate;
 
+pub use annotations::{INGRESS_CLASS_ANNOTATION, NGINX_PREFIX, PORTICO_PREFIX};
 pub use change::Change;
 pub use key::ObjectKey;
+pub use problem::{Problem, ProblemReason};
 pub use route::{
     Backend, BackendKey, BackendProtocol, BackendTarget, CookieAffinity, Endpoint, PathMatch,
-    Route, RoutePolicy, ServicePortRef, Unavailable,
+    RewriteTarget, Route, RoutePolicy, ServicePortRef, Unavailable,
 };
 pub use settings::{CONTROLLER_NAME, Settings};
 pub use source::*;
-pub use table::RoutingTable;
+pub use table::{IngressVerdict, RoutingTable};
+pub use tls::{CertificateError, SECRET_TYPE_TLS, TlsCertificate};
 
 /// A table or change could not be decoded from bytes.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,9 @@ pub struct Route {
     pub path: PathMatch,
     pub backend: BackendKey,
     pub policy: Arc<RoutePolicy>,
+    /// Answer plain-HTTP requests with a 308 to HTTPS (from `ssl-redirect`, which is on by
+    /// default for hosts with TLS, and `force-ssl-redirect`).
+    pub redirect_to_https: bool,
 }
 
 impl Route {
@@ -31,26 +34,69 @@ impl Route {
         let Some(target) = &self.policy.rewrite_target else {
             return Cow::Borrowed(path);
         };
-        let mut out = String::with_capacity(target.len() + 8);
-        match &self.path {
-            PathMatch::Regex { regex, .. } => match regex.captures(path) {
-                Some(caps) => caps.expand(target, &mut out),
-                None => expand_without_captures(target, &mut out),
-            },
-            _ => expand_without_captures(target, &mut out),
+        if let PathMatch::Regex { regex, .. } = &self.path
+            && let Some(caps) = regex.captures(path)
+        {
+            let mut out = String::with_capacity(target.template.len() + path.len());
+            caps.expand(&target.template, &mut out);
+            if !out.starts_with('/') {
+                out.insert(0, '/');
+            }
+            return Cow::Owned(out);
         }
-        if !out.starts_with('/') {
-            out.insert(0, '/');
-        }
-        Cow::Owned(out)
+        Cow::Owned(target.without_captures.clone())
     }
 }
 
-/// `$1`…`$9` and `${name}` become empty when there is no regex to capture them.
-fn expand_without_captures(target: &str, out: &mut String) {
-    let empty = Regex::new("^").expect("static regex");
-    let caps = empty.captures("").expect("matches the empty string");
-    caps.expand(target, out);
+/// `rewrite-target`: the whole path is replaced, as nginx's `rewrite` does; `$1`…`$9` are
+/// the capture groups of a `use-regex` path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RewriteTarget {
+    as_written: String,
+    /// In `regex::Captures::expand` syntax: `$1` becomes `${1}` so that `$1abc` stays group 1
+    /// followed by `abc`, as in nginx.
+    template: String,
+    /// The result when there are no captures (a path that is not a regex).
+    without_captures: String,
+}
+
+impl RewriteTarget {
+    pub(crate) fn parse(target: &str) -> Result<Self, String> {
+        if target.is_empty() {
+            return Err("the rewrite target must not be empty".into());
+        }
+        let mut template = String::with_capacity(target.len() + 8);
+        let mut without_captures = String::with_capacity(target.len());
+        let mut chars = target.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, chars.peek()) {
+                ('$', Some(d)) if d.is_ascii_digit() => {
+                    template.push_str(&format!("${{{d}}}"));
+                    chars.next();
+                }
+                ('$', _) => {
+                    template.push_str("$$");
+                    without_captures.push('$');
+                }
+                (c, _) => {
+                    template.push(c);
+                    without_captures.push(c);
+                }
+            }
+        }
+        if !without_captures.starts_with('/') {
+            without_captures.insert(0, '/');
+        }
+        Ok(Self {
+            as_written: target.to_owned(),
+            template,
+            without_captures,
+        })
+    }
+
+    pub fn as_written(&self) -> &str {
+        &self.as_written
+    }
 }
 
 /// How a route's path matches a request path.
@@ -83,6 +129,19 @@ impl PathMatch {
     }
 }
 
+impl PartialEq for PathMatch {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
+            (PathMatch::Prefix(a), PathMatch::Prefix(b)) => a == b,
+            (PathMatch::Regex { pattern: a, .. }, PathMatch::Regex { pattern: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for PathMatch {}
+
 impl fmt::Debug for PathMatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
@@ -103,10 +162,11 @@ impl fmt::Display for PathMatch {
 /// Per-route behaviour from the Ingress's annotations.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoutePolicy {
-    /// Redirect plain-HTTP requests to HTTPS with 308.
-    pub ssl_redirect: bool,
-    /// `rewrite-target`: the path template the backend sees (`$1`…`$9` from the path regex).
-    pub rewrite_target: Option<String>,
+    /// `ssl-redirect` as written; unset means "redirect when the host has TLS".
+    pub ssl_redirect: Option<bool>,
+    /// `force-ssl-redirect`: redirect to HTTPS even when the host has no TLS section.
+    pub force_ssl_redirect: bool,
+    pub rewrite_target: Option<RewriteTarget>,
     pub backend_protocol: BackendProtocol,
     /// `proxy-body-size`; `None` means unlimited (`0`).
     pub max_body_bytes: Option<u64>,
@@ -136,7 +196,8 @@ impl Default for RoutePolicy {
     /// ingress-nginx's defaults: 1 MiB bodies, 5 s connect, 60 s read and send.
     fn default() -> Self {
         Self {
-            ssl_redirect: false,
+            ssl_redirect: None,
+            force_ssl_redirect: false,
             rewrite_target: None,
             backend_protocol: BackendProtocol::Http,
             max_body_bytes: Some(1024 * 1024),
@@ -174,6 +235,16 @@ pub struct CookieAffinity {
 pub struct BackendKey {
     pub service: ObjectKey,
     pub port: ServicePortRef,
+}
+
+impl BackendKey {
+    /// The smallest key of a Service, for range scans over its ports.
+    pub(crate) fn first_of(service: &ObjectKey) -> Self {
+        Self {
+            service: service.clone(),
+            port: ServicePortRef::Number(0),
+        }
+    }
 }
 
 impl fmt::Display for BackendKey {
