@@ -1,0 +1,71 @@
+//! Replication of Portico's routing table to every replica, with Raft (openraft 0.9).
+//!
+//! Every replica holds the same committed routing table, keeps serving it when the leader
+//! or the API server is gone, survives its own restart, and catches up from its peers when
+//! it comes back. The rest of Portico sees only [`Replica`]: a `watch` of the latest
+//! applied `Arc<RoutingTable>`, [`Replica::propose`] for writes (from any replica; a
+//! follower forwards to the leader), [`Replica::leadership`] for the Lease coupling, and
+//! [`Replica::metrics`]. No openraft type appears in the public API.
+//!
+//! # Modules
+//! * [`store`]: the log, vote and snapshots in one redb file (`raft.redb`) in the data
+//!   directory; the state machine (the routing table) in memory.
+//! * [`identity`]: the node ID, stored with the log.
+//! * `transport`: HTTP/2 over mutually authenticated TLS between replicas.
+//! * `replica`: openraft wiring, forwarding of writes, bootstrap and membership.
+//!
+//! # Log entries and fencing
+//! An entry is a [`Proposal`]: a `portico_model::Change` (a delta, or a whole-input
+//! `Resync`) and the proposer's fencing epoch. Entry `i` is applied as
+//! `table.apply(i, &change)`, so a table's version is a log index and is identical on every
+//! replica. An entry whose epoch is below the highest epoch already applied is refused by
+//! every replica (the decision depends only on the log) and counted in
+//! [`ReplicaMetrics::refused_stale_entries`]; the proposer gets [`ProposeError::StaleEpoch`].
+//!
+//! # Procedures
+//! **First boot.** Start every replica with the same `initial_members` list (the
+//! advertised `host:port` of `portico-0`, `portico-1`, … in ordinal order). Each replica
+//! draws a random node ID and stores it in its data directory. Only the first member
+//! (`portico-0`) may initialize, and only when every other initial member has answered that
+//! it belongs to no cluster yet; it then initializes Raft with all of them as voters. The
+//! others wait to receive the membership. If any contact already belongs to a cluster, the
+//! replica joins it instead (so a wiped `portico-0` never starts a second cluster). Use
+//! `podManagementPolicy: Parallel` so all initial members come up together.
+//!
+//! **Restart.** The replica reopens its store: same ID, same log. The table is rebuilt
+//! from the stored snapshot, then the log up to the stored commit index is re-applied;
+//! the leader then sends whatever it missed (log entries, or a snapshot if they were
+//! compacted away).
+//!
+//! **Scale up / wiped replica.** A replica whose store is empty draws a fresh ID and asks
+//! a contact to add it (the request is forwarded to the leader). The leader adds it as a
+//! learner, waits for it to catch up, then promotes it to voter in one joint-consensus
+//! change that also drops any member with the same address (the wiped replica's old
+//! identity, which must never come back with an empty log). [`Replica::add_member`] is the
+//! manual form.
+//!
+//! **Scale down.** Call [`Replica::remove_member`] with the departing node's ID (see
+//! [`ReplicaMetrics::voters`]) before deleting the pod, one member at a time, keeping a
+//! majority of the remaining voters up.
+//!
+//! **Compaction.** After `snapshot_after_entries` entries a snapshot is built (the table's
+//! own encoding plus the highest epoch), stored, and the log purged up to it, keeping
+//! `entries_kept_after_snapshot` entries so briefly lagging peers still catch up by log.
+
+mod identity;
+mod metrics;
+mod replica;
+pub mod store;
+mod tls;
+mod transport;
+mod types;
+
+pub use identity::IdentityError;
+pub use metrics::{Leadership, ReplicaMetrics};
+pub use replica::{
+    CommittedChange, MembershipError, ProposeError, RaftSettings, Replica, ReplicaConfig,
+    StartError,
+};
+pub use tls::{TlsError, TlsMaterial};
+pub use transport::TransportSettings;
+pub use types::{ApplyOutcome, NodeId, Proposal};

@@ -1,0 +1,802 @@
+//! The running replica: Raft, its storage and transport, and the handle Portico uses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openraft::error::{ClientWriteError as OpenraftClientWriteError, InitializeError};
+use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
+use portico_model::{Change, RoutingTable};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::identity::{self, IdentityError};
+use crate::metrics::{Counters, Leadership, ReplicaMetrics};
+use crate::store::log::LogStore;
+use crate::store::state_machine::StateMachine;
+use crate::store::{Db, StoreError};
+use crate::tls::{TlsError, TlsMaterial};
+use crate::transport::TransportSettings;
+use crate::transport::client::{CallError, Peers};
+use crate::transport::network::NetworkFactory;
+use crate::transport::server::{self, RpcHandler, RpcRejection};
+use crate::transport::wire::{self, Committed, ForwardError, JoinRequest, LeaderHint, NodeStatus};
+use crate::types::{ApplyOutcome, ClientWriteError, NodeId, Proposal, Raft, RaftError};
+
+/// Raft timing and log-compaction settings.
+#[derive(Clone, Debug)]
+pub struct RaftSettings {
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Build a snapshot (and compact the log) after this many entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot, so briefly lagging peers catch up by log.
+    pub entries_kept_after_snapshot: u64,
+    /// Largest number of entries in one append RPC.
+    pub max_entries_per_append: u64,
+    /// Snapshot chunk size on the wire.
+    pub snapshot_chunk_bytes: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(150),
+            election_timeout_min: Duration::from_millis(750),
+            election_timeout_max: Duration::from_millis(1500),
+            snapshot_after_entries: 5_000,
+            entries_kept_after_snapshot: 1_000,
+            max_entries_per_append: 256,
+            snapshot_chunk_bytes: 1 << 20,
+        }
+    }
+}
+
+/// How to run one replica.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// The replica's own directory (a StatefulSet volume): the Raft store lives here.
+    pub data_dir: PathBuf,
+    /// `host:port` at which the other replicas reach this one; must match a SAN of its
+    /// certificate (DNS name or IP address).
+    pub advertise: String,
+    /// The advertised addresses of the initial members, in ordinal order (`portico-0`
+    /// first). The first one bootstraps the cluster on first boot; every replica also uses
+    /// them as contact points to join an existing cluster.
+    pub initial_members: Vec<String>,
+    pub tls: TlsMaterial,
+    pub raft: RaftSettings,
+    pub transport: TransportSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("opening the Raft store: {0}")]
+    Store(#[from] StoreError),
+    #[error("node identity: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("TLS material: {0}")]
+    Tls(#[from] TlsError),
+    #[error("Raft settings: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("starting Raft: {0}")]
+    Raft(String),
+    #[error("the listener: {0}")]
+    Listener(#[source] std::io::Error),
+}
+
+/// A write that was committed by a quorum and applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommittedChange {
+    /// The log index of the change: the routing table's version once it is applied.
+    pub version: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error("refused: epoch {epoch} is older than epoch {highest_epoch} already applied")]
+    StaleEpoch { epoch: u64, highest_epoch: u64 },
+    #[error("no leader could take the write in time: {0}")]
+    Unavailable(String),
+    #[error("the replica is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("no leader could make the change in time: {0}")]
+    Unavailable(String),
+    #[error("membership change refused: {0}")]
+    Refused(String),
+    #[error("the replica is shutting down")]
+    ShuttingDown,
+}
+
+/// Tracks when this replica became leader and when a quorum last acknowledged it.
+#[derive(Default)]
+struct LeadershipTrack {
+    term: u64,
+    since: Option<Instant>,
+    last_quorum_ack: Option<Instant>,
+}
+
+struct Inner {
+    id: NodeId,
+    advertise: String,
+    initial_members: Vec<String>,
+    raft: Raft,
+    peers: Arc<Peers>,
+    counters: Arc<Counters>,
+    leadership: Mutex<LeadershipTrack>,
+}
+
+/// A running replica. Cloning gives another handle to the same replica.
+#[derive(Clone)]
+pub struct Replica {
+    inner: Arc<Inner>,
+    table: watch::Receiver<Arc<RoutingTable>>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Replica {
+    /// Opens the store in `config.data_dir`, starts Raft and serves RPCs on `listener`.
+    /// Joining or bootstrapping the cluster continues in the background; watch
+    /// [`Replica::metrics`] (`voters`) to see when this replica is a member.
+    pub async fn start(config: ReplicaConfig, listener: TcpListener) -> Result<Self, StartError> {
+        let tls = config.tls.configs()?;
+        let db = Db::open(&config.data_dir)?;
+        let (id, fresh) = identity::load_or_create(&db).await?;
+        tracing::info!(node_id = id, fresh, addr = %config.advertise, "starting replica");
+
+        let counters = Arc::new(Counters::default());
+        let log_store = LogStore::new(db.clone(), counters.clone());
+        let (state_machine, table) = StateMachine::open(db, counters.clone()).await?;
+        let peers = Arc::new(Peers::new(tls.client, config.transport.clone()));
+        let network = NetworkFactory {
+            local_id: id,
+            peers: peers.clone(),
+        };
+        let raft_config = raft_config(&config.raft)?;
+        let raft = Raft::new(id, raft_config, network, log_store, state_machine)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let inner = Arc::new(Inner {
+            id,
+            advertise: config.advertise.clone(),
+            initial_members: config.initial_members.clone(),
+            raft,
+            peers,
+            counters,
+            leadership: Mutex::new(LeadershipTrack::default()),
+        });
+        let server = server::spawn(listener, tls.server, inner.clone(), config.transport);
+        let leadership = tokio::spawn(track_leadership(inner.clone()));
+        let membership = tokio::spawn(join_cluster(inner.clone()));
+        Ok(Self {
+            inner,
+            table,
+            tasks: Arc::new(Mutex::new(vec![server, leadership, membership])),
+        })
+    }
+
+    /// This replica's Raft node ID.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The latest applied routing table; changes whenever a batch of entries is applied.
+    pub fn table(&self) -> watch::Receiver<Arc<RoutingTable>> {
+        self.table.clone()
+    }
+
+    /// The applied table's version (the log index of the last change it applied).
+    pub fn version(&self) -> u64 {
+        self.inner.counters.table_version()
+    }
+
+    /// Waits until the applied table reaches `version`.
+    pub async fn wait_for_version(&self, version: u64, timeout: Duration) -> Result<u64, u64> {
+        let mut table = self.table.clone();
+        let reached =
+            tokio::time::timeout(timeout, table.wait_for(|t| t.version() >= version)).await;
+        match reached {
+            Ok(Ok(t)) => Ok(t.version()),
+            _ => Err(self.version()),
+        }
+    }
+
+    /// Leadership, for the controller's Lease coupling.
+    pub fn leadership(&self) -> Leadership {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let is_leader = metrics.state == ServerState::Leader;
+        let track = self
+            .inner
+            .leadership
+            .lock()
+            .expect("leadership lock poisoned");
+        Leadership {
+            is_leader,
+            since: track.since.filter(|_| is_leader),
+            last_quorum_ack: track.last_quorum_ack.filter(|_| is_leader),
+            term: metrics.current_term,
+        }
+    }
+
+    /// A snapshot of the replica's metrics.
+    pub fn metrics(&self) -> ReplicaMetrics {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let counters = &self.inner.counters;
+        let last_log = m.last_log_index;
+        let replication_lag = m
+            .replication
+            .as_ref()
+            .map(|peers| {
+                peers
+                    .iter()
+                    .filter(|(id, _)| **id != self.inner.id)
+                    .map(|(id, matched)| {
+                        let matched = matched.map(|l| l.index);
+                        let lag = match (last_log, matched) {
+                            (Some(last), Some(at)) => last.saturating_sub(at),
+                            (Some(last), None) => last + 1,
+                            (None, _) => 0,
+                        };
+                        (*id, lag)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let membership = m.membership_config.membership();
+        let addr = |id: &NodeId| {
+            membership
+                .get_node(id)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default()
+        };
+        let voters: BTreeMap<_, _> = membership.voter_ids().map(|id| (id, addr(&id))).collect();
+        let learners = membership.learner_ids().map(|id| (id, addr(&id))).collect();
+        ReplicaMetrics {
+            node_id: self.inner.id,
+            term: m.current_term,
+            leader: m.current_leader,
+            is_leader: m.state == ServerState::Leader,
+            committed_index: counters.committed(),
+            applied_index: counters.applied(),
+            table_version: counters.table_version(),
+            last_log_index: last_log,
+            highest_epoch: counters.highest_epoch(),
+            replication_lag,
+            snapshot_installs: counters.snapshot_installs(),
+            snapshots_built: counters.snapshots_built(),
+            refused_stale_entries: counters.refused_stale_entries(),
+            voters,
+            learners,
+        }
+    }
+
+    /// Proposes a change with the proposer's fencing epoch. On a follower the write is
+    /// forwarded to the leader. Returns once a quorum committed it and this call's target
+    /// (the leader) applied it; other replicas apply it moments later.
+    pub async fn propose(
+        &self,
+        epoch: u64,
+        change: Change,
+    ) -> Result<CommittedChange, ProposeError> {
+        let proposal = Proposal { epoch, change };
+        let committed: Committed = self
+            .inner
+            .forward(
+                wire::PROPOSE,
+                &proposal,
+                self.inner.peers.settings().request_timeout,
+            )
+            .await
+            .map_err(|e| match e {
+                ForwardFailure::ShuttingDown => ProposeError::ShuttingDown,
+                ForwardFailure::Failed(m) | ForwardFailure::Unavailable(m) => {
+                    ProposeError::Unavailable(m)
+                }
+            })?;
+        match committed.outcome {
+            ApplyOutcome::RefusedStaleEpoch {
+                epoch,
+                highest_epoch,
+            } => Err(ProposeError::StaleEpoch {
+                epoch,
+                highest_epoch,
+            }),
+            ApplyOutcome::Applied { .. } | ApplyOutcome::NotAChange => Ok(CommittedChange {
+                version: committed.index,
+            }),
+        }
+    }
+
+    /// Removes a member (voter or learner) from the cluster: the scale-down step. Forwarded
+    /// to the leader.
+    pub async fn remove_member(&self, node_id: NodeId) -> Result<(), MembershipError> {
+        self.inner
+            .forward::<NodeId, ()>(wire::REMOVE, &node_id, self.membership_timeout())
+            .await
+            .map_err(membership_error)
+    }
+
+    /// Adds a replica as a learner, waits for it to catch up, then promotes it to voter
+    /// (replacing any member with the same address: a wiped replica's old identity).
+    /// Replicas do this for themselves on start; this is the manual form. Forwarded to the
+    /// leader.
+    pub async fn add_member(&self, node_id: NodeId, addr: String) -> Result<(), MembershipError> {
+        let request = JoinRequest { node_id, addr };
+        self.inner
+            .forward::<JoinRequest, ()>(wire::JOIN, &request, self.membership_timeout())
+            .await
+            .map_err(membership_error)
+    }
+
+    fn membership_timeout(&self) -> Duration {
+        self.inner.peers.settings().request_timeout * 6
+    }
+
+    /// Stops Raft and the RPC server. Other handles stop working.
+    pub async fn shutdown(&self) {
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock poisoned"));
+        for task in &tasks {
+            task.abort();
+        }
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "Raft did not shut down cleanly");
+        }
+    }
+}
+
+fn membership_error(e: ForwardFailure) -> MembershipError {
+    match e {
+        ForwardFailure::ShuttingDown => MembershipError::ShuttingDown,
+        ForwardFailure::Failed(m) => MembershipError::Refused(m),
+        ForwardFailure::Unavailable(m) => MembershipError::Unavailable(m),
+    }
+}
+
+fn raft_config(settings: &RaftSettings) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+    let millis = |d: Duration| d.as_millis().try_into().unwrap_or(u64::MAX);
+    let config = openraft::Config {
+        cluster_name: "portico".into(),
+        heartbeat_interval: millis(settings.heartbeat_interval),
+        election_timeout_min: millis(settings.election_timeout_min),
+        election_timeout_max: millis(settings.election_timeout_max),
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_after_entries),
+        max_in_snapshot_log_to_keep: settings.entries_kept_after_snapshot,
+        max_payload_entries: settings.max_entries_per_append,
+        snapshot_max_chunk_size: settings.snapshot_chunk_bytes,
+        ..Default::default()
+    };
+    Ok(Arc::new(config.validate()?))
+}
+
+/// Why a leader-only operation failed after following leader hints.
+enum ForwardFailure {
+    ShuttingDown,
+    /// The leader refused it (not retried).
+    Failed(String),
+    /// No leader took it before the deadline.
+    Unavailable(String),
+}
+
+/// The leader-only operations, run locally when this replica leads.
+enum LocalOutcome<T> {
+    Done(T),
+    NotLeader(Option<LeaderHint>),
+    Failed(String),
+    ShuttingDown,
+}
+
+impl Inner {
+    fn leader_hint(&self) -> Option<LeaderHint> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let node = metrics.membership_config.membership().get_node(&leader)?;
+        Some(LeaderHint {
+            node_id: leader,
+            addr: node.addr.clone(),
+        })
+    }
+
+    fn status(&self) -> NodeStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        NodeStatus {
+            node_id: self.id,
+            member_of_cluster: metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_some(),
+            leader: self.leader_hint(),
+        }
+    }
+
+    /// Runs a leader-only operation here if this replica leads, or on the leader it points
+    /// to, following hints until `timeout`.
+    async fn forward<Req, Resp>(
+        &self,
+        path: &'static str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, ForwardFailure>
+    where
+        Req: Serialize + Clone + Send + Sync + 'static,
+        Resp: Serialize + DeserializeOwned + Send + 'static,
+        Self: LocalOp<Req, Resp>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last_problem = String::from("no leader known");
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let hint = match self.run_local(request.clone()).await {
+                LocalOutcome::Done(value) => return Ok(value),
+                LocalOutcome::Failed(m) => return Err(ForwardFailure::Failed(m)),
+                LocalOutcome::ShuttingDown => return Err(ForwardFailure::ShuttingDown),
+                LocalOutcome::NotLeader(hint) => hint,
+            };
+            if let Some(leader) = hint.filter(|l| l.node_id != self.id) {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let answer = self
+                    .peers
+                    .channel(&leader.addr)
+                    .call(path, wire::encode(request), left)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|body| {
+                        wire::decode::<Result<Resp, ForwardError>>(&body).map_err(|e| e.to_string())
+                    });
+                match answer {
+                    Ok(Ok(value)) => return Ok(value),
+                    Ok(Err(ForwardError::Failed(m))) => return Err(ForwardFailure::Failed(m)),
+                    Ok(Err(ForwardError::NotLeader { .. })) => {
+                        last_problem = format!("{} is no longer the leader", leader.addr)
+                    }
+                    Err(e) => last_problem = e,
+                }
+            }
+            if tokio::time::Instant::now() + pause >= deadline {
+                return Err(ForwardFailure::Unavailable(last_problem));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    async fn write(&self, proposal: Proposal) -> LocalOutcome<Committed> {
+        match self.raft.client_write(proposal).await {
+            Ok(response) => LocalOutcome::Done(Committed {
+                index: response.log_id.index,
+                outcome: response.data,
+            }),
+            Err(e) => client_write_failure(e),
+        }
+    }
+
+    /// Leader side of a join: learner, catch-up, promotion (replacing stale identities
+    /// that share the joiner's address).
+    async fn join(&self, request: JoinRequest) -> LocalOutcome<()> {
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            return LocalOutcome::NotLeader(self.leader_hint());
+        }
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        if membership.voter_ids().any(|id| id == request.node_id) {
+            return LocalOutcome::Done(());
+        }
+        tracing::info!(node_id = request.node_id, addr = %request.addr, "adding a learner");
+        let node = BasicNode {
+            addr: request.addr.clone(),
+        };
+        // Blocking: returns once the learner has caught up with the leader's log.
+        if let Err(e) = self.raft.add_learner(request.node_id, node, true).await {
+            return client_write_failure(e);
+        }
+        let stale: BTreeSet<NodeId> = membership
+            .nodes()
+            .filter(|(id, node)| **id != request.node_id && node.addr == request.addr)
+            .map(|(id, _)| *id)
+            .collect();
+        let voters: BTreeSet<NodeId> = membership
+            .voter_ids()
+            .filter(|id| !stale.contains(id))
+            .chain([request.node_id])
+            .collect();
+        tracing::info!(
+            node_id = request.node_id,
+            ?stale,
+            ?voters,
+            "promoting the learner"
+        );
+        if let Err(e) = self
+            .raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
+            .await
+        {
+            return client_write_failure(e);
+        }
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let stale_learners: BTreeSet<NodeId> = membership
+            .learner_ids()
+            .filter(|id| stale.contains(id))
+            .collect();
+        if !stale_learners.is_empty()
+            && let Err(e) = self
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(stale_learners), false)
+                .await
+        {
+            return client_write_failure(e);
+        }
+        LocalOutcome::Done(())
+    }
+
+    async fn remove(&self, node_id: NodeId) -> LocalOutcome<()> {
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            return LocalOutcome::NotLeader(self.leader_hint());
+        }
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let change = if membership.voter_ids().any(|id| id == node_id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
+        } else if membership.learner_ids().any(|id| id == node_id) {
+            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
+        } else {
+            return LocalOutcome::Done(());
+        };
+        match self.raft.change_membership(change, false).await {
+            Ok(_) => LocalOutcome::Done(()),
+            Err(e) => client_write_failure(e),
+        }
+    }
+}
+
+fn client_write_failure<T>(e: RaftError<ClientWriteError>) -> LocalOutcome<T> {
+    match e {
+        RaftError::APIError(OpenraftClientWriteError::ForwardToLeader(forward)) => {
+            LocalOutcome::NotLeader(match (forward.leader_id, forward.leader_node) {
+                (Some(node_id), Some(node)) => Some(LeaderHint {
+                    node_id,
+                    addr: node.addr,
+                }),
+                _ => None,
+            })
+        }
+        RaftError::APIError(OpenraftClientWriteError::ChangeMembershipError(e)) => {
+            LocalOutcome::Failed(e.to_string())
+        }
+        RaftError::Fatal(_) => LocalOutcome::ShuttingDown,
+    }
+}
+
+/// An operation that only the leader can run.
+trait LocalOp<Req, Resp> {
+    fn run_local(
+        &self,
+        request: Req,
+    ) -> impl std::future::Future<Output = LocalOutcome<Resp>> + Send;
+}
+
+impl LocalOp<Proposal, Committed> for Inner {
+    async fn run_local(&self, request: Proposal) -> LocalOutcome<Committed> {
+        self.write(request).await
+    }
+}
+
+impl LocalOp<JoinRequest, ()> for Inner {
+    async fn run_local(&self, request: JoinRequest) -> LocalOutcome<()> {
+        self.join(request).await
+    }
+}
+
+impl LocalOp<NodeId, ()> for Inner {
+    async fn run_local(&self, request: NodeId) -> LocalOutcome<()> {
+        self.remove(request).await
+    }
+}
+
+fn bad_request(e: postcard::Error) -> RpcRejection {
+    RpcRejection::BadRequest(e.to_string())
+}
+
+/// Answers a forwarded leader-only operation: run here if leader, else say who leads.
+async fn answer_forwarded<Req, Resp>(inner: &Inner, body: &[u8]) -> Result<Vec<u8>, RpcRejection>
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    Inner: LocalOp<Req, Resp>,
+{
+    let request: Req = wire::decode(body).map_err(bad_request)?;
+    let answer: Result<Resp, ForwardError> = match inner.run_local(request).await {
+        LocalOutcome::Done(value) => Ok(value),
+        LocalOutcome::NotLeader(leader) => Err(ForwardError::NotLeader { leader }),
+        LocalOutcome::Failed(m) => Err(ForwardError::Failed(m)),
+        LocalOutcome::ShuttingDown => {
+            return Err(RpcRejection::Unavailable("shutting down".into()));
+        }
+    };
+    Ok(wire::encode(&answer))
+}
+
+impl RpcHandler for Inner {
+    async fn handle(&self, path: &str, body: Bytes) -> Result<Vec<u8>, RpcRejection> {
+        match path {
+            wire::APPEND_ENTRIES => {
+                let request = wire::decode(&body).map_err(bad_request)?;
+                Ok(wire::encode(&self.raft.append_entries(request).await))
+            }
+            wire::VOTE => {
+                let request = wire::decode(&body).map_err(bad_request)?;
+                Ok(wire::encode(&self.raft.vote(request).await))
+            }
+            wire::INSTALL_SNAPSHOT => {
+                let request = wire::decode(&body).map_err(bad_request)?;
+                Ok(wire::encode(&self.raft.install_snapshot(request).await))
+            }
+            wire::PROPOSE => answer_forwarded::<Proposal, Committed>(self, &body).await,
+            wire::JOIN => answer_forwarded::<JoinRequest, ()>(self, &body).await,
+            wire::REMOVE => answer_forwarded::<NodeId, ()>(self, &body).await,
+            wire::STATUS => Ok(wire::encode(&self.status())),
+            other => Err(RpcRejection::NotFound(other.to_owned())),
+        }
+    }
+}
+
+/// Records when this replica became leader and when a quorum last acknowledged it.
+async fn track_leadership(inner: Arc<Inner>) {
+    let mut metrics = inner.raft.metrics();
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            let now = Instant::now();
+            let mut track = inner.leadership.lock().expect("leadership lock poisoned");
+            if m.state == ServerState::Leader {
+                if track.since.is_none() || track.term != m.current_term {
+                    track.since = Some(now);
+                    track.term = m.current_term;
+                    tracing::info!(term = m.current_term, "became the Raft leader");
+                }
+                track.last_quorum_ack = m
+                    .millis_since_quorum_ack
+                    .and_then(|ms| now.checked_sub(Duration::from_millis(ms)));
+            } else {
+                track.since = None;
+                track.last_quorum_ack = None;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// First boot and rejoin: makes this replica a voting member.
+///
+/// * Already a voter (from its own log): nothing to do.
+/// * Some contact point belongs to a cluster: ask it (it forwards to the leader) to add us
+///   as a learner, let us catch up, and promote us.
+/// * Nobody belongs to a cluster yet, and we are the first initial member, and every
+///   other initial member answered: initialize the cluster with all of them.
+/// * Otherwise wait and ask again.
+async fn join_cluster(inner: Arc<Inner>) {
+    let mut pause = Duration::from_millis(100);
+    let settings = inner.peers.settings().clone();
+    loop {
+        let is_voter = inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == inner.id);
+        if is_voter {
+            tracing::info!(node_id = inner.id, "this replica is a voting member");
+            return;
+        }
+        let contacts: Vec<&String> = inner
+            .initial_members
+            .iter()
+            .filter(|a| **a != inner.advertise)
+            .collect();
+        let mut statuses = Vec::new();
+        for addr in &contacts {
+            let answer = inner
+                .peers
+                .channel(addr)
+                .call(wire::STATUS, Vec::new(), settings.connect_timeout)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|body| wire::decode::<NodeStatus>(&body).map_err(|e| e.to_string()));
+            match answer {
+                Ok(status) => statuses.push(((*addr).clone(), status)),
+                Err(e) => tracing::debug!(peer = %addr, error = %e, "no status from peer"),
+            }
+        }
+        if let Some((addr, _)) = statuses.iter().find(|(_, s)| s.member_of_cluster) {
+            tracing::info!(via = %addr, node_id = inner.id, "asking to join the cluster");
+            let request = JoinRequest {
+                node_id: inner.id,
+                addr: inner.advertise.clone(),
+            };
+            let answer = inner
+                .peers
+                .channel(addr)
+                .call(
+                    wire::JOIN,
+                    wire::encode(&request),
+                    settings.request_timeout * 6,
+                )
+                .await
+                .map_err(|e: CallError| e.to_string())
+                .and_then(|body| {
+                    wire::decode::<Result<(), ForwardError>>(&body).map_err(|e| e.to_string())
+                });
+            match answer {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::info!(error = %e, "join not done yet"),
+                Err(e) => tracing::info!(error = %e, "join request failed"),
+            }
+        } else if inner.initial_members.first() == Some(&inner.advertise)
+            && statuses.len() == contacts.len()
+        {
+            let mut members = BTreeMap::from([(
+                inner.id,
+                BasicNode {
+                    addr: inner.advertise.clone(),
+                },
+            )]);
+            for (addr, status) in &statuses {
+                members.insert(status.node_id, BasicNode { addr: addr.clone() });
+            }
+            tracing::info!(?members, "bootstrapping the cluster");
+            match inner.raft.initialize(members).await {
+                Ok(()) => {}
+                Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                    tracing::info!(error = %e, "already initialized")
+                }
+                Err(e) => tracing::warn!(error = %e, "bootstrap failed"),
+            }
+        }
+        // Wait, unless we become a voter meanwhile.
+        let mut metrics = inner.raft.metrics();
+        let id = inner.id;
+        let _ = tokio::time::timeout(
+            pause,
+            metrics.wait_for(|m| {
+                m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == id)
+            }),
+        )
+        .await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,133 @@
+//! Durable Raft storage in one redb file in the replica's data directory.
+//!
+//! * `log`: index → postcard-encoded entry. Appends commit with `Durability::Immediate`
+//!   (redb fsyncs before `commit` returns), and only then is openraft told the entries are
+//!   flushed: an entry acknowledged to the leader survives a crash.
+//! * `meta`: the vote (fsynced before it is answered), the last purged log id, the committed
+//!   log id (so a restarted replica can re-apply its own log before hearing from a leader),
+//!   the node's identity, and the latest snapshot (its metadata and bytes).
+//!
+//! The state machine itself is the routing table in memory ([`state_machine`]); after a
+//! restart it is rebuilt from the stored snapshot, then openraft re-applies the log from the
+//! snapshot up to the stored committed index.
+
+pub(crate) mod log;
+pub(crate) mod state_machine;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+pub(crate) const KEY_VOTE: &str = "vote";
+pub(crate) const KEY_COMMITTED: &str = "committed";
+pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
+pub(crate) const KEY_SNAPSHOT_META: &str = "snapshot_meta";
+pub(crate) const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
+pub(crate) const KEY_NODE_ID: &str = "node_id";
+
+/// The file name of the store inside the data directory.
+pub const STORE_FILE: &str = "raft.redb";
+
+/// Errors opening or reading the store outside openraft's own calls.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redb: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("corrupt record {key:?} in the Raft store: {source}")]
+    Corrupt {
+        key: &'static str,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("a blocking store task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("data directory {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The shared redb database handle.
+#[derive(Clone)]
+pub(crate) struct Db(Arc<Database>);
+
+impl Db {
+    pub(crate) fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let db = Database::create(data_dir.join(STORE_FILE)).map_err(redb::Error::from)?;
+        // Create both tables up front so readers never see "table does not exist".
+        let tx = db.begin_write().map_err(redb::Error::from)?;
+        tx.open_table(LOG).map_err(redb::Error::from)?;
+        tx.open_table(META).map_err(redb::Error::from)?;
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(Self(Arc::new(db)))
+    }
+
+    /// Runs a blocking store operation off the async runtime's worker threads.
+    pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&db)).await?
+    }
+
+    pub(crate) fn read_meta<T: DeserializeOwned>(
+        db: &Database,
+        key: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = db.begin_read().map_err(redb::Error::from)?;
+        let table = tx.open_table(META).map_err(redb::Error::from)?;
+        let Some(value) = table.get(key).map_err(redb::Error::from)? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(value.value())
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt { key, source })
+    }
+
+    pub(crate) fn write_meta<T: Serialize>(
+        db: &Database,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = encode(value);
+        let tx = db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut table = tx.open_table(META).map_err(redb::Error::from)?;
+            table
+                .insert(key, bytes.as_slice())
+                .map_err(redb::Error::from)?;
+        }
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("encoding Raft records to memory cannot fail")
+}
+
+/// Maps any error into openraft's storage error (as an I/O failure on `subject`).
+pub(crate) fn io_error(
+    subject: openraft::ErrorSubject<crate::types::NodeId>,
+    verb: openraft::ErrorVerb,
+    e: StoreError,
+) -> crate::types::StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}
+
+#[cfg(test)]
+mod suite_test;

@@ -1,0 +1,306 @@
+//! The replicated state machine: Portico's routing table, in memory.
+//!
+//! Applying the entry at log index `i` runs `table.apply(i, &change)`, so the table's
+//! version is the index of the last change it applied. A proposal whose fencing epoch is
+//! lower than the highest epoch already applied is refused (and counted) on every replica
+//! alike, because the decision depends only on the log. After each applied batch the new
+//! table is published through a `watch` channel (cloning the table is cheap: its parts are
+//! structurally shared).
+//!
+//! A snapshot is the table's own encoding (`RoutingTable::to_bytes`) plus the highest epoch,
+//! stored in redb next to the log so a restart starts from it.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
+use portico_model::RoutingTable;
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{Db, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, META, StoreError, encode, io_error};
+use crate::metrics::Counters;
+use crate::types::{
+    ApplyOutcome, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+/// Version tag of the snapshot encoding, so a future format can be told apart.
+const SNAPSHOT_FORMAT: u8 = 1;
+
+/// The bytes of a snapshot as they are stored and sent to lagging replicas.
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayload {
+    format: u8,
+    highest_epoch: u64,
+    table: Vec<u8>,
+}
+
+/// Everything the state machine has applied so far.
+#[derive(Clone, Default)]
+struct Applied {
+    table: RoutingTable,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    highest_epoch: u64,
+}
+
+impl Applied {
+    fn from_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<Self, StoreError> {
+        let payload: SnapshotPayload =
+            postcard::from_bytes(data).map_err(|source| StoreError::Corrupt {
+                key: KEY_SNAPSHOT_DATA,
+                source,
+            })?;
+        if payload.format != SNAPSHOT_FORMAT {
+            return Err(StoreError::Corrupt {
+                key: KEY_SNAPSHOT_DATA,
+                source: postcard::Error::DeserializeBadEncoding,
+            });
+        }
+        let table = RoutingTable::from_bytes(&payload.table).map_err(|_| StoreError::Corrupt {
+            key: KEY_SNAPSHOT_DATA,
+            source: postcard::Error::DeserializeBadEncoding,
+        })?;
+        Ok(Self {
+            table,
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            highest_epoch: payload.highest_epoch,
+        })
+    }
+}
+
+fn read_snapshot(db: &redb::Database) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StoreError> {
+    let Some(meta) = Db::read_meta::<SnapshotMeta>(db, KEY_SNAPSHOT_META)? else {
+        return Ok(None);
+    };
+    let tx = db.begin_read().map_err(redb::Error::from)?;
+    let table = tx.open_table(META).map_err(redb::Error::from)?;
+    let data = table
+        .get(KEY_SNAPSHOT_DATA)
+        .map_err(redb::Error::from)?
+        .map(|v| v.value().to_vec())
+        .unwrap_or_default();
+    Ok(Some((meta, data)))
+}
+
+/// Stores a snapshot unless a newer one is already stored (a slow build can finish after
+/// a newer snapshot was installed from the leader).
+fn write_snapshot(db: &redb::Database, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
+    let tx = db.begin_write().map_err(redb::Error::from)?;
+    {
+        let mut table = tx.open_table(META).map_err(redb::Error::from)?;
+        let existing: Option<SnapshotMeta> = table
+            .get(KEY_SNAPSHOT_META)
+            .map_err(redb::Error::from)?
+            .and_then(|v| postcard::from_bytes(v.value()).ok());
+        if existing.is_some_and(|old| old.last_log_id > meta.last_log_id) {
+            return Ok(());
+        }
+        let meta_bytes = encode(meta);
+        table
+            .insert(KEY_SNAPSHOT_META, meta_bytes.as_slice())
+            .map_err(redb::Error::from)?;
+        table
+            .insert(KEY_SNAPSHOT_DATA, data)
+            .map_err(redb::Error::from)?;
+    }
+    tx.commit().map_err(redb::Error::from)?;
+    Ok(())
+}
+
+/// The state machine handed to openraft.
+pub(crate) struct StateMachine {
+    db: Db,
+    state: Applied,
+    published: watch::Sender<Arc<RoutingTable>>,
+    counters: Arc<Counters>,
+    snapshots_started: u64,
+}
+
+impl StateMachine {
+    /// Opens the state machine from the stored snapshot (if any). Openraft then re-applies
+    /// the log from there up to the stored committed index.
+    pub(crate) async fn open(
+        db: Db,
+        counters: Arc<Counters>,
+    ) -> Result<(Self, watch::Receiver<Arc<RoutingTable>>), StoreError> {
+        let stored = db.blocking(|db| read_snapshot(db)).await?;
+        let state = match stored {
+            Some((meta, data)) => Applied::from_snapshot(&meta, &data)?,
+            None => Applied::default(),
+        };
+        counters.set_highest_epoch(state.highest_epoch);
+        counters.set_applied(state.last_applied.map(|id| id.index), state.table.version());
+        let (published, receiver) = watch::channel(Arc::new(state.table.clone()));
+        Ok((
+            Self {
+                db,
+                state,
+                published,
+                counters,
+                snapshots_started: 0,
+            },
+            receiver,
+        ))
+    }
+
+    fn publish(&self) {
+        self.counters.set_highest_epoch(self.state.highest_epoch);
+        self.counters.set_applied(
+            self.state.last_applied.map(|id| id.index),
+            self.state.table.version(),
+        );
+        self.published
+            .send_replace(Arc::new(self.state.table.clone()));
+    }
+}
+
+/// Builds a snapshot from a frozen copy of the state (the table clone is cheap).
+pub(crate) struct SnapshotBuilder {
+    db: Db,
+    state: Applied,
+    counters: Arc<Counters>,
+    id_suffix: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let state = self.state.clone();
+        let snapshot_id = match state.last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.id_suffix),
+            None => format!("0-0-{}", self.id_suffix),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: state.last_applied,
+            last_membership: state.membership.clone(),
+            snapshot_id,
+        };
+        let stored_meta = meta.clone();
+        let data = self
+            .db
+            .blocking(move |db| {
+                let payload = SnapshotPayload {
+                    format: SNAPSHOT_FORMAT,
+                    highest_epoch: state.highest_epoch,
+                    table: state.table.to_bytes(),
+                };
+                let data = encode(&payload);
+                write_snapshot(db, &stored_meta, &data)?;
+                Ok(data)
+            })
+            .await
+            .map_err(|e| {
+                io_error(
+                    ErrorSubject::Snapshot(Some(meta.signature())),
+                    ErrorVerb::Write,
+                    e,
+                )
+            })?;
+        self.counters.snapshot_built();
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.state.last_applied, self.state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyOutcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut outcomes = Vec::new();
+        for entry in entries {
+            self.state.last_applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => ApplyOutcome::NotAChange,
+                EntryPayload::Membership(membership) => {
+                    self.state.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    ApplyOutcome::NotAChange
+                }
+                EntryPayload::Normal(proposal) => {
+                    if proposal.epoch < self.state.highest_epoch {
+                        self.counters.refused_stale_entry();
+                        tracing::warn!(
+                            index = entry.log_id.index,
+                            epoch = proposal.epoch,
+                            highest_epoch = self.state.highest_epoch,
+                            "refused a change with a stale fencing epoch"
+                        );
+                        ApplyOutcome::RefusedStaleEpoch {
+                            epoch: proposal.epoch,
+                            highest_epoch: self.state.highest_epoch,
+                        }
+                    } else {
+                        self.state.highest_epoch = proposal.epoch;
+                        self.state.table.apply(entry.log_id.index, &proposal.change);
+                        ApplyOutcome::Applied {
+                            version: entry.log_id.index,
+                        }
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        self.publish();
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshots_started += 1;
+        SnapshotBuilder {
+            db: self.db.clone(),
+            state: self.state.clone(),
+            counters: self.counters.clone(),
+            id_suffix: self.snapshots_started,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let snapshot_error =
+            |verb, e| io_error(ErrorSubject::Snapshot(Some(meta.signature())), verb, e);
+        let state =
+            Applied::from_snapshot(meta, &data).map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
+        let stored_meta = meta.clone();
+        self.db
+            .blocking(move |db| write_snapshot(db, &stored_meta, &data))
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+        self.state = state;
+        self.counters.snapshot_installed();
+        tracing::info!(snapshot = %meta, "installed a snapshot from the leader");
+        self.publish();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let stored = self
+            .db
+            .blocking(|db| read_snapshot(db))
+            .await
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        Ok(stored.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}

@@ -1,0 +1,250 @@
+//! The client side: one multiplexed HTTP/2-over-TLS connection per peer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+use super::TransportSettings;
+
+/// Why an RPC failed on this side of the peer's handler.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    /// No connection: the peer is down, refused us, or we are backing off.
+    #[error("peer {addr} unreachable: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("RPC to {addr} timed out after {after:?}")]
+    Timeout { addr: String, after: Duration },
+    /// The connection failed while the RPC was in flight.
+    #[error("RPC to {addr} failed: {reason}")]
+    Transport { addr: String, reason: String },
+    /// The peer answered with an error status (for example `400` for a body it could not
+    /// decode).
+    #[error("peer {addr} answered {status}: {message}")]
+    Status {
+        addr: String,
+        status: StatusCode,
+        message: String,
+    },
+}
+
+/// All peer channels of one replica, by address.
+pub(crate) struct Peers {
+    connector: TlsConnector,
+    settings: TransportSettings,
+    channels: Mutex<HashMap<String, Arc<PeerChannel>>>,
+}
+
+impl Peers {
+    pub(crate) fn new(tls: Arc<ClientConfig>, settings: TransportSettings) -> Self {
+        Self {
+            connector: TlsConnector::from(tls),
+            settings,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn settings(&self) -> &TransportSettings {
+        &self.settings
+    }
+
+    /// The channel to `addr` (`host:port`), shared by every caller.
+    pub(crate) fn channel(&self, addr: &str) -> Arc<PeerChannel> {
+        let mut channels = self.channels.lock().expect("peer map lock poisoned");
+        channels
+            .entry(addr.to_owned())
+            .or_insert_with(|| {
+                Arc::new(PeerChannel {
+                    addr: addr.to_owned(),
+                    connector: self.connector.clone(),
+                    settings: self.settings.clone(),
+                    sender: tokio::sync::Mutex::new(None),
+                    backoff: Mutex::new(Backoff::default()),
+                    in_flight: Semaphore::new(self.settings.max_in_flight_bytes_per_peer),
+                })
+            })
+            .clone()
+    }
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+/// One peer: its connection, reconnect backoff, and in-flight byte budget.
+pub(crate) struct PeerChannel {
+    addr: String,
+    connector: TlsConnector,
+    settings: TransportSettings,
+    sender: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+    backoff: Mutex<Backoff>,
+    in_flight: Semaphore,
+}
+
+fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
+    let host = match addr.rsplit_once(':') {
+        Some((host, _port)) => host,
+        None => addr,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_owned()).map_err(|e| format!("invalid server name {host:?}: {e}"))
+}
+
+impl PeerChannel {
+    /// Sends one RPC and returns the body of its `200` response.
+    pub(crate) async fn call(
+        &self,
+        path: &'static str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Bytes, CallError> {
+        let deadline = Instant::now() + timeout;
+        let timed_out = || CallError::Timeout {
+            addr: self.addr.clone(),
+            after: timeout,
+        };
+        // Bound the bytes in flight to this peer; a body larger than the whole budget
+        // waits for the budget to drain and then goes alone.
+        let permits = body
+            .len()
+            .clamp(1, self.settings.max_in_flight_bytes_per_peer)
+            .try_into()
+            .unwrap_or(u32::MAX);
+        let _permit = tokio::time::timeout_at(deadline, self.in_flight.acquire_many(permits))
+            .await
+            .map_err(|_| timed_out())?
+            .expect("the in-flight semaphore is never closed");
+
+        let mut sender = tokio::time::timeout_at(deadline, self.sender())
+            .await
+            .map_err(|_| timed_out())??;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("https://{}{}", self.addr, path))
+            .header(http::header::CONTENT_TYPE, "application/x-postcard")
+            .body(Full::new(Bytes::from(body)))
+            .expect("a request built from valid parts");
+        let exchange = async {
+            let transport = |e: hyper::Error| CallError::Transport {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            };
+            sender.ready().await.map_err(transport)?;
+            let response = sender.send_request(request).await.map_err(transport)?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), self.settings.max_body_bytes)
+                .collect()
+                .await
+                .map_err(|e| CallError::Transport {
+                    addr: self.addr.clone(),
+                    reason: format!("reading the response: {e}"),
+                })?
+                .to_bytes();
+            Ok::<_, CallError>((status, body))
+        };
+        let (status, body) = match tokio::time::timeout_at(deadline, exchange).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(e)) => {
+                // The connection may be broken: open a new one next time.
+                *self.sender.lock().await = None;
+                return Err(e);
+            }
+            Ok(Ok(answer)) => answer,
+        };
+        if status != StatusCode::OK {
+            return Err(CallError::Status {
+                addr: self.addr.clone(),
+                status,
+                message: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+            });
+        }
+        Ok(body)
+    }
+
+    /// The live connection, or a new one (one connection attempt at a time).
+    async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, CallError> {
+        let mut slot = self.sender.lock().await;
+        if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        *slot = None;
+        let waiting = self
+            .backoff
+            .lock()
+            .expect("backoff lock poisoned")
+            .not_before
+            .filter(|at| *at > Instant::now());
+        if waiting.is_some() {
+            return Err(CallError::Unreachable {
+                addr: self.addr.clone(),
+                reason: "backing off after a failed connection".into(),
+            });
+        }
+        match tokio::time::timeout(self.settings.connect_timeout, self.connect()).await {
+            Ok(Ok(sender)) => {
+                *self.backoff.lock().expect("backoff lock poisoned") = Backoff::default();
+                *slot = Some(sender.clone());
+                Ok(sender)
+            }
+            outcome => {
+                let reason = match outcome {
+                    Ok(Err(reason)) => reason,
+                    _ => "connect timed out".to_owned(),
+                };
+                let mut backoff = self.backoff.lock().expect("backoff lock poisoned");
+                let delay = self
+                    .settings
+                    .min_backoff
+                    .saturating_mul(1 << backoff.failures.min(16))
+                    .min(self.settings.max_backoff);
+                backoff.failures += 1;
+                backoff.not_before = Some(Instant::now() + delay);
+                Err(CallError::Unreachable {
+                    addr: self.addr.clone(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        let name = server_name(&self.addr)?;
+        let tcp = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+        let tls = self
+            .connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        let addr = self.addr.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(peer = %addr, error = %e, "replica connection closed");
+            }
+        });
+        Ok(sender)
+    }
+}

@@ -1,0 +1,44 @@
+//! Replica-to-replica RPCs: HTTP/2 over mutually authenticated TLS (hyper + rustls).
+//!
+//! Every RPC is one `POST` whose body is a postcard-encoded request and whose `200` response
+//! is a postcard-encoded `Result`. A body that does not decode is answered with `400` and
+//! touches nothing else; a body above the size limit with `413`. Each peer gets one
+//! multiplexed HTTP/2 connection shared by all of openraft's streams to it, with
+//! connect/RPC timeouts, exponential reconnect backoff, and a bound on the request bytes in
+//! flight to it (a semaphore of bytes).
+
+pub(crate) mod client;
+pub(crate) mod network;
+pub(crate) mod server;
+pub(crate) mod wire;
+
+use std::time::Duration;
+
+/// Limits and timeouts of the transport.
+#[derive(Clone, Debug)]
+pub struct TransportSettings {
+    /// Time allowed to open a TCP connection and finish the TLS handshake.
+    pub connect_timeout: Duration,
+    /// Timeout for RPCs whose caller gives none (joins, forwarded writes, status).
+    pub request_timeout: Duration,
+    /// Largest RPC body accepted, in either direction.
+    pub max_body_bytes: usize,
+    /// Request bytes allowed in flight to one peer at once; further RPCs wait.
+    pub max_in_flight_bytes_per_peer: usize,
+    /// First reconnect delay after a failed connection; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 64 << 20,
+            max_in_flight_bytes_per_peer: 32 << 20,
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! openraft's network traits on top of the peer channels.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::client::{CallError, PeerChannel, Peers};
+use super::wire;
+use crate::types::{Node, NodeId, RaftError, TypeConfig};
+
+/// Creates one [`PeerNetwork`] per replication stream; all streams to one peer share its
+/// channel (and so its connection and in-flight byte budget).
+pub(crate) struct NetworkFactory {
+    pub(crate) local_id: NodeId,
+    pub(crate) peers: Arc<Peers>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerNetwork {
+        PeerNetwork {
+            local_id: self.local_id,
+            target,
+            channel: self.peers.channel(&node.addr),
+        }
+    }
+}
+
+pub(crate) struct PeerNetwork {
+    local_id: NodeId,
+    target: NodeId,
+    channel: Arc<PeerChannel>,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<E>>>;
+
+impl PeerNetwork {
+    async fn call<Req, Resp, E>(
+        &self,
+        action: RPCTypes,
+        path: &'static str,
+        request: &Req,
+        timeout: Duration,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let body = self
+            .channel
+            .call(path, wire::encode(request), timeout)
+            .await
+            .map_err(|e| match e {
+                CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                CallError::Timeout { after, .. } => RPCError::Timeout(Timeout {
+                    action,
+                    id: self.local_id,
+                    target: self.target,
+                    timeout: after,
+                }),
+                CallError::Transport { .. } | CallError::Status { .. } => {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+            })?;
+        let answer: Result<Resp, RaftError<E>> =
+            wire::decode(&body).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(
+            RPCTypes::AppendEntries,
+            wire::APPEND_ENTRIES,
+            &rpc,
+            option.hard_ttl(),
+        )
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(
+            RPCTypes::InstallSnapshot,
+            wire::INSTALL_SNAPSHOT,
+            &rpc,
+            option.hard_ttl(),
+        )
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RPCTypes::Vote, wire::VOTE, &rpc, option.hard_ttl())
+            .await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        // Unreachable peer: retry quickly at first, then settle at one attempt a second.
+        openraft::network::Backoff::new(
+            (0..)
+                .map(|n: u32| Duration::from_millis(50u64.saturating_mul(1 << n.min(5))))
+                .map(|d| d.min(Duration::from_secs(1))),
+        )
+    }
+}

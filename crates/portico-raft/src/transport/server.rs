@@ -1,0 +1,153 @@
+//! The server side: accepts mutually authenticated TLS connections and dispatches RPCs.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use super::TransportSettings;
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a request was not answered with `200`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RpcRejection {
+    #[error("unknown RPC {0}")]
+    NotFound(String),
+    #[error("malformed RPC body: {0}")]
+    BadRequest(String),
+    #[error("replica unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The replica behind the transport: answers one decoded-path RPC with an encoded body.
+pub(crate) trait RpcHandler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        path: &str,
+        body: Bytes,
+    ) -> impl Future<Output = Result<Vec<u8>, RpcRejection>> + Send;
+}
+
+/// Accepts connections until the returned task is aborted (which also drops every
+/// connection it spawned).
+pub(crate) fn spawn<H: RpcHandler>(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    handler: Arc<H>,
+    settings: TransportSettings,
+) -> tokio::task::JoinHandle<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (tcp, remote) = match accepted {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let acceptor = acceptor.clone();
+                    let handler = handler.clone();
+                    let settings = settings.clone();
+                    connections.spawn(async move {
+                        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::warn!(%remote, error = %e, "refused a replica connection (TLS)");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::warn!(%remote, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        serve_connection(tls, handler, settings).await;
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    })
+}
+
+async fn serve_connection<H: RpcHandler>(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    handler: Arc<H>,
+    settings: TransportSettings,
+) {
+    let max_body = settings.max_body_bytes;
+    let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+        let handler = handler.clone();
+        async move { Ok::<_, std::convert::Infallible>(answer(&*handler, request, max_body).await) }
+    });
+    let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_concurrent_streams(64)
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "replica connection ended with an error");
+    }
+}
+
+fn plain(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(message)))
+        .expect("a response built from valid parts")
+}
+
+async fn answer<H: RpcHandler>(
+    handler: &H,
+    request: http::Request<Incoming>,
+    max_body: usize,
+) -> Response<Full<Bytes>> {
+    if request.method() != Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "use POST\n".into());
+    }
+    let path = request.uri().path().to_owned();
+    let body = match Limited::new(request.into_body(), max_body).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            let status = if e.is::<http_body_util::LengthLimitError>() {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return plain(status, format!("reading the body: {e}\n"));
+        }
+    };
+    match handler.handle(&path, body).await {
+        Ok(bytes) => Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/x-postcard")
+            .body(Full::new(Bytes::from(bytes)))
+            .expect("a response built from valid parts"),
+        Err(rejection) => {
+            let status = match rejection {
+                RpcRejection::NotFound(_) => StatusCode::NOT_FOUND,
+                RpcRejection::BadRequest(_) => StatusCode::BAD_REQUEST,
+                RpcRejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            tracing::warn!(%path, %rejection, "rejected a replica RPC");
+            plain(status, format!("{rejection}\n"))
+        }
+    }
+}
