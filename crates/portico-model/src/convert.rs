@@ -57,6 +57,8 @@ pub enum ConvertError {
     },
     #[error("Secret {object} is malformed (details withheld: they could contain key material)")]
     MalformedSecret { object: String },
+    #[error("{kind} without `metadata.name`")]
+    MissingName { kind: String },
     #[error("List {object}: `items` must be a sequence")]
     MalformedList { object: String },
     #[error("{object} is a List: use resources_from_value to convert its items")]
@@ -74,17 +76,23 @@ pub fn resource_from_value(value: &Value) -> Result<Option<Resource>, ConvertErr
     let kind = type_field(value, object, "kind")?;
     let (group, _) = split_api_version(api_version);
 
+    // A kind routing reads: it must be the version we read, and have a name to be keyed by.
     let expect = |expected: &'static str| -> Result<(), ConvertError> {
-        if api_version == expected {
-            Ok(())
-        } else {
-            Err(ConvertError::UnsupportedVersion {
+        if api_version != expected {
+            return Err(ConvertError::UnsupportedVersion {
                 kind: kind.to_owned(),
                 object: object_name(value),
                 api_version: api_version.to_owned(),
                 expected,
-            })
+            });
         }
+        let name = value.pointer("/metadata/name").and_then(Value::as_str);
+        if name.is_none_or(str::is_empty) {
+            return Err(ConvertError::MissingName {
+                kind: kind.to_owned(),
+            });
+        }
+        Ok(())
     };
 
     let resource = match (group, kind) {

@@ -25,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::networking::v1::IngressStatus;
 
-use crate::source::{BackendSource, HttpPathSource, IngressSource};
+use crate::source::{BackendSource, HttpPathSource, IngressClassSource, IngressSource};
 
 /// The `kubernetes.io/ingress.class` annotation, the predecessor of `spec.ingressClassName`.
 pub const INGRESS_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
@@ -41,6 +41,7 @@ const DNS1123_SUBDOMAIN_MAX_LEN: usize = 253;
 const DNS1035_LABEL_MAX_LEN: usize = 63;
 const IANA_SVC_NAME_MAX_LEN: usize = 15;
 const QUALIFIED_NAME_MAX_LEN: usize = 63;
+const MAX_INGRESS_CLASS_CONTROLLER_LEN: usize = 250;
 
 const INVALID_PATH_SEQUENCES: [&str; 5] = ["//", "/./", "/../", "%2f", "%2F"];
 const INVALID_PATH_SUFFIXES: [&str; 2] = ["/..", "/."];
@@ -151,6 +152,24 @@ pub fn ingress(src: &IngressSource) -> Vec<FieldViolation> {
     out
 }
 
+/// Validates an IngressClass as kube-apiserver does on create: a DNS-1123 subdomain name and
+/// a domain-prefixed `spec.controller` of at most 250 bytes.
+pub fn ingress_class(src: &IngressClassSource) -> Vec<FieldViolation> {
+    let mut out = Vec::new();
+    object_name(&src.key.name, &mut out);
+    let field = "spec.controller";
+    if src.controller.len() > MAX_INGRESS_CLASS_CONTROLLER_LEN {
+        out.push(FieldViolation::new(
+            field,
+            ViolationKind::TooLong,
+            "",
+            format!("may not be more than {MAX_INGRESS_CLASS_CONTROLLER_LEN} bytes"),
+        ));
+    }
+    domain_prefixed_path(field, &src.controller, &mut out);
+    out
+}
+
 /// Validates an Ingress status as kube-apiserver does on a status update.
 pub fn ingress_status(status: &IngressStatus) -> Vec<FieldViolation> {
     let mut out = Vec::new();
@@ -187,9 +206,8 @@ pub fn ingress_status(status: &IngressStatus) -> Vec<FieldViolation> {
     out
 }
 
-/// The parts of `ValidateObjectMeta` that concern us: name, namespace and annotations.
-fn object_meta(src: &IngressSource, out: &mut Vec<FieldViolation>) {
-    let name = &*src.key.name;
+/// `metadata.name` of an object named by a DNS-1123 subdomain (`NameIsDNSSubdomain`).
+fn object_name(name: &str, out: &mut Vec<FieldViolation>) {
     if name.is_empty() {
         out.push(FieldViolation::required(
             "metadata.name",
@@ -200,6 +218,43 @@ fn object_meta(src: &IngressSource, out: &mut Vec<FieldViolation>) {
             out.push(FieldViolation::invalid("metadata.name", name, msg));
         }
     }
+}
+
+/// `IsDomainPrefixedPath`, as for an IngressClass's controller: `example.com/some/path`.
+fn domain_prefixed_path(field: &str, value: &str, out: &mut Vec<FieldViolation>) {
+    if value.is_empty() {
+        out.push(FieldViolation::required(field, ""));
+        return;
+    }
+    let Some((host, path)) = value
+        .split_once('/')
+        .filter(|(h, p)| !h.is_empty() && !p.is_empty())
+    else {
+        out.push(FieldViolation::invalid(
+            field,
+            value,
+            "must be a domain-prefixed path (such as \"acme.io/foo\")",
+        ));
+        return;
+    };
+    for msg in check_dns1123_subdomain(host) {
+        out.push(FieldViolation::invalid(field, host, msg));
+    }
+    let path_ok = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/-._~%!$&'()*+,;=:".contains(&b));
+    if !path_ok {
+        out.push(FieldViolation::invalid(
+            field,
+            path,
+            regex_message("Invalid path", "[A-Za-z0-9/\\-._~%!$&'()*+,;=:]+", &[]),
+        ));
+    }
+}
+
+/// The parts of `ValidateObjectMeta` that concern us: name, namespace and annotations.
+fn object_meta(src: &IngressSource, out: &mut Vec<FieldViolation>) {
+    object_name(&src.key.name, out);
     let namespace = &*src.key.namespace;
     if namespace.is_empty() {
         out.push(FieldViolation::required("metadata.namespace", ""));
@@ -705,6 +760,9 @@ fn max_len_message(max: usize) -> String {
 
 /// The API server's `RegexError`, spacing included.
 fn regex_message(msg: &str, fmt: &str, examples: &[&str]) -> String {
+    if examples.is_empty() {
+        return format!("{msg} (regex used for validation is '{fmt}')");
+    }
     let mut out = format!("{msg} (e.g. ");
     for (i, example) in examples.iter().enumerate() {
         if i > 0 {

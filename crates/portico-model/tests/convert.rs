@@ -553,6 +553,14 @@ fn malformed_objects_are_named_in_errors() {
         ),
         (json!("just a string"), "not a Kubernetes object"),
         (
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"generateName": "x-"}}),
+            "Secret without `metadata.name`",
+        ),
+        (
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": ""}}),
+            "Service without `metadata.name`",
+        ),
+        (
             json!({"apiVersion": "v1", "kind": "List", "metadata": {"name": "l"}, "items": 3}),
             "List l: `items` must be a sequence",
         ),

@@ -734,3 +734,59 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn ingress_classes() {
+    use portico_model::IngressClassSource;
+    let class = |name: &str, controller: &str| IngressClassSource {
+        key: ObjectKey::cluster(name),
+        controller: controller.into(),
+        is_default_class: false,
+    };
+    assert_eq!(
+        validate::ingress_class(&class("portico", "portico.dev/ingress-controller")),
+        vec![]
+    );
+    assert_eq!(
+        validate::ingress_class(&class("nginx", "k8s.io/ingress-nginx")),
+        vec![]
+    );
+    let shown = |c: IngressClassSource| -> Vec<String> {
+        validate::ingress_class(&c)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(
+        shown(class("Bad", "")),
+        [
+            "metadata.name: Invalid value: \"Bad\": a lowercase RFC 1123 subdomain must consist of \
+             lower case alphanumeric characters, '-' or '.', and must start and end with an \
+             alphanumeric character (e.g. 'example.com', regex used for validation is \
+             '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+            "spec.controller: Required value",
+        ]
+    );
+    assert_eq!(
+        shown(class("a", "no-slash")),
+        [
+            "spec.controller: Invalid value: \"no-slash\": must be a domain-prefixed path (such as \"acme.io/foo\")"
+        ]
+    );
+    assert_eq!(
+        shown(class("a", "Acme.io/a b")),
+        [
+            "spec.controller: Invalid value: \"Acme.io\": a lowercase RFC 1123 subdomain must consist of \
+             lower case alphanumeric characters, '-' or '.', and must start and end with an \
+             alphanumeric character (e.g. 'example.com', regex used for validation is \
+             '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+            "spec.controller: Invalid value: \"a b\": Invalid path (regex used for validation is \
+             '[A-Za-z0-9/\\-._~%!$&'()*+,;=:]+')",
+        ]
+    );
+    let long = format!("acme.io/{}", "a".repeat(250));
+    assert_eq!(
+        shown(class("a", &long)),
+        ["spec.controller: Too long: may not be more than 250 bytes"]
+    );
+}
