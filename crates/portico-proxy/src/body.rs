@@ -1,0 +1,312 @@
+//! Body adapters. Bodies always stream: nothing here buffers more than one frame.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use tokio::time::{Instant, Sleep};
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The one body type that flows through the proxy, in both directions.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub(crate) fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+pub(crate) fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub(crate) fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// The request body grew beyond `proxy-body-size`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {limit} bytes")]
+pub(crate) struct BodyTooLarge {
+    limit: u64,
+}
+
+/// Fails the stream once more than `limit` bytes went through, and raises `exceeded` so the
+/// handler can answer 413 instead of 502.
+pub(crate) struct LimitedBody {
+    inner: ProxyBody,
+    remaining: u64,
+    limit: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl LimitedBody {
+    pub(crate) fn new(inner: ProxyBody, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            remaining: limit,
+            limit,
+            exceeded,
+        }
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            let len = data.len() as u64;
+            if len > this.remaining {
+                this.exceeded.store(true, Ordering::Release);
+                return Poll::Ready(Some(Err(BodyTooLarge { limit: this.limit }.into())));
+            }
+            this.remaining -= len;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that can be taken back if the upstream client never polled it, so the
+/// request can be retried on another endpoint knowing that not one byte of it was sent.
+pub(crate) struct Reclaimable {
+    slot: Arc<Mutex<Option<ProxyBody>>>,
+}
+
+impl Reclaimable {
+    /// Splits `body` into the handle kept by the handler and the body given to the client.
+    pub(crate) fn new(body: ProxyBody) -> (Self, ProxyBody) {
+        let end = body.is_end_stream();
+        let hint = body.size_hint();
+        let slot = Arc::new(Mutex::new(Some(body)));
+        let lazy = LazyBody {
+            slot: slot.clone(),
+            taken: None,
+            end,
+            hint,
+        };
+        (Self { slot }, UnsyncBoxBody::new(lazy))
+    }
+
+    /// The body, if nothing was read from it.
+    pub(crate) fn reclaim(self) -> Option<ProxyBody> {
+        self.slot.lock().ok()?.take()
+    }
+}
+
+struct LazyBody {
+    slot: Arc<Mutex<Option<ProxyBody>>>,
+    taken: Option<ProxyBody>,
+    end: bool,
+    hint: SizeHint,
+}
+
+impl Body for LazyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.taken.is_none() {
+            let taken = this.slot.lock().ok().and_then(|mut slot| slot.take());
+            match taken {
+                Some(body) => this.taken = Some(body),
+                None => return Poll::Ready(None),
+            }
+        }
+        match this.taken.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.taken {
+            Some(body) => body.is_end_stream(),
+            None => self.end,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.taken {
+            Some(body) => body.size_hint(),
+            None => self.hint.clone(),
+        }
+    }
+}
+
+/// The upstream went quiet for longer than `proxy-read-timeout` in the middle of a body.
+#[derive(Debug, thiserror::Error)]
+#[error("no data from upstream for {0:?}")]
+pub(crate) struct ReadTimeout(Duration);
+
+/// Fails a body when no frame arrives within `timeout` of the previous one.
+pub(crate) struct TimeoutBody {
+    inner: ProxyBody,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl TimeoutBody {
+    pub(crate) fn new(inner: ProxyBody, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl Body for TimeoutBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.sleep.as_mut().reset(Instant::now() + this.timeout);
+            return Poll::Ready(frame);
+        }
+        ready!(this.sleep.as_mut().poll(cx));
+        Poll::Ready(Some(Err(ReadTimeout(this.timeout).into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An HTTP/3 request body: DATA frames, then optional trailers, read straight off the stream.
+pub(crate) struct H3RequestBody {
+    stream: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
+    data_done: bool,
+    done: bool,
+}
+
+impl H3RequestBody {
+    pub(crate) fn new(stream: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>) -> Self {
+        Self {
+            stream,
+            data_done: false,
+            done: false,
+        }
+    }
+}
+
+impl Body for H3RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if !this.data_done {
+            match ready!(this.stream.poll_recv_data(cx)) {
+                Ok(Some(mut buf)) => {
+                    let bytes = buf.copy_to_bytes(buf.remaining());
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                Ok(None) => this.data_done = true,
+                Err(e) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+        let trailers: Result<Option<HeaderMap>, _> = ready!(this.stream.poll_recv_trailers(cx));
+        this.done = true;
+        match trailers {
+            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn limited_body_rejects_overflow() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let body = LimitedBody::new(full("0123456789"), 4, flag.clone());
+        assert!(body.collect().await.is_err());
+        assert!(flag.load(Ordering::Acquire));
+        let ok = LimitedBody::new(full("0123"), 4, Arc::new(AtomicBool::new(false)));
+        assert_eq!(ok.collect().await.unwrap().to_bytes(), "0123");
+    }
+
+    #[tokio::test]
+    async fn reclaim_only_before_first_poll() {
+        let (handle, body) = Reclaimable::new(full("abc"));
+        drop(body);
+        assert!(handle.reclaim().is_some());
+        let (handle, body) = Reclaimable::new(full("abc"));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abc");
+        assert!(handle.reclaim().is_none());
+    }
+
+    #[tokio::test]
+    async fn timeout_body_fires_when_quiet() {
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let quiet = http_body_util::StreamBody::new(ReceiverStream(rx));
+        let body = TimeoutBody::new(boxed(quiet), Duration::from_millis(20));
+        assert!(body.collect().await.is_err());
+    }
+
+    struct ReceiverStream(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>);
+    impl futures_util::Stream for ReceiverStream {
+        type Item = Result<Frame<Bytes>, BoxError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.0.poll_recv(cx)
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! What a [`Proxy`](crate::Proxy) is told at start: where to listen and which limits to apply.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::sign::CertifiedKey;
+
+/// Everything the data plane needs besides the routing table.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Plain-HTTP listeners (HTTP/1.1 and h2c with prior knowledge).
+    pub http: Vec<SocketAddr>,
+    /// TLS listeners (ALPN `h2`, `http/1.1`).
+    pub https: Vec<SocketAddr>,
+    /// QUIC listeners (ALPN `h3`). Their port is advertised in `Alt-Svc` on TCP responses.
+    pub h3: Vec<SocketAddr>,
+    /// The port advertised in `Alt-Svc: h3=":PORT"`; `None` uses the first QUIC listener's
+    /// bound port. A LoadBalancer may map the public port to another one.
+    pub alt_svc_port: Option<u16>,
+    /// The certificate served when SNI matches nothing in the table and the table has no
+    /// default certificate. `None`: a self-signed one is generated at start.
+    pub default_certificate: Option<Arc<CertifiedKey>>,
+    /// TLS session resumption (tickets and a session cache). Off for handshake benchmarks.
+    pub session_resumption: bool,
+    pub limits: Limits,
+    /// The `Server` header added to responses that carry none.
+    pub server_name: String,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            http: vec![SocketAddr::from(([0, 0, 0, 0], 80))],
+            https: vec![SocketAddr::from(([0, 0, 0, 0], 443))],
+            h3: vec![SocketAddr::from(([0, 0, 0, 0], 443))],
+            alt_svc_port: None,
+            default_certificate: None,
+            session_resumption: true,
+            limits: Limits::default(),
+            server_name: "portico".to_owned(),
+        }
+    }
+}
+
+/// Bounds on what one client may make the proxy do.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Request line plus headers (HTTP/1.1) or the header list (HTTP/2, HTTP/3): 431 beyond.
+    pub max_header_bytes: usize,
+    /// How long a client may take to send a complete request head (slowloris).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving is closed after this.
+    pub idle_timeout: Duration,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// Concurrent streams per HTTP/2 connection and bidirectional streams per QUIC connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset before the server handled them (rapid reset).
+    pub max_pending_accept_reset_streams: usize,
+    /// HTTP/2 streams the server may reset for protocol errors before it closes the connection.
+    pub max_local_error_reset_streams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 32 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            handshake_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 128,
+            max_pending_accept_reset_streams: 50,
+            max_local_error_reset_streams: 256,
+        }
+    }
+}

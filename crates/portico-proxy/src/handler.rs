@@ -1,0 +1,425 @@
+//! One request, whatever protocol it came in on: route it through the current table, apply
+//! the route's policy, forward it to an endpoint and shape the response.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use portico_model::{Backend, BackendProtocol, BackendTarget, Route, RoutingTable};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::body::{self, LimitedBody, ProxyBody, Reclaimable, TimeoutBody};
+use crate::headers::{self, Forwarded};
+use crate::upstream::{self, Clients, Health};
+
+/// State shared by every listener and connection of one proxy.
+pub(crate) struct Shared {
+    pub table: Arc<ArcSwap<RoutingTable>>,
+    pub clients: Clients,
+    pub health: Health,
+    pub server_header: HeaderValue,
+    /// `Alt-Svc` for TCP responses, set once the QUIC listener is bound.
+    pub alt_svc: OnceLock<HeaderValue>,
+    /// Upgraded (WebSocket) tunnels: they outlive their HTTP connection and any table.
+    pub tunnels: TaskTracker,
+    /// The drain deadline passed: drop whatever is still open.
+    pub force: CancellationToken,
+}
+
+/// How the client reached us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Plain,
+    Tls,
+    Quic,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub transport: Transport,
+}
+
+/// At most this many endpoints are tried for one request (only when nothing was sent).
+const MAX_ATTEMPTS: usize = 3;
+
+pub(crate) async fn handle(
+    shared: &Shared,
+    conn: ConnInfo,
+    req: Request<ProxyBody>,
+    upgrade: Option<OnUpgrade>,
+) -> Response<ProxyBody> {
+    let mut resp = route_and_forward(shared, conn, req, upgrade).await;
+    let headers = resp.headers_mut();
+    headers::add_response_defaults(headers, &shared.server_header);
+    if conn.transport != Transport::Quic
+        && let Some(alt_svc) = shared.alt_svc.get()
+    {
+        headers
+            .entry(header::ALT_SVC)
+            .or_insert_with(|| alt_svc.clone());
+    }
+    resp
+}
+
+async fn route_and_forward(
+    shared: &Shared,
+    conn: ConnInfo,
+    req: Request<ProxyBody>,
+    upgrade: Option<OnUpgrade>,
+) -> Response<ProxyBody> {
+    if let Some(rejection) = malformed(&req) {
+        return rejection;
+    }
+    if req.method() == Method::CONNECT {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
+    }
+    let host = headers::request_host(req.uri(), req.headers())
+        .unwrap_or("")
+        .to_owned();
+    let table = shared.table.load_full();
+    let Some(route) = table.lookup(&host, req.uri().path()) else {
+        return error(StatusCode::NOT_FOUND, "no route for this host and path");
+    };
+    let policy = &route.policy;
+    if !policy.allows_source(conn.peer.ip()) {
+        return error(StatusCode::FORBIDDEN, "source address not allowed");
+    }
+    if conn.transport == Transport::Plain && route.redirect_to_https {
+        return redirect_to_https(&host, req.uri());
+    }
+    if let Some(limit) = policy.max_body_bytes
+        && declared_length(&req).is_some_and(|len| len > limit)
+    {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    }
+    let Some(backend) = table.backend(&route.backend) else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no such backend");
+    };
+    forward(shared, conn, &host, route, backend, req, upgrade).await
+}
+
+/// Requests hyper accepts but a proxy must not forward.
+fn malformed(req: &Request<ProxyBody>) -> Option<Response<ProxyBody>> {
+    let headers = req.headers();
+    // Both framings at once is the classic request-smuggling vector (RFC 9112 §6.1).
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            "both Transfer-Encoding and Content-Length",
+        ));
+    }
+    match headers::request_host(req.uri(), headers) {
+        Some(host) if host.parse::<Authority>().is_err() => {
+            Some(error(StatusCode::BAD_REQUEST, "invalid host"))
+        }
+        None if req.version() == Version::HTTP_11 => {
+            Some(error(StatusCode::BAD_REQUEST, "missing Host"))
+        }
+        _ => None,
+    }
+}
+
+fn declared_length(req: &Request<ProxyBody>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn redirect_to_https(host: &str, uri: &Uri) -> Response<ProxyBody> {
+    let path = uri
+        .path_and_query()
+        .map(PathAndQuery::as_str)
+        .unwrap_or("/");
+    let location = format!("https://{}{}", headers::host_without_port(host), path);
+    let mut resp = error(StatusCode::PERMANENT_REDIRECT, "");
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+            resp
+        }
+        Err(_) => error(StatusCode::BAD_REQUEST, "invalid host"),
+    }
+}
+
+/// Where one attempt goes.
+enum Target {
+    Endpoint(SocketAddr),
+    External(String),
+}
+
+async fn forward(
+    shared: &Shared,
+    conn: ConnInfo,
+    host: &str,
+    route: &Route,
+    backend: &Backend,
+    req: Request<ProxyBody>,
+    client_upgrade: Option<OnUpgrade>,
+) -> Response<ProxyBody> {
+    let policy = &route.policy;
+    let protocol = policy.backend_protocol;
+    let (mut parts, body) = req.into_parts();
+
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let mut body = match policy.max_body_bytes {
+        Some(limit) => ProxyBody::new(LimitedBody::new(body, limit, exceeded.clone())),
+        None => body,
+    };
+
+    let upgrade_token = client_upgrade
+        .as_ref()
+        .and_then(|_| parts.headers.get(header::UPGRADE).cloned());
+    let h2_upstream = matches!(protocol, BackendProtocol::H2c | BackendProtocol::Grpcs);
+    headers::strip_hop_by_hop(&mut parts.headers, h2_upstream);
+    if let Some(token) = &upgrade_token
+        && !h2_upstream
+    {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, token.clone());
+    }
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    headers::add_forwarded(
+        &mut parts.headers,
+        &Forwarded {
+            client: conn.peer.ip(),
+            proto: if conn.transport == Transport::Plain {
+                "http"
+            } else {
+                "https"
+            },
+            host: headers::host_without_port(host),
+            port: conn.local.port(),
+        },
+    );
+    parts.version = if h2_upstream {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let upstream_path = {
+        let path = route.upstream_path(parts.uri.path());
+        match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.into_owned(),
+        }
+    };
+    let scheme = match protocol {
+        BackendProtocol::Http | BackendProtocol::H2c => Scheme::HTTP,
+        BackendProtocol::Https | BackendProtocol::Grpcs => Scheme::HTTPS,
+    };
+
+    let sticky_cookie = policy.affinity.as_ref().map(|a| a.cookie_name.as_str());
+    let sticky = sticky_cookie
+        .and_then(|name| headers::cookie(&parts.headers, name))
+        .and_then(|token| upstream::endpoint_for_token(backend, token));
+
+    let client = shared.clients.get(protocol, policy.connect_timeout);
+    let deadline = policy.connect_timeout + policy.read_timeout;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last_failure = StatusCode::BAD_GATEWAY;
+    loop {
+        let target = match &backend.target {
+            BackendTarget::ExternalName { host, port } => {
+                Target::External(format!("{host}:{port}"))
+            }
+            BackendTarget::Endpoints(_) => {
+                match upstream::pick(backend, &shared.health, &tried, sticky) {
+                    Some(ep) => Target::Endpoint(ep.addr),
+                    None if tried.is_empty() => {
+                        return error(StatusCode::SERVICE_UNAVAILABLE, "no endpoint available");
+                    }
+                    None => return error(last_failure, "upstream unavailable"),
+                }
+            }
+            BackendTarget::Unavailable(_) => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "no endpoint available");
+            }
+        };
+        let authority = match &target {
+            Target::Endpoint(addr) => addr.to_string(),
+            Target::External(hostport) => hostport.clone(),
+        };
+        let Ok(uri) = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.as_str())
+            .path_and_query(upstream_path.as_str())
+            .build()
+        else {
+            return error(StatusCode::BAD_REQUEST, "invalid request target");
+        };
+        let (reclaim, sent_body) = Reclaimable::new(body);
+        let mut upstream_req = Request::from_parts(parts.clone(), sent_body);
+        *upstream_req.uri_mut() = uri;
+
+        let outcome = tokio::time::timeout(deadline, client.request(upstream_req)).await;
+        let endpoint = match target {
+            Target::Endpoint(addr) => Some(addr),
+            Target::External(_) => None,
+        };
+        match outcome {
+            Ok(Ok(resp)) => {
+                if let Some(addr) = endpoint {
+                    shared.health.success(addr);
+                }
+                let cookie = match (sticky_cookie, endpoint) {
+                    (Some(name), Some(addr)) if sticky != Some(addr) => Some(format!(
+                        "{name}={}; Path=/; HttpOnly",
+                        upstream::affinity_token(addr)
+                    )),
+                    _ => None,
+                };
+                return respond(shared, resp, client_upgrade, policy.read_timeout, cookie);
+            }
+            Ok(Err(err)) => {
+                let status = if exceeded.load(Ordering::Acquire) {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else if is_timeout(&err) {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                tracing::debug!(upstream = %authority, error = %ErrorChain(&err), "upstream request failed");
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    return error(status, "request body too large");
+                }
+                if let Some(addr) = endpoint {
+                    shared.health.failure(addr);
+                    tried.push(addr);
+                }
+                last_failure = status;
+                // Retry only when the request never left: the connection was not made and
+                // not one byte of the body was read.
+                let retryable =
+                    err.is_connect() && endpoint.is_some() && tried.len() < MAX_ATTEMPTS;
+                match reclaim.reclaim() {
+                    Some(unsent) if retryable => body = unsent,
+                    _ => return error(status, "upstream failure"),
+                }
+            }
+            Err(_elapsed) => {
+                tracing::debug!(upstream = %authority, "upstream timed out");
+                return error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
+            }
+        }
+    }
+}
+
+fn respond(
+    shared: &Shared,
+    mut resp: Response<hyper::body::Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+    read_timeout: Duration,
+    set_cookie: Option<String>,
+) -> Response<ProxyBody> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "backend switched protocols unasked",
+            );
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let force = shared.force.clone();
+        shared.tunnels.spawn(async move {
+            let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) else {
+                return;
+            };
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                _ = force.cancelled() => {}
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        let connection = parts.headers.get(header::CONNECTION).cloned();
+        let upgrade = parts.headers.get(header::UPGRADE).cloned();
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        parts.headers.insert(
+            header::CONNECTION,
+            connection.unwrap_or(HeaderValue::from_static("upgrade")),
+        );
+        if let Some(upgrade) = upgrade {
+            parts.headers.insert(header::UPGRADE, upgrade);
+        }
+        return Response::from_parts(parts, body::empty());
+    }
+    let (mut parts, incoming) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    parts.version = Version::HTTP_11;
+    if let Some(cookie) = set_cookie
+        && let Ok(v) = HeaderValue::from_str(&cookie)
+    {
+        parts.headers.append(header::SET_COOKIE, v);
+    }
+    Response::from_parts(
+        parts,
+        ProxyBody::new(TimeoutBody::new(body::boxed(incoming), read_timeout)),
+    )
+}
+
+fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// A small plain-text response of our own.
+pub(crate) fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let text = if message.is_empty() {
+        format!("{status}\n")
+    } else {
+        format!("{status}: {message}\n")
+    };
+    let mut resp = Response::new(body::full(text.clone()));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+    resp
+}

@@ -1,0 +1,254 @@
+//! Header rules of a reverse proxy: hop-by-hop stripping, the `X-Forwarded-*` family,
+//! request IDs, and the `Server`/`Date` headers added to responses that lack them.
+
+use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub(crate) static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the names listed
+/// in `Connection`. `keep_te_trailers` keeps `TE: trailers`, which gRPC over HTTP/2 needs.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    let te_trailers = keep_te_trailers
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// What the backend is told about the client's connection.
+pub(crate) struct Forwarded<'a> {
+    pub client: IpAddr,
+    pub proto: &'static str,
+    pub host: &'a str,
+    pub port: u16,
+}
+
+/// Appends the client to `X-Forwarded-For` and sets the rest of the family.
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
+    let client = canonical_ip(fwd.client).to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {client}"),
+        _ => client.clone(),
+    };
+    // Every value here is an IP, a scheme, a validated host or a number: always valid.
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&client) {
+        headers.insert(X_REAL_IP.clone(), v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(fwd.proto),
+    );
+    if let Ok(v) = HeaderValue::from_str(fwd.host) {
+        headers.insert(X_FORWARDED_HOST.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(fwd.port));
+    if !headers.contains_key(&X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID.clone(), request_id());
+    }
+}
+
+/// IPv4 clients on a dual-stack socket appear as `::ffff:a.b.c.d`; report them as IPv4.
+pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// 32 hex digits, unique per process and unpredictable across processes: a per-process
+/// random key (from the standard library's hasher seed) over a counter.
+pub(crate) fn request_id() -> HeaderValue {
+    static KEYS: LazyLock<(RandomState, RandomState)> =
+        LazyLock::new(|| (RandomState::new(), RandomState::new()));
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut a = KEYS.0.build_hasher();
+    a.write_u64(n);
+    let mut b = KEYS.1.build_hasher();
+    b.write_u64(n);
+    let id = format!("{:016x}{:016x}", a.finish(), b.finish());
+    HeaderValue::from_str(&id).expect("hex digits are a valid header value")
+}
+
+/// The current `Date` value, formatted once per second per thread.
+pub(crate) fn http_date() -> HeaderValue {
+    thread_local! {
+        static CACHE: RefCell<(u64, Option<HeaderValue>)> = const { RefCell::new((0, None)) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        match &cache.1 {
+            Some(v) if cache.0 == secs => v.clone(),
+            _ => {
+                let v = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                    .expect("an HTTP date is a valid header value");
+                *cache = (secs, Some(v.clone()));
+                v
+            }
+        }
+    })
+}
+
+/// `Server` and `Date` when the backend (or our own error page) set none.
+pub(crate) fn add_response_defaults(headers: &mut HeaderMap, server: &HeaderValue) {
+    if !headers.contains_key(header::SERVER) {
+        headers.insert(header::SERVER, server.clone());
+    }
+    if !headers.contains_key(header::DATE) {
+        headers.insert(header::DATE, http_date());
+    }
+}
+
+/// The host a request names: `:authority` (HTTP/2, HTTP/3, absolute-form) or `Host`.
+/// Returns the value with any port, as received; `None` when there is none or it is not text.
+pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    if let Some(authority) = uri.authority() {
+        return Some(authority.as_str());
+    }
+    headers.get(header::HOST).and_then(|v| v.to_str().ok())
+}
+
+/// The host without its port (IPv6 literals keep their brackets).
+pub(crate) fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// A `Cookie` header's value for `name`, if the request carries one.
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v.trim_matches('"'))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let mut grpc = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+        strip_hop_by_hop(&mut grpc, true);
+        assert_eq!(grpc.get(header::TE).unwrap(), "trailers");
+    }
+
+    #[test]
+    fn forwarded_appends_and_sets() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
+        let fwd = Forwarded {
+            client: "::ffff:192.0.2.1".parse().unwrap(),
+            proto: "https",
+            host: "example.com",
+            port: 443,
+        };
+        add_forwarded(&mut h, &fwd);
+        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.7, 192.0.2.1");
+        assert_eq!(h[&X_REAL_IP], "192.0.2.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_HOST], "example.com");
+        assert_eq!(h[&X_FORWARDED_PORT], "443");
+        assert_eq!(h[&X_REQUEST_ID].len(), 32);
+    }
+
+    #[test]
+    fn request_ids_differ() {
+        assert_ne!(request_id(), request_id());
+    }
+
+    #[test]
+    fn host_port_split() {
+        assert_eq!(host_without_port("example.com:8080"), "example.com");
+        assert_eq!(host_without_port("example.com"), "example.com");
+        assert_eq!(host_without_port("[::1]:443"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn cookie_lookup() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; route=abc"));
+        assert_eq!(cookie(&h, "route"), Some("abc"));
+        assert_eq!(cookie(&h, "b"), None);
+    }
+}

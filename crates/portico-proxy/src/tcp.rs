@@ -1,0 +1,325 @@
+//! TCP listeners: plain (HTTP/1.1 and h2c prior knowledge) and TLS (ALPN h2, http/1.1).
+//!
+//! The accept loop never exits on a per-connection error; when the process runs out of file
+//! descriptors it backs off briefly instead of spinning. Every connection watches two
+//! tokens: `draining` (finish what is in flight, then close) and `force` (drop now).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::body;
+use crate::config::Limits;
+use crate::handler::{self, ConnInfo, Shared, Transport};
+
+/// Binds a TCP listener; IPv6 sockets are v6-only so `[::]` and `0.0.0.0` can share a port.
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Everything an accept loop needs.
+pub(crate) struct Serve {
+    pub shared: Arc<Shared>,
+    pub tls: Option<TlsAcceptor>,
+    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    pub limits: Limits,
+    pub draining: CancellationToken,
+    pub connections: TaskTracker,
+}
+
+pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .auto_date_header(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.max_local_error_reset_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .auto_date_header(false);
+    builder
+}
+
+pub(crate) async fn accept_loop(listener: TcpListener, serve: Arc<Serve>) {
+    let local = listener.local_addr().ok();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = serve.draining.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let serve2 = serve.clone();
+                serve
+                    .connections
+                    .spawn(async move { serve_connection(stream, peer, serve2).await });
+            }
+            Err(e) if is_resource_exhaustion(&e) => {
+                tracing::warn!(listener = ?local, error = %e, "accept: out of resources; backing off");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => tracing::debug!(listener = ?local, error = %e, "accept failed"),
+        }
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM on Linux.
+    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, serve: Arc<Serve>) {
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::new());
+    let stream = Tracked {
+        inner: stream,
+        activity: activity.clone(),
+    };
+    match &serve.tls {
+        None => {
+            let info = ConnInfo {
+                peer,
+                local,
+                transport: Transport::Plain,
+            };
+            drive(stream, info, &serve, activity).await
+        }
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(serve.limits.handshake_timeout, acceptor.accept(stream));
+            let tls = tokio::select! {
+                r = handshake => r,
+                _ = serve.shared.force.cancelled() => return,
+            };
+            match tls {
+                Ok(Ok(tls)) => {
+                    let info = ConnInfo {
+                        peer,
+                        local,
+                        transport: Transport::Tls,
+                    };
+                    drive(tls, info, &serve, activity).await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn drive<I>(io: I, info: ConnInfo, serve: &Serve, activity: Arc<Activity>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = serve.shared.clone();
+    let waiting = activity.clone();
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        let shared = shared.clone();
+        let waiting = waiting.clone();
+        async move {
+            // A request waiting for its backend is not idle, however quiet the socket is.
+            let _pending = waiting.pending();
+            let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+            let req = req.map(body::boxed);
+            Ok::<_, std::convert::Infallible>(handler::handle(&shared, info, req, upgrade).await)
+        }
+    });
+    let conn = serve
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    let mut conn = pin!(conn);
+    let idle = serve.limits.idle_timeout;
+    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(250)));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = serve.draining.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = serve.shared.force.cancelled() => return,
+            _ = tick.tick() => {
+                if activity.has_pending() {
+                    continue;
+                }
+                let quiet = activity.quiet_for();
+                if quiet >= idle * 2 {
+                    // Asked to close a while ago and still silent: drop it.
+                    return;
+                }
+                if quiet >= idle && !closing {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// An HTTP/1.1 request asking to switch protocols (WebSocket). h2c upgrades are not offered.
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == http::Version::HTTP_11
+        && req
+            .headers()
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| !v.eq_ignore_ascii_case("h2c"))
+        && req
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// When bytes last moved on a connection (in milliseconds since it was accepted), and how
+/// many of its requests wait for a response head.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    pending: AtomicUsize,
+}
+
+struct Pending<'a>(&'a Activity);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            pending: AtomicUsize::new(0),
+        }
+    }
+
+    fn pending(&self) -> Pending<'_> {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        Pending(self)
+    }
+
+    fn has_pending(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) > 0
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        // Relaxed and racy by design: a few milliseconds of error do not matter here.
+        if ms > self.last_ms.load(Ordering::Relaxed) {
+            self.last_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// A stream that records activity on every successful read or write.
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,228 @@
+//! Connections to backends: pooled keep-alive clients per protocol, endpoint choice
+//! (round-robin, cookie affinity) and passive ejection of failing endpoints.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use portico_model::{Backend, BackendProtocol, Endpoint};
+
+use crate::body::ProxyBody;
+use crate::tls::{ALPN_H2, ALPN_HTTP11, upstream_client_config};
+
+type PlainClient = Client<HttpConnector, ProxyBody>;
+type TlsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// A pooled client for one backend protocol and connect timeout.
+#[derive(Clone)]
+pub(crate) enum UpstreamClient {
+    Plain(PlainClient),
+    Tls(TlsClient),
+}
+
+impl UpstreamClient {
+    pub(crate) async fn request(
+        &self,
+        req: http::Request<ProxyBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        match self {
+            UpstreamClient::Plain(c) => c.request(req).await,
+            UpstreamClient::Tls(c) => c.request(req).await,
+        }
+    }
+}
+
+/// Upstream clients are made on first use per (protocol, connect timeout) and then shared,
+/// so each keeps one keep-alive pool per endpoint.
+#[derive(Default)]
+pub(crate) struct Clients {
+    clients: RwLock<HashMap<(BackendProtocol, Duration), UpstreamClient>>,
+}
+
+impl Clients {
+    pub(crate) fn get(
+        &self,
+        protocol: BackendProtocol,
+        connect_timeout: Duration,
+    ) -> UpstreamClient {
+        let key = (protocol, connect_timeout);
+        if let Some(client) = self.clients.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return client;
+        }
+        let client = build_client(protocol, connect_timeout);
+        if let Ok(mut map) = self.clients.write() {
+            return map.entry(key).or_insert(client).clone();
+        }
+        client
+    }
+}
+
+fn build_client(protocol: BackendProtocol, connect_timeout: Duration) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http.enforce_http(false);
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024);
+    match protocol {
+        BackendProtocol::Http => UpstreamClient::Plain(builder.build(http)),
+        BackendProtocol::H2c => UpstreamClient::Plain(builder.http2_only(true).build(http)),
+        BackendProtocol::Https => {
+            let tls = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(upstream_client_config(&[ALPN_HTTP11]))
+                .https_only()
+                .enable_http1()
+                .wrap_connector(http);
+            UpstreamClient::Tls(builder.build(tls))
+        }
+        BackendProtocol::Grpcs => {
+            let tls = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(upstream_client_config(&[ALPN_H2]))
+                .https_only()
+                .enable_http2()
+                .wrap_connector(http);
+            UpstreamClient::Tls(builder.http2_only(true).build(tls))
+        }
+    }
+}
+
+/// Passive health: endpoints that fail are skipped for a while, doubling each time in a row.
+#[derive(Default)]
+pub(crate) struct Health {
+    ejected: Mutex<HashMap<SocketAddr, Ejection>>,
+    /// How many entries `ejected` holds, so the common case never takes the lock.
+    len: AtomicUsize,
+}
+
+struct Ejection {
+    until: Instant,
+    strikes: u32,
+}
+
+const BASE_EJECTION: Duration = Duration::from_secs(1);
+const MAX_EJECTION: Duration = Duration::from_secs(30);
+
+impl Health {
+    pub(crate) fn is_ejected(&self, addr: SocketAddr) -> bool {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let Ok(map) = self.ejected.lock() else {
+            return false;
+        };
+        map.get(&addr).is_some_and(|e| e.until > Instant::now())
+    }
+
+    pub(crate) fn failure(&self, addr: SocketAddr) {
+        let Ok(mut map) = self.ejected.lock() else {
+            return;
+        };
+        let entry = map.entry(addr).or_insert(Ejection {
+            until: Instant::now(),
+            strikes: 0,
+        });
+        entry.strikes = entry.strikes.saturating_add(1);
+        let backoff = BASE_EJECTION
+            .saturating_mul(1 << entry.strikes.saturating_sub(1).min(5))
+            .min(MAX_EJECTION);
+        entry.until = Instant::now() + backoff;
+        self.len.store(map.len(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn success(&self, addr: SocketAddr) {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let Ok(mut map) = self.ejected.lock() else {
+            return;
+        };
+        map.remove(&addr);
+        self.len.store(map.len(), Ordering::Relaxed);
+    }
+}
+
+/// The endpoint for one attempt: the affinity endpoint if it is usable, otherwise the next in
+/// round-robin order that is neither ejected nor already tried. If every endpoint is ejected,
+/// one that was not tried is used anyway: a guess beats a certain 503.
+pub(crate) fn pick<'b>(
+    backend: &'b Backend,
+    health: &Health,
+    tried: &[SocketAddr],
+    sticky: Option<SocketAddr>,
+) -> Option<&'b Endpoint> {
+    let endpoints = backend.endpoints();
+    if let Some(addr) = sticky
+        && !tried.contains(&addr)
+        && !health.is_ejected(addr)
+        && let Some(ep) = endpoints.iter().find(|e| e.addr == addr)
+    {
+        return Some(ep);
+    }
+    let mut fallback = None;
+    for _ in 0..endpoints.len() {
+        let ep = backend.next_endpoint()?;
+        if tried.contains(&ep.addr) {
+            continue;
+        }
+        if !health.is_ejected(ep.addr) {
+            return Some(ep);
+        }
+        fallback.get_or_insert(ep);
+    }
+    fallback
+}
+
+/// The affinity cookie's value for an endpoint: a stable hash of its address, so every
+/// replica maps the same cookie to the same Pod.
+pub(crate) fn affinity_token(addr: SocketAddr) -> String {
+    // FNV-1a: stable across processes and versions, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in addr.to_string().bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+pub(crate) fn endpoint_for_token(backend: &Backend, token: &str) -> Option<SocketAddr> {
+    backend
+        .endpoints()
+        .iter()
+        .map(|e| e.addr)
+        .find(|addr| affinity_token(*addr) == token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ejection_backs_off_and_clears() {
+        let health = Health::default();
+        let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        assert!(!health.is_ejected(addr));
+        health.failure(addr);
+        assert!(health.is_ejected(addr));
+        health.success(addr);
+        assert!(!health.is_ejected(addr));
+    }
+
+    #[test]
+    fn affinity_tokens_are_stable_and_distinct() {
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        assert_eq!(affinity_token(a), affinity_token(a));
+        assert_ne!(affinity_token(a), affinity_token(b));
+    }
+}

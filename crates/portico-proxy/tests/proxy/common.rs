@@ -1,0 +1,415 @@
+//! Test support: echo backends written here, manifests, the proxy under test, and runners
+//! for the external clients (curl, nghttp2, the venv's Python).
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portico_model::{RoutingTable, Settings};
+use portico_proxy::{BoundAddrs, Proxy, ProxyConfig, table_file};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Aborts a spawned task when dropped.
+pub struct TaskGuard(pub JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An echo backend: answers with a JSON description of the request it received.
+/// `/bytes/N` streams N bytes; `/upload` counts the body; `/slow/MS` waits first;
+/// `/trailers` ends with gRPC-style trailers; `/ws` is a WebSocket echo.
+pub struct Backend {
+    pub addr: SocketAddr,
+    _task: TaskGuard,
+}
+
+impl Backend {
+    pub async fn start() -> Backend {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Backend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
+        Self::serve(listener)
+    }
+
+    fn serve(listener: TcpListener) -> Backend {
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let local = stream.local_addr().unwrap();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| echo(req, local));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            _task: TaskGuard(task),
+        }
+    }
+
+    /// `n` backends on 127.0.0.2, 127.0.0.3, … sharing one port (as Pods behind a Service).
+    pub async fn start_many(n: u8) -> Vec<Backend> {
+        'retry: for _ in 0..50 {
+            let first = TcpListener::bind("127.0.0.2:0").await.expect("bind");
+            let port = first.local_addr().unwrap().port();
+            let mut listeners = vec![first];
+            for i in 1..n {
+                let ip = IpAddr::from([127, 0, 0, 2 + i]);
+                match TcpListener::bind(SocketAddr::new(ip, port)).await {
+                    Ok(l) => listeners.push(l),
+                    Err(_) => continue 'retry,
+                }
+            }
+            return listeners.into_iter().map(Self::serve).collect();
+        }
+        panic!("could not find a free shared port");
+    }
+}
+
+async fn echo(req: Request<Incoming>, local: SocketAddr) -> Result<Response<TestBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if path == "/ws" {
+        return Ok(websocket_echo(req));
+    }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: usize = n.parse().unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let frames = (0..n.div_ceil(chunk.len())).map(move |i| {
+            let len = (n - i * chunk.len()).min(chunk.len());
+            Ok::<_, Infallible>(Frame::data(chunk.slice(..len)))
+        });
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let resp = Response::builder()
+            .header("content-type", "application/octet-stream")
+            .header("content-length", n)
+            .body(BodyExt::boxed(body))
+            .unwrap();
+        return Ok(resp);
+    }
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
+    let method = req.method().to_string();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let version = format!("{:?}", req.version());
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    let received = match req.into_body().collect().await {
+        Ok(body) => body.to_bytes().len(),
+        Err(_) => 0,
+    };
+    let json = serde_json::json!({
+        "backend": local.to_string(), "method": method, "path": target, "version": version,
+        "headers": headers, "received": received,
+    });
+    let text = format!("{json}\n");
+    if path == "/trailers" {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("grpc-message", "all-good".parse().unwrap());
+        let frames = vec![
+            Ok::<_, Infallible>(Frame::data(Bytes::from(text))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let resp = Response::builder()
+            .header("content-type", "application/grpc")
+            .body(BodyExt::boxed(body))
+            .unwrap();
+        return Ok(resp);
+    }
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(text)).boxed())
+        .unwrap())
+}
+
+fn websocket_echo(mut req: Request<Incoming>) -> Response<TestBody> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return Response::builder()
+            .status(400)
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap();
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() || msg.is_binary() {
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            } else if msg.is_close() {
+                break;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+        .body(Full::new(Bytes::new()).boxed())
+        .unwrap()
+}
+
+/// A Service named `name` (port 80 named `http`) with one EndpointSlice per endpoint.
+pub fn service(name: &str, endpoints: &[SocketAddr]) -> String {
+    let mut out = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  ports: [{{name: http, port: 80, targetPort: http, protocol: TCP}}]\n"
+    );
+    for (i, ep) in endpoints.iter().enumerate() {
+        out += &format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-{i}, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: {}, protocol: TCP}}]\n\
+             endpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}}}]\n",
+            ep.port(),
+            ep.ip()
+        );
+    }
+    out
+}
+
+/// An Ingress with one rule `host` + Prefix `path` to `service:80`.
+pub fn ingress(
+    name: &str,
+    host: &str,
+    path: &str,
+    service: &str,
+    annotations: &[(&str, &str)],
+) -> String {
+    let mut ann = String::new();
+    for (k, v) in annotations {
+        ann += &format!("    nginx.ingress.kubernetes.io/{k}: \"{v}\"\n");
+    }
+    let ann = if ann.is_empty() {
+        String::new()
+    } else {
+        format!("  annotations:\n{ann}")
+    };
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: default\n{ann}\
+         spec:\n  rules:\n  - host: {host}\n    http:\n      paths:\n      - path: {path}\n        pathType: Prefix\n\
+         \x20       backend: {{service: {{name: {service}, port: {{number: 80}}}}}}\n"
+    )
+}
+
+/// An Ingress terminating TLS for `host` with the Secret `secret`.
+pub fn tls_ingress(name: &str, host: &str, service: &str, secret: &str) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  tls: [{{hosts: [{host}], secretName: {secret}}}]\n  rules:\n  - host: {host}\n    http:\n      paths:\n\
+         \x20     - path: /\n        pathType: Prefix\n        backend: {{service: {{name: {service}, port: {{number: 80}}}}}}\n"
+    )
+}
+
+/// A test CA and a leaf certificate for `host` signed by it, as PEM.
+pub struct TestCert {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+pub fn test_cert(host: &str) -> TestCert {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "portico test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec![host.to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    TestCert {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+pub fn tls_secret(name: &str, cert: &TestCert) -> String {
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\n\
+         stringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(&cert.cert_pem),
+        indent(&cert.key_pem)
+    )
+}
+
+pub fn table(yaml: &str) -> Arc<RoutingTable> {
+    let settings = Settings {
+        watch_ingress_without_class: true,
+        ..Settings::default()
+    };
+    Arc::new(table_file::from_yaml(yaml, settings).expect("test manifest compiles"))
+}
+
+/// The proxy under test, on ephemeral loopback ports.
+pub struct TestProxy {
+    pub proxy: Proxy,
+    pub addrs: BoundAddrs,
+}
+
+impl TestProxy {
+    pub async fn start(yaml: &str) -> TestProxy {
+        Self::start_with(yaml, |_| {}).await
+    }
+
+    pub async fn start_with(yaml: &str, tweak: impl FnOnce(&mut ProxyConfig)) -> TestProxy {
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut config = ProxyConfig {
+            http: vec![local],
+            https: vec![local],
+            h3: vec![local],
+            ..Default::default()
+        };
+        tweak(&mut config);
+        let mut proxy = Proxy::new(config, table(yaml)).expect("proxy");
+        let addrs = proxy.spawn_listeners().expect("listeners");
+        TestProxy { proxy, addrs }
+    }
+
+    pub fn http(&self) -> SocketAddr {
+        self.addrs.http[0]
+    }
+
+    pub fn https(&self) -> SocketAddr {
+        self.addrs.https[0]
+    }
+
+    pub fn h3(&self) -> SocketAddr {
+        self.addrs.h3[0]
+    }
+}
+
+/// Runs an external program with a timeout; the process is killed if the test fails.
+pub async fn run(program: &str, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null());
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{program} timed out"))
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    out
+}
+
+pub async fn curl(args: &[&str]) -> Output {
+    let mut all = vec!["-sS", "--max-time", "60"];
+    all.extend_from_slice(args);
+    run("curl", &all).await
+}
+
+/// curl's status line output via `-w`, with the body discarded: returns the status code.
+pub async fn curl_status(args: &[&str]) -> u16 {
+    let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    all.extend_from_slice(args);
+    let out = curl(&all).await;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The venv's Python (created by `tests/setup`).
+pub fn python() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python")
+}
+
+pub fn script(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/proxy")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Writes `text` to a fresh temporary file and returns its path (removed on drop).
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(name: &str, text: &str) -> TempFile {
+        let dir = std::env::temp_dir().join(format!("portico-proxy-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}-{name}", rand_suffix()));
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The JSON the echo backend returned.
+pub fn echoed(body: &str) -> serde_json::Value {
+    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("not echo JSON ({e}): {body}"))
+}

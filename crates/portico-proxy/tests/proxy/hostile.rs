@@ -1,0 +1,201 @@
+//! Hostile input: each gets the right answer and the proxy keeps serving everyone else.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+
+async fn start() -> (Backend, TestProxy) {
+    let backend = Backend::start().await;
+    let yaml = service("echo", &[backend.addr]) + &ingress("echo", "echo.test", "/", "echo", &[]);
+    let proxy = TestProxy::start_with(&yaml, |c| {
+        c.limits.header_read_timeout = Duration::from_secs(2);
+        c.limits.max_header_bytes = 16 * 1024;
+    })
+    .await;
+    (backend, proxy)
+}
+
+async fn still_serving(proxy: &TestProxy) {
+    let url = format!("http://127.0.0.1:{}/", proxy.http().port());
+    assert_eq!(
+        curl_status(&["-H", "Host: echo.test", &url]).await,
+        200,
+        "proxy still serves"
+    );
+}
+
+/// Sends raw bytes and returns what came back until the server closed or 10 s passed.
+async fn raw(proxy: &TestProxy, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(proxy.http()).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431() {
+    let (_b, proxy) = start().await;
+    let big = format!("X-Big: {}", "a".repeat(64 * 1024));
+    let url = format!("http://127.0.0.1:{}/", proxy.http().port());
+    assert_eq!(
+        curl_status(&["-H", "Host: echo.test", "-H", &big, &url]).await,
+        431
+    );
+    // HTTP/2: the header list limit resets the stream or refuses it; never a 200.
+    let status = curl_status(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "Host: echo.test",
+        "-H",
+        &big,
+        &url,
+    ])
+    .await;
+    assert_ne!(status, 200);
+    still_serving(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_header_bytes_and_smuggling_get_400() {
+    let (_b, proxy) = start().await;
+    let bad_name = raw(
+        &proxy,
+        b"GET / HTTP/1.1\r\nHost: echo.test\r\nBad Header: x\r\n\r\n",
+    )
+    .await;
+    assert!(bad_name.starts_with("HTTP/1.1 400"), "{bad_name}");
+    let bad_value = raw(
+        &proxy,
+        b"GET / HTTP/1.1\r\nHost: echo.test\r\nX-A: a\x00b\r\n\r\n",
+    )
+    .await;
+    assert!(bad_value.starts_with("HTTP/1.1 400"), "{bad_value}");
+    let smuggle = raw(
+        &proxy,
+        b"POST / HTTP/1.1\r\nHost: echo.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(smuggle.starts_with("HTTP/1.1 400"), "{smuggle}");
+    let two_lengths = raw(
+        &proxy,
+        b"POST / HTTP/1.1\r\nHost: echo.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    )
+    .await;
+    assert!(two_lengths.starts_with("HTTP/1.1 400"), "{two_lengths}");
+    let no_host = raw(&proxy, b"GET / HTTP/1.1\r\n\r\n").await;
+    assert!(no_host.starts_with("HTTP/1.1 400"), "{no_host}");
+    let garbage = raw(&proxy, b"\x16\x03\x01garbage\r\n\r\n").await;
+    assert!(
+        garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"),
+        "{garbage}"
+    );
+    still_serving(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_off_while_others_are_served() {
+    let (_b, proxy) = start().await;
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(proxy.http()).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: echo.test\r\nX-A: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    still_serving(&proxy).await;
+    let started = std::time::Instant::now();
+    for s in &mut slow {
+        let _ = s.write_all(b"a").await;
+        let mut out = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+        assert!(
+            r.is_ok(),
+            "the server closes a connection that never finishes its head"
+        );
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    still_serving(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_is_stopped() {
+    let (_b, proxy) = start().await;
+    let out = run(
+        python().to_str().unwrap(),
+        &[
+            &script("rapid_reset.py"),
+            "127.0.0.1",
+            &proxy.http().port().to_string(),
+            "echo.test",
+        ],
+    )
+    .await;
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("goaway"),
+        "the server ends the abusive connection: {text}"
+    );
+    still_serving(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_datagrams_do_not_disturb_quic() {
+    let (_b, proxy) = start().await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for len in [1usize, 7, 20, 1200, 1500, 65000] {
+        let junk: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        for _ in 0..20 {
+            let _ = socket.send_to(&junk, proxy.h3()).await;
+        }
+    }
+    // A QUIC-looking long header with a bogus version.
+    let _ = socket
+        .send_to(
+            &[
+                0xc0, 0xba, 0xdb, 0xad, 0x00, 0x08, 1, 2, 3, 4, 5, 6, 7, 8, 0,
+            ],
+            proxy.h3(),
+        )
+        .await;
+    let out = run(
+        python().to_str().unwrap(),
+        &[
+            &script("h3client.py"),
+            "get",
+            &format!("127.0.0.1:{}", proxy.h3().port()),
+            "echo.test",
+            "/after-garbage",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("status=200"), "{}", stdout(&out));
+    still_serving(&proxy).await;
+}
