@@ -478,6 +478,7 @@ impl RoutingTable {
             }
             ResourceKind::Secret => {
                 self.refresh_certificate(key);
+                self.collect_unused_certificates();
                 self.rebuild_sni();
             }
         }
