@@ -1,0 +1,132 @@
+//! Shared test helpers: a cluster CA with rcgen, small changes, and a raw mTLS client.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portico_model::{Change, ObjectKey, Resource, ServicePortSource, ServiceSource};
+use portico_raft::TlsMaterial;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// A cluster CA that signs node certificates valid for 127.0.0.1 and localhost.
+pub struct Pki {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Self { issuer }
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A node certificate signed by this CA, trusting this CA.
+    pub fn node(&self, name: &str) -> TlsMaterial {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        TlsMaterial {
+            ca_pem: self.ca_pem().into_bytes(),
+            cert_pem: cert.pem().into_bytes(),
+            key_pem: key.serialize_pem().into_bytes(),
+        }
+    }
+}
+
+/// A small change: one Service upsert.
+pub fn service_change(i: u64) -> Change {
+    Change::Upsert(Resource::Service(Arc::new(ServiceSource {
+        key: ObjectKey::new("default", format!("svc-{i}")),
+        ports: vec![ServicePortSource {
+            name: Some("http".into()),
+            port: 80,
+            ..Default::default()
+        }],
+        ..Default::default()
+    })))
+}
+
+/// A TLS client configuration trusting `ca_pem`, presenting `client` (or no certificate).
+pub fn client_config(ca_pem: &[u8], client: Option<&TlsMaterial>) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some(material) => {
+            let chain = CertificateDer::pem_slice_iter(&material.cert_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(&material.key_pem).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+/// POSTs `body` to `path` on a replica over HTTP/2 + TLS; returns status and body, or the
+/// connection-level error.
+pub async fn raw_post(
+    addr: &str,
+    tls: Arc<rustls::ClientConfig>,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(http::StatusCode, Bytes), String> {
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        tokio::spawn(connection);
+        let request = http::Request::post(format!("https://{addr}{path}"))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}

@@ -1,0 +1,364 @@
+//! Three replicas in one process, over the real mTLS transport on 127.0.0.1.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Pki, client_config, raw_post, service_change};
+use portico_raft::{
+    Proposal, ProposeError, RaftSettings, Replica, ReplicaConfig, TlsMaterial, TransportSettings,
+};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn test_settings() -> RaftSettings {
+    RaftSettings {
+        heartbeat_interval: Duration::from_millis(100),
+        election_timeout_min: Duration::from_millis(600),
+        election_timeout_max: Duration::from_millis(1200),
+        ..RaftSettings::default()
+    }
+}
+
+struct Node {
+    dir: TempDir,
+    addr: String,
+    tls: TlsMaterial,
+    replica: Option<Replica>,
+}
+
+struct Cluster {
+    pki: Pki,
+    nodes: Vec<Node>,
+    addrs: Vec<String>,
+    raft: RaftSettings,
+}
+
+impl Cluster {
+    async fn start(size: usize, raft: RaftSettings) -> Self {
+        let pki = Pki::new("portico-test-ca");
+        let mut listeners = Vec::new();
+        for _ in 0..size {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let addrs: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            addrs: addrs.clone(),
+            raft,
+            pki,
+        };
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let node = Node {
+                dir: tempfile::tempdir().unwrap(),
+                addr: addrs[i].clone(),
+                tls: cluster.pki.node(&format!("portico-{i}")),
+                replica: None,
+            };
+            cluster.nodes.push(node);
+            cluster.launch(i, listener).await;
+        }
+        cluster
+    }
+
+    async fn launch(&mut self, i: usize, listener: TcpListener) {
+        let node = &mut self.nodes[i];
+        let config = ReplicaConfig {
+            data_dir: node.dir.path().to_owned(),
+            advertise: node.addr.clone(),
+            initial_members: self.addrs.clone(),
+            tls: node.tls.clone(),
+            raft: self.raft.clone(),
+            transport: TransportSettings::default(),
+        };
+        node.replica = Some(Replica::start(config, listener).await.unwrap());
+    }
+
+    async fn stop(&mut self, i: usize) {
+        let replica = self.nodes[i].replica.take().expect("running");
+        replica.shutdown().await;
+        drop(replica);
+        // Let the store's last blocking tasks finish and release the file.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    async fn restart(&mut self, i: usize) {
+        let listener = TcpListener::bind(&self.nodes[i].addr).await.unwrap();
+        self.launch(i, listener).await;
+    }
+
+    fn replica(&self, i: usize) -> &Replica {
+        self.nodes[i].replica.as_ref().expect("running")
+    }
+
+    fn running(&self) -> impl Iterator<Item = (usize, &Replica)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.replica.as_ref().map(|r| (i, r)))
+    }
+
+    /// Waits until every running replica sees `voters` voters and the same leader, which is
+    /// running; returns the leader's index.
+    async fn wait_for_leader(&self, voters: usize) -> usize {
+        let started = Instant::now();
+        loop {
+            let views: Vec<_> = self.running().map(|(i, r)| (i, r.metrics())).collect();
+            let leader = views[0].1.leader;
+            let agreed = views
+                .iter()
+                .all(|(_, m)| m.leader == leader && m.voters.len() == voters);
+            if let (true, Some(leader)) = (agreed, leader)
+                && let Some((i, _)) = views
+                    .iter()
+                    .find(|(_, m)| m.node_id == leader && m.is_leader)
+            {
+                return *i;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "no agreed leader with {voters} voters: {views:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every running replica applied `version` and holds identical table bytes.
+    async fn wait_converged(&self, version: u64) -> Vec<u8> {
+        let mut bytes = None;
+        for (i, replica) in self.running() {
+            let reached = replica.wait_for_version(version, PATIENCE).await;
+            assert!(
+                reached.is_ok(),
+                "replica {i} stuck at {reached:?}, wanted {version}"
+            );
+            let table = replica.table().borrow().to_bytes();
+            match &bytes {
+                None => bytes = Some(table),
+                Some(expected) => assert_eq!(&table, expected, "replica {i} diverged"),
+            }
+        }
+        bytes.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_proposed_on_any_replica_is_applied_on_all() {
+    let cluster = Cluster::start(3, test_settings()).await;
+    cluster.wait_for_leader(3).await;
+    let mut last = 0;
+    for i in 0..3 {
+        // Two of the three are followers: their writes are forwarded to the leader.
+        let committed = cluster
+            .replica(i)
+            .propose(1, service_change(i as u64))
+            .await
+            .unwrap();
+        assert!(committed.version > last, "versions increase");
+        last = committed.version;
+    }
+    cluster.wait_converged(last).await;
+    for (_, replica) in cluster.running() {
+        let m = replica.metrics();
+        assert_eq!(m.table_version, last);
+        assert!(m.committed_index.unwrap() >= last);
+        assert_eq!(m.refused_stale_entries, 0);
+    }
+    // The leader reports its leadership and a recent quorum acknowledgement.
+    let leader = cluster.wait_for_leader(3).await;
+    let leadership = cluster.replica(leader).leadership();
+    assert!(leadership.is_leader);
+    assert!(leadership.since.is_some());
+    let ack = leadership
+        .last_quorum_ack
+        .expect("a quorum acknowledged the leader");
+    assert!(ack.elapsed() < Duration::from_secs(10));
+    let lag = cluster.replica(leader).metrics().replication_lag;
+    assert_eq!(lag.len(), 2, "lag is reported for both followers: {lag:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_epoch_is_refused_on_every_replica() {
+    let cluster = Cluster::start(3, test_settings()).await;
+    cluster.wait_for_leader(3).await;
+    let fresh = cluster
+        .replica(1)
+        .propose(5, service_change(1))
+        .await
+        .unwrap();
+    let stale = cluster.replica(2).propose(3, service_change(2)).await;
+    match stale {
+        Err(ProposeError::StaleEpoch {
+            epoch: 3,
+            highest_epoch: 5,
+        }) => {}
+        other => panic!("expected a stale-epoch refusal, got {other:?}"),
+    }
+    // A later write with the current epoch goes through, and every replica refused the
+    // stale entry on its own.
+    let after = cluster
+        .replica(0)
+        .propose(5, service_change(3))
+        .await
+        .unwrap();
+    assert!(
+        after.version > fresh.version + 1,
+        "the refused entry holds a log index"
+    );
+    cluster.wait_converged(after.version).await;
+    for (i, replica) in cluster.running() {
+        let m = replica.metrics();
+        assert_eq!(m.refused_stale_entries, 1, "replica {i}: {m:?}");
+        assert_eq!(m.highest_epoch, 5);
+        assert_eq!(m.table_version, after.version);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_leader_after_the_leader_stops_and_stopped_replica_catches_up_by_snapshot() {
+    let settings = RaftSettings {
+        snapshot_after_entries: 50,
+        entries_kept_after_snapshot: 5,
+        ..test_settings()
+    };
+    let mut cluster = Cluster::start(3, settings).await;
+    let leader = cluster.wait_for_leader(3).await;
+    let first = cluster
+        .replica(0)
+        .propose(1, service_change(0))
+        .await
+        .unwrap();
+    cluster.wait_converged(first.version).await;
+
+    cluster.stop(leader).await;
+    let stopped_at = Instant::now();
+    let new_leader = cluster.wait_for_leader(3).await;
+    assert_ne!(new_leader, leader);
+    assert!(stopped_at.elapsed() < Duration::from_secs(15));
+
+    let mut last = 0;
+    for i in 0..300 {
+        let on = [0, 1, 2].into_iter().find(|n| *n != leader).unwrap();
+        last = cluster
+            .replica(on)
+            .propose(1, service_change(i))
+            .await
+            .unwrap()
+            .version;
+    }
+    cluster.wait_converged(last).await;
+
+    cluster.restart(leader).await;
+    let bytes = cluster.wait_converged(last).await;
+    let restarted = cluster.replica(leader).metrics();
+    assert!(
+        restarted.snapshot_installs >= 1,
+        "the log was compacted, so catch-up needs a snapshot: {restarted:?}"
+    );
+    assert_eq!(cluster.replica(leader).table().borrow().to_bytes(), bytes);
+    assert!(cluster.replica(new_leader).metrics().snapshots_built >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_without_a_cluster_certificate_is_refused() {
+    let cluster = Cluster::start(1, test_settings()).await;
+    cluster.wait_for_leader(1).await;
+    let addr = &cluster.addrs[0];
+    let ca = cluster.pki.ca_pem().into_bytes();
+
+    // A member of the cluster is answered.
+    let member = cluster.pki.node("portico-9");
+    let answer = raw_post(
+        addr,
+        client_config(&ca, Some(&member)),
+        "/raft/v1/status",
+        vec![],
+    )
+    .await;
+    assert_eq!(answer.map(|(s, _)| s), Ok(http::StatusCode::OK));
+
+    // No client certificate: refused.
+    let answer = raw_post(addr, client_config(&ca, None), "/raft/v1/status", vec![]).await;
+    assert!(
+        answer.is_err(),
+        "a peer without a certificate was answered: {answer:?}"
+    );
+
+    // A certificate from another CA: refused.
+    let stranger = Pki::new("another-ca").node("portico-0");
+    let answer = raw_post(
+        addr,
+        client_config(&ca, Some(&stranger)),
+        "/raft/v1/status",
+        vec![],
+    )
+    .await;
+    assert!(
+        answer.is_err(),
+        "a peer with a foreign certificate was answered: {answer:?}"
+    );
+
+    // The replica still works.
+    cluster
+        .replica(0)
+        .propose(1, service_change(1))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbled_or_truncated_rpc_body_is_rejected_without_harm() {
+    let cluster = Cluster::start(3, test_settings()).await;
+    let leader = cluster.wait_for_leader(3).await;
+    let follower = (leader + 1) % 3;
+    let ca = cluster.pki.ca_pem().into_bytes();
+    let tls = client_config(&ca, Some(&cluster.pki.node("portico-9")));
+    let encoded = postcard::to_stdvec(&Proposal {
+        epoch: 1,
+        change: service_change(7),
+    })
+    .unwrap();
+
+    for addr in [&cluster.addrs[leader], &cluster.addrs[follower]] {
+        for path in [
+            "/raft/v1/append-entries",
+            "/raft/v1/vote",
+            "/raft/v1/install-snapshot",
+            "/raft/v1/propose",
+            "/raft/v1/join",
+        ] {
+            let garbage = vec![0xff; 64];
+            let (status, _) = raw_post(addr, tls.clone(), path, garbage).await.unwrap();
+            assert_eq!(status, http::StatusCode::BAD_REQUEST, "garbage to {path}");
+        }
+        let truncated = encoded[..encoded.len() / 2].to_vec();
+        let (status, _) = raw_post(addr, tls.clone(), "/raft/v1/propose", truncated)
+            .await
+            .unwrap();
+        assert_eq!(status, http::StatusCode::BAD_REQUEST, "truncated proposal");
+        let mut trailing = encoded.clone();
+        trailing.push(0);
+        let (status, _) = raw_post(addr, tls.clone(), "/raft/v1/propose", trailing)
+            .await
+            .unwrap();
+        assert_eq!(status, http::StatusCode::BAD_REQUEST, "trailing bytes");
+        let (status, _) = raw_post(addr, tls.clone(), "/raft/v1/nothing", vec![])
+            .await
+            .unwrap();
+        assert_eq!(status, http::StatusCode::NOT_FOUND);
+    }
+
+    // Nothing was harmed: the same leader, and writes still commit everywhere.
+    assert_eq!(cluster.wait_for_leader(3).await, leader);
+    let committed = cluster
+        .replica(follower)
+        .propose(1, service_change(8))
+        .await
+        .unwrap();
+    cluster.wait_converged(committed.version).await;
+}
