@@ -61,11 +61,12 @@ pub enum ConvertError {
     MissingName { kind: String },
     #[error("List {object}: `items` must be a sequence")]
     MalformedList { object: String },
-    #[error("{object} is a List: use resources_from_value to convert its items")]
-    UnexpectedList { object: String },
+    #[error("a {kind} holds several objects: use resources_from_value to convert its items")]
+    UnexpectedList { kind: String },
 }
 
-/// Converts one Kubernetes object given as JSON. `Ok(None)` for kinds routing ignores.
+/// Converts one Kubernetes object given as JSON. `Ok(None)` for kinds routing ignores; an
+/// error for lists (`List`, `IngressList`, ...), which [`resources_from_value`] converts.
 pub fn resource_from_value(value: &Value) -> Result<Option<Resource>, ConvertError> {
     let Some(object) = value.as_object() else {
         return Err(ConvertError::NotAnObject {
@@ -125,9 +126,9 @@ pub fn resource_from_value(value: &Value) -> Result<Option<Resource>, ConvertErr
             })?;
             Resource::Secret(Arc::new(SecretSource::from(&secret)))
         }
-        ("", "List") => {
+        (_, kind) if kind.ends_with("List") => {
             return Err(ConvertError::UnexpectedList {
-                object: object_name(value),
+                kind: kind.to_owned(),
             });
         }
         _ => return Ok(None),
@@ -135,8 +136,8 @@ pub fn resource_from_value(value: &Value) -> Result<Option<Resource>, ConvertErr
     Ok(Some(resource))
 }
 
-/// Converts one object, or every item of a `kind: List` (recursively), skipping kinds
-/// routing ignores. `null` (an empty YAML document) gives nothing.
+/// Converts one object, or every item of a `kind: List` or a typed list such as
+/// `IngressList` (recursively), skipping kinds routing ignores. `null` (an empty YAML document) gives nothing.
 pub fn resources_from_value(value: &Value) -> Result<Vec<Resource>, ConvertError> {
     let mut out = Vec::new();
     collect_resources(value, &mut out)?;
@@ -158,26 +159,40 @@ fn collect_resources(value: &Value, out: &mut Vec<Resource>) -> Result<(), Conve
     if value.is_null() {
         return Ok(());
     }
-    if is_list(value) {
-        let Some(items) = value.get("items").map(|i| i.as_array()) else {
-            return Ok(()); // a List without items is an empty List
-        };
-        let items = items.ok_or_else(|| ConvertError::MalformedList {
-            object: object_name(value),
-        })?;
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+    let Some(item_kind) = kind.strip_suffix("List") else {
+        out.extend(resource_from_value(value)?);
+        return Ok(());
+    };
+    let items = match value.get("items") {
+        None | Some(Value::Null) => return Ok(()), // an empty List
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(ConvertError::MalformedList {
+                object: object_name(value),
+            });
+        }
+    };
+    if item_kind.is_empty() {
+        // `kind: List`, as `kubectl get -o yaml` prints: each item says what it is.
         for item in items {
             collect_resources(item, out)?;
         }
-        return Ok(());
+    } else {
+        // A typed list as the API returns it (`IngressList`): items omit apiVersion and kind.
+        let api_version = value.get("apiVersion").cloned().unwrap_or(Value::Null);
+        for item in items {
+            let mut item = item.clone();
+            if let Some(fields) = item.as_object_mut() {
+                fields
+                    .entry("apiVersion")
+                    .or_insert_with(|| api_version.clone());
+                fields.entry("kind").or_insert_with(|| item_kind.into());
+            }
+            collect_resources(&item, out)?;
+        }
     }
-    out.extend(resource_from_value(value)?);
     Ok(())
-}
-
-/// `kind: List`, the wrapper `kubectl get -o yaml` prints around several objects.
-fn is_list(value: &Value) -> bool {
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
-    kind == "List"
 }
 
 fn decode<T: DeserializeOwned>(value: &Value, kind: &'static str) -> Result<T, ConvertError> {

@@ -640,3 +640,33 @@ fn missing_path_type_is_left_for_validation() {
         ["spec.rules[0].http.paths[0].pathType: Required value: pathType must be specified"]
     );
 }
+
+#[test]
+fn typed_lists_as_the_api_returns_them() {
+    // `GET /apis/networking.k8s.io/v1/ingresses`: the items carry no apiVersion or kind.
+    let list = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IngressList",
+        "metadata": {"resourceVersion": "42"},
+        "items": [
+            {"metadata": {"name": "a", "namespace": "x"},
+             "spec": {"defaultBackend": {"service": {"name": "s", "port": {"number": 80}}}}},
+            {"metadata": {"name": "b", "namespace": "y"},
+             "spec": {"defaultBackend": {"service": {"name": "s", "port": {"name": "http"}}}}}
+        ]
+    });
+    let keys: Vec<String> = convert::resources_from_value(&list)
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {}", r.kind(), r.key()))
+        .collect();
+    assert_eq!(keys, ["Ingress x/a", "Ingress y/b"]);
+    let err = convert::resource_from_value(&list).unwrap_err();
+    assert!(matches!(err, ConvertError::UnexpectedList { .. }), "{err}");
+
+    let empty = json!({"apiVersion": "v1", "kind": "SecretList", "items": null});
+    assert_eq!(convert::resources_from_value(&empty).unwrap(), vec![]);
+    let ignored =
+        json!({"apiVersion": "v1", "kind": "PodList", "items": [{"metadata": {"name": "p"}}]});
+    assert_eq!(convert::resources_from_value(&ignored).unwrap(), vec![]);
+}
