@@ -1,0 +1,491 @@
+//! Server-side apply: field ownership per manager in `metadata.managedFields` (FieldsV1 format),
+//! conflicts with other managers (409 unless `force`), removal of fields a manager stopped
+//! applying, and merging of the applied configuration.
+//!
+//! Simplifications against kube-apiserver: only `Apply` operations record ownership (plain
+//! updates keep the existing entries as sent by the client), and lists are atomic except those
+//! with merge keys in [`crate::patch::list_strategy`].
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use crate::error::{ApiError, Cause};
+use crate::patch::{self, ListStrategy};
+use crate::registry::ResourceInfo;
+
+/// A set of field paths as a tree; an empty node is a leaf. Keys are FieldsV1 path elements.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldSet(BTreeMap<String, FieldSet>);
+
+impl FieldSet {
+    fn from_fields_v1(value: &Value) -> FieldSet {
+        FieldSet(
+            value
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), FieldSet::from_fields_v1(v)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    }
+
+    fn to_fields_v1(&self) -> Value {
+        Value::Object(
+            self.0
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_fields_v1()))
+                .collect(),
+        )
+    }
+
+    /// Every leaf path.
+    fn leaves(&self) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        self.collect_leaves(&mut Vec::new(), &mut out);
+        out
+    }
+
+    fn collect_leaves(&self, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        for (k, child) in &self.0 {
+            prefix.push(k.clone());
+            if child.0.is_empty() {
+                out.push(prefix.clone());
+            } else {
+                child.collect_leaves(prefix, out);
+            }
+            prefix.pop();
+        }
+    }
+
+    fn contains_prefix(&self, path: &[String]) -> bool {
+        let mut node = self;
+        for p in path {
+            match node.0.get(p) {
+                Some(n) => node = n,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    fn contains_leaf(&self, path: &[String]) -> bool {
+        let mut node = self;
+        for p in path {
+            match node.0.get(p) {
+                Some(n) => node = n,
+                None => return false,
+            }
+        }
+        node.0.is_empty()
+    }
+
+    fn remove(&mut self, path: &[String]) {
+        if let Some((first, rest)) = path.split_first() {
+            if rest.is_empty() {
+                self.0.remove(first);
+            } else if let Some(child) = self.0.get_mut(first) {
+                child.remove(rest);
+                if child.0.is_empty() {
+                    self.0.remove(first);
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Fields that identify an object rather than configure it; never owned.
+fn ignored_top(key: &str) -> bool {
+    matches!(key, "apiVersion" | "kind")
+}
+
+fn ignored_meta(key: &str) -> bool {
+    matches!(
+        key,
+        "name"
+            | "namespace"
+            | "uid"
+            | "resourceVersion"
+            | "generation"
+            | "creationTimestamp"
+            | "deletionTimestamp"
+            | "deletionGracePeriodSeconds"
+            | "managedFields"
+            | "selfLink"
+            | "generateName"
+    )
+}
+
+/// The fields set by an applied configuration.
+pub fn fields_of(config: &Value, kind: &str) -> FieldSet {
+    let mut set = FieldSet::default();
+    if let Some(map) = config.as_object() {
+        for (k, v) in map {
+            if ignored_top(k) {
+                continue;
+            }
+            let mut path = vec![k.as_str()];
+            let node = if k == "metadata" {
+                let mut meta = FieldSet::default();
+                for (mk, mv) in v.as_object().into_iter().flatten() {
+                    if ignored_meta(mk) {
+                        continue;
+                    }
+                    path.push(mk);
+                    meta.0
+                        .insert(format!("f:{mk}"), value_fields(mv, kind, &mut path));
+                    path.pop();
+                }
+                if meta.is_empty() {
+                    continue;
+                }
+                meta
+            } else {
+                value_fields(v, kind, &mut path)
+            };
+            set.0.insert(format!("f:{k}"), node);
+        }
+    }
+    set
+}
+
+fn value_fields<'a>(value: &'a Value, kind: &str, path: &mut Vec<&'a str>) -> FieldSet {
+    match value {
+        Value::Object(m) => {
+            let mut set = FieldSet::default();
+            for (k, v) in m {
+                path.push(k);
+                set.0.insert(format!("f:{k}"), value_fields(v, kind, path));
+                path.pop();
+            }
+            set
+        }
+        Value::Array(items) => match patch::list_strategy(kind, path) {
+            ListStrategy::Atomic => FieldSet::default(),
+            ListStrategy::MergePrimitives => FieldSet(
+                items
+                    .iter()
+                    .map(|i| (format!("v:{i}"), FieldSet::default()))
+                    .collect(),
+            ),
+            ListStrategy::MergeByKey(key) => {
+                let mut set = FieldSet::default();
+                for item in items {
+                    let Some(id) = item.get(key) else { continue };
+                    let mut element = value_fields(item, kind, path);
+                    element.0.insert(".".into(), FieldSet::default());
+                    set.0.insert(format!("k:{}", json!({ key: id })), element);
+                }
+                set
+            }
+        },
+        _ => FieldSet::default(),
+    }
+}
+
+/// Navigates to the value at a FieldsV1 path.
+fn value_at<'v>(root: &'v Value, path: &[String]) -> Option<&'v Value> {
+    let mut cur = root;
+    for p in path {
+        cur = step(cur, p)?;
+    }
+    Some(cur)
+}
+
+fn step<'v>(cur: &'v Value, element: &str) -> Option<&'v Value> {
+    if let Some(field) = element.strip_prefix("f:") {
+        cur.get(field)
+    } else if let Some(key) = element.strip_prefix("k:") {
+        let key: Map<String, Value> = serde_json::from_str(key).ok()?;
+        cur.as_array()?
+            .iter()
+            .find(|item| key.iter().all(|(k, v)| item.get(k) == Some(v)))
+    } else if let Some(v) = element.strip_prefix("v:") {
+        let v: Value = serde_json::from_str(v).ok()?;
+        cur.as_array()?.iter().find(|item| **item == v)
+    } else if element == "." {
+        Some(cur)
+    } else {
+        None
+    }
+}
+
+/// Removes the value at a FieldsV1 path (a `.` leaf removes the list element itself).
+fn remove_at(root: &mut Value, path: &[String]) {
+    let path: Vec<&String> = path.iter().filter(|p| p.as_str() != ".").collect();
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = root;
+    for p in parents {
+        let next = if let Some(field) = p.strip_prefix("f:") {
+            cur.get_mut(field)
+        } else if let Some(key) = p.strip_prefix("k:") {
+            let key: Map<String, Value> = serde_json::from_str(key).unwrap_or_default();
+            cur.as_array_mut().and_then(|a| {
+                a.iter_mut()
+                    .find(|item| key.iter().all(|(k, v)| item.get(k) == Some(v)))
+            })
+        } else {
+            None
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return,
+        }
+    }
+    if let Some(field) = last.strip_prefix("f:") {
+        if let Some(m) = cur.as_object_mut() {
+            m.remove(field);
+        }
+    } else if let Some(key) = last.strip_prefix("k:") {
+        let key: Map<String, Value> = serde_json::from_str(key).unwrap_or_default();
+        if let Some(a) = cur.as_array_mut() {
+            a.retain(|item| !key.iter().all(|(k, v)| item.get(k) == Some(v)));
+        }
+    } else if let Some(v) = last.strip_prefix("v:") {
+        let v: Value = serde_json::from_str(v).unwrap_or(Value::Null);
+        if let Some(a) = cur.as_array_mut() {
+            a.retain(|item| *item != v);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    raw: Map<String, Value>,
+    fields: FieldSet,
+}
+
+impl Entry {
+    fn manager(&self) -> &str {
+        self.raw
+            .get("manager")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+    fn is_apply(&self) -> bool {
+        self.raw.get("operation").and_then(Value::as_str) == Some("Apply")
+    }
+    fn subresource(&self) -> &str {
+        self.raw
+            .get("subresource")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+}
+
+fn entries(object: &Value) -> Vec<Entry> {
+    object
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let raw = e.as_object()?.clone();
+            let fields = FieldSet::from_fields_v1(raw.get("fieldsV1").unwrap_or(&Value::Null));
+            Some(Entry { raw, fields })
+        })
+        .collect()
+}
+
+fn path_display(path: &[String]) -> String {
+    path.iter()
+        .filter(|p| p.as_str() != ".")
+        .map(|p| match p.strip_prefix("f:") {
+            Some(f) => format!(".{f}"),
+            None => format!("[{}]", &p[2..]),
+        })
+        .collect()
+}
+
+/// What an apply request carries besides the configuration.
+pub struct ApplyRequest<'a> {
+    pub manager: &'a str,
+    pub force: bool,
+    /// `"status"` for the status subresource, empty for the main resource.
+    pub subresource: &'a str,
+    pub now: &'a str,
+}
+
+/// Applies `config` onto `current` (an empty object when creating) and returns the new object
+/// with updated `managedFields`.
+pub fn apply(
+    info: &ResourceInfo,
+    current: &Value,
+    config: &Value,
+    req: &ApplyRequest<'_>,
+) -> Result<Value, ApiError> {
+    if req.manager.is_empty() {
+        return Err(ApiError::bad_request(
+            "PATCH with application/apply-patch+yaml requires the fieldManager parameter",
+        ));
+    }
+    let name = current
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let new_set = fields_of(config, info.kind);
+    let mut all = entries(current);
+    let mut conflicts = Vec::new();
+    for entry in all.iter_mut() {
+        if (entry.manager() == req.manager && entry.is_apply())
+            || entry.subresource() != req.subresource
+        {
+            continue;
+        }
+        for leaf in new_set.leaves() {
+            if leaf.last().map(String::as_str) == Some(".") || !entry.fields.contains_leaf(&leaf) {
+                continue;
+            }
+            if value_at(current, &leaf) != value_at(config, &leaf) {
+                if req.force {
+                    entry.fields.remove(&leaf);
+                } else {
+                    conflicts.push(Cause {
+                        reason: "FieldManagerConflict".into(),
+                        message: format!("conflict with \"{}\"", entry.manager()),
+                        field: path_display(&leaf),
+                    });
+                }
+            }
+        }
+    }
+    if !conflicts.is_empty() {
+        let listing = conflicts
+            .iter()
+            .map(|c| format!("- {}: {}", c.message, c.field))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut err = ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Apply failed with {} conflict{}: {listing}",
+                conflicts.len(),
+                if conflicts.len() == 1 { "" } else { "s" }
+            ),
+        );
+        err.details = Some(Box::new(crate::error::Details {
+            name,
+            group: info.group.into(),
+            kind: info.plural.into(),
+            causes: conflicts,
+            retry_after_seconds: None,
+        }));
+        return Err(err);
+    }
+
+    let mut merged = current.clone();
+    let previous = all.iter().position(|e| {
+        e.manager() == req.manager && e.is_apply() && e.subresource() == req.subresource
+    });
+    if let Some(prev) = previous {
+        for leaf in all[prev].fields.leaves() {
+            if new_set.contains_leaf(&leaf) {
+                continue;
+            }
+            let owned_elsewhere = all.iter().enumerate().any(|(i, e)| {
+                i != prev
+                    && e.fields.contains_prefix(
+                        &leaf[..leaf.len() - usize::from(leaf.last().is_some_and(|l| l == "."))],
+                    )
+            });
+            if !owned_elsewhere {
+                remove_at(&mut merged, &leaf);
+            }
+        }
+    }
+    let mut config = config.clone();
+    if let Some(meta) = config.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.retain(|k, _| !ignored_meta(k));
+    }
+    patch::strategic_merge_patch(&mut merged, &config, info.kind)?;
+
+    let mut entry = Map::new();
+    entry.insert("manager".into(), req.manager.into());
+    entry.insert("operation".into(), "Apply".into());
+    entry.insert("apiVersion".into(), info.api_version().into());
+    entry.insert("time".into(), req.now.into());
+    entry.insert("fieldsType".into(), "FieldsV1".into());
+    entry.insert("fieldsV1".into(), new_set.to_fields_v1());
+    if !req.subresource.is_empty() {
+        entry.insert("subresource".into(), req.subresource.into());
+    }
+    let new_entry = Entry {
+        raw: entry,
+        fields: new_set,
+    };
+    match previous {
+        Some(i) => all[i] = new_entry,
+        None => all.push(new_entry),
+    }
+    let managed: Vec<Value> = all
+        .into_iter()
+        .filter(|e| !e.fields.is_empty())
+        .map(|mut e| {
+            e.raw.insert("fieldsV1".into(), e.fields.to_fields_v1());
+            Value::Object(e.raw)
+        })
+        .collect();
+    if let Some(meta) = merged.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("managedFields".into(), Value::Array(managed));
+    }
+    Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry;
+
+    fn svc_info() -> &'static ResourceInfo {
+        registry::get(registry::lookup("", "v1", "services").unwrap())
+    }
+
+    fn req(manager: &str, force: bool) -> ApplyRequest<'_> {
+        ApplyRequest {
+            manager,
+            force,
+            subresource: "",
+            now: "2026-01-01T00:00:00Z",
+        }
+    }
+
+    #[test]
+    fn apply_removes_fields_no_longer_applied_and_detects_conflicts() {
+        let info = svc_info();
+        let base = json!({"metadata": {"name": "s", "namespace": "default"}});
+        let v1 = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "labels": {"a": "1", "b": "2"}},
+                        "spec": {"ports": [{"port": 80}, {"port": 443}]}});
+        let one = apply(info, &base, &v1, &req("alice", false)).unwrap();
+        assert_eq!(one["metadata"]["labels"], json!({"a": "1", "b": "2"}));
+        let fields = &one["metadata"]["managedFields"][0]["fieldsV1"];
+        assert!(
+            fields["f:spec"]["f:ports"]["k:{\"port\":80}"]["."].is_object(),
+            "{fields}"
+        );
+
+        let v2 = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "labels": {"a": "1"}},
+                        "spec": {"ports": [{"port": 80}]}});
+        let two = apply(info, &one, &v2, &req("alice", false)).unwrap();
+        assert_eq!(two["metadata"]["labels"], json!({"a": "1"}));
+        assert_eq!(two["spec"]["ports"], json!([{"port": 80}]));
+
+        let bob = json!({"metadata": {"name": "s", "labels": {"a": "other"}}});
+        let err = apply(info, &two, &bob, &req("bob", false)).unwrap_err();
+        assert_eq!((err.code, err.reason), (409, "Conflict"));
+        assert!(err.message.contains("alice"), "{}", err.message);
+        let same = json!({"metadata": {"name": "s", "labels": {"a": "1"}}});
+        apply(info, &two, &same, &req("bob", false)).unwrap();
+        let forced = apply(info, &two, &bob, &req("bob", true)).unwrap();
+        assert_eq!(forced["metadata"]["labels"]["a"], "other");
+    }
+}

@@ -1,0 +1,650 @@
+//! HTTP handlers: URL routing to discovery, OpenAPI, the admin endpoint and the resource verbs,
+//! query parameter parsing, and `Status` error answers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, success_status};
+use crate::faults::{FaultSettings, Faults};
+use crate::objects::{FieldValidation, Objects, Part, PatchType, WriteOptions};
+use crate::registry::{self, ResourceId};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::ObjectKey;
+use crate::watch::{self, Start, WatchRequest};
+use crate::{discovery, openapi, table};
+
+pub type ResponseBody = UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// Everything a request handler needs; shared by all connections.
+#[derive(Debug)]
+pub struct Shared {
+    pub objects: Objects,
+    pub faults: Faults,
+    pub minor: u32,
+    pub bookmark_interval: Duration,
+    pub server_address: std::sync::OnceLock<String>,
+}
+
+fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn json_response(status: u16, value: &Value) -> Response<ResponseBody> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(full(body))
+        .expect("valid response")
+}
+
+pub fn error_response(err: &ApiError) -> Response<ResponseBody> {
+    let mut resp = json_response(err.code, &err.to_status());
+    if err.code == 503 || err.code == 429 {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+struct Query(HashMap<String, String>);
+
+impl Query {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("true" | "1"))
+    }
+
+    fn write_options(&self) -> Result<WriteOptions, ApiError> {
+        let field_validation = match self.get("fieldValidation") {
+            None | Some("Warn") => FieldValidation::Warn,
+            Some("Strict") => FieldValidation::Strict,
+            Some("Ignore") => FieldValidation::Ignore,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "fieldValidation parameter unsupported: {other}"
+                )));
+            }
+        };
+        let dry_run = match self.get("dryRun") {
+            None => false,
+            Some("All") => true,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "unsupported dry run value {other:?}"
+                )));
+            }
+        };
+        Ok(WriteOptions {
+            dry_run,
+            field_manager: self.get("fieldManager").map(str::to_string),
+            field_validation,
+            force: self.flag("force"),
+        })
+    }
+
+    fn labels(&self) -> Result<LabelSelector, ApiError> {
+        LabelSelector::parse(self.get("labelSelector").unwrap_or_default())
+    }
+
+    fn fields(&self) -> Result<FieldSelector, ApiError> {
+        FieldSelector::parse(self.get("fieldSelector").unwrap_or_default())
+    }
+}
+
+/// A resource URL, parsed.
+struct Target {
+    resource: ResourceId,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+    watch_path: bool,
+}
+
+fn parse_target(segments: &[&str]) -> Result<Target, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    };
+    let (group, version, mut rest) = match segments {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return Err(not_found()),
+    };
+    let watch_path = rest.first() == Some(&"watch");
+    if watch_path {
+        rest = &rest[1..];
+    }
+    let namespaced_lookup = |plural: &str| {
+        registry::lookup(group, version, plural).filter(|id| registry::get(*id).namespaced)
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, plural, tail @ ..] if namespaced_lookup(plural).is_some() => {
+            (Some(ns.to_string()), {
+                let mut v = vec![*plural];
+                v.extend_from_slice(tail);
+                v
+            })
+        }
+        _ => (None, rest.to_vec()),
+    };
+    let (plural, name, subresource) = match rest.as_slice() {
+        [plural] => (*plural, None, None),
+        [plural, name] => (*plural, Some(name.to_string()), None),
+        [plural, name, sub] => (*plural, Some(name.to_string()), Some(sub.to_string())),
+        _ => return Err(not_found()),
+    };
+    let resource = registry::lookup(group, version, plural).ok_or_else(not_found)?;
+    let info = registry::get(resource);
+    if !info.namespaced && namespace.is_some() {
+        return Err(not_found());
+    }
+    if info.namespaced && name.is_some() && namespace.is_none() {
+        return Err(not_found());
+    }
+    if let Some(sub) = &subresource {
+        let ok =
+            (sub == "status" && info.has_status) || (sub == "finalize" && info.kind == "Namespace");
+        if !ok {
+            return Err(not_found());
+        }
+    }
+    Ok(Target {
+        resource,
+        namespace,
+        name,
+        subresource,
+        watch_path,
+    })
+}
+
+/// Answers one request whose body has been read.
+pub async fn handle(shared: Arc<Shared>, req: Request<Bytes>) -> Response<ResponseBody> {
+    match route(&shared, req).await {
+        Ok(resp) => resp,
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn route(
+    shared: &Arc<Shared>,
+    req: Request<Bytes>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let query = Query(parse_query(req.uri().query()));
+    let get = req.method() == Method::GET;
+    match segments.as_slice() {
+        ["version"] if get => Ok(json_response(200, &discovery::version(shared.minor))),
+        ["healthz" | "livez" | "readyz"] if get => Ok(Response::new(full("ok"))),
+        ["api"] if get => {
+            let addr = shared
+                .server_address
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "127.0.0.1:0".into());
+            Ok(json_response(200, &discovery::core_versions(&addr)))
+        }
+        ["apis"] if get => Ok(json_response(200, &discovery::group_list())),
+        ["api", v] if get => discovery::resource_list("", v)
+            .map(|d| json_response(200, &d))
+            .ok_or_else(not_found),
+        ["apis", g] if get => discovery::api_group(g)
+            .map(|d| json_response(200, &d))
+            .ok_or_else(not_found),
+        ["apis", g, v] if get => discovery::resource_list(g, v)
+            .map(|d| json_response(200, &d))
+            .ok_or_else(not_found),
+        ["openapi", "v2"] if get => Ok(openapi::v2_response(&req)),
+        ["openapi", "v3"] if get => Ok(json_response(200, &openapi::v3_index())),
+        ["openapi", "v3", rest @ ..] if get => openapi::v3_document(&rest.join("/"))
+            .map(|d| json_response(200, &d))
+            .ok_or_else(not_found),
+        ["admin", "faults", rest @ ..] => admin(&shared.faults, req.method(), rest, req.body()),
+        _ => resource(shared, &segments, &query, req).await,
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
+}
+
+fn admin(
+    faults: &Faults,
+    method: &Method,
+    rest: &[&str],
+    body: &Bytes,
+) -> Result<Response<ResponseBody>, ApiError> {
+    match (method, rest) {
+        (&Method::GET, []) => {}
+        (&Method::PUT | &Method::POST, []) => {
+            let settings: FaultSettings = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("bad fault settings: {e}")))?;
+            faults.set(settings);
+        }
+        (&Method::POST, ["drop-watches"]) => faults.drop_watches(),
+        (&Method::POST, ["reset"]) => faults.reset(),
+        _ => return Err(not_found()),
+    }
+    let current = serde_json::to_value(faults.current()).unwrap_or_default();
+    Ok(json_response(200, &current))
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    if let Ok(v) = serde_json::from_slice(body) {
+        return Ok(v);
+    }
+    serde_yaml::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("the body of the request could not be decoded: {e}"))
+    })
+}
+
+async fn resource(
+    shared: &Arc<Shared>,
+    segments: &[&str],
+    query: &Query,
+    req: Request<Bytes>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let target = parse_target(segments)?;
+    let info = registry::get(target.resource);
+    let objects = &shared.objects;
+    let method = req.method().clone();
+    let is_write = !matches!(method, Method::GET | Method::HEAD);
+    if let Some(err) = is_write.then(|| shared.faults.count_write()).flatten() {
+        return Err(err);
+    }
+    let wants_table = table::wanted(req.headers());
+    let part = match target.subresource.as_deref() {
+        Some("status") => Part::Status,
+        _ => Part::Main,
+    };
+    let Some(name) = target.name.clone() else {
+        // Collection URLs.
+        return match method {
+            Method::GET if target.watch_path || query.flag("watch") => {
+                watch(shared, &target, query, wants_table)
+            }
+            Method::GET => list(shared, &target, query, wants_table),
+            Method::POST => {
+                let Some(ns) = target
+                    .namespace
+                    .as_deref()
+                    .or((!info.namespaced).then_some(""))
+                else {
+                    return Err(ApiError::method_not_allowed(
+                        "POST requires a namespace for a namespaced resource",
+                    ));
+                };
+                let opts = query.write_options()?;
+                let body = parse_body(req.body())?;
+                let created = objects.create(target.resource, ns, body, &opts)?;
+                Ok(json_response(201, &created))
+            }
+            Method::DELETE => delete_collection(shared, &target, query),
+            _ => Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on a collection"
+            ))),
+        };
+    };
+    let key = ObjectKey::new(target.namespace.clone().unwrap_or_default(), name.clone());
+    match method {
+        Method::GET if target.watch_path => {
+            let mut q = query.0.clone();
+            q.insert("fieldSelector".into(), format!("metadata.name={name}"));
+            let t = Target {
+                name: None,
+                ..target
+            };
+            watch(shared, &t, &Query(q), wants_table)
+        }
+        Method::GET => {
+            let object = objects
+                .store()
+                .get(target.resource, &key)
+                .ok_or_else(|| ApiError::not_found(info, &name))?;
+            if wants_table {
+                return Ok(json_response(
+                    200,
+                    &table::table(info, std::slice::from_ref(&object), None, &json!({})),
+                ));
+            }
+            Ok(json_response(200, &object))
+        }
+        Method::PUT => {
+            let opts = query.write_options()?;
+            let body = parse_body(req.body())?;
+            let committed = objects.replace(target.resource, &key, body, part, &opts)?;
+            Ok(json_response(200, &committed.object))
+        }
+        Method::PATCH => {
+            let content_type = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let patch_type = PatchType::from_content_type(content_type)
+                .ok_or_else(|| ApiError::unsupported_media_type(content_type))?;
+            let opts = query.write_options()?;
+            let committed =
+                objects.patch(target.resource, &key, patch_type, req.body(), part, &opts)?;
+            let code = if committed.kind == Some(crate::store::EventType::Added) {
+                201
+            } else {
+                200
+            };
+            Ok(json_response(code, &committed.object))
+        }
+        Method::DELETE => {
+            let opts = query.write_options()?;
+            let options = if req.body().is_empty() {
+                json!({})
+            } else {
+                parse_body(req.body())?
+            };
+            let preconditions = options.get("preconditions").cloned().unwrap_or(json!({}));
+            let committed = objects.delete(target.resource, &key, &preconditions, &opts)?;
+            if committed.kind == Some(crate::store::EventType::Deleted)
+                || opts.dry_run && committed.object.pointer("/metadata/finalizers").is_none()
+            {
+                let uid = committed
+                    .object
+                    .pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                Ok(json_response(200, &success_status(info, &name, uid)))
+            } else {
+                Ok(json_response(200, &committed.object))
+            }
+        }
+        _ => Err(ApiError::method_not_allowed(format!(
+            "{method} is not supported"
+        ))),
+    }
+}
+
+fn parse_rv(value: &str) -> Result<u64, ApiError> {
+    value
+        .parse::<u64>()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version {value:?}")))
+}
+
+/// The continue token: the list snapshot's rv and the last key returned.
+fn encode_continue(rv: u64, key: &ObjectKey) -> String {
+    use base64::Engine;
+    let raw = json!({"rv": rv, "ns": key.namespace, "name": key.name}).to_string();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_continue(token: &str) -> Result<(u64, ObjectKey), ApiError> {
+    use base64::Engine;
+    let bad = || {
+        ApiError::bad_request(
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+        )
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rv = v["rv"].as_u64().ok_or_else(bad)?;
+    let key = ObjectKey::new(
+        v["ns"].as_str().unwrap_or_default(),
+        v["name"].as_str().ok_or_else(bad)?,
+    );
+    Ok((rv, key))
+}
+
+fn list(
+    shared: &Arc<Shared>,
+    target: &Target,
+    query: &Query,
+    wants_table: bool,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let info = registry::get(target.resource);
+    let store = shared.objects.store();
+    let labels = query.labels()?;
+    let fields = query.fields()?;
+    let limit = query
+        .get("limit")
+        .map(|l| l.parse::<usize>())
+        .transpose()
+        .map_err(|_| ApiError::bad_request("invalid limit"))?
+        .filter(|l| *l > 0);
+    let (rv, table, after) = match query.get("continue") {
+        Some(token) => {
+            let (rv, key) = decode_continue(token)?;
+            let table = store.kept_snapshot(rv, target.resource).ok_or_else(|| {
+                ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
+            })?;
+            (rv, table, Some(key))
+        }
+        None => {
+            let (rv, table) = store.snapshot(target.resource);
+            (rv, table, None)
+        }
+    };
+    let in_scope = |k: &ObjectKey| {
+        target
+            .namespace
+            .as_ref()
+            .is_none_or(|ns| &k.namespace == ns)
+    };
+    let mut items = Vec::new();
+    let mut next = None;
+    let mut remaining = 0usize;
+    let range: Box<dyn Iterator<Item = (&ObjectKey, &Arc<Value>)>> =
+        match (&after, &target.namespace) {
+            (Some(a), _) => Box::new(table.range((
+                std::ops::Bound::Excluded(a.clone()),
+                std::ops::Bound::Unbounded,
+            ))),
+            (None, Some(ns)) => Box::new(table.range(ObjectKey::new(ns.clone(), "")..)),
+            (None, None) => Box::new(table.iter()),
+        };
+    let mut last_key = None;
+    for (key, object) in range {
+        if !in_scope(key) {
+            if target.namespace.is_some()
+                && key.namespace.as_str() > target.namespace.as_deref().unwrap_or_default()
+            {
+                break;
+            }
+            continue;
+        }
+        if !labels.matches(object) || !fields.matches(object) {
+            continue;
+        }
+        if limit.is_some_and(|l| items.len() >= l) {
+            next = last_key.clone();
+            remaining += 1;
+            continue;
+        }
+        items.push(object.clone());
+        last_key = Some(key.clone());
+    }
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(key) = next {
+        store.keep_snapshot(rv, target.resource, table.clone());
+        metadata["continue"] = encode_continue(rv, &key).into();
+        metadata["remainingItemCount"] = remaining.into();
+    }
+    if wants_table {
+        return Ok(json_response(
+            200,
+            &table::table(info, &items, None, &metadata),
+        ));
+    }
+    let body = json!({
+        "kind": info.list_kind,
+        "apiVersion": info.api_version(),
+        "metadata": metadata,
+        "items": items,
+    });
+    Ok(json_response(200, &body))
+}
+
+fn delete_collection(
+    shared: &Arc<Shared>,
+    target: &Target,
+    query: &Query,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let info = registry::get(target.resource);
+    let labels = query.labels()?;
+    let fields = query.fields()?;
+    let opts = query.write_options()?;
+    let (_, table) = shared.objects.store().snapshot(target.resource);
+    let mut deleted = Vec::new();
+    for (key, object) in table.iter() {
+        if target
+            .namespace
+            .as_ref()
+            .is_some_and(|ns| &key.namespace != ns)
+            || !labels.matches(object)
+            || !fields.matches(object)
+        {
+            continue;
+        }
+        match shared
+            .objects
+            .delete(target.resource, key, &json!({}), &opts)
+        {
+            Ok(c) => deleted.push(c.object),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json_response(
+        200,
+        &json!({
+            "kind": info.list_kind,
+            "apiVersion": info.api_version(),
+            "metadata": {"resourceVersion": shared.objects.store().current_rv().to_string()},
+            "items": deleted,
+        }),
+    ))
+}
+
+fn watch(
+    shared: &Arc<Shared>,
+    target: &Target,
+    query: &Query,
+    wants_table: bool,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let initial_events = query.flag("sendInitialEvents");
+    let start = match query.get("resourceVersion") {
+        _ if initial_events => Start::InitialEvents,
+        None | Some("0") => Start::CurrentState,
+        Some(rv) => Start::After(parse_rv(rv)?),
+    };
+    let timeout = query
+        .get("timeoutSeconds")
+        .map(|t| {
+            t.parse::<u64>()
+                .map_err(|_| ApiError::bad_request("invalid timeoutSeconds"))
+        })
+        .transpose()?
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
+    let req = WatchRequest {
+        resource: target.resource,
+        namespace: target.namespace.clone(),
+        labels: query.labels()?,
+        fields: query.fields()?,
+        start,
+        bookmarks: query.flag("allowWatchBookmarks") || initial_events,
+        timeout,
+        bookmark_interval: shared.bookmark_interval,
+    };
+    let rx = watch::spawn(shared.objects.store().clone(), &shared.faults, req);
+    let info = registry::get(target.resource);
+    let frames = tokio_stream(rx, wants_table.then_some(info));
+    let body = StreamBody::new(frames).boxed_unsync();
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(body)
+        .expect("valid response"))
+}
+
+/// Turns the watch channel into body frames; for `kubectl get -w` each object becomes a Table.
+fn tokio_stream(
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+    table_of: Option<&'static registry::ResourceInfo>,
+) -> impl futures_util::Stream<Item = Result<http_body::Frame<Bytes>, std::convert::Infallible>>
++ Send
++ 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(move |bytes| {
+        let bytes = match table_of {
+            Some(info) => table::watch_frame_as_table(info, &bytes).unwrap_or(bytes),
+            None => bytes,
+        };
+        Ok(http_body::Frame::data(bytes))
+    })
+}
+
+use futures_util::StreamExt;

@@ -1,0 +1,44 @@
+//! An in-process Kubernetes API server for the resources Portico uses (namespaces, services,
+//! secrets, configmaps, endpointslices, ingresses, ingressclasses, leases, events), faithful
+//! enough that the real `kubectl` and kube-rs's client and runtime behave against it as against
+//! a real cluster.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use portico_apiserver::ApiServer;
+//! let server = ApiServer::builder().minor_version(33).build()?;
+//! // In-process, no sockets: `kube::Client::new(server.service(), "default")`.
+//! // Over HTTP, for kubectl:
+//! let handle = server.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await?)?;
+//! handle.write_kubeconfig(std::path::Path::new("/tmp/kubeconfig"))?;
+//! server.faults().drop_watches();
+//! # Ok(()) }
+//! ```
+//!
+//! Modules: [`registry`] (the served resources), [`store`] (objects, resourceVersions, event
+//! log), [`watch`] (watch streams), [`objects`] (write semantics), [`patch`] and [`apply`]
+//! (PATCH formats and server-side apply), [`http`] (routing and handlers), [`discovery`],
+//! [`openapi`] and [`table`] (what kubectl reads), [`faults`], [`persist`] (data directory),
+//! [`server`] (builder, tower service, HTTP serving, kubeconfig).
+
+pub mod apply;
+pub mod discovery;
+pub mod error;
+pub mod faults;
+pub mod http;
+pub mod objects;
+pub mod openapi;
+pub mod patch;
+pub mod persist;
+pub mod registry;
+pub mod selector;
+pub mod server;
+pub mod store;
+pub mod table;
+pub mod validate;
+pub mod watch;
+
+pub use error::ApiError;
+pub use faults::{Availability, FaultSettings, Faults};
+pub use server::{ApiServer, ApiServerBuilder, ApiService, ServerHandle, kubeconfig};
+pub use store::Store;
