@@ -48,12 +48,12 @@ pub enum ConvertError {
         api_version: String,
         expected: &'static str,
     },
-    #[error("{kind} {object} is malformed: {source}")]
+    /// The decoder's message is part of the text (not a `source`), so one log line says it all.
+    #[error("{kind} {object} is malformed: {error}")]
     Malformed {
         kind: &'static str,
         object: String,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     #[error("Secret {object} is malformed (details withheld: they could contain key material)")]
     MalformedSecret { object: String },
@@ -196,10 +196,10 @@ fn collect_resources(value: &Value, out: &mut Vec<Resource>) -> Result<(), Conve
 }
 
 fn decode<T: DeserializeOwned>(value: &Value, kind: &'static str) -> Result<T, ConvertError> {
-    serde_json::from_value(value.clone()).map_err(|source| ConvertError::Malformed {
+    serde_json::from_value(value.clone()).map_err(|error| ConvertError::Malformed {
         kind,
         object: object_name(value),
-        source,
+        error,
     })
 }
 
