@@ -161,7 +161,7 @@ impl Body for LazyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.taken {
             Some(body) => body.size_hint(),
-            None => self.hint.clone(),
+            None => self.hint,
         }
     }
 }

@@ -197,7 +197,7 @@ fn websocket_echo(mut req: Request<Incoming>) -> Response<TestBody> {
 /// A Service named `name` (port 80 named `http`) with one EndpointSlice per endpoint.
 pub fn service(name: &str, endpoints: &[SocketAddr]) -> String {
     let mut out = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
          spec:\n  ports: [{{name: http, port: 80, targetPort: http, protocol: TCP}}]\n"
     );
     for (i, ep) in endpoints.iter().enumerate() {
@@ -339,11 +339,10 @@ pub async fn run(program: &str, args: &[&str]) -> Output {
     cmd.args(args)
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null());
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+    tokio::time::timeout(Duration::from_secs(120), cmd.output())
         .await
         .unwrap_or_else(|_| panic!("{program} timed out"))
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    out
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }
 
 pub async fn curl(args: &[&str]) -> Output {

@@ -338,7 +338,7 @@ async fn h2load_many_concurrent_streams() {
             "-m",
             "100",
             "-H",
-            "host: echo.test",
+            ":authority: echo.test",
             &url,
         ],
     )
@@ -360,7 +360,7 @@ async fn h2load_many_concurrent_streams() {
             "-m",
             "50",
             "-H",
-            "host: echo.test",
+            ":authority: echo.test",
             &url,
         ],
     )
