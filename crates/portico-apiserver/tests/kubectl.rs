@@ -1,0 +1,395 @@
+//! The real kubectl against the server over HTTP. `/usr/bin/kubectl` picks `kubectl.1.NN` by the
+//! server's reported minor, so each test serves a chosen minor; every test gets a fresh HOME and
+//! KUBECONFIG.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use portico_apiserver::{ApiServer, ServerHandle};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+struct Kubectl {
+    _server: ApiServer,
+    handle: ServerHandle,
+    home: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+struct Output {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+impl Kubectl {
+    async fn start(minor: u32) -> Kubectl {
+        let server = ApiServer::builder().minor_version(minor).build().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let handle = server.serve(listener).unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let kubeconfig = home.path().join("kubeconfig");
+        handle.write_kubeconfig(&kubeconfig).unwrap();
+        Kubectl {
+            _server: server,
+            handle,
+            home,
+            kubeconfig,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        let out = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
+            .await
+            .expect("kubectl finished within 60s")
+            .expect("kubectl runs");
+        Output {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.ok,
+            "kubectl {args:?} failed:\n{}\n{}",
+            out.stdout, out.stderr
+        );
+        out.stdout
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all).await).unwrap()
+    }
+
+    fn write(&self, name: &str, content: &str) -> String {
+        let path = self.home.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+}
+
+const MINIMAL_CHANGED: &str = "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: minimal-ingress
+  labels:
+    team: edge
+  annotations:
+    nginx.ingress.kubernetes.io/rewrite-target: /
+spec:
+  ingressClassName: nginx-example
+  rules:
+  - host: shop.example.com
+    http:
+      paths:
+      - path: /cart
+        pathType: Prefix
+        backend:
+          service:
+            name: cart
+            port:
+              number: 8080
+";
+
+/// The whole kubectl workflow of the issue against one kubectl minor.
+async fn workflow(minor: u32) {
+    let k = Kubectl::start(minor).await;
+    let version = k.ok(&["version", "-o", "json"]).await;
+    assert!(
+        version.contains(&format!("\"minor\": \"{minor}\"")),
+        "{version}"
+    );
+
+    let ns = k.ok(&["get", "namespaces"]).await;
+    assert!(ns.contains("default") && ns.contains("Active"), "{ns}");
+
+    // Client-side apply of the docs' minimal Ingress, unchanged.
+    let minimal = data("minimal-ingress.yaml");
+    let out = k.ok(&["apply", "-f", minimal.to_str().unwrap()]).await;
+    assert!(
+        out.contains("ingress.networking.k8s.io/minimal-ingress created"),
+        "{out}"
+    );
+    let ing = k.json(&["get", "ingress", "minimal-ingress"]).await;
+    assert_eq!(ing["metadata"]["generation"], 1);
+    assert_eq!(
+        ing["spec"]["rules"][0]["http"]["paths"][0]["path"],
+        "/testpath"
+    );
+
+    // `get -w` in the background sees the following changes.
+    let mut watch = k
+        .command(&["get", "ingresses", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut watch_lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), watch_lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        first.contains("EVENT") || first.contains("minimal-ingress"),
+        "{first}"
+    );
+
+    // Re-apply with a change (client-side).
+    let changed = k.write("changed.yaml", MINIMAL_CHANGED);
+    let out = k.ok(&["apply", "-f", &changed]).await;
+    assert!(out.contains("configured"), "{out}");
+    let ing = k.json(&["get", "ingress", "minimal-ingress"]).await;
+    assert_eq!(ing["metadata"]["generation"], 2);
+    assert_eq!(ing["metadata"]["labels"]["team"], "edge");
+    assert_eq!(ing["spec"]["rules"][0]["host"], "shop.example.com");
+
+    // Server-side apply of the original manifest: ownership moves to the `kubectl` manager.
+    let out = k
+        .ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            minimal.to_str().unwrap(),
+        ])
+        .await;
+    assert!(out.contains("serverside-applied"), "{out}");
+    let ing = k
+        .json(&["get", "ingress", "minimal-ingress", "--show-managed-fields"])
+        .await;
+    assert_eq!(
+        ing["spec"]["rules"][0]["http"]["paths"][0]["path"],
+        "/testpath"
+    );
+    let managers: Vec<&str> = ing["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(managers.contains(&"kubectl"), "{managers:?}");
+
+    // Status subresource: only .status changes.
+    let out = k
+        .ok(&["patch", "ingress", "minimal-ingress", "--subresource=status", "--type=merge", "-p", r#"{"status":{"loadBalancer":{"ingress":[{"ip":"127.0.0.1"}]}},"spec":{"ingressClassName":"other"}}"#])
+        .await;
+    assert!(out.contains("patched"), "{out}");
+    let ing = k.json(&["get", "ingress", "minimal-ingress"]).await;
+    assert_eq!(
+        ing["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "127.0.0.1"
+    );
+    assert_eq!(ing["spec"]["ingressClassName"], "nginx-example");
+    let table = k.ok(&["get", "ingress", "minimal-ingress"]).await;
+    assert!(
+        table.contains("127.0.0.1") && table.contains("nginx-example"),
+        "{table}"
+    );
+
+    // Invalid status and invalid spec are refused with field paths.
+    let out = k
+        .run(&[
+            "patch",
+            "ingress",
+            "minimal-ingress",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"loadBalancer":{"ingress":[{"ip":"not-an-ip"}]}}}"#,
+        ])
+        .await;
+    assert!(
+        !out.ok && out.stderr.contains("status.loadBalancer.ingress[0].ip"),
+        "{}",
+        out.stderr
+    );
+    let bad = k.write(
+        "bad.yaml",
+        &MINIMAL_CHANGED
+            .replace("pathType: Prefix", "pathType: Sometimes")
+            .replace("minimal-ingress", "bad"),
+    );
+    let out = k.run(&["apply", "-f", &bad]).await;
+    assert!(
+        !out.ok && out.stderr.contains("is invalid") && out.stderr.contains("pathType"),
+        "{}",
+        out.stderr
+    );
+    let unknown = k.write(
+        "unknown.yaml",
+        &MINIMAL_CHANGED.replace("ingressClassName:", "bogusField: 1\n  ingressClassName:"),
+    );
+    let out = k.run(&["apply", "-f", &unknown]).await;
+    assert!(
+        !out.ok && out.stderr.contains("bogusField"),
+        "{}",
+        out.stderr
+    );
+
+    // describe.
+    let out = k.ok(&["describe", "ingress", "minimal-ingress"]).await;
+    assert!(
+        out.contains("Name:") && out.contains("/testpath") && out.contains("127.0.0.1"),
+        "{out}"
+    );
+
+    // The conformance manifests, unchanged.
+    for entry in std::fs::read_dir(data("conformance")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
+            let out = k.ok(&["apply", "-f", path.to_str().unwrap()]).await;
+            assert!(out.contains("created"), "{}: {out}", path.display());
+        }
+    }
+    let names = k.ok(&["get", "ingresses", "-o", "name"]).await;
+    for name in [
+        "default-backend",
+        "host-rules",
+        "path-rules",
+        "load-balancing",
+    ] {
+        assert!(names.contains(name), "{names}");
+    }
+
+    // Services: strategic merge by port on re-apply.
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 80\n  - name: https\n    port: 443\n";
+    let path = k.write("svc.yaml", svc);
+    k.ok(&["apply", "-f", &path]).await;
+    let path = k.write(
+        "svc.yaml",
+        &svc.replace("  - name: https\n    port: 443\n", ""),
+    );
+    k.ok(&["apply", "-f", &path]).await;
+    let svc = k.json(&["get", "service", "web"]).await;
+    assert_eq!(svc["spec"]["ports"].as_array().unwrap().len(), 1, "{svc}");
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.96."))
+    );
+
+    // delete --wait waits for finalizers.
+    k.ok(&[
+        "patch",
+        "ingress",
+        "minimal-ingress",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ])
+    .await;
+    let mut delete = k
+        .command(&[
+            "delete",
+            "ingress",
+            "minimal-ingress",
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the server has marked the object, then check kubectl is still waiting.
+    let mut marked = false;
+    for _ in 0..100 {
+        let ing = k.json(&["get", "ingress", "minimal-ingress"]).await;
+        if ing["metadata"]["deletionTimestamp"].is_string() {
+            marked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(marked, "DELETE never reached the server");
+    assert!(
+        delete.try_wait().unwrap().is_none(),
+        "kubectl delete --wait returned while a finalizer was pending"
+    );
+    k.ok(&[
+        "patch",
+        "ingress",
+        "minimal-ingress",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ])
+    .await;
+    let status = tokio::time::timeout(Duration::from_secs(30), delete.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let out = k.run(&["get", "ingress", "minimal-ingress"]).await;
+    assert!(!out.ok && out.stderr.contains("NotFound"), "{}", out.stderr);
+
+    // The watch saw the modifications and the deletion.
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seen
+        .iter()
+        .any(|l: &String| l.starts_with("DELETED") && l.contains("minimal-ingress"))
+    {
+        let line = tokio::time::timeout_at(deadline, watch_lines.next_line())
+            .await
+            .expect("watch shows the deletion")
+            .unwrap()
+            .unwrap();
+        seen.push(line);
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("MODIFIED") && l.contains("127.0.0.1")),
+        "{seen:#?}"
+    );
+    let _ = watch.kill().await;
+
+    // HTTP/2 (prior knowledge) on the same port, with curl.
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            &format!("{}/api/v1/namespaces", k.handle.url()),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_33_workflow() {
+    workflow(33).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_29_workflow() {
+    workflow(29).await;
+}
