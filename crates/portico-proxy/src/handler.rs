@@ -186,6 +186,8 @@ async fn forward(
         .and_then(|_| parts.headers.get(header::UPGRADE).cloned());
     let h2_upstream = matches!(protocol, BackendProtocol::H2c | BackendProtocol::Grpcs);
     headers::strip_hop_by_hop(&mut parts.headers, h2_upstream);
+    // We answer `Expect: 100-continue` ourselves (hyper does when the body is first read).
+    parts.headers.remove(header::EXPECT);
     if let Some(token) = &upgrade_token
         && !h2_upstream
     {

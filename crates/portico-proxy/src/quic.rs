@@ -124,10 +124,13 @@ async fn serve_connection(conn: quinn::Connection, info: ConnInfo, serve: Arc<Se
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
                     let shared = serve.shared.clone();
+                    let head_timeout = serve.limits.header_read_timeout;
                     streams.spawn(async move {
-                        match resolver.resolve_request().await {
-                            Ok((req, stream)) => serve_request(&shared, info, req, stream).await,
-                            Err(e) => tracing::debug!(peer = %info.peer, error = %e, "bad HTTP/3 request"),
+                        // A stream that never completes its HEADERS frame is dropped (slowloris).
+                        match tokio::time::timeout(head_timeout, resolver.resolve_request()).await {
+                            Ok(Ok((req, stream))) => serve_request(&shared, info, req, stream).await,
+                            Ok(Err(e)) => tracing::debug!(peer = %info.peer, error = %e, "bad HTTP/3 request"),
+                            Err(_) => tracing::debug!(peer = %info.peer, "HTTP/3 request head timed out"),
                         }
                     });
                 }

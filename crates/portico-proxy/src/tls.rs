@@ -137,16 +137,15 @@ pub fn certified_key_from_pem(
 
 /// Backends are reached over TLS without verifying their certificate, as ingress-nginx does
 /// by default (`proxy-ssl-verify: off`): in-cluster Pods rarely hold publicly valid names.
-pub(crate) fn upstream_client_config(alpn: &[&[u8]]) -> rustls::ClientConfig {
+/// ALPN is left to the connector, which offers what the client is built for.
+pub(crate) fn upstream_client_config() -> rustls::ClientConfig {
     let provider = provider();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    config
+        .with_no_client_auth()
 }
 
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portico_model::{Backend, BackendProtocol, Endpoint};
 
 use crate::body::ProxyBody;
-use crate::tls::{ALPN_H2, ALPN_HTTP11, upstream_client_config};
+use crate::tls::upstream_client_config;
 
 type PlainClient = Client<HttpConnector, ProxyBody>;
 type TlsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
@@ -80,7 +80,7 @@ fn build_client(protocol: BackendProtocol, connect_timeout: Duration) -> Upstrea
         BackendProtocol::H2c => UpstreamClient::Plain(builder.http2_only(true).build(http)),
         BackendProtocol::Https => {
             let tls = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(upstream_client_config(&[ALPN_HTTP11]))
+                .with_tls_config(upstream_client_config())
                 .https_only()
                 .enable_http1()
                 .wrap_connector(http);
@@ -88,7 +88,7 @@ fn build_client(protocol: BackendProtocol, connect_timeout: Duration) -> Upstrea
         }
         BackendProtocol::Grpcs => {
             let tls = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(upstream_client_config(&[ALPN_H2]))
+                .with_tls_config(upstream_client_config())
                 .https_only()
                 .enable_http2()
                 .wrap_connector(http);

@@ -70,6 +70,54 @@ impl Backend {
         }
     }
 
+    /// A backend behind TLS (self-signed; ALPN h2 and http/1.1), for `backend-protocol`
+    /// HTTPS and GRPCS.
+    pub async fn start_tls() -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let cert = test_cert("backend.test");
+        let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
+            rustls_pki_types::pem::PemObject::pem_slice_iter(cert.cert_pem.as_bytes())
+                .map(|c| c.unwrap())
+                .collect();
+        let private =
+            rustls_pki_types::pem::PemObject::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, private)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let local = stream.local_addr().unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = service_fn(move |req| echo(req, local));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            _task: TaskGuard(task),
+        }
+    }
+
     /// `n` backends on 127.0.0.2, 127.0.0.3, … sharing one port (as Pods behind a Service).
     pub async fn start_many(n: u8) -> Vec<Backend> {
         'retry: for _ in 0..50 {

@@ -88,3 +88,22 @@ async fn http3_discovered_through_alt_svc() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_carries_grpc_style_trailers() {
+    let backend = Backend::start().await;
+    let yaml = service("grpc", &[backend.addr])
+        + &ingress(
+            "g",
+            "grpc.test",
+            "/",
+            "grpc",
+            &[("backend-protocol", "GRPC")],
+        );
+    let proxy = TestProxy::start(&yaml).await;
+    let addr = format!("127.0.0.1:{}", proxy.h3().port());
+    let text = h3client(&["get", &addr, "grpc.test", "/trailers"]).await;
+    assert!(text.contains("status=200"), "{text}");
+    assert!(text.contains("trailer grpc-status: 0"), "{text}");
+    assert!(text.contains("trailer grpc-message: all-good"), "{text}");
+}

@@ -65,11 +65,14 @@ def show(r):
     print("status=" + h.get(b":status", b"?").decode())
     for k, v in h.items():
         print(f"header {k.decode()}: {v.decode()}")
+    for k, v in (r["trailers"] or {}).items():
+        print(f"trailer {k.decode()}: {v.decode()}")
     print("body=" + r["body"].decode(errors="replace"))
 
 
 async def session(addr, host):
     ip, port = addr.rsplit(":", 1)
+    ip = ip.strip("[]")
     cfg = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, verify_mode=ssl.CERT_NONE, server_name=host)
     return connect(ip, int(port), configuration=cfg, create_protocol=Client, wait_connected=True)
 

@@ -7,4 +7,5 @@ mod h3;
 mod hostile;
 mod http1_http2;
 mod policy;
+mod standalone;
 mod upstream;

@@ -122,3 +122,48 @@ async fn grpc_style_trailers_pass_through_http2() {
     let out = run("nghttp", &["-v", "-H", ":authority: grpc.test", &url]).await;
     assert!(stdout(&out).contains("grpc-status: 0"), "{}", stdout(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_upstreams_for_https_and_grpcs() {
+    let backend = Backend::start_tls().await;
+    let yaml = service("secure", &[backend.addr])
+        + &ingress(
+            "h1",
+            "https-backend.test",
+            "/",
+            "secure",
+            &[("backend-protocol", "HTTPS")],
+        )
+        + &ingress(
+            "h2",
+            "grpcs-backend.test",
+            "/",
+            "secure",
+            &[("backend-protocol", "GRPCS")],
+        );
+    let proxy = TestProxy::start(&yaml).await;
+    let url = format!("http://127.0.0.1:{}/over-tls", proxy.http().port());
+    let seen = echoed(&stdout(
+        &curl(&["-H", "Host: https-backend.test", &url]).await,
+    ));
+    assert_eq!(seen["version"], "HTTP/1.1");
+    assert_eq!(seen["path"], "/over-tls");
+    let seen = echoed(&stdout(
+        &curl(&["-H", "Host: grpcs-backend.test", &url]).await,
+    ));
+    assert_eq!(seen["version"], "HTTP/2.0");
+    let url = format!("https://127.0.0.1:{}/trailers", proxy.https().port());
+    let out = run(
+        "nghttp",
+        &[
+            "-v",
+            "-H",
+            ":authority: grpcs-backend.test",
+            "-H",
+            "te: trailers",
+            &url,
+        ],
+    )
+    .await;
+    assert!(stdout(&out).contains("grpc-status: 0"), "{}", stdout(&out));
+}

@@ -1,0 +1,207 @@
+//! The standalone binary, and process-level behaviour: reload, drain, fd exhaustion, IPv6,
+//! idle connections.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use crate::common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portico-proxy-standalone");
+
+/// Starts `command` and waits for its `ready http=[…]` line; returns the first HTTP address.
+async fn start_standalone(mut command: Command, stderr: Stdio) -> (Child, std::net::SocketAddr) {
+    command
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("spawn standalone proxy");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("ready line in time")
+        .unwrap()
+        .expect("ready line");
+    let http = line
+        .split("http=[")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .expect("http address");
+    let addr = http.split(',').next().unwrap().trim().parse().unwrap();
+    (child, addr)
+}
+
+async fn wait_for_status(url: &str, host: &str, want: u16) -> bool {
+    let header = format!("Host: {host}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if curl_status(&["-H", &header, url]).await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_serves_reloads_on_sighup_and_drains_on_sigterm() {
+    let backend = Backend::start().await;
+    let file = TempFile::new(
+        "routes.yaml",
+        &(service("echo", &[backend.addr]) + &ingress("e", "one.test", "/", "echo", &[])),
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--table",
+        file.path(),
+        "--http",
+        "127.0.0.1:0",
+        "--https",
+        "127.0.0.1:0",
+        "--h3",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ]);
+    let (mut child, http) = start_standalone(cmd, Stdio::null()).await;
+    let url = format!("http://{http}/");
+    assert_eq!(curl_status(&["-H", "Host: one.test", &url]).await, 200);
+    std::fs::write(
+        &file.0,
+        service("echo", &[backend.addr]) + &ingress("e", "two.test", "/", "echo", &[]),
+    )
+    .unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(run("kill", &["-HUP", &pid]).await.status.success());
+    assert!(
+        wait_for_status(&url, "two.test", 200).await,
+        "reloaded table serves the new host"
+    );
+    assert_eq!(curl_status(&["-H", "Host: one.test", &url]).await, 404);
+    // A broken file keeps the current table.
+    std::fs::write(&file.0, "kind: [unclosed").unwrap();
+    assert!(run("kill", &["-HUP", &pid]).await.status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(curl_status(&["-H", "Host: two.test", &url]).await, 200);
+    assert!(run("kill", &["-TERM", &pid]).await.status.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits after drain")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_loop_survives_file_descriptor_exhaustion() {
+    let backend = Backend::start().await;
+    let file = TempFile::new(
+        "routes.yaml",
+        &(service("echo", &[backend.addr]) + &ingress("e", "fd.test", "/", "echo", &[])),
+    );
+    let script = format!(
+        "ulimit -n 64; exec {BIN} --table {} --http 127.0.0.1:0 --workers 1",
+        file.path()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &script]);
+    let log = TempFile::new("stderr.log", "");
+    let (mut child, http) =
+        start_standalone(cmd, std::fs::File::create(&log.0).unwrap().into()).await;
+    let url = format!("http://{http}/");
+    assert_eq!(curl_status(&["-H", "Host: fd.test", &url]).await, 200);
+    // Hold more connections than the process has descriptors.
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        if let Ok(s) = TcpStream::connect(http).await {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running while out of descriptors"
+    );
+    drop(held);
+    assert!(
+        wait_for_status(&url, "fd.test", 200).await,
+        "serves again once descriptors are free"
+    );
+    assert!(child.try_wait().unwrap().is_none());
+    let log = std::fs::read_to_string(&log.0).unwrap();
+    assert!(
+        log.contains("out of resources"),
+        "the limit was actually reached: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_listener() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here; skipping");
+        return;
+    }
+    let backend = Backend::start().await;
+    let yaml = service("echo", &[backend.addr]) + &ingress("e", "v6.test", "/", "echo", &[]);
+    let proxy = TestProxy::start_with(&yaml, |c| {
+        let v6: std::net::SocketAddr = "[::1]:0".parse().unwrap();
+        c.http = vec![v6];
+        c.https = vec![v6];
+        c.h3 = vec![v6];
+    })
+    .await;
+    assert!(proxy.http().is_ipv6());
+    let url = format!("http://[::1]:{}/", proxy.http().port());
+    let seen = echoed(&stdout(&curl(&["-g", "-H", "Host: v6.test", &url]).await));
+    assert_eq!(seen["headers"]["x-forwarded-for"], "::1");
+    let url = format!("https://[::1]:{}/", proxy.https().port());
+    assert_eq!(
+        curl_status(&["-g", "-k", "--http2", "-H", "Host: v6.test", &url]).await,
+        200
+    );
+    let out = run(
+        python().to_str().unwrap(),
+        &[
+            &script("h3client.py"),
+            "get",
+            &format!("[::1]:{}", proxy.h3().port()),
+            "v6.test",
+            "/",
+        ],
+    )
+    .await;
+    assert!(
+        stdout(&out).contains("status=200"),
+        "{} {}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed() {
+    let backend = Backend::start().await;
+    let yaml = service("echo", &[backend.addr]) + &ingress("e", "idle.test", "/", "echo", &[]);
+    let proxy =
+        TestProxy::start_with(&yaml, |c| c.limits.idle_timeout = Duration::from_secs(1)).await;
+    let mut s = TcpStream::connect(proxy.http()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: idle.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Keep-alive, then silence: the proxy closes the connection.
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "closed after the idle timeout");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // A slow backend is not idleness: a request waiting 2.5 s for its response completes.
+    let url = format!("http://127.0.0.1:{}/slow/2500", proxy.http().port());
+    assert_eq!(curl_status(&["-H", "Host: idle.test", &url]).await, 200);
+}
