@@ -37,6 +37,8 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// withholds the decoder's details, which could quote key material.
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
+    #[error("YAML document {document}: {message}")]
+    Yaml { document: usize, message: String },
     #[error("not a Kubernetes object: expected a mapping with apiVersion and kind, found {found}")]
     NotAnObject { found: &'static str },
     #[error("object {object}: missing or empty `{field}`")]
@@ -151,6 +153,20 @@ pub fn resources_from_values<'a>(
     let mut out = Vec::new();
     for value in values {
         collect_resources(value, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Converts a YAML manifest: `---`-separated documents, each an object or a List.
+pub fn resources_from_yaml(text: &str) -> Result<Vec<Resource>, ConvertError> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(doc).map_err(|e| ConvertError::Yaml {
+            document: i + 1,
+            message: e.to_string(),
+        })?;
+        collect_resources(&value, &mut out)?;
     }
     Ok(out)
 }

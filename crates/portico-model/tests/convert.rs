@@ -670,3 +670,17 @@ fn typed_lists_as_the_api_returns_them() {
         json!({"apiVersion": "v1", "kind": "PodList", "items": [{"metadata": {"name": "p"}}]});
     assert_eq!(convert::resources_from_value(&ignored).unwrap(), vec![]);
 }
+
+#[test]
+fn yaml_manifests_convert_in_one_call() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/manifests/path-rules.yaml"),
+    )
+    .unwrap();
+    let resources = portico_model::convert::resources_from_yaml(&text).unwrap();
+    assert_eq!(resources.len(), 1);
+    assert_eq!(resources[0].kind(), portico_model::ResourceKind::Ingress);
+    let err = portico_model::convert::resources_from_yaml("a: [unclosed").unwrap_err();
+    assert!(err.to_string().starts_with("YAML document 1"), "{err}");
+}

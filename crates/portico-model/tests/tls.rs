@@ -57,7 +57,11 @@ fn certificates_are_chosen_by_san_not_cn() {
             tls_ingress("wild", 1, &["ec.example", "*.wild.example"], "ec"),
             tls_ingress("cn", 2, &["san.example"], "cn"),
             secret("ec", Some(fixture("ec.crt")), Some(fixture("ec-sec1.key"))),
-            secret("cn", Some(fixture("cn-only.crt")), Some(fixture("cn-only.key"))),
+            secret(
+                "cn",
+                Some(fixture("cn-only.crt")),
+                Some(fixture("cn-only.key")),
+            ),
         ],
     );
     let secret_for = |sni: &str| {
@@ -68,11 +72,24 @@ fn certificates_are_chosen_by_san_not_cn() {
     assert_eq!(secret_for("ec.example").as_deref(), Some("ec"));
     assert_eq!(secret_for("a.wild.example").as_deref(), Some("ec"));
     assert_eq!(secret_for("A.Wild.Example").as_deref(), Some("ec"));
-    assert_eq!(secret_for("a.b.wild.example"), None, "a wildcard covers one label");
+    assert_eq!(
+        secret_for("a.b.wild.example"),
+        None,
+        "a wildcard covers one label"
+    );
     assert_eq!(secret_for("wild.example"), None);
     assert_eq!(secret_for("san.example").as_deref(), Some("cn"));
-    assert_eq!(secret_for("cn-only.example"), None, "the CN is not a name we serve");
-    assert_eq!(table.certificate_for(None).map(|c| c.secret.name.to_string()), None);
+    assert_eq!(
+        secret_for("cn-only.example"),
+        None,
+        "the CN is not a name we serve"
+    );
+    assert_eq!(
+        table
+            .certificate_for(None)
+            .map(|c| c.secret.name.to_string()),
+        None
+    );
 }
 
 #[test]
@@ -111,7 +128,11 @@ fn broken_secrets_are_reported_and_the_last_good_certificate_stays() {
     let good = tls_secret("cert", &["shop.example"]);
     let mut table = RoutingTable::compile(
         settings(),
-        vec![our_class(), tls_ingress("shop", 1, &["shop.example"], "cert"), good],
+        vec![
+            our_class(),
+            tls_ingress("shop", 1, &["shop.example"], "cert"),
+            good,
+        ],
     );
     let served = |t: &RoutingTable| t.certificate_for(Some("shop.example")).cloned();
     let original = served(&table).expect("served");
@@ -122,13 +143,21 @@ fn broken_secrets_are_reported_and_the_last_good_certificate_stays() {
     let cases: Vec<(&str, Resource, ProblemReason, &str)> = vec![
         (
             "garbage certificate",
-            secret("cert", Some(b"not a certificate".to_vec()), Some(b"x".to_vec())),
+            secret(
+                "cert",
+                Some(b"not a certificate".to_vec()),
+                Some(b"x".to_vec()),
+            ),
             ProblemReason::InvalidSecret,
             "tls.crt",
         ),
         (
             "key of another certificate",
-            secret("cert", Some(other_crt.into_bytes()), Some(other_key.into_bytes())),
+            secret(
+                "cert",
+                Some(other_crt.into_bytes()),
+                Some(other_key.into_bytes()),
+            ),
             ProblemReason::InvalidSecret,
             "does not match",
         ),
@@ -156,22 +185,50 @@ fn broken_secrets_are_reported_and_the_last_good_certificate_stays() {
         assert_eq!(problems.len(), 1, "{what}: {problems:?}");
         assert_eq!(problems[0].reason, reason, "{what}");
         assert_eq!(problems[0].field, "spec.tls[0].secretName", "{what}");
-        assert!(problems[0].message.contains(gist), "{what}: {}", problems[0].message);
-        assert!(problems[0].message.contains("last good certificate"), "{what}");
+        assert!(
+            problems[0].message.contains(gist),
+            "{what}: {}",
+            problems[0].message
+        );
+        assert!(
+            problems[0].message.contains("last good certificate"),
+            "{what}"
+        );
         let still = served(&table).expect("still served");
-        assert!(std::sync::Arc::ptr_eq(&still, &original), "{what}: the last good certificate stays");
+        assert!(
+            std::sync::Arc::ptr_eq(&still, &original),
+            "{what}: the last good certificate stays"
+        );
         // Routes are untouched.
         assert!(table.lookup("shop.example", "/").is_some());
     }
 
     // Deleted: still the last good certificate while an Ingress needs it, and reported.
-    table.apply(99, &Change::Delete { kind: ResourceKind::Secret, key: key("cert") });
+    table.apply(
+        99,
+        &Change::Delete {
+            kind: ResourceKind::Secret,
+            key: key("cert"),
+        },
+    );
     assert!(served(&table).is_some());
-    assert_eq!(problems_of(&table, "shop")[0].reason, ProblemReason::SecretNotFound);
+    assert_eq!(
+        problems_of(&table, "shop")[0].reason,
+        ProblemReason::SecretNotFound
+    );
 
     // Once no Ingress references it either, it is forgotten.
-    table.apply(100, &Change::Delete { kind: ResourceKind::Ingress, key: key("shop") });
-    table.apply(101, &Change::Upsert(tls_ingress("shop", 1, &["shop.example"], "cert")));
+    table.apply(
+        100,
+        &Change::Delete {
+            kind: ResourceKind::Ingress,
+            key: key("shop"),
+        },
+    );
+    table.apply(
+        101,
+        &Change::Upsert(tls_ingress("shop", 1, &["shop.example"], "cert")),
+    );
     assert!(served(&table).is_none());
 }
 
@@ -179,7 +236,10 @@ fn broken_secrets_are_reported_and_the_last_good_certificate_stays() {
 fn a_missing_secret_is_reported_and_routes_still_work() {
     let table = RoutingTable::compile(
         settings(),
-        vec![our_class(), tls_ingress("site", 1, &["site.example"], "absent")],
+        vec![
+            our_class(),
+            tls_ingress("site", 1, &["site.example"], "absent"),
+        ],
     );
     let problems = problems_of(&table, "site");
     assert_eq!(problems.len(), 1);
@@ -195,7 +255,12 @@ fn hosts_the_certificate_does_not_cover_are_reported() {
         settings(),
         vec![
             our_class(),
-            tls_ingress("site", 1, &["ec.example", "other.example", "x.wild.example"], "ec"),
+            tls_ingress(
+                "site",
+                1,
+                &["ec.example", "other.example", "x.wild.example"],
+                "ec",
+            ),
             secret("ec", Some(fixture("ec.crt")), Some(fixture("ec-sec1.key"))),
         ],
     );
@@ -217,7 +282,11 @@ fn expired_and_not_yet_valid_certificates_are_reported() {
         vec![
             our_class(),
             tls_ingress("old", 1, &["old.example"], "old"),
-            secret("old", Some(cert.pem().into_bytes()), Some(key_pair.serialize_pem().into_bytes())),
+            secret(
+                "old",
+                Some(cert.pem().into_bytes()),
+                Some(key_pair.serialize_pem().into_bytes()),
+            ),
         ],
     );
     let at = |now| {
@@ -240,7 +309,10 @@ fn expired_and_not_yet_valid_certificates_are_reported() {
 fn key_material_never_appears_in_debug_output_or_problems() {
     let key_pem = fixture("ec-sec1.key");
     let key_text = String::from_utf8(key_pem.clone()).unwrap();
-    let body: String = key_text.lines().filter(|l| !l.starts_with("-----")).collect();
+    let body: String = key_text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
     let broken_key = key_text.replace('A', "B").into_bytes();
     let resources = vec![
         our_class(),
@@ -248,8 +320,14 @@ fn key_material_never_appears_in_debug_output_or_problems() {
         secret("ec", Some(fixture("ec.crt")), Some(key_pem)),
     ];
     let mut table = RoutingTable::compile(settings(), resources.clone());
-    let mut seen = format!("{table:?} {resources:?} {:?}", table.certificate_for(Some("ec.example")));
-    table.apply(2, &Change::Upsert(secret("ec", Some(fixture("ec.crt")), Some(broken_key))));
+    let mut seen = format!(
+        "{table:?} {resources:?} {:?}",
+        table.certificate_for(Some("ec.example"))
+    );
+    table.apply(
+        2,
+        &Change::Upsert(secret("ec", Some(fixture("ec.crt")), Some(broken_key))),
+    );
     seen.push_str(&format!("{:?}", table.problems(&key("site"), 0)));
     for line in body.as_bytes().chunks(16) {
         let line = std::str::from_utf8(line).unwrap();

@@ -790,3 +790,60 @@ fn ingress_classes() {
         ["spec.controller: Too long: may not be more than 250 bytes"]
     );
 }
+
+/// Objects can reach the compiler without passing a validating API server (files, fakes):
+/// every Ingress row the API server rejects is refused by the compiler too, with a problem
+/// on the same field, and routes nothing.
+#[test]
+fn the_compiler_refuses_every_rejected_row() {
+    use portico_model::{
+        CONTROLLER_NAME, IngressClassSource, IngressVerdict, ProblemReason, Resource, RoutingTable,
+        Settings,
+    };
+    use std::sync::Arc;
+    let mut checked = 0;
+    for row in rows().iter().filter(|r| expects_reject(r)) {
+        for case in cases_for(row) {
+            let Object::Ingress(mut ing) = case.object else {
+                continue;
+            };
+            // Make it ours, under whatever class name the case uses.
+            let class = ing
+                .ingress_class_name
+                .get_or_insert_with(|| "portico".into())
+                .clone();
+            let key = ing.key.clone();
+            let table = RoutingTable::compile(
+                Settings::default(),
+                vec![
+                    Resource::IngressClass(Arc::new(IngressClassSource {
+                        key: ObjectKey::cluster(class),
+                        controller: CONTROLLER_NAME.into(),
+                        is_default_class: false,
+                    })),
+                    Resource::Ingress(Arc::new(*ing)),
+                ],
+            );
+            let context = format!("line {} ({}): {}", row.line, row.field, case.what);
+            assert_eq!(
+                table.ingress_verdict(&key),
+                Some(IngressVerdict::Rejected),
+                "{context}"
+            );
+            let problems = table.problems(&key, 0);
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.reason == ProblemReason::InvalidSpec && p.field == case.field),
+                "{context}: expected InvalidSpec on {}, got {problems:#?}",
+                case.field
+            );
+            assert_eq!(table.routes().count(), 0, "{context}: nothing is routed");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 30,
+        "only {checked} rejected Ingress cases checked"
+    );
+}
