@@ -171,11 +171,15 @@ impl Body for LazyBody {
 #[error("no data from upstream for {0:?}")]
 pub(crate) struct ReadTimeout(Duration);
 
-/// Fails a body when no frame arrives within `timeout` of the previous one.
+/// Fails a body when no frame arrives within `timeout` of the previous one. The timer is
+/// armed only when the body actually has to wait: a response that is already buffered
+/// (the common small one) never touches the timer wheel.
 pub(crate) struct TimeoutBody {
     inner: ProxyBody,
     timeout: Duration,
-    sleep: Pin<Box<Sleep>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// A frame arrived since the timer was last armed: re-arm before waiting again.
+    progressed: bool,
 }
 
 impl TimeoutBody {
@@ -183,7 +187,8 @@ impl TimeoutBody {
         Self {
             inner,
             timeout,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            sleep: None,
+            progressed: false,
         }
     }
 }
@@ -198,10 +203,23 @@ impl Body for TimeoutBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            this.sleep.as_mut().reset(Instant::now() + this.timeout);
+            this.progressed = true;
             return Poll::Ready(frame);
         }
-        ready!(this.sleep.as_mut().poll(cx));
+        let deadline = Instant::now() + this.timeout;
+        let sleep = match &mut this.sleep {
+            Some(sleep) => {
+                if this.progressed {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => this
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        this.progressed = false;
+        ready!(sleep.as_mut().poll(cx));
         Poll::Ready(Some(Err(ReadTimeout(this.timeout).into())))
     }
 

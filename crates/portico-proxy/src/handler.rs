@@ -238,6 +238,7 @@ async fn forward(
 
     let client = shared.clients.get(protocol, policy.connect_timeout);
     let deadline = policy.connect_timeout + policy.read_timeout;
+    let mut template = Some(parts);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_failure = StatusCode::BAD_GATEWAY;
     loop {
@@ -270,8 +271,18 @@ async fn forward(
         else {
             return error(StatusCode::BAD_REQUEST, "invalid request target");
         };
+        // Keep a copy of the head only while another attempt is still possible.
+        let may_retry = matches!(target, Target::Endpoint(_))
+            && tried.len() + 1 < MAX_ATTEMPTS.min(backend.endpoints().len());
+        let head = match (may_retry, template.as_ref()) {
+            (true, Some(kept)) => kept.clone(),
+            _ => match template.take() {
+                Some(parts) => parts,
+                None => return error(last_failure, "upstream unavailable"),
+            },
+        };
         let (reclaim, sent_body) = Reclaimable::new(body);
-        let mut upstream_req = Request::from_parts(parts.clone(), sent_body);
+        let mut upstream_req = Request::from_parts(head, sent_body);
         *upstream_req.uri_mut() = uri;
 
         let outcome = tokio::time::timeout(deadline, client.request(upstream_req)).await;
@@ -312,8 +323,7 @@ async fn forward(
                 last_failure = status;
                 // Retry only when the request never left: the connection was not made and
                 // not one byte of the body was read.
-                let retryable =
-                    err.is_connect() && endpoint.is_some() && tried.len() < MAX_ATTEMPTS;
+                let retryable = err.is_connect() && endpoint.is_some() && template.is_some();
                 match reclaim.reclaim() {
                     Some(unsent) if retryable => body = unsent,
                     _ => return error(status, "upstream failure"),

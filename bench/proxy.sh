@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# bench/proxy.sh - Portico's data plane side by side with nginx and HAProxy, following
+# ../shared/bench/README.md: the proxies run with ONE worker pinned to CPU 0; the load
+# generator and the two backends (127.0.0.1:18001/18002, round-robin, keep-alive) on CPU 1;
+# TLS session resumption off everywhere; the same test CA and leaf certificate.
+#
+# usage: bench/proxy.sh [-r RUNS] [-d SECS] [-T "TESTS"] [-w WORKERS] [-k]
+#   RUNS, SECS, TESTS are passed to proxy-bench.sh (defaults 3, 10, "h1c64 h1c256 tls64 tlsnew h2 h3").
+#   WORKERS: Portico's Tokio worker threads (default 1, as the method says; 2 may be reported beside).
+#   -k: keep the anchors (nginx, HAProxy, backends) running afterwards.
+# Also measures Portico's peak RSS with a 1,000-route table (idle and after load).
+# Output: the proxy-bench table on stdout and in $OUT/table.md; RSS lines in $OUT/rss.txt.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED:-$ROOT/../shared/bench}
+ANCHORS_DIR=${ANCHORS_DIR:-/tmp/anchors}
+export ANCHORS_DIR
+RUNS=3; DUR=10; TESTS="h1c64 h1c256 tls64 tlsnew h2 h3"; WORKERS=1; KEEP=0
+while getopts "r:d:T:w:kh" o; do
+  case $o in
+    r) RUNS=$OPTARG ;; d) DUR=$OPTARG ;; T) TESTS=$OPTARG ;; w) WORKERS=$OPTARG ;; k) KEEP=1 ;;
+    *) sed -n '2,15p' "$0"; exit 2 ;;
+  esac
+done
+OUT=${OUT:-/tmp/portico-proxy-bench.$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+P=$ANCHORS_DIR/portico
+mkdir -p "$P"
+C=$ANCHORS_DIR/certs
+log() { printf '[bench/proxy] %s\n' "$*" >&2; }
+
+command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null \
+  || bash "$SHARED/anchors-setup.sh" install
+WITH_ENVOY=${WITH_ENVOY:-0} WITH_TRAEFIK=${WITH_TRAEFIK:-0} bash "$SHARED/anchors-setup.sh" up
+
+log "building portico-proxy-standalone (release)"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/portico-target}
+(cd "$ROOT" && cargo build -q --release -p portico-proxy --bin portico-proxy-standalone)
+BIN=$CARGO_TARGET_DIR/release/portico-proxy-standalone
+
+# The same two backends behind one Service; one catch-all Ingress (wrk sends Host: 127.0.0.1:PORT).
+service_yaml() {
+  cat <<'YAML'
+apiVersion: v1
+kind: Service
+metadata: {name: be, namespace: default}
+spec:
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: be-a, namespace: default, labels: {kubernetes.io/service-name: be}}
+addressType: IPv4
+ports: [{name: http, port: 18001}]
+endpoints: [{addresses: ["127.0.0.1"], conditions: {ready: true}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: be-b, namespace: default, labels: {kubernetes.io/service-name: be}}
+addressType: IPv4
+ports: [{name: http, port: 18002}]
+endpoints: [{addresses: ["127.0.0.1"], conditions: {ready: true}}]
+YAML
+}
+ingress_yaml() { # name host(or empty)
+  local host_line="  - http:"
+  [ -n "$2" ] && host_line="  - host: $2
+    http:"
+  cat <<YAML
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: $1, namespace: default}
+spec:
+  rules:
+$host_line
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: be, port: {number: 80}}}}
+YAML
+}
+{ service_yaml; ingress_yaml all ""; } > "$P/routes.yaml"
+{ service_yaml; ingress_yaml all ""; for i in $(seq 1 999); do ingress_yaml "r$i" "host-$i.example.com"; done; } > "$P/routes-1000.yaml"
+
+start_portico() { # name table http https h3
+  local name=$1 table=$2
+  setsid taskset -c "${PROXY_CPUS:-0}" "$BIN" --table "$table" --http "127.0.0.1:$3" --https "127.0.0.1:$4" \
+    --h3 "127.0.0.1:$5" --cert "$C/cert.pem" --key "$C/key.pem" --no-session-resumption \
+    --workers "$WORKERS" > "$P/$name.out" 2> "$P/$name.err" < /dev/null &
+  echo $! > "$P/$name.pid"
+  for _ in $(seq 1 100); do grep -q '^ready' "$P/$name.out" 2>/dev/null && return 0; sleep 0.1; done
+  log "$name did not start: $(cat "$P/$name.err")"; return 1
+}
+stop_portico() {
+  local pid; pid=$(cat "$P/$1.pid" 2>/dev/null) || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$P/$1.pid"
+}
+cleanup() {
+  stop_portico portico; stop_portico portico1000
+  [ "$KEEP" = 1 ] || bash "$SHARED/anchors-setup.sh" down || true
+}
+trap cleanup EXIT
+
+start_portico portico "$P/routes.yaml" 18480 18843 18843
+curl -s --max-time 5 --cacert "$C/ca.pem" "https://localhost:18843/" "http://127.0.0.1:18480/" | tr '\n' ' ' >&2; echo >&2
+
+mapfile -t anchors < <(bash "$SHARED/anchors-setup.sh" targets | grep -E '^(direct|nginx|haproxy):')
+targets=("${anchors[@]}" "portico:18480:18843:18843:$(cat "$P/portico.pid")")
+log "targets: ${targets[*]}"
+OUT_BENCH=$OUT bash "$SHARED/proxy-bench.sh" -r "$RUNS" -d "$DUR" -T "$TESTS" -o "$OUT" \
+  -B "$(bash "$SHARED/anchors-setup.sh" backend-pids)" "${targets[@]}"
+hwm() { awk '/VmHWM/{print $2" "$3}' "/proc/$1/status"; }
+echo "portico (1 route) peak RSS after the whole matrix: $(hwm "$(cat "$P/portico.pid")")" | tee "$OUT/rss.txt"
+
+# RSS with a 1,000-route table: idle, then after 10 s of h1 load through it.
+start_portico portico1000 "$P/routes-1000.yaml" 18481 18844 18844
+pid=$(cat "$P/portico1000.pid")
+echo "portico (1,000 routes) peak RSS at start: $(hwm "$pid")" | tee -a "$OUT/rss.txt"
+taskset -c 1 wrk -t1 -c256 -d10s -H 'Host: host-500.example.com' http://127.0.0.1:18481/ > "$OUT/rss-load.log" 2>&1 || true
+taskset -c 1 wrk -t1 -c64 -d5s -H 'Host: host-7.example.com' https://127.0.0.1:18844/ >> "$OUT/rss-load.log" 2>&1 || true
+echo "portico (1,000 routes) peak RSS after h1 c256 + TLS c64 load: $(hwm "$pid")" | tee -a "$OUT/rss.txt"
+log "results in $OUT"
