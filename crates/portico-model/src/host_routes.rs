@@ -1,13 +1,14 @@
 //! The routes of one host, indexed for lookup in time that depends on the request path's
 //! depth, not on how many routes there are.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use crate::key::ObjectKey;
 use crate::problem::{Problem, ProblemReason};
 use crate::route::{PathMatch, Route};
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The routes of one host (or of one wildcard, or of "any host").
 #[derive(Debug, Default)]
@@ -19,6 +20,9 @@ pub(crate) struct HostRoutes {
     exact: HashMap<Arc<str>, usize>,
     /// Prefix paths without their trailing slash (`/` is ``).
     prefix: HashMap<Arc<str>, usize>,
+    /// Which lengths the prefix keys have (bit 63: 63 or longer), so that most candidate
+    /// cuts of a request path are skipped without hashing or touching the map.
+    prefix_lengths: u64,
     /// `use-regex` routes, longest pattern first, then by Ingress precedence.
     regex: Vec<usize>,
     /// Paths that lost to an older route with the same host, path and type.
@@ -38,7 +42,10 @@ impl HostRoutes {
         let index = self.routes.len();
         let slot = match &route.path {
             PathMatch::Exact(p) => Some(self.exact.entry(p.clone())),
-            PathMatch::Prefix(p) => Some(self.prefix.entry(p.clone())),
+            PathMatch::Prefix(p) => {
+                self.prefix_lengths |= length_bit(p.len());
+                Some(self.prefix.entry(p.clone()))
+            }
             PathMatch::Regex { .. } => None,
         };
         let existing = match slot {
@@ -131,7 +138,9 @@ impl HostRoutes {
         // Candidates are the path cut at each `/`, longest first: `/a/b/c`, `/a/b`, `/a`, ``.
         let mut candidate = path.strip_suffix('/').unwrap_or(path);
         loop {
-            if let Some(&i) = self.prefix.get(candidate) {
+            if self.prefix_lengths & length_bit(candidate.len()) != 0
+                && let Some(&i) = self.prefix.get(candidate)
+            {
                 return Some((candidate.len(), i));
             }
             match candidate.rfind('/') {
@@ -140,4 +149,8 @@ impl HostRoutes {
             }
         }
     }
+}
+
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }

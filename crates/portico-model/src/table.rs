@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
-use imbl::{HashMap, OrdMap, OrdSet};
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use crate::change::Change;
@@ -28,6 +28,10 @@ use crate::source::{
     ServiceSource, UnixSeconds,
 };
 use crate::tls::{CertificateError, TlsCertificate};
+
+/// The indexes requests are looked up in: persistent (cheap to clone) and fast to hash.
+type HashMap<K, V> =
+    imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// The compiled routing table. Cheap to clone: its parts are shared, so each applied version
 /// can be published whole while the next one is built.
@@ -829,8 +833,8 @@ impl RoutingTable {
             .filter_map(|(secret, refs)| refs.get_min().map(|oldest| (oldest, secret)))
             .collect();
         order.sort();
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
+        let mut exact = HashMap::default();
+        let mut wildcard = HashMap::default();
         for (_, secret) in order {
             let Some(cert) = self
                 .derived
