@@ -22,6 +22,8 @@ pub enum Change {
     },
     /// Replace the controller's settings.
     Settings(Settings),
+    /// Several changes applied in order as one log entry (the controller's debounced burst).
+    Batch(Vec<Change>),
 }
 
 impl Change {

@@ -160,6 +160,11 @@ impl RoutingTable {
                 self.inputs.settings = settings.clone();
                 self.rebuild();
             }
+            Change::Batch(changes) => {
+                for change in changes {
+                    self.apply(version, change);
+                }
+            }
         }
     }
 

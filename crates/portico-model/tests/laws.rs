@@ -313,6 +313,10 @@ proptest! {
         }
         let restored = RoutingTable::from_bytes(&table.to_bytes()).unwrap();
         prop_assert_eq!(restored.version(), table.version());
+        // The same changes as one batch give the same table.
+        let mut batched = RoutingTable::compile(settings(), vec![class(CLASS, CONTROLLER_NAME, true)]);
+        batched.apply(table.version(), &Change::Batch(steps.iter().map(to_change).collect()));
+        prop_assert_eq!(fingerprint(&batched), fingerprint(&table));
         prop_assert_eq!(fingerprint(&restored), fingerprint(&table));
         prop_assert_eq!(restored.to_bytes(), table.to_bytes());
     }
