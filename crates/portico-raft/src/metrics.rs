@@ -11,6 +11,9 @@ use crate::types::NodeId;
 pub struct ReplicaMetrics {
     /// This replica's Raft node ID.
     pub node_id: NodeId,
+    /// Set when Raft stopped on a fatal error (storage failure, panic): the replica no
+    /// longer replicates and should be restarted (a liveness probe's signal).
+    pub fatal: Option<String>,
     /// The current Raft term.
     pub term: u64,
     /// The leader this replica currently follows (or itself), if known.

@@ -83,8 +83,9 @@ pub enum StartError {
     Identity(#[from] IdentityError),
     #[error("TLS material: {0}")]
     Tls(#[from] TlsError),
+    /// Invalid Raft settings (for example an election timeout not above the heartbeat).
     #[error("Raft settings: {0}")]
-    Config(#[from] openraft::ConfigError),
+    Settings(String),
     #[error("starting Raft: {0}")]
     Raft(String),
     #[error("the listener: {0}")]
@@ -264,6 +265,7 @@ impl Replica {
         let learners = membership.learner_ids().map(|id| (id, addr(&id))).collect();
         ReplicaMetrics {
             node_id: self.inner.id,
+            fatal: m.running_state.as_ref().err().map(|e| e.to_string()),
             term: m.current_term,
             leader: m.current_leader,
             is_leader: m.state == ServerState::Leader,
@@ -363,7 +365,7 @@ fn membership_error(e: ForwardFailure) -> MembershipError {
     }
 }
 
-fn raft_config(settings: &RaftSettings) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+fn raft_config(settings: &RaftSettings) -> Result<Arc<openraft::Config>, StartError> {
     let millis = |d: Duration| d.as_millis().try_into().unwrap_or(u64::MAX);
     let config = openraft::Config {
         cluster_name: "portico".into(),
@@ -377,7 +379,10 @@ fn raft_config(settings: &RaftSettings) -> Result<Arc<openraft::Config>, openraf
         snapshot_max_chunk_size: settings.snapshot_chunk_bytes,
         ..Default::default()
     };
-    Ok(Arc::new(config.validate()?))
+    let config = config
+        .validate()
+        .map_err(|e| StartError::Settings(e.to_string()))?;
+    Ok(Arc::new(config))
 }
 
 /// Why a leader-only operation failed after following leader hints.
@@ -645,7 +650,31 @@ where
 }
 
 impl RpcHandler for Inner {
-    async fn handle(&self, path: &str, body: Bytes) -> Result<Vec<u8>, RpcRejection> {
+    async fn handle(
+        &self,
+        path: &str,
+        target: Option<NodeId>,
+        body: Bytes,
+    ) -> Result<Vec<u8>, RpcRejection> {
+        let raft_rpc = matches!(
+            path,
+            wire::APPEND_ENTRIES | wire::VOTE | wire::INSTALL_SNAPSHOT
+        );
+        match target {
+            Some(target) if target != self.id => {
+                return Err(RpcRejection::Misdirected {
+                    this: self.id,
+                    target,
+                });
+            }
+            None if raft_rpc => {
+                return Err(RpcRejection::BadRequest(format!(
+                    "{} header required",
+                    wire::TARGET_HEADER
+                )));
+            }
+            _ => {}
+        }
         match path {
             wire::APPEND_ENTRIES => {
                 let request = wire::decode(&body).map_err(bad_request)?;
@@ -739,29 +768,45 @@ async fn join_cluster(inner: Arc<Inner>) {
                 Err(e) => tracing::debug!(peer = %addr, error = %e, "no status from peer"),
             }
         }
-        if let Some((addr, _)) = statuses.iter().find(|(_, s)| s.member_of_cluster) {
-            tracing::info!(via = %addr, node_id = inner.id, "asking to join the cluster");
+        if let Some((contact, status)) = statuses.iter().find(|(_, s)| s.member_of_cluster) {
+            // Go straight to the leader when the contact knows it; follow a few hints.
+            let mut target = status
+                .leader
+                .as_ref()
+                .map_or_else(|| contact.clone(), |l| l.addr.clone());
             let request = JoinRequest {
                 node_id: inner.id,
                 addr: inner.advertise.clone(),
             };
-            let answer = inner
-                .peers
-                .channel(addr)
-                .call(
-                    wire::JOIN,
-                    wire::encode(&request),
-                    settings.request_timeout * 6,
-                )
-                .await
-                .map_err(|e: CallError| e.to_string())
-                .and_then(|body| {
-                    wire::decode::<Result<(), ForwardError>>(&body).map_err(|e| e.to_string())
-                });
-            match answer {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::info!(error = %e, "join not done yet"),
-                Err(e) => tracing::info!(error = %e, "join request failed"),
+            for _hop in 0..3 {
+                tracing::info!(via = %target, node_id = inner.id, "asking to join the cluster");
+                let answer = inner
+                    .peers
+                    .channel(&target)
+                    .call(
+                        wire::JOIN,
+                        wire::encode(&request),
+                        settings.request_timeout * 6,
+                    )
+                    .await
+                    .map_err(|e: CallError| e.to_string())
+                    .and_then(|body| {
+                        wire::decode::<Result<(), ForwardError>>(&body).map_err(|e| e.to_string())
+                    });
+                match answer {
+                    Ok(Ok(())) => break,
+                    Ok(Err(ForwardError::NotLeader {
+                        leader: Some(leader),
+                    })) if leader.addr != target => target = leader.addr,
+                    Ok(Err(e)) => {
+                        tracing::info!(error = %e, "join not done yet");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, "join request failed");
+                        break;
+                    }
+                }
             }
         } else if inner.initial_members.first() == Some(&inner.advertise)
             && statuses.len() == contacts.len()

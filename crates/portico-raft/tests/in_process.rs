@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Pki, client_config, raw_post, service_change};
+use common::{Pki, client_config, raw_post, raw_post_to, service_change};
 use portico_raft::{
     Proposal, ProposeError, RaftSettings, Replica, ReplicaConfig, TlsMaterial, TransportSettings,
 };
@@ -165,6 +165,7 @@ async fn change_proposed_on_any_replica_is_applied_on_all() {
     cluster.wait_converged(last).await;
     for (_, replica) in cluster.running() {
         let m = replica.metrics();
+        assert_eq!(m.fatal, None);
         assert_eq!(m.table_version, last);
         assert!(m.committed_index.unwrap() >= last);
         assert_eq!(m.refused_stale_entries, 0);
@@ -324,7 +325,9 @@ async fn garbled_or_truncated_rpc_body_is_rejected_without_harm() {
     })
     .unwrap();
 
-    for addr in [&cluster.addrs[leader], &cluster.addrs[follower]] {
+    for node in [leader, follower] {
+        let addr = &cluster.addrs[node];
+        let id = cluster.replica(node).node_id();
         for path in [
             "/raft/v1/append-entries",
             "/raft/v1/vote",
@@ -333,9 +336,29 @@ async fn garbled_or_truncated_rpc_body_is_rejected_without_harm() {
             "/raft/v1/join",
         ] {
             let garbage = vec![0xff; 64];
-            let (status, _) = raw_post(addr, tls.clone(), path, garbage).await.unwrap();
+            let (status, body) = raw_post_to(addr, tls.clone(), path, Some(id), garbage)
+                .await
+                .unwrap();
             assert_eq!(status, http::StatusCode::BAD_REQUEST, "garbage to {path}");
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.contains("malformed RPC body"), "{path}: {body}");
         }
+        // A Raft RPC meant for another node (an old identity at this address) is refused.
+        let (status, _) = raw_post_to(
+            addr,
+            tls.clone(),
+            "/raft/v1/vote",
+            Some(id.wrapping_add(1)),
+            vec![0; 8],
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, http::StatusCode::MISDIRECTED_REQUEST);
+        // A Raft RPC that names no node is refused.
+        let (status, _) = raw_post(addr, tls.clone(), "/raft/v1/append-entries", vec![])
+            .await
+            .unwrap();
+        assert_eq!(status, http::StatusCode::BAD_REQUEST);
         let truncated = encoded[..encoded.len() / 2].to_vec();
         let (status, _) = raw_post(addr, tls.clone(), "/raft/v1/propose", truncated)
             .await

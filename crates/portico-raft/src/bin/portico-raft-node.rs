@@ -147,6 +147,7 @@ fn status(replica: &Replica) -> serde_json::Value {
     let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
     json!({
         "node_id": m.node_id,
+        "fatal": m.fatal,
         "term": m.term,
         "leader": m.leader,
         "is_leader": m.is_leader,

@@ -127,7 +127,7 @@ impl StateMachine {
         db: Db,
         counters: Arc<Counters>,
     ) -> Result<(Self, watch::Receiver<Arc<RoutingTable>>), StoreError> {
-        let stored = db.blocking(|db| read_snapshot(db)).await?;
+        let stored = db.blocking(read_snapshot).await?;
         let state = match stored {
             Some((meta, data)) => Applied::from_snapshot(&meta, &data)?,
             None => Applied::default(),
@@ -295,7 +295,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let stored = self
             .db
-            .blocking(|db| read_snapshot(db))
+            .blocking(read_snapshot)
             .await
             .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         Ok(stored.map(|(meta, data)| Snapshot {

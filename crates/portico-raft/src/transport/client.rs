@@ -16,7 +16,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::TransportSettings;
+use super::{TransportSettings, wire};
+use crate::types::NodeId;
 
 /// Why an RPC failed on this side of the peer's handler.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +112,19 @@ impl PeerChannel {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Bytes, CallError> {
+        self.call_node(path, None, body, timeout).await
+    }
+
+    /// Sends one Raft RPC meant for node `target` only: a replica with another ID at this
+    /// address (a wiped replica that rejoined under a fresh ID) refuses it rather than
+    /// answer for the old identity.
+    pub(crate) async fn call_node(
+        &self,
+        path: &'static str,
+        target: Option<NodeId>,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Bytes, CallError> {
         let deadline = Instant::now() + timeout;
         let timed_out = || CallError::Timeout {
             addr: self.addr.clone(),
@@ -131,10 +145,14 @@ impl PeerChannel {
         let mut sender = tokio::time::timeout_at(deadline, self.sender())
             .await
             .map_err(|_| timed_out())??;
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(Method::POST)
             .uri(format!("https://{}{}", self.addr, path))
-            .header(http::header::CONTENT_TYPE, "application/x-postcard")
+            .header(http::header::CONTENT_TYPE, "application/x-postcard");
+        if let Some(target) = target {
+            request = request.header(wire::TARGET_HEADER, target);
+        }
+        let request = request
             .body(Full::new(Bytes::from(body)))
             .expect("a request built from valid parts");
         let exchange = async {

@@ -60,10 +60,16 @@ impl PeerNetwork {
     {
         let body = self
             .channel
-            .call(path, wire::encode(request), timeout)
+            .call_node(path, Some(self.target), wire::encode(request), timeout)
             .await
             .map_err(|e| match e {
                 CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                // Another node now answers at this address: the target is gone.
+                CallError::Status { status, .. }
+                    if status == http::StatusCode::MISDIRECTED_REQUEST =>
+                {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
                 CallError::Timeout { after, .. } => RPCError::Timeout(Timeout {
                     action,
                     id: self.local_id,

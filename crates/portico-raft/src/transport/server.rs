@@ -27,13 +27,18 @@ pub(crate) enum RpcRejection {
     BadRequest(String),
     #[error("replica unavailable: {0}")]
     Unavailable(String),
+    /// The RPC names another node than this one.
+    #[error("this is node {this}, not node {target}")]
+    Misdirected { this: u64, target: u64 },
 }
 
 /// The replica behind the transport: answers one decoded-path RPC with an encoded body.
 pub(crate) trait RpcHandler: Send + Sync + 'static {
+    /// `target` is the node ID the caller meant (the Raft RPCs name one).
     fn handle(
         &self,
         path: &str,
+        target: Option<u64>,
         body: Bytes,
     ) -> impl Future<Output = Result<Vec<u8>, RpcRejection>> + Send;
 }
@@ -124,6 +129,13 @@ async fn answer<H: RpcHandler>(
         return plain(StatusCode::METHOD_NOT_ALLOWED, "use POST\n".into());
     }
     let path = request.uri().path().to_owned();
+    let target = match request.headers().get(super::wire::TARGET_HEADER) {
+        None => None,
+        Some(value) => match value.to_str().ok().and_then(|v| v.parse().ok()) {
+            Some(target) => Some(target),
+            None => return plain(StatusCode::BAD_REQUEST, "invalid target node ID\n".into()),
+        },
+    };
     let body = match Limited::new(request.into_body(), max_body).collect().await {
         Ok(body) => body.to_bytes(),
         Err(e) => {
@@ -135,7 +147,7 @@ async fn answer<H: RpcHandler>(
             return plain(status, format!("reading the body: {e}\n"));
         }
     };
-    match handler.handle(&path, body).await {
+    match handler.handle(&path, target, body).await {
         Ok(bytes) => Response::builder()
             .header(http::header::CONTENT_TYPE, "application/x-postcard")
             .body(Full::new(Bytes::from(bytes)))
@@ -145,6 +157,7 @@ async fn answer<H: RpcHandler>(
                 RpcRejection::NotFound(_) => StatusCode::NOT_FOUND,
                 RpcRejection::BadRequest(_) => StatusCode::BAD_REQUEST,
                 RpcRejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                RpcRejection::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             };
             tracing::warn!(%path, %rejection, "rejected a replica RPC");
             plain(status, format!("{rejection}\n"))

@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::{ApplyOutcome, NodeId};
 
+/// The header naming the node a Raft RPC is meant for.
+pub(crate) const TARGET_HEADER: &str = "portico-raft-target";
+
 pub(crate) const APPEND_ENTRIES: &str = "/raft/v1/append-entries";
 pub(crate) const VOTE: &str = "/raft/v1/vote";
 pub(crate) const INSTALL_SNAPSHOT: &str = "/raft/v1/install-snapshot";

@@ -97,6 +97,17 @@ pub async fn raw_post(
     path: &str,
     body: Vec<u8>,
 ) -> Result<(http::StatusCode, Bytes), String> {
+    raw_post_to(addr, tls, path, None, body).await
+}
+
+/// Like [`raw_post`], naming the target node as Raft RPCs do.
+pub async fn raw_post_to(
+    addr: &str,
+    tls: Arc<rustls::ClientConfig>,
+    path: &str,
+    target: Option<u64>,
+    body: Vec<u8>,
+) -> Result<(http::StatusCode, Bytes), String> {
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
@@ -110,9 +121,11 @@ pub async fn raw_post(
                 .await
                 .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
         tokio::spawn(connection);
-        let request = http::Request::post(format!("https://{addr}{path}"))
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
+        let mut request = http::Request::post(format!("https://{addr}{path}"));
+        if let Some(target) = target {
+            request = request.header("portico-raft-target", target);
+        }
+        let request = request.body(Full::new(Bytes::from(body))).unwrap();
         let response = sender
             .send_request(request)
             .await
