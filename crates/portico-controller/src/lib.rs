@@ -1,0 +1,422 @@
+//! Portico's controller: exactly one replica at a time watches the API server, turns what it
+//! sees into routing-table changes committed through Raft, and writes Ingress status.
+//!
+//! # Modules
+//! * [`election`]: Lease leader election, client-go's algorithm (GET, then PUT with the
+//!   resourceVersion; POST when absent; expiry by the local monotonic clock).
+//! * `reconcile` (leader work): kube-runtime watchers → `Change` deltas, debounced into
+//!   `Change::Batch` proposals; a full `Change::Resync` on every (re)list. Its module docs
+//!   list the RBAC the controller needs.
+//! * `status` (leader work): Ingress `status.loadBalancer` and Events, from the committed
+//!   table only.
+//! * [`metrics`]: Prometheus metrics.
+//!
+//! # Leadership, coupled with Raft
+//! [`Controller::run`] alternates two phases:
+//!
+//! * **Follower.** Every `retry_period`, *if this replica is the Raft leader and a quorum
+//!   acknowledged it recently*, try to acquire the Lease. Only the Raft leader campaigns,
+//!   so the Lease holder is the replica whose proposals commit without a forwarding hop,
+//!   and a replica cut off from its peers never takes the Lease.
+//! * **Leader.** The fencing epoch is the Lease's `leaseTransitions` after acquisition
+//!   (raised above Raft's highest applied epoch if the Lease was recreated), carried by
+//!   every proposal; the state machine refuses older epochs. Leader work (reconcile and
+//!   status) runs under a `CancellationToken`. Every `retry_period` the Lease is renewed;
+//!   the leader steps down when it has not renewed within `renew_deadline` of its last
+//!   successful renew (even if the API server cannot be reached), when it stops being the
+//!   Raft leader or loses its quorum acknowledgement, when someone else holds the Lease, or
+//!   when leader work dies (the reason is kept in [`ControllerStatus::last_error`]).
+//!   Stepping down cancels leader work first, then releases the Lease (holder cleared) so
+//!   the next Raft leader takes over at once.
+//!
+//! Status writes check [`LeaseValidity`] (valid until `renew_deadline` after the start of
+//! the last successful renew, by the monotonic clock) just before each write. Others wait
+//! `lease_duration` from when they saw that renew, and `retry_period + renew_deadline <
+//! lease_duration` is enforced, so a deposed leader has stopped writing before anyone else
+//! may start.
+//!
+//! **Known limit:** if the Raft leader cannot reach the API server, it gives the Lease up
+//! but stays Raft leader (portico-raft offers no leadership transfer), so no replica does
+//! leader work until it can reach the API server again or loses Raft leadership. Every
+//! replica keeps serving the last committed table meanwhile.
+
+pub mod election;
+pub mod metrics;
+mod reconcile;
+mod status;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::{Api, Client};
+use portico_raft::Replica;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::election::{Attempt, Elector};
+use crate::metrics::Metrics;
+
+pub use crate::election::boot_identity;
+pub use crate::status::LbAddress;
+
+/// How the controller runs. Build with [`ControllerConfig::new`] and adjust fields.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Namespace of the Lease (the controller's own namespace).
+    pub namespace: String,
+    /// Name of the Lease; default `portico-leader`.
+    pub lease_name: String,
+    /// This replica's holder identity: pod name plus a per-boot id ([`boot_identity`]).
+    pub identity: String,
+    /// How long others wait, from when they saw the last renew, before taking the Lease.
+    pub lease_duration: Duration,
+    /// The leader steps down if it has not renewed within this long.
+    pub renew_deadline: Duration,
+    /// Interval between election attempts and between renewals.
+    pub retry_period: Duration,
+    /// `(namespace, name)` of the LoadBalancer Service whose addresses go into Ingress status.
+    pub publish_service: Option<(String, String)>,
+    /// Fixed status addresses (IPs or hostnames); win over `publish_service`.
+    pub publish_status_addresses: Vec<String>,
+    pub settings: portico_model::Settings,
+    /// Changes arriving within this long are proposed together.
+    pub debounce: Duration,
+}
+
+impl ControllerConfig {
+    pub fn new(namespace: impl Into<String>, identity: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            lease_name: "portico-leader".into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+            publish_service: None,
+            publish_status_addresses: Vec::new(),
+            settings: portico_model::Settings::default(),
+            debounce: Duration::from_millis(25),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ControllerError> {
+        let bad = |m: &str| Err(ControllerError::InvalidConfig(m.to_owned()));
+        if self.identity.is_empty() {
+            return bad("identity must not be empty");
+        }
+        if self.namespace.is_empty() || self.lease_name.is_empty() {
+            return bad("namespace and lease_name must not be empty");
+        }
+        if self.retry_period.is_zero() {
+            return bad("retry_period must be positive");
+        }
+        if self.retry_period + self.renew_deadline >= self.lease_duration {
+            return bad(
+                "retry_period + renew_deadline must be below lease_duration, so an old leader stops before a new one may start",
+            );
+        }
+        Ok(())
+    }
+
+    /// How old Raft's last quorum acknowledgement may be for this replica to campaign or
+    /// keep leading.
+    fn quorum_ack_max_age(&self) -> Duration {
+        (self.retry_period * 2).max(Duration::from_secs(1))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("invalid controller configuration: {0}")]
+    InvalidConfig(String),
+}
+
+/// Why leader work ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LeaderWorkError {
+    #[error("deposed: epoch {epoch} is older than epoch {highest_epoch} already applied")]
+    Fenced { epoch: u64, highest_epoch: u64 },
+    #[error("the Raft replica is shutting down")]
+    ReplicaShuttingDown,
+    #[error("every watcher ended")]
+    WatchersEnded,
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// What the controller reports about itself (for readiness and the admin endpoint).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ControllerStatus {
+    /// This replica holds the Lease and runs leader work.
+    pub is_leader: bool,
+    /// The fencing epoch of the current leadership.
+    pub epoch: Option<u64>,
+    /// Why the last leadership ended abnormally (or why leader work cannot run).
+    pub last_error: Option<String>,
+}
+
+/// Until when this replica's Lease is valid by its own monotonic clock.
+#[derive(Clone, Default, Debug)]
+pub struct LeaseValidity(Arc<Mutex<Option<Instant>>>);
+
+impl LeaseValidity {
+    fn set(&self, until: Option<Instant>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = until;
+    }
+
+    /// Whether the lease is still valid now.
+    pub fn is_valid(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| Instant::now() < until)
+    }
+}
+
+pub struct Controller {
+    config: Arc<ControllerConfig>,
+    client: Client,
+    replica: Replica,
+    metrics: Metrics,
+    status: watch::Sender<ControllerStatus>,
+    lease: LeaseValidity,
+}
+
+/// Why a leadership ended.
+enum Exit {
+    Shutdown,
+    StepDown(String),
+}
+
+impl Controller {
+    pub fn new(
+        config: ControllerConfig,
+        client: Client,
+        replica: Replica,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Self {
+        Self {
+            config: Arc::new(config),
+            client,
+            replica,
+            metrics: Metrics::new(registry),
+            status: watch::channel(ControllerStatus::default()).0,
+            lease: LeaseValidity::default(),
+        }
+    }
+
+    pub fn status(&self) -> watch::Receiver<ControllerStatus> {
+        self.status.subscribe()
+    }
+
+    /// Whether this replica's own lease is valid now (true only on the leader).
+    pub fn lease_validity(&self) -> LeaseValidity {
+        self.lease.clone()
+    }
+
+    /// Campaigns, leads, and steps down, until `shutdown` is cancelled; then stops leader
+    /// work and releases the Lease before returning.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ControllerError> {
+        self.config.validate()?;
+        let mut elector = Elector::new(
+            Api::namespaced(self.client.clone(), &self.config.namespace),
+            self.config.lease_name.clone(),
+            self.config.identity.clone(),
+            self.config.lease_duration,
+            self.config.renew_deadline,
+        );
+        tracing::info!(identity = %self.config.identity, lease = %self.config.lease_name, "controller started");
+        loop {
+            let Some((epoch, renewed_at)) = self.campaign(&mut elector, &shutdown).await else {
+                return Ok(());
+            };
+            match self.lead(&mut elector, epoch, renewed_at, &shutdown).await {
+                Exit::Shutdown => return Ok(()),
+                Exit::StepDown(why) => {
+                    tracing::warn!(reason = %why, "stepped down");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(self.config.retry_period) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether this replica may lead: Raft leader with a recent quorum acknowledgement.
+    fn raft_leader(&self) -> bool {
+        let leadership = self.replica.leadership();
+        leadership.is_leader
+            && leadership
+                .last_quorum_ack
+                .is_some_and(|at| at.elapsed() < self.config.quorum_ack_max_age())
+    }
+
+    fn min_epoch(&self) -> u64 {
+        self.replica.metrics().highest_epoch + 1
+    }
+
+    /// Tries to acquire the Lease every retry period while Raft leader; None on shutdown.
+    async fn campaign(
+        &self,
+        elector: &mut Elector,
+        shutdown: &CancellationToken,
+    ) -> Option<(u64, Instant)> {
+        loop {
+            if shutdown.is_cancelled() {
+                return None;
+            }
+            if self.raft_leader() {
+                let started = Instant::now();
+                let attempt = tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    attempt = elector.try_acquire_or_renew(self.min_epoch(), self.config.renew_deadline) => attempt,
+                };
+                match attempt {
+                    Ok(Attempt::Held { epoch, acquired }) => {
+                        if acquired {
+                            self.metrics.lease_transitions.inc();
+                        }
+                        tracing::info!(epoch, identity = %self.config.identity, "acquired the Lease");
+                        return Some((epoch, started));
+                    }
+                    Ok(Attempt::HeldByOther { holder }) => {
+                        tracing::debug!(%holder, "the Lease is held by another replica")
+                    }
+                    Err(e) => tracing::info!(error = %e, "could not acquire the Lease"),
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(self.config.retry_period) => {}
+            }
+        }
+    }
+
+    /// Leads until shutdown or step-down; always ends with leader work stopped and the
+    /// Lease released (if we still hold it).
+    async fn lead(
+        &self,
+        elector: &mut Elector,
+        epoch: u64,
+        mut renewed_at: Instant,
+        shutdown: &CancellationToken,
+    ) -> Exit {
+        let config = &self.config;
+        self.lease.set(Some(renewed_at + config.renew_deadline));
+        self.metrics.is_leader.set(1);
+        self.metrics
+            .epoch
+            .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+        self.status.send_modify(|s| {
+            s.is_leader = true;
+            s.epoch = Some(epoch);
+        });
+
+        let token = CancellationToken::new();
+        let (status_tx, status_rx) = mpsc::unbounded_channel();
+        let mut reconcile = tokio::spawn(reconcile::run(
+            reconcile::LeaderContext {
+                client: self.client.clone(),
+                replica: self.replica.clone(),
+                epoch,
+                config: config.clone(),
+                metrics: self.metrics.clone(),
+                token: token.clone(),
+            },
+            status_tx,
+        ));
+        let status = tokio::spawn(status::run(
+            status::StatusContext {
+                client: self.client.clone(),
+                replica: self.replica.clone(),
+                config: config.clone(),
+                metrics: self.metrics.clone(),
+                lease: self.lease.clone(),
+                token: token.clone(),
+            },
+            status_rx,
+        ));
+
+        let mut next_renew = tokio::time::Instant::now() + config.retry_period;
+        let exit = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break Exit::Shutdown,
+                ended = &mut reconcile => {
+                    self.metrics.reconcile_errors.inc();
+                    break Exit::StepDown(match ended {
+                        Ok(Ok(())) => "leader work ended".to_owned(),
+                        Ok(Err(e)) => format!("leader work failed: {e}"),
+                        Err(e) => format!("leader work panicked: {e}"),
+                    });
+                }
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if !self.raft_leader() {
+                        break Exit::StepDown("no longer the Raft leader (or no recent quorum acknowledgement)".into());
+                    }
+                }
+                () = tokio::time::sleep_until(next_renew) => {
+                    let deadline = renewed_at + config.renew_deadline;
+                    let started = Instant::now();
+                    if started >= deadline {
+                        break Exit::StepDown("could not renew the Lease before the renew deadline".into());
+                    }
+                    let attempt = tokio::select! {
+                        () = shutdown.cancelled() => break Exit::Shutdown,
+                        attempt = elector.try_acquire_or_renew(self.min_epoch(), deadline - started) => attempt,
+                    };
+                    match attempt {
+                        Ok(Attempt::Held { epoch: now, acquired: false }) if now == epoch => {
+                            renewed_at = started;
+                            self.lease.set(Some(started + config.renew_deadline));
+                        }
+                        Ok(Attempt::Held { .. }) => {
+                            break Exit::StepDown("the Lease changed hands while we held it".into());
+                        }
+                        Ok(Attempt::HeldByOther { holder }) => {
+                            break Exit::StepDown(format!("the Lease is held by {holder}"));
+                        }
+                        Err(e) => {
+                            self.metrics.renew_failures.inc();
+                            tracing::warn!(error = %e, "renewing the Lease failed");
+                        }
+                    }
+                    next_renew = tokio::time::Instant::now() + config.retry_period;
+                }
+            }
+        };
+
+        // Stop acting first, then give the Lease up.
+        self.lease.set(None);
+        token.cancel();
+        let stop = async {
+            let _ = (&mut reconcile).await;
+            let _ = status.await;
+        };
+        if tokio::time::timeout(Duration::from_secs(2), stop)
+            .await
+            .is_err()
+        {
+            reconcile.abort();
+        }
+        self.metrics.is_leader.set(0);
+        self.metrics.epoch.set(0);
+        match elector
+            .release(config.renew_deadline.min(Duration::from_secs(2)))
+            .await
+        {
+            Ok(true) => tracing::info!(epoch, "released the Lease"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not release the Lease"),
+        }
+        self.status.send_modify(|s| {
+            s.is_leader = false;
+            s.epoch = None;
+            if let Exit::StepDown(why) = &exit {
+                s.last_error = Some(why.clone());
+            }
+        });
+        exit
+    }
+}

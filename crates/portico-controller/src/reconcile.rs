@@ -1,0 +1,553 @@
+//! Leader work: watch the API server and turn what it says into committed routing changes.
+//!
+//! One kube-runtime watcher per kind (Ingresses, IngressClasses, Services, EndpointSlices,
+//! TLS Secrets) feeds one loop that keeps the converted objects (`Resource`s, not the API
+//! objects: this is the controller's reflector store, holding only what routing needs).
+//!
+//! * Every object change becomes a `Change::Upsert` or `Change::Delete`; changes arriving
+//!   within `debounce` of the first are proposed together as one `Change::Batch`, one at a
+//!   time and in order, so the log has them in the order the API server sent them.
+//! * When leader work starts, and whenever a watcher (re)lists (a 410 Gone, a dropped watch
+//!   that cannot resume), deltas are held back until every kind has a complete list; then
+//!   one `Change::Resync` replaces every input, so the table matches the API server
+//!   exactly, whatever the previous leader did or missed.
+//! * A proposal that is refused for a stale epoch ends leader work (we were deposed); one
+//!   that cannot commit is retried with the same content while we lead (changes are whole
+//!   objects, so a retry of a change that did commit is harmless).
+//! * After each commit the status worker ([`crate::status`]) is told which Ingresses to
+//!   look at in the committed table.
+//!
+//! # RBAC
+//! The controller's ServiceAccount needs, cluster-wide: `get`, `list`, `watch` on
+//! `ingresses`, `ingressclasses` (networking.k8s.io), `services`, `secrets` (core),
+//! `endpointslices` (discovery.k8s.io); `update`, `patch` on `ingresses/status`; `create`,
+//! `patch` on `events` (events.k8s.io); and in its own namespace `get`, `create`, `update`
+//! on `leases` (coordination.k8s.io). Secrets are listed with the field selector
+//! `type=kubernetes.io/tls`, so only TLS Secrets are held in memory (RBAC cannot narrow
+//! by type: the role still grants `list` on all Secrets).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use portico_model::{
+    Change, EndpointSliceSource, IngressClassSource, IngressSource, ObjectKey, Resource,
+    ResourceKind, SECRET_TYPE_TLS, SecretSource, ServiceSource,
+};
+use portico_raft::{ProposeError, Replica};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::metrics::{KindLabel, Metrics};
+use crate::status::{LbAddress, StatusInputs, StatusWork};
+use crate::{ControllerConfig, LeaderWorkError};
+
+const KINDS: [ResourceKind; 5] = [
+    ResourceKind::Ingress,
+    ResourceKind::IngressClass,
+    ResourceKind::Service,
+    ResourceKind::EndpointSlice,
+    ResourceKind::Secret,
+];
+
+/// An object as a watcher delivers it: its routing input and the load-balancer status we
+/// care about (an Ingress's current status; a Service's, for `publish_service`).
+#[derive(Debug)]
+struct Seen {
+    resource: Resource,
+    load_balancer: Vec<LbAddress>,
+}
+
+#[derive(Debug)]
+enum Observation {
+    /// The watcher starts a (re)list of this kind.
+    Listing(ResourceKind),
+    Listed(Seen),
+    /// The (re)list of this kind is complete.
+    ListDone(ResourceKind),
+    Applied(Seen),
+    Deleted(Seen),
+}
+
+/// What leader work needs; built by the controller when it acquires the Lease.
+pub(crate) struct LeaderContext {
+    pub client: Client,
+    pub replica: Replica,
+    pub epoch: u64,
+    pub config: Arc<ControllerConfig>,
+    pub metrics: Metrics,
+    pub token: CancellationToken,
+}
+
+/// Runs leader work until `ctx.token` is cancelled (Ok) or it fails.
+pub(crate) async fn run(
+    ctx: LeaderContext,
+    status: mpsc::UnboundedSender<StatusWork>,
+) -> Result<(), LeaderWorkError> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _watchers =
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watch_all(ctx.client.clone(), tx)));
+    let mut state = State::new(&ctx.config);
+    let mut flush_at: Option<tokio::time::Instant> = None;
+    loop {
+        let due =
+            flush_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            biased;
+            () = ctx.token.cancelled() => return Ok(()),
+            observation = rx.recv() => {
+                let Some(observation) = observation else {
+                    return Err(LeaderWorkError::WatchersEnded);
+                };
+                let mut observations = vec![observation];
+                while let Ok(more) = rx.try_recv() {
+                    observations.push(more);
+                }
+                for observation in observations {
+                    state.observe(observation, &status);
+                }
+                if state.has_work() && flush_at.is_none() {
+                    flush_at = Some(tokio::time::Instant::now() + ctx.config.debounce);
+                }
+            }
+            () = tokio::time::sleep_until(due), if flush_at.is_some() => {
+                flush_at = None;
+                if let Some((change, scope)) = state.take_proposal(&ctx.config) {
+                    let span = tracing::info_span!("reconcile", epoch = ctx.epoch, kind = scope.label());
+                    let version = propose(&ctx, change, scope.label()).instrument(span).await?;
+                    ctx.metrics.reconciles.inc();
+                    let _ = status.send(StatusWork::Committed {
+                        version,
+                        scope: scope.into_status_scope(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Proposes `change`, retrying while it cannot commit; a stale epoch ends leader work.
+async fn propose(ctx: &LeaderContext, change: Change, kind: &str) -> Result<u64, LeaderWorkError> {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        ctx.metrics
+            .proposals
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+        let outcome = tokio::select! {
+            () = ctx.token.cancelled() => return Err(LeaderWorkError::Cancelled),
+            outcome = ctx.replica.propose(ctx.epoch, change.clone()) => outcome,
+        };
+        match outcome {
+            Ok(committed) => {
+                ctx.metrics
+                    .commit_latency
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::debug!(version = committed.version, "committed");
+                return Ok(committed.version);
+            }
+            Err(ProposeError::StaleEpoch {
+                epoch,
+                highest_epoch,
+            }) => {
+                ctx.metrics.proposal_errors.inc();
+                return Err(LeaderWorkError::Fenced {
+                    epoch,
+                    highest_epoch,
+                });
+            }
+            Err(ProposeError::ShuttingDown) => {
+                ctx.metrics.proposal_errors.inc();
+                return Err(LeaderWorkError::ReplicaShuttingDown);
+            }
+            Err(ProposeError::Unavailable(why)) => {
+                ctx.metrics.proposal_errors.inc();
+                ctx.metrics.reconcile_errors.inc();
+                tracing::warn!(error = %why, "proposal did not commit; retrying");
+                tokio::select! {
+                    () = ctx.token.cancelled() => return Err(LeaderWorkError::Cancelled),
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// What a proposal covers, for the status worker.
+enum Scope {
+    Resync,
+    /// The Ingresses changed; `everything` when a change can alter other Ingresses'
+    /// verdicts or problems (classes, Services, Secrets).
+    Delta {
+        ingresses: BTreeSet<ObjectKey>,
+        everything: bool,
+    },
+}
+
+impl Scope {
+    fn label(&self) -> &'static str {
+        match self {
+            Scope::Resync => "resync",
+            Scope::Delta { .. } => "delta",
+        }
+    }
+
+    fn into_status_scope(self) -> Option<BTreeSet<ObjectKey>> {
+        match self {
+            Scope::Resync
+            | Scope::Delta {
+                everything: true, ..
+            } => None,
+            Scope::Delta { ingresses, .. } => Some(ingresses),
+        }
+    }
+}
+
+/// The controller's view of the API server, and what is still to be proposed.
+struct State {
+    objects: BTreeMap<ResourceKind, BTreeMap<ObjectKey, Resource>>,
+    /// Kinds whose current list is complete.
+    listed: BTreeSet<ResourceKind>,
+    /// Objects of a kind being relisted, replacing `objects[kind]` when the list completes.
+    relisting: BTreeMap<ResourceKind, BTreeMap<ObjectKey, Resource>>,
+    resync_needed: bool,
+    pending: Vec<Change>,
+    pending_scope: (BTreeSet<ObjectKey>, bool),
+    publish_service: Option<ObjectKey>,
+    inputs: StatusInputs,
+}
+
+impl State {
+    fn new(config: &ControllerConfig) -> Self {
+        Self {
+            objects: BTreeMap::new(),
+            listed: BTreeSet::new(),
+            relisting: BTreeMap::new(),
+            resync_needed: true,
+            pending: Vec::new(),
+            pending_scope: (BTreeSet::new(), false),
+            publish_service: config
+                .publish_service
+                .as_ref()
+                .map(|(ns, name)| ObjectKey::new(ns.as_str(), name.as_str())),
+            inputs: StatusInputs::default(),
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        if self.resync_needed {
+            self.listed.len() == KINDS.len()
+        } else {
+            !self.pending.is_empty()
+        }
+    }
+
+    fn observe(&mut self, observation: Observation, status: &mpsc::UnboundedSender<StatusWork>) {
+        match observation {
+            Observation::Listing(kind) => {
+                tracing::info!(%kind, "listing");
+                self.listed.remove(&kind);
+                self.relisting.insert(kind, BTreeMap::new());
+                self.resync_needed = true;
+            }
+            Observation::Listed(seen) => {
+                self.note_status(&seen, status);
+                let kind = seen.resource.kind();
+                let key = seen.resource.key().clone();
+                self.relisting
+                    .entry(kind)
+                    .or_default()
+                    .insert(key, seen.resource);
+            }
+            Observation::ListDone(kind) => {
+                let objects = self.relisting.remove(&kind).unwrap_or_default();
+                tracing::info!(%kind, count = objects.len(), "listed");
+                if kind == ResourceKind::Ingress {
+                    let keep: BTreeSet<&ObjectKey> = objects.keys().collect();
+                    self.inputs
+                        .ingress_status
+                        .retain(|key, _| keep.contains(key));
+                    self.inputs.ingress_uids.retain(|key, _| keep.contains(key));
+                }
+                self.objects.insert(kind, objects);
+                self.listed.insert(kind);
+                self.resync_needed = true;
+            }
+            Observation::Applied(seen) => {
+                self.note_status(&seen, status);
+                let kind = seen.resource.kind();
+                let key = seen.resource.key().clone();
+                let objects = self.objects.entry(kind).or_default();
+                if objects.get(&key) == Some(&seen.resource) {
+                    return; // only the status (or something routing ignores) changed
+                }
+                objects.insert(key.clone(), seen.resource.clone());
+                self.push(Change::Upsert(seen.resource), kind, key);
+            }
+            Observation::Deleted(seen) => {
+                let kind = seen.resource.kind();
+                let key = seen.resource.key().clone();
+                if kind == ResourceKind::Ingress {
+                    self.inputs.ingress_status.remove(&key);
+                    self.inputs.ingress_uids.remove(&key);
+                }
+                if self.objects.entry(kind).or_default().remove(&key).is_none() {
+                    return;
+                }
+                self.push(
+                    Change::Delete {
+                        kind,
+                        key: key.clone(),
+                    },
+                    kind,
+                    key,
+                );
+            }
+        }
+    }
+
+    /// Records an Ingress's current status, or the publish Service's addresses; a change
+    /// made by someone else is checked again by the status worker.
+    fn note_status(&mut self, seen: &Seen, status: &mpsc::UnboundedSender<StatusWork>) {
+        let key = seen.resource.key();
+        match seen.resource.kind() {
+            ResourceKind::Ingress => {
+                if let Resource::Ingress(ingress) = &seen.resource {
+                    self.inputs
+                        .ingress_uids
+                        .insert(key.clone(), ingress.uid.clone());
+                }
+                let previous = self
+                    .inputs
+                    .ingress_status
+                    .insert(key.clone(), seen.load_balancer.clone());
+                if previous.as_ref() != Some(&seen.load_balancer) {
+                    let _ = status.send(StatusWork::Observed {
+                        inputs: self.inputs.clone(),
+                        changed: Some(key.clone()),
+                    });
+                }
+            }
+            ResourceKind::Service if self.publish_service.as_ref() == Some(key) => {
+                if self.inputs.publish_service_addresses.as_ref() != Some(&seen.load_balancer) {
+                    self.inputs.publish_service_addresses = Some(seen.load_balancer.clone());
+                    let _ = status.send(StatusWork::Observed {
+                        inputs: self.inputs.clone(),
+                        changed: None,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn push(&mut self, change: Change, kind: ResourceKind, key: ObjectKey) {
+        if self.resync_needed {
+            return; // the coming resync carries it
+        }
+        match kind {
+            ResourceKind::Ingress => {
+                self.pending_scope.0.insert(key);
+            }
+            ResourceKind::EndpointSlice => {}
+            _ => self.pending_scope.1 = true,
+        }
+        self.pending.push(change);
+    }
+
+    fn take_proposal(&mut self, config: &ControllerConfig) -> Option<(Change, Scope)> {
+        if self.resync_needed {
+            if self.listed.len() < KINDS.len() {
+                return None;
+            }
+            self.resync_needed = false;
+            self.pending.clear();
+            self.pending_scope = (BTreeSet::new(), false);
+            let resources: Vec<Resource> = self
+                .objects
+                .values()
+                .flat_map(|objects| objects.values().cloned())
+                .collect();
+            tracing::info!(objects = resources.len(), "proposing a full resync");
+            return Some((
+                Change::Resync {
+                    settings: config.settings.clone(),
+                    resources,
+                },
+                Scope::Resync,
+            ));
+        }
+        if self.pending.is_empty() {
+            return None;
+        }
+        let mut changes = std::mem::take(&mut self.pending);
+        let (ingresses, everything) = std::mem::take(&mut self.pending_scope);
+        let change = if changes.len() == 1 {
+            changes.pop().expect("one change")
+        } else {
+            Change::Batch(changes)
+        };
+        Some((
+            change,
+            Scope::Delta {
+                ingresses,
+                everything,
+            },
+        ))
+    }
+}
+
+/// Starts one watcher per kind and forwards their events; ends only if every watcher does.
+async fn watch_all(client: Client, tx: mpsc::UnboundedSender<Observation>) {
+    let tls_secrets = watcher::Config::default().fields(&format!("type={SECRET_TYPE_TLS}"));
+    let streams = vec![
+        watch_kind::<Ingress>(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            ResourceKind::Ingress,
+            seen_ingress,
+        ),
+        watch_kind::<IngressClass>(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            ResourceKind::IngressClass,
+            |c| Seen {
+                resource: Resource::IngressClass(Arc::new(IngressClassSource::from(c))),
+                load_balancer: Vec::new(),
+            },
+        ),
+        watch_kind::<Service>(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            ResourceKind::Service,
+            seen_service,
+        ),
+        watch_kind::<EndpointSlice>(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            ResourceKind::EndpointSlice,
+            |s| Seen {
+                resource: Resource::EndpointSlice(Arc::new(EndpointSliceSource::from(s))),
+                load_balancer: Vec::new(),
+            },
+        ),
+        watch_kind::<Secret>(Api::all(client), tls_secrets, ResourceKind::Secret, |s| {
+            Seen {
+                resource: Resource::Secret(Arc::new(SecretSource::from(s))),
+                load_balancer: Vec::new(),
+            }
+        }),
+    ];
+    let mut all = futures_util::stream::select_all(streams);
+    while let Some(observation) = all.next().await {
+        if tx.send(observation).is_err() {
+            return;
+        }
+    }
+}
+
+type ObservationStream = futures_util::stream::BoxStream<'static, Observation>;
+
+fn watch_kind<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: ResourceKind,
+    convert: fn(&K) -> Seen,
+) -> ObservationStream
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
+{
+    watcher::watcher(api, config)
+        .default_backoff()
+        .filter_map(move |event| async move {
+            match event {
+                Ok(Event::Init) => Some(Observation::Listing(kind)),
+                Ok(Event::InitApply(object)) => Some(Observation::Listed(convert(&object))),
+                Ok(Event::InitDone) => Some(Observation::ListDone(kind)),
+                Ok(Event::Apply(object)) => Some(Observation::Applied(convert(&object))),
+                Ok(Event::Delete(object)) => Some(Observation::Deleted(convert(&object))),
+                Err(e) => {
+                    tracing::warn!(%kind, error = %e, "watch failed; retrying with backoff");
+                    None
+                }
+            }
+        })
+        .boxed()
+}
+
+fn seen_ingress(ingress: &Ingress) -> Seen {
+    let load_balancer = ingress
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|list| {
+            list.iter()
+                .map(|i| LbAddress {
+                    ip: i.ip.clone(),
+                    hostname: i.hostname.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Seen {
+        resource: Resource::Ingress(Arc::new(IngressSource::from(ingress))),
+        load_balancer,
+    }
+}
+
+fn seen_service(service: &Service) -> Seen {
+    let load_balancer = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|list| {
+            list.iter()
+                .map(|i| LbAddress {
+                    ip: i.ip.clone(),
+                    hostname: i.hostname.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Seen {
+        resource: Resource::Service(Arc::new(ServiceSource::from(service))),
+        load_balancer,
+    }
+}
+
+/// The JSON merge patch that sets (or clears, when empty) an Ingress's load-balancer status.
+pub(crate) fn status_patch(addresses: &[LbAddress]) -> Value {
+    if addresses.is_empty() {
+        return serde_json::json!({"status": {"loadBalancer": {"ingress": null}}});
+    }
+    let list: Vec<Value> = addresses
+        .iter()
+        .map(|a| {
+            let mut entry = serde_json::Map::new();
+            if let Some(ip) = &a.ip {
+                entry.insert("ip".into(), Value::String(ip.clone()));
+            }
+            if let Some(hostname) = &a.hostname {
+                entry.insert("hostname".into(), Value::String(hostname.clone()));
+            }
+            Value::Object(entry)
+        })
+        .collect();
+    serde_json::json!({"status": {"loadBalancer": {"ingress": list}}})
+}
