@@ -53,6 +53,9 @@ struct Args {
     drain_seconds: u64,
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -61,10 +64,17 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.workers.max(1))
-        .enable_all()
-        .build()?;
+    // One worker: a current-thread runtime (no work stealing, no cross-thread wakeups), as
+    // an nginx worker process is. More: Tokio's multi-threaded scheduler.
+    let runtime = match args.workers {
+        0 | 1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
     runtime.block_on(run(args))
 }
 
