@@ -1,5 +1,11 @@
-//! Chaos harness for Portico (being built; see issue 8).
+//! Chaos harness for Portico.
+mod checks;
+mod load;
+mod net;
+mod procs;
+mod record;
+mod timeline;
 
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("the chaos harness is not built yet")
+    anyhow::bail!("wip")
 }

@@ -1,0 +1,319 @@
+//! The load generator: a steady mix of HTTP/1.1, HTTP/2 (h2c) and HTTP/3 requests to every
+//! replica, as a cloud load balancer sends them.
+//!
+//! Each worker speaks one protocol and walks the replicas round-robin. An attempt that fails
+//! (error, timeout or a 5xx) is recorded against that replica, which the worker then skips
+//! for [`EJECT`] (a passive health check), and the same request moves on to the next replica;
+//! the client's request fails only if no replica answered. Every attempt, and every client
+//! outcome, goes into the [`Recorder`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+
+use crate::record::{Protocol, Recorder};
+
+/// How long a replica is skipped after a failed attempt.
+pub const EJECT: Duration = Duration::from_secs(1);
+
+/// Where one replica listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    /// Plain HTTP (HTTP/1.1 and h2c).
+    pub http: SocketAddr,
+    /// QUIC (HTTP/3).
+    pub h3: SocketAddr,
+}
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub targets: Vec<Target>,
+    /// The Host (and TLS server name) of the route under load.
+    pub host: String,
+    pub path: String,
+    /// Trust anchors for HTTP/3 (the route's certificate or its CA), DER.
+    pub h3_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// Workers per protocol.
+    pub workers: usize,
+    /// Pause between one worker's requests.
+    pub interval: Duration,
+    /// Bound on one attempt (a frozen replica never answers).
+    pub attempt_timeout: Duration,
+}
+
+/// One request, on one protocol, to one replica: whether it got a non-5xx answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error("timed out")]
+    Timeout,
+    #[error("answered {0}")]
+    Status(StatusCode),
+    #[error("{0}")]
+    Transport(String),
+}
+
+fn transport(e: impl std::fmt::Display) -> AttemptError {
+    AttemptError::Transport(e.to_string())
+}
+
+/// A client for one protocol, with its connections to every replica.
+pub enum ProtocolClient {
+    Tcp(Client<HttpConnector, Empty<Bytes>>, Protocol),
+    H3(H3Client),
+}
+
+impl ProtocolClient {
+    pub fn new(protocol: Protocol, config: &LoadConfig) -> anyhow::Result<Self> {
+        Ok(match protocol {
+            Protocol::H1 | Protocol::H2 => {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(config.attempt_timeout));
+                connector.set_nodelay(true);
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder.pool_idle_timeout(Duration::from_secs(30));
+                if protocol == Protocol::H2 {
+                    builder.http2_only(true);
+                }
+                ProtocolClient::Tcp(builder.build(connector), protocol)
+            }
+            Protocol::H3 => ProtocolClient::H3(H3Client::new(config)?),
+        })
+    }
+
+    pub async fn attempt(
+        &mut self,
+        target: &Target,
+        host: &str,
+        path: &str,
+    ) -> Result<StatusCode, AttemptError> {
+        match self {
+            ProtocolClient::Tcp(client, _) => {
+                let req = Request::get(format!("http://{}{path}", target.http))
+                    .header(http::header::HOST, host)
+                    .body(Empty::new())
+                    .map_err(transport)?;
+                let resp = client.request(req).await.map_err(transport)?;
+                let status = resp.status();
+                resp.into_body().collect().await.map_err(transport)?;
+                Ok(status)
+            }
+            ProtocolClient::H3(client) => client.get(target.h3, host, path).await,
+        }
+    }
+}
+
+type H3Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+/// HTTP/3 over one QUIC endpoint, one connection per replica, reconnecting after errors.
+pub struct H3Client {
+    endpoint: quinn::Endpoint,
+    connections: std::collections::HashMap<SocketAddr, H3Sender>,
+}
+
+impl H3Client {
+    pub fn new(config: &LoadConfig) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in &config.h3_roots {
+            roots.add(cert.clone())?;
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(Some(Duration::from_secs(5).try_into()?));
+        transport.keep_alive_interval(Some(Duration::from_secs(1)));
+        client_config.transport_config(Arc::new(transport));
+        let bind: SocketAddr = if config.targets.first().is_some_and(|t| t.h3.is_ipv6()) {
+            "[::]:0".parse()?
+        } else {
+            "0.0.0.0:0".parse()?
+        };
+        let mut endpoint = quinn::Endpoint::client(bind)?;
+        endpoint.set_default_client_config(client_config);
+        Ok(H3Client {
+            endpoint,
+            connections: Default::default(),
+        })
+    }
+
+    async fn sender(&mut self, addr: SocketAddr, host: &str) -> Result<H3Sender, AttemptError> {
+        if let Some(s) = self.connections.get(&addr) {
+            return Ok(s.clone());
+        }
+        let conn = self
+            .endpoint
+            .connect(addr, host)
+            .map_err(transport)?
+            .await
+            .map_err(transport)?;
+        let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn))
+            .await
+            .map_err(transport)?;
+        tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        self.connections.insert(addr, sender.clone());
+        Ok(sender)
+    }
+
+    pub async fn get(
+        &mut self,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+    ) -> Result<StatusCode, AttemptError> {
+        let result = async {
+            let mut sender = self.sender(addr, host).await?;
+            let req = Request::get(format!("https://{host}{path}"))
+                .body(())
+                .map_err(transport)?;
+            let mut stream = sender.send_request(req).await.map_err(transport)?;
+            stream.finish().await.map_err(transport)?;
+            let resp = stream.recv_response().await.map_err(transport)?;
+            while let Some(mut chunk) = stream.recv_data().await.map_err(transport)? {
+                chunk.advance(chunk.remaining());
+            }
+            Ok(resp.status())
+        }
+        .await;
+        if result.is_err() {
+            // Next time, a fresh connection (the old one may be dead or wedged).
+            self.connections.remove(&addr);
+        }
+        result
+    }
+}
+
+/// One attempt, bounded in time; a 5xx counts as a failure.
+async fn bounded(
+    client: &mut ProtocolClient,
+    target: &Target,
+    config: &LoadConfig,
+) -> Result<StatusCode, AttemptError> {
+    match tokio::time::timeout(
+        config.attempt_timeout,
+        client.attempt(target, &config.host, &config.path),
+    )
+    .await
+    {
+        Err(_) => Err(AttemptError::Timeout),
+        Ok(Ok(s)) if s.is_server_error() => Err(AttemptError::Status(s)),
+        Ok(other) => other,
+    }
+}
+
+/// One worker: loops until `stop`, recording everything.
+async fn worker(
+    protocol: Protocol,
+    index: usize,
+    config: Arc<LoadConfig>,
+    recorder: Arc<Recorder>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut client = ProtocolClient::new(protocol, &config)?;
+    let n = config.targets.len();
+    let mut ejected_until = vec![tokio::time::Instant::now(); n];
+    let mut next = index % n.max(1);
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !stop.is_cancelled() {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = tokio::time::Instant::now();
+        // Healthy replicas first, from the round-robin position; ejected ones as a last resort.
+        let order: Vec<usize> = (0..n).map(|k| (next + k) % n).collect();
+        next = (next + 1) % n;
+        let (healthy, ejected): (Vec<usize>, Vec<usize>) =
+            order.into_iter().partition(|&r| ejected_until[r] <= now);
+        let mut served = false;
+        for r in healthy.into_iter().chain(ejected) {
+            let result = bounded(&mut client, &config.targets[r], &config).await;
+            let ok = result.is_ok();
+            recorder.with(|o| o.attempt(recorder.now(), r, protocol, ok));
+            if ok {
+                served = true;
+                break;
+            }
+            ejected_until[r] = tokio::time::Instant::now() + EJECT;
+            if stop.is_cancelled() {
+                break;
+            }
+        }
+        recorder.with(|o| o.client_outcome(recorder.now(), served));
+    }
+    Ok(())
+}
+
+/// Runs the workers until `stop` is cancelled.
+pub fn start(
+    config: LoadConfig,
+    recorder: Arc<Recorder>,
+    stop: CancellationToken,
+) -> tokio::task::JoinSet<anyhow::Result<()>> {
+    let config = Arc::new(config);
+    let mut set = tokio::task::JoinSet::new();
+    for protocol in Protocol::ALL {
+        for i in 0..config.workers {
+            set.spawn(worker(
+                protocol,
+                i,
+                config.clone(),
+                recorder.clone(),
+                stop.clone(),
+            ));
+        }
+    }
+    set
+}
+
+/// One HTTP/1.1 GET (for probes: propagation, conformance, admin endpoints), with its body.
+pub async fn get_h1(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), AttemptError> {
+    let fut = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(transport)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(transport)?;
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header(http::header::HOST, host)
+            .body(Empty::<Bytes>::new())
+            .map_err(transport)?;
+        let resp = sender.send_request(req).await.map_err(transport)?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(transport)?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or(Err(AttemptError::Timeout))
+}

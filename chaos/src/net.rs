@@ -1,0 +1,316 @@
+//! The harness's private network: one namespace per replica, one for the backends, joined by
+//! a bridge inside a hub namespace, with one veth into the harness's own namespace.
+//!
+//! ```text
+//!  harness (root ns) 10.251.0.1 ── portico-chaos-h ═╗
+//!                                                   ║  portico-chaos-hub: bridge br0
+//!  portico-chaos-r0  10.251.0.10 ── eth0 ═══════════╣
+//!  portico-chaos-r1  10.251.0.11 ── eth0 ═══════════╣
+//!  portico-chaos-r2  10.251.0.12 ── eth0 ═══════════╣
+//!  portico-chaos-be  10.251.0.20 ── eth0 ═══════════╝
+//! ```
+//!
+//! The bridge lives in its own namespace so that the host's bridge-netfilter settings and
+//! firewall never see (or drop) our traffic. Every name we create starts with
+//! `portico-chaos-` (links inside our namespaces are deleted with them), so a cleanup pass can
+//! find and remove what a killed run left behind, and nothing else is ever touched.
+//!
+//! Network faults are nftables tables *inside a replica's namespace* (`inet portico_chaos`);
+//! they disappear with the namespace, and healing is deleting that one table.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+
+/// Every namespace and root-namespace link we create starts with this.
+pub const PREFIX: &str = "portico-chaos-";
+const HUB: &str = "portico-chaos-hub";
+const BACKENDS: &str = "portico-chaos-be";
+/// The harness's veth in the root namespace (15 characters: the kernel's limit).
+const HARNESS_LINK: &str = "portico-chaos-h";
+const NFT_TABLE: &str = "portico_chaos";
+
+/// Addresses inside the harness's own subnet.
+pub const HARNESS_ADDR: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
+pub const BACKENDS_ADDR: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 20);
+
+pub fn replica_addr(ordinal: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 251, 0, 10 + ordinal as u8)
+}
+
+pub fn replica_netns(ordinal: usize) -> String {
+    format!("{PREFIX}r{ordinal}")
+}
+
+pub fn backends_netns() -> &'static str {
+    BACKENDS
+}
+
+/// Runs one command, failing with its stderr.
+fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| {
+            format!("cannot run {program} (is it installed? tests/setup installs it)")
+        })?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `nft -f -` inside `netns` with `script` on stdin.
+fn nft(netns: &str, script: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run nft")?;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft in {netns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Our namespaces that exist now (from an earlier, killed run or this one).
+pub fn our_namespaces() -> anyhow::Result<Vec<String>> {
+    let list = run("ip", &["netns", "list"])?;
+    Ok(list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(PREFIX))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Removes everything a previous run may have left: processes inside our namespaces (SIGKILL),
+/// the namespaces (and with them their links and nftables rules), and our root-side link.
+/// Returns what it removed, for the log.
+pub fn cleanup_leftovers() -> anyhow::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for ns in our_namespaces()? {
+        let pids = run("ip", &["netns", "pids", &ns]).unwrap_or_default();
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                removed.push(format!("process {pid} in {ns}"));
+            }
+        }
+        run("ip", &["netns", "del", &ns])?;
+        removed.push(format!("namespace {ns}"));
+    }
+    if run("ip", &["link", "show", HARNESS_LINK]).is_ok() {
+        run("ip", &["link", "del", HARNESS_LINK])?;
+        removed.push(format!("link {HARNESS_LINK}"));
+    }
+    Ok(removed)
+}
+
+/// The network while it exists; dropping it removes everything it made.
+#[derive(Debug)]
+pub struct Network {
+    replicas: usize,
+    torn_down: bool,
+}
+
+impl Network {
+    /// Creates the hub, `replicas` replica namespaces and the backends' namespace.
+    pub fn create(replicas: usize) -> anyhow::Result<Network> {
+        // Guard first, so a failure half-way still tears down what was made.
+        let network = Network {
+            replicas,
+            torn_down: false,
+        };
+        run("ip", &["netns", "add", HUB])?;
+        run("ip", &["-n", HUB, "link", "add", "br0", "type", "bridge"])?;
+        run("ip", &["-n", HUB, "link", "set", "br0", "up"])?;
+        run("ip", &["-n", HUB, "link", "set", "lo", "up"])?;
+
+        // The harness's side.
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                HARNESS_LINK,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "up0",
+                "netns",
+                HUB,
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{HARNESS_ADDR}/24"),
+                "dev",
+                HARNESS_LINK,
+            ],
+        )?;
+        run("ip", &["link", "set", HARNESS_LINK, "up"])?;
+        run(
+            "ip",
+            &["-n", HUB, "link", "set", "up0", "master", "br0", "up"],
+        )?;
+
+        let mut members: Vec<(String, Ipv4Addr, String)> = (0..replicas)
+            .map(|i| (replica_netns(i), replica_addr(i), format!("r{i}")))
+            .collect();
+        members.push((BACKENDS.to_string(), BACKENDS_ADDR, "be".to_string()));
+        for (ns, addr, hub_link) in &members {
+            run("ip", &["netns", "add", ns])?;
+            run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+            run(
+                "ip",
+                &[
+                    "-n", HUB, "link", "add", hub_link, "type", "veth", "peer", "name", "eth0",
+                    "netns", ns,
+                ],
+            )?;
+            run(
+                "ip",
+                &["-n", HUB, "link", "set", hub_link, "master", "br0", "up"],
+            )?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{addr}/24"),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+            run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
+        }
+        Ok(network)
+    }
+
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// Cuts `ordinal` off as `cut` says (replacing any earlier cut of that replica).
+    pub fn cut(&self, ordinal: usize, cut: Cut) -> anyhow::Result<()> {
+        self.heal(ordinal)?;
+        let (input, output) = match cut {
+            Cut::Peers => {
+                let peers: Vec<String> = (0..self.replicas)
+                    .filter(|&i| i != ordinal)
+                    .map(|i| replica_addr(i).to_string())
+                    .collect();
+                let set = peers.join(", ");
+                (
+                    format!("ip saddr {{ {set} }} drop"),
+                    format!("ip daddr {{ {set} }} drop"),
+                )
+            }
+            Cut::ApiServer { port } => (
+                format!("ip saddr {HARNESS_ADDR} tcp sport {port} drop"),
+                format!("ip daddr {HARNESS_ADDR} tcp dport {port} drop"),
+            ),
+            Cut::Everything => (
+                "iifname \"eth0\" drop".to_string(),
+                "oifname \"eth0\" drop".to_string(),
+            ),
+        };
+        let script = format!(
+            "table inet {NFT_TABLE} {{\n\
+             chain input {{ type filter hook input priority -10; policy accept; {input}; }}\n\
+             chain output {{ type filter hook output priority -10; policy accept; {output}; }}\n\
+             }}\n"
+        );
+        nft(&replica_netns(ordinal), &script)
+    }
+
+    /// Removes any cut of `ordinal`.
+    pub fn heal(&self, ordinal: usize) -> anyhow::Result<()> {
+        let ns = replica_netns(ordinal);
+        // `destroy` would be nicer but needs nft >= 1.0.8; add-then-delete is idempotent.
+        nft(
+            &ns,
+            &format!("table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n"),
+        )
+    }
+
+    /// The rules currently in `ordinal`'s namespace (for tests and the log).
+    pub fn rules(&self, ordinal: usize) -> anyhow::Result<String> {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &replica_netns(ordinal),
+                "nft",
+                "list",
+                "ruleset",
+            ],
+        )
+    }
+
+    /// Kills every process left in our namespaces and deletes them. Idempotent.
+    pub fn teardown(&mut self) -> anyhow::Result<()> {
+        self.torn_down = true;
+        cleanup_leftovers().map(drop)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        if !self.torn_down
+            && let Err(err) = self.teardown()
+        {
+            eprintln!("portico-chaos: network teardown failed: {err:#}");
+        }
+    }
+}
+
+/// Which traffic a network fault drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// To and from the other replicas (Raft); the API server and clients still reach it.
+    Peers,
+    /// To and from the API server's port; peers and clients still reach it.
+    ApiServer { port: u16 },
+    /// Everything on its interface.
+    Everything,
+}
+
+/// Whether this process can create namespaces (root, and `ip`/`nft` installed).
+pub fn available() -> anyhow::Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("the chaos harness needs root (network namespaces and nftables)");
+    }
+    run("ip", &["-V"]).context("iproute2")?;
+    run("nft", &["--version"]).context("nftables")?;
+    Ok(())
+}
