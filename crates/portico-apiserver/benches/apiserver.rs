@@ -23,7 +23,10 @@ fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0)))
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+        })
         .unwrap_or(0)
 }
 
@@ -68,10 +71,16 @@ async fn main() {
         let (ingresses, slices) = (ingresses.clone(), slices.clone());
         tasks.push(tokio::spawn(async move {
             for i in (part..INGRESSES).step_by(4) {
-                ingresses.create(&PostParams::default(), &ingress(i)).await.unwrap();
+                ingresses
+                    .create(&PostParams::default(), &ingress(i))
+                    .await
+                    .unwrap();
             }
             for i in (part..SLICES).step_by(4) {
-                slices.create(&PostParams::default(), &slice(i)).await.unwrap();
+                slices
+                    .create(&PostParams::default(), &slice(i))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -81,9 +90,13 @@ async fn main() {
     let load_time = load_start.elapsed();
     let rss_loaded = rss_kib();
 
-    let handle = server.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
+    let handle = server
+        .serve(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
     let kubeconfig: kube::config::Kubeconfig = serde_yaml::from_str(&handle.kubeconfig()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
     let http = Client::try_from(config).unwrap();
     let remote_ing: Api<Ingress> = Api::default_namespaced(http.clone());
     let remote_slices: Api<EndpointSlice> = Api::default_namespaced(http.clone());
@@ -122,18 +135,31 @@ async fn main() {
     let endpoints: usize = all_slices.items.iter().map(|s| s.endpoints.len()).sum();
     assert_eq!(endpoints, SLICES * ENDPOINTS_PER_SLICE);
     let t = Instant::now();
-    let selected = remote_ing.list(&ListParams::default().labels("app=app-7")).await.unwrap();
+    let selected = remote_ing
+        .list(&ListParams::default().labels("app=app-7"))
+        .await
+        .unwrap();
     let list_selected = t.elapsed();
     assert_eq!(selected.items.len(), INGRESSES / 100);
 
     // Watch fan-out: each update carries its send time; watchers record the delay.
     let epoch = Arc::new(Instant::now());
-    let rv = remote_ing.list(&ListParams::default().limit(1)).await.unwrap().metadata.resource_version.unwrap();
+    let rv = remote_ing
+        .list(&ListParams::default().limit(1))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
     let mut watchers = Vec::new();
     for _ in 0..WATCHERS {
         let api = remote_ing.clone();
         let epoch = epoch.clone();
-        let mut stream = api.watch(&WatchParams::default().timeout(290), &rv).await.unwrap().boxed();
+        let mut stream = api
+            .watch(&WatchParams::default().timeout(290), &rv)
+            .await
+            .unwrap()
+            .boxed();
         watchers.push(tokio::spawn(async move {
             let mut delays = Vec::with_capacity(UPDATES);
             while delays.len() < UPDATES {
@@ -153,8 +179,12 @@ async fn main() {
         ticker.tick().await;
         let name = format!("ing-{:05}", (u * 7919) % INGRESSES);
         let sent = epoch.elapsed().as_nanos() as u64;
-        let patch = Patch::Merge(json!({"metadata": {"annotations": {"bench/sent-ns": sent.to_string()}}}));
-        remote_ing.patch(&name, &PatchParams::default(), &patch).await.unwrap();
+        let patch =
+            Patch::Merge(json!({"metadata": {"annotations": {"bench/sent-ns": sent.to_string()}}}));
+        remote_ing
+            .patch(&name, &PatchParams::default(), &patch)
+            .await
+            .unwrap();
     }
     let write_time = writer_start.elapsed();
     let mut delays = Vec::new();
@@ -164,8 +194,14 @@ async fn main() {
     delays.sort();
     let rss_end = rss_kib();
 
-    println!("objects: {INGRESSES} Ingresses, {SLICES} EndpointSlices x {ENDPOINTS_PER_SLICE} = {} endpoints", SLICES * ENDPOINTS_PER_SLICE);
-    println!("load (in-process creates): {load_time:.2?} ({:.0} creates/s)", (INGRESSES + SLICES) as f64 / load_time.as_secs_f64());
+    println!(
+        "objects: {INGRESSES} Ingresses, {SLICES} EndpointSlices x {ENDPOINTS_PER_SLICE} = {} endpoints",
+        SLICES * ENDPOINTS_PER_SLICE
+    );
+    println!(
+        "load (in-process creates): {load_time:.2?} ({:.0} creates/s)",
+        (INGRESSES + SLICES) as f64 / load_time.as_secs_f64()
+    );
     println!("list 10,000 Ingresses over HTTP (median of 5): {list_all:.2?}");
     println!("list 10,000 Ingresses in pages of 500 ({pages} pages): {list_paged:.2?}");
     println!("list 3,000 EndpointSlices (30,000 endpoints): {list_slices:.2?}");

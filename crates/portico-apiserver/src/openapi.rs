@@ -8,23 +8,226 @@
 //!   publish no component schemas, so it uses its compiled-in Go types for these built-in
 //!   kinds, which carry the same merge keys as the real schemas.
 //!
-//! `/openapi/v2` answers 404, as on servers that disabled it; kubectl 1.27–1.33 then rely on v3.
+//! kubectl 1.27 and 1.28 still ask `/openapi/v2` (as protobuf, gnostic's `openapi_v2.Document`)
+//! for the same `fieldValidation` question; [`v2_response`] answers it with the paths and
+//! operations only (no definitions), encoded by the small protobuf writer below, or as JSON.
 
 use bytes::Bytes;
 use http::{Request, Response};
 use serde_json::{Map, Value, json};
 
-use crate::http::{ResponseBody, error_response};
+use crate::http::ResponseBody;
 use crate::registry::{self, RESOURCES, ResourceInfo};
 
 const HASH: &str = "7f3c1a0e9b2d4c6a8e0f1b3d5c7e9a1b2c4d6e8f0a1b3c5d7e9f1a3b5c7d9e1f";
 
-pub fn v2_response(_req: &Request<Bytes>) -> Response<ResponseBody> {
-    error_response(&crate::error::ApiError::new(
-        404,
-        "NotFound",
-        "the server could not find the requested resource",
-    ))
+const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+/// `/openapi/v2`: protobuf when asked for (kubectl), JSON otherwise.
+pub fn v2_response(req: &Request<Bytes>) -> Response<ResponseBody> {
+    let accept = req
+        .headers()
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if accept.contains("protobuf") {
+        let body = http_body_util::BodyExt::map_err(
+            http_body_util::Full::new(Bytes::from(v2_protobuf())),
+            |never| match never {},
+        );
+        return Response::builder()
+            .header(http::header::CONTENT_TYPE, V2_PROTOBUF)
+            .body(http_body_util::BodyExt::boxed_unsync(body))
+            .expect("valid response");
+    }
+    crate::http::json_response(200, &v2_json())
+}
+
+/// The resource operations of every served kind: (path, method, info, action).
+fn operations() -> Vec<(String, &'static str, &'static ResourceInfo, &'static str)> {
+    let mut ops = Vec::new();
+    for info in RESOURCES {
+        let base = format!("/{}", gv_path(info.group, info.version));
+        let (collection, item) = if info.namespaced {
+            (
+                format!("{base}/namespaces/{{namespace}}/{}", info.plural),
+                format!("{base}/namespaces/{{namespace}}/{}/{{name}}", info.plural),
+            )
+        } else {
+            (
+                format!("{base}/{}", info.plural),
+                format!("{base}/{}/{{name}}", info.plural),
+            )
+        };
+        ops.push((collection.clone(), "get", info, "list"));
+        ops.push((collection, "post", info, "post"));
+        for (method, action) in [
+            ("get", "get"),
+            ("put", "put"),
+            ("patch", "patch"),
+            ("delete", "delete"),
+        ] {
+            ops.push((item.clone(), method, info, action));
+        }
+        if info.has_status {
+            for (method, action) in [("get", "get"), ("put", "put"), ("patch", "patch")] {
+                ops.push((format!("{item}/status"), method, info, action));
+            }
+        }
+    }
+    ops
+}
+
+fn v2_json() -> Value {
+    let mut paths: Map<String, Value> = Map::new();
+    for (path, method, info, action) in operations() {
+        let params: Vec<Value> = write_params(method != "get", action)
+            .into_iter()
+            .map(|p| json!({"name": p, "in": "query", "type": "string", "uniqueItems": true}))
+            .collect();
+        let entry = paths.entry(path).or_insert_with(|| json!({}));
+        entry[method] = json!({
+            "operationId": format!("{action}{}", info.kind),
+            "parameters": params,
+            "responses": {"200": {"description": "OK"}},
+            "x-kubernetes-action": action,
+            "x-kubernetes-group-version-kind": {"group": info.group, "version": info.version, "kind": info.kind},
+        });
+    }
+    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "unversioned"}, "paths": paths, "definitions": {}})
+}
+
+fn write_params(write: bool, action: &str) -> Vec<&'static str> {
+    let mut params = vec!["pretty"];
+    if write {
+        params.extend(["dryRun", "fieldManager", "fieldValidation"]);
+    }
+    if action == "patch" {
+        params.push("force");
+    }
+    params
+}
+
+/// A minimal protobuf writer: length-delimited fields and varints are all gnostic needs here.
+#[derive(Default)]
+struct Proto(Vec<u8>);
+
+impl Proto {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+
+    fn bytes(&mut self, field: u32, data: &[u8]) -> &mut Self {
+        self.varint(u64::from((field << 3) | 2));
+        self.varint(data.len() as u64);
+        self.0.extend_from_slice(data);
+        self
+    }
+
+    fn string(&mut self, field: u32, s: &str) -> &mut Self {
+        self.bytes(field, s.as_bytes())
+    }
+
+    fn message(&mut self, field: u32, build: impl FnOnce(&mut Proto)) -> &mut Self {
+        let mut inner = Proto::default();
+        build(&mut inner);
+        self.bytes(field, &inner.0)
+    }
+
+    fn boolean(&mut self, field: u32, v: bool) -> &mut Self {
+        self.varint(u64::from(field << 3));
+        self.varint(u64::from(v));
+        self
+    }
+}
+
+type PathOps = Vec<(&'static str, &'static ResourceInfo, &'static str)>;
+
+/// gnostic `openapi_v2.Document` with the paths of [`operations`].
+fn v2_protobuf() -> Vec<u8> {
+    let mut by_path: Vec<(String, PathOps)> = Vec::new();
+    for (path, method, info, action) in operations() {
+        match by_path.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, ops)) => ops.push((method, info, action)),
+            None => by_path.push((path, vec![(method, info, action)])),
+        }
+    }
+    let mut doc = Proto::default();
+    doc.string(1, "2.0"); // swagger
+    doc.message(2, |info| {
+        info.string(1, "Kubernetes").string(2, "unversioned");
+    });
+    doc.message(8, |paths| {
+        for (path, ops) in &by_path {
+            paths.message(2, |named| {
+                named.string(1, path);
+                named.message(2, |item| {
+                    for (method, info, action) in ops {
+                        // PathItem: get = 2, put = 3, post = 4, delete = 5, patch = 8.
+                        let field = match *method {
+                            "get" => 2,
+                            "put" => 3,
+                            "post" => 4,
+                            "delete" => 5,
+                            _ => 8,
+                        };
+                        item.message(field, |op| {
+                            encode_operation(op, info, action, *method != "get")
+                        });
+                    }
+                });
+            });
+        }
+    });
+    doc.0
+}
+
+fn encode_operation(op: &mut Proto, info: &ResourceInfo, action: &str, write: bool) {
+    op.string(5, &format!("{action}{}", info.kind)); // operation_id
+    for name in write_params(write, action) {
+        // ParametersItem.parameter(1) -> Parameter.non_body_parameter(2)
+        //   -> NonBodyParameter.query_parameter_sub_schema(3): in(2), name(4), type(6), unique_items(20)
+        op.message(8, |item| {
+            item.message(1, |param| {
+                param.message(2, |non_body| {
+                    non_body.message(3, |q| {
+                        q.string(2, "query")
+                            .string(4, name)
+                            .string(6, "string")
+                            .boolean(20, true);
+                    });
+                });
+            });
+        });
+    }
+    op.message(9, |responses| {
+        responses.message(1, |named| {
+            named.string(1, "200").message(2, |value| {
+                value.message(1, |resp| {
+                    resp.string(1, "OK");
+                });
+            });
+        });
+    });
+    let gvk = format!(
+        "group: \"{}\"\nkind: {}\nversion: {}\n",
+        info.group, info.kind, info.version
+    );
+    for (name, yaml) in [
+        ("x-kubernetes-action", format!("{action}\n")),
+        ("x-kubernetes-group-version-kind", gvk),
+    ] {
+        // vendor_extension(13): NamedAny { name(1), value(2): Any { yaml(2) } }
+        op.message(13, |ext| {
+            ext.string(1, name).message(2, |any| {
+                any.string(2, &yaml);
+            });
+        });
+    }
 }
 
 fn gv_path(group: &str, version: &str) -> String {

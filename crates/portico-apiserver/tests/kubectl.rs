@@ -393,3 +393,9 @@ async fn kubectl_1_33_workflow() {
 async fn kubectl_1_29_workflow() {
     workflow(29).await;
 }
+
+/// kubectl 1.27 asks `/openapi/v2` (protobuf) where later versions ask `/openapi/v3`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_27_workflow() {
+    workflow(27).await;
+}
