@@ -1,0 +1,138 @@
+//! The replica's own metrics, added to the one Prometheus registry every part shares.
+//!
+//! Raft state is read from [`Replica::metrics`] at scrape time (a collector), so the
+//! exported values are never stale and nothing has to poll.
+
+use std::sync::Arc;
+
+use portico_raft::Replica;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::state::ReplicaState;
+
+struct ReplicaCollector {
+    replica: Replica,
+    state: Arc<ReplicaState>,
+}
+
+impl std::fmt::Debug for ReplicaCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaCollector").finish_non_exhaustive()
+    }
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(metric)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(metric)
+}
+
+impl prometheus_client::collector::Collector for ReplicaCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = self.replica.metrics();
+        let e = &mut encoder;
+        gauge(
+            e,
+            "portico_ready",
+            "1 when /readyz answers 200",
+            self.state.ready() as i64,
+        )?;
+        gauge(
+            e,
+            "portico_draining",
+            "1 once shutdown has begun",
+            self.state.draining() as i64,
+        )?;
+        gauge(
+            e,
+            "portico_table_version",
+            "Version (Raft log index) of the served routing table",
+            m.table_version as i64,
+        )?;
+        gauge(e, "portico_raft_term", "Current Raft term", m.term as i64)?;
+        gauge(
+            e,
+            "portico_raft_is_leader",
+            "1 when this replica is the Raft leader",
+            m.is_leader as i64,
+        )?;
+        gauge(
+            e,
+            "portico_raft_fatal",
+            "1 when Raft stopped on a fatal error",
+            m.fatal.is_some() as i64,
+        )?;
+        gauge(
+            e,
+            "portico_raft_committed_index",
+            "Highest committed log index known",
+            m.committed_index.unwrap_or(0) as i64,
+        )?;
+        gauge(
+            e,
+            "portico_raft_applied_index",
+            "Highest applied log index",
+            m.applied_index.unwrap_or(0) as i64,
+        )?;
+        gauge(
+            e,
+            "portico_raft_voters",
+            "Voting members in the current membership",
+            m.voters.len() as i64,
+        )?;
+        gauge(
+            e,
+            "portico_raft_learners",
+            "Learners in the current membership",
+            m.learners.len() as i64,
+        )?;
+        gauge(
+            e,
+            "portico_raft_highest_epoch",
+            "Highest fencing epoch applied",
+            m.highest_epoch as i64,
+        )?;
+        gauge(
+            e,
+            "portico_raft_max_replication_lag",
+            "Leader only: the largest number of entries a follower is behind",
+            m.replication_lag.values().copied().max().unwrap_or(0) as i64,
+        )?;
+        counter(
+            e,
+            "portico_raft_snapshot_installs",
+            "Snapshots installed from the leader",
+            m.snapshot_installs,
+        )?;
+        counter(
+            e,
+            "portico_raft_snapshots_built",
+            "Snapshots built locally",
+            m.snapshots_built,
+        )?;
+        counter(
+            e,
+            "portico_raft_refused_stale_entries",
+            "Entries refused for a stale fencing epoch",
+            m.refused_stale_entries,
+        )?;
+        Ok(())
+    }
+}
+
+pub fn register(registry: &mut Registry, replica: Replica, state: Arc<ReplicaState>) {
+    registry.register_collector(Box::new(ReplicaCollector { replica, state }));
+}

@@ -1,0 +1,508 @@
+//! `portico run`: one replica. Raft replication of the routing table, the data plane
+//! serving the applied table, the controller (leader work), and the admin listener.
+//!
+//! Start-up order: admin listener (so probes answer at once), Raft, the data plane fed
+//! by the Raft table watch, then the controller. Shutdown (SIGTERM/SIGINT): readiness goes
+//! false, an optional delay lets load balancers notice, the controller stops (releasing
+//! the Lease so another replica takes over at once), the data plane drains, Raft stops.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use portico_model::{ObjectKey, Settings};
+use portico_proxy::{Proxy, ProxyConfig};
+use portico_raft::{RaftSettings, Replica, ReplicaConfig, TlsMaterial, TransportSettings};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Admin};
+use crate::logging::LogFormat;
+use crate::pki;
+use crate::state::ReplicaState;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    // --- Identity (the downward API in a pod) ---
+    /// This replica's Pod name; its ordinal is the number after the last `-`
+    /// (`portico-2` is ordinal 2). Also the Lease holder identity.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: String,
+    /// The namespace of the Lease (and of the Pod).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    // --- Kubernetes API ---
+    /// kubeconfig file; when unset, the in-cluster service account (or the default
+    /// kubeconfig lookup) is used.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Name of the Lease that elects the leader.
+    #[arg(long, env = "PORTICO_LEASE_NAME", default_value = "portico-leader")]
+    pub lease_name: String,
+    /// `spec.controller` of the IngressClasses that are ours.
+    #[arg(long, env = "PORTICO_CONTROLLER_NAME", default_value = portico_model::CONTROLLER_NAME)]
+    pub controller_name: String,
+    /// Also take Ingresses that name no IngressClass (otherwise only when one of our
+    /// classes is the default class).
+    #[arg(long, env = "PORTICO_WATCH_INGRESS_WITHOUT_CLASS")]
+    pub watch_ingress_without_class: bool,
+    /// `namespace/name` of a kubernetes.io/tls Secret served when SNI matches no Ingress.
+    #[arg(long, env = "PORTICO_DEFAULT_CERTIFICATE")]
+    pub default_certificate: Option<String>,
+    /// `namespace/name` of the LoadBalancer Service whose addresses are written to the
+    /// status of every Ingress we serve.
+    #[arg(long, env = "PORTICO_PUBLISH_SERVICE")]
+    pub publish_service: Option<String>,
+    /// Addresses (IPs or hostnames) written to Ingress status instead of a Service's;
+    /// repeatable or comma-separated.
+    #[arg(long, env = "PORTICO_PUBLISH_STATUS_ADDRESS", value_delimiter = ',')]
+    pub publish_status_address: Vec<String>,
+
+    // --- Raft ---
+    /// The Raft store (a persistent volume in a StatefulSet).
+    #[arg(long, env = "PORTICO_DATA_DIR", default_value = "/var/lib/portico")]
+    pub data_dir: PathBuf,
+    /// Where Raft RPCs from the other replicas are accepted (mutual TLS).
+    #[arg(long, env = "PORTICO_RAFT_LISTEN", default_value = "0.0.0.0:9444")]
+    pub raft_listen: SocketAddr,
+    /// `host:port` the other replicas use to reach this one; must be a SAN of this
+    /// replica's certificate. Default: `POD.PEER_SERVICE.NAMESPACE.svc.CLUSTER_DOMAIN:PORT`
+    /// with --peer-service, else --raft-listen.
+    #[arg(long, env = "PORTICO_RAFT_ADVERTISE")]
+    pub raft_advertise: Option<String>,
+    /// Advertised addresses of the initial members in ordinal order, comma-separated.
+    /// Default with --peer-service: derived from --replicas and the StatefulSet name.
+    #[arg(long, env = "PORTICO_INITIAL_MEMBERS", value_delimiter = ',')]
+    pub initial_members: Vec<String>,
+    /// The headless Service that gives each replica a DNS name.
+    #[arg(long, env = "PORTICO_PEER_SERVICE")]
+    pub peer_service: Option<String>,
+    /// Number of initial members (the StatefulSet's replicas) with --peer-service.
+    #[arg(long, env = "PORTICO_REPLICAS", default_value_t = 3)]
+    pub replicas: u32,
+    /// The cluster DNS domain.
+    #[arg(long, env = "PORTICO_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The cluster CA that signs every replica's certificate (PEM).
+    #[arg(long, env = "PORTICO_RAFT_CA")]
+    pub raft_ca: PathBuf,
+    /// This replica's certificate chain (PEM), e.g. from cert-manager. Without it,
+    /// --raft-ca-key is required and a certificate is generated at first boot.
+    #[arg(long, env = "PORTICO_RAFT_CERT", requires = "raft_key")]
+    pub raft_cert: Option<PathBuf>,
+    /// This replica's private key (PEM) for --raft-cert.
+    #[arg(long, env = "PORTICO_RAFT_KEY", requires = "raft_cert")]
+    pub raft_key: Option<PathBuf>,
+    /// The cluster CA's private key (PEM): used only at first boot, to sign a certificate
+    /// for --raft-advertise stored in DATA_DIR/tls/ (0600), when --raft-cert is not given.
+    #[arg(long, env = "PORTICO_RAFT_CA_KEY", conflicts_with = "raft_cert")]
+    pub raft_ca_key: Option<PathBuf>,
+    /// Raft heartbeat interval in milliseconds (elections time out after 6-12 heartbeats).
+    #[arg(long, env = "PORTICO_RAFT_HEARTBEAT_MS", default_value_t = 100)]
+    pub raft_heartbeat_ms: u64,
+
+    // --- Data plane ---
+    /// Plain HTTP listeners (HTTP/1.1 and h2c); comma-separated.
+    #[arg(
+        long,
+        env = "PORTICO_HTTP",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:8080"
+    )]
+    pub http: Vec<SocketAddr>,
+    /// TLS listeners (HTTP/1.1 and HTTP/2, certificates by SNI); comma-separated.
+    #[arg(
+        long,
+        env = "PORTICO_HTTPS",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:8443"
+    )]
+    pub https: Vec<SocketAddr>,
+    /// QUIC listeners (HTTP/3, UDP); comma-separated; empty to disable.
+    #[arg(
+        long,
+        env = "PORTICO_HTTP3",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:8443"
+    )]
+    pub http3: Vec<SocketAddr>,
+    /// Port advertised in `Alt-Svc: h3=":PORT"` (the public UDP port of the LoadBalancer);
+    /// default: the first QUIC listener's port.
+    #[arg(long, env = "PORTICO_ALT_SVC_PORT")]
+    pub alt_svc_port: Option<u16>,
+    /// How long connections may take to finish on shutdown, in seconds.
+    #[arg(long, env = "PORTICO_DRAIN_SECONDS", default_value_t = 20)]
+    pub drain_seconds: u64,
+    /// Seconds between readiness going false and closing the listeners, so load balancers
+    /// stop sending new connections first.
+    #[arg(long, env = "PORTICO_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
+    pub shutdown_delay_seconds: u64,
+
+    // --- Operations ---
+    /// The admin listener: /metrics, /healthz, /readyz, /debug/routes.
+    #[arg(long, env = "PORTICO_ADMIN", default_value = "0.0.0.0:9090")]
+    pub admin: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "PORTICO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// Exit when the parent process dies (used by `portico local`).
+    #[arg(long, hide = true)]
+    pub die_with_parent: bool,
+}
+
+impl RunArgs {
+    /// The StatefulSet name and ordinal from the Pod name (`portico-2` → `portico`, 2).
+    fn ordinal(&self) -> Option<(&str, u32)> {
+        let (set, ordinal) = self.pod_name.rsplit_once('-')?;
+        Some((set, ordinal.parse().ok()?))
+    }
+
+    fn raft_advertise(&self) -> String {
+        if let Some(advertise) = &self.raft_advertise {
+            return advertise.clone();
+        }
+        match &self.peer_service {
+            Some(peers) => format!(
+                "{}.{peers}.{}.svc.{}:{}",
+                self.pod_name,
+                self.namespace,
+                self.cluster_domain,
+                self.raft_listen.port()
+            ),
+            None => self.raft_listen.to_string(),
+        }
+    }
+
+    fn initial_members(&self) -> anyhow::Result<Vec<String>> {
+        if !self.initial_members.is_empty() {
+            return Ok(self.initial_members.clone());
+        }
+        let Some(peers) = &self.peer_service else {
+            // A single replica on its own.
+            return Ok(vec![self.raft_advertise()]);
+        };
+        let Some((set, _)) = self.ordinal() else {
+            bail!(
+                "pod name {:?} has no ordinal suffix; pass --initial-members",
+                self.pod_name
+            );
+        };
+        Ok((0..self.replicas)
+            .map(|i| {
+                format!(
+                    "{set}-{i}.{peers}.{}.svc.{}:{}",
+                    self.namespace,
+                    self.cluster_domain,
+                    self.raft_listen.port()
+                )
+            })
+            .collect())
+    }
+
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let default_certificate = match &self.default_certificate {
+            Some(text) => Some(parse_key(text).context("--default-certificate")?),
+            None => None,
+        };
+        Ok(Settings {
+            controller_name: self.controller_name.clone(),
+            watch_ingress_without_class: self.watch_ingress_without_class,
+            default_certificate,
+        })
+    }
+}
+
+/// `namespace/name`.
+pub fn parse_key(text: &str) -> anyhow::Result<ObjectKey> {
+    match text.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(ObjectKey::new(ns, name))
+        }
+        _ => bail!("expected namespace/name, got {text:?}"),
+    }
+}
+
+/// The host part of `host:port` (IPv6 in brackets allowed).
+fn host_of(advertise: &str) -> &str {
+    let host = advertise.rsplit_once(':').map_or(advertise, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// The replica's mTLS material: given as files, or generated once from the CA key.
+fn tls_material(args: &RunArgs, advertise: &str) -> anyhow::Result<TlsMaterial> {
+    let ca_pem = pki::read_string(&args.raft_ca)?;
+    if let (Some(cert), Some(key)) = (&args.raft_cert, &args.raft_key) {
+        return Ok(TlsMaterial {
+            ca_pem: ca_pem.into_bytes(),
+            cert_pem: pki::read_string(cert)?.into_bytes(),
+            key_pem: pki::read_string(key)?.into_bytes(),
+        });
+    }
+    let Some(ca_key) = &args.raft_ca_key else {
+        bail!("give either --raft-cert and --raft-key, or --raft-ca-key to generate them");
+    };
+    let dir = args.data_dir.join("tls");
+    let (cert_path, key_path, names_path) = (
+        dir.join("replica.crt"),
+        dir.join("replica.key"),
+        dir.join("names"),
+    );
+    let mut names = vec![host_of(advertise).to_owned()];
+    if !names.contains(&args.pod_name) {
+        names.push(args.pod_name.clone());
+    }
+    let wanted = names.join(",");
+    let current = std::fs::read_to_string(&names_path).ok();
+    let ca_pem_stored = std::fs::read_to_string(dir.join("ca.crt")).ok();
+    if current.as_deref() != Some(wanted.as_str())
+        || ca_pem_stored.as_deref() != Some(ca_pem.as_str())
+        || !cert_path.exists()
+        || !key_path.exists()
+    {
+        let ca = pki::Ca::from_pem(&ca_pem, &pki::read_string(ca_key)?)?;
+        let leaf = ca.sign(&args.pod_name, &names)?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        pki::write_private(&key_path, leaf.key_pem.as_bytes())?;
+        std::fs::write(&cert_path, &leaf.cert_pem)?;
+        std::fs::write(dir.join("ca.crt"), &ca_pem)?;
+        std::fs::write(&names_path, &wanted)?;
+        tracing::info!(names = %wanted, dir = %dir.display(), "generated this replica's Raft certificate");
+    }
+    Ok(TlsMaterial {
+        ca_pem: ca_pem.into_bytes(),
+        cert_pem: pki::read_string(&cert_path)?.into_bytes(),
+        key_pem: pki::read_string(&key_path)?.into_bytes(),
+    })
+}
+
+/// Binds, retrying briefly: the port may still be held by a process that just exited.
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    let started = Instant::now();
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                tracing::debug!(%addr, error = %e, "bind failed, retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding the {what} listener {addr}")),
+        }
+    }
+}
+
+pub async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig given and no in-cluster configuration found")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    let advertise = args.raft_advertise();
+    let initial_members = args.initial_members()?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
+    let tls = tls_material(&args, &advertise)?;
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+
+    let state = Arc::new(ReplicaState::default());
+    let stop_admin = CancellationToken::new();
+    let admin_listener = bind(args.admin, "admin").await?;
+
+    // Raft.
+    let raft_listener = bind(args.raft_listen, "Raft").await?;
+    let replica = Replica::start(
+        ReplicaConfig {
+            data_dir: args.data_dir.clone(),
+            advertise: advertise.clone(),
+            initial_members: initial_members.clone(),
+            tls,
+            raft: RaftSettings {
+                heartbeat_interval: Duration::from_millis(args.raft_heartbeat_ms),
+                election_timeout_min: Duration::from_millis(args.raft_heartbeat_ms * 6),
+                election_timeout_max: Duration::from_millis(args.raft_heartbeat_ms * 12),
+                ..RaftSettings::default()
+            },
+            transport: TransportSettings::default(),
+        },
+        raft_listener,
+    )
+    .await
+    .context("starting Raft")?;
+    tracing::info!(node_id = replica.node_id(), %advertise, members = ?initial_members, "Raft started");
+
+    // One registry for every part; complete before the admin listener serves it.
+    let mut registry = Registry::default();
+    crate::metrics::register(&mut registry, replica.clone(), state.clone());
+    let controller =
+        crate::controller::Leader::new(&args, settings, client, replica.clone(), &mut registry)?;
+
+    let admin = Arc::new(Admin {
+        registry,
+        state: state.clone(),
+        table: replica.table(),
+    });
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin, stop_admin.clone()));
+
+    // The data plane, fed by the table watch.
+    let mut proxy = Proxy::new(
+        ProxyConfig {
+            http: args.http.clone(),
+            https: args.https.clone(),
+            h3: args.http3.clone(),
+            alt_svc_port: args.alt_svc_port,
+            ..ProxyConfig::default()
+        },
+        replica.table().borrow().clone(),
+    )?;
+    let bound = proxy.spawn_listeners()?;
+    tracing::info!(http = ?bound.http, https = ?bound.https, http3 = ?bound.h3, admin = %args.admin, "serving");
+    let table_task = {
+        let handle = proxy.table_handle();
+        let state = state.clone();
+        let mut tables = replica.table();
+        tokio::spawn(async move {
+            loop {
+                let table = tables.borrow_and_update().clone();
+                if table.version() > 0 {
+                    state.set_applied();
+                }
+                tracing::debug!(version = table.version(), "serving table");
+                handle.swap(table);
+                if tables.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+
+    // Supervision: a dead part makes the replica unhealthy (and so restarted).
+    let supervisor = {
+        let replica = replica.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Some(fatal) = replica.metrics().fatal {
+                    tracing::error!(%fatal, "Raft stopped");
+                    state.fail(format!("raft: {fatal}"));
+                }
+            }
+        })
+    };
+
+    let stop_controller = CancellationToken::new();
+    let mut controller_task = controller.spawn(stop_controller.clone());
+
+    let signal = tokio::select! {
+        signal = crate::signals::terminated() => signal?,
+        result = &mut controller_task => {
+            let reason = match result {
+                Ok(Ok(())) => "the controller stopped".to_owned(),
+                Ok(Err(e)) => format!("controller: {e:#}"),
+                Err(e) => format!("controller task: {e}"),
+            };
+            tracing::error!(%reason, "a supervised loop ended; waiting for SIGTERM");
+            state.fail(reason);
+            crate::signals::terminated().await?
+        }
+    };
+
+    // Shutdown: readiness first, then the Lease, then the connections.
+    tracing::info!(signal, "shutting down: readiness is now false");
+    state.start_draining();
+    if args.shutdown_delay_seconds > 0 {
+        tokio::time::sleep(Duration::from_secs(args.shutdown_delay_seconds)).await;
+    }
+    stop_controller.cancel();
+    if !controller_task.is_finished() {
+        match tokio::time::timeout(Duration::from_secs(10), controller_task).await {
+            Ok(_) => tracing::info!("controller stopped"),
+            Err(_) => tracing::warn!("controller did not stop within 10s"),
+        }
+    }
+    tracing::info!(
+        deadline_seconds = args.drain_seconds,
+        "draining connections"
+    );
+    proxy
+        .shutdown(Duration::from_secs(args.drain_seconds))
+        .await;
+    table_task.abort();
+    supervisor.abort();
+    replica.shutdown().await;
+    stop_admin.cancel();
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec![
+            "portico",
+            "--pod-name",
+            "portico-1",
+            "--namespace",
+            "ingress",
+            "--raft-ca",
+            "/ca.crt",
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().run
+    }
+
+    #[test]
+    fn members_derive_from_the_statefulset() {
+        let a = args(&["--peer-service", "portico-peers", "--replicas", "3"]);
+        assert_eq!(
+            a.raft_advertise(),
+            "portico-1.portico-peers.ingress.svc.cluster.local:9444"
+        );
+        assert_eq!(
+            a.initial_members().unwrap(),
+            vec![
+                "portico-0.portico-peers.ingress.svc.cluster.local:9444",
+                "portico-1.portico-peers.ingress.svc.cluster.local:9444",
+                "portico-2.portico-peers.ingress.svc.cluster.local:9444",
+            ]
+        );
+        let explicit = args(&["--initial-members", "a:1,b:2", "--raft-advertise", "b:2"]);
+        assert_eq!(explicit.initial_members().unwrap(), vec!["a:1", "b:2"]);
+        assert_eq!(host_of("[::1]:9444"), "::1");
+        assert_eq!(host_of("portico-0.x:9444"), "portico-0.x");
+    }
+
+    #[test]
+    fn keys_are_namespace_slash_name() {
+        assert!(parse_key("ns/name").is_ok());
+        for bad in ["name", "/name", "ns/", "a/b/c"] {
+            assert!(parse_key(bad).is_err(), "{bad}");
+        }
+    }
+}
