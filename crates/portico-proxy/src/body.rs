@@ -97,28 +97,35 @@ impl Body for LimitedBody {
 
 /// A request body that can be taken back if the upstream client never polled it, so the
 /// request can be retried on another endpoint knowing that not one byte of it was sent.
-pub(crate) struct Reclaimable {
-    slot: Arc<Mutex<Option<ProxyBody>>>,
+pub(crate) enum Reclaimable {
+    /// The body was empty: "taking it back" is making another empty one.
+    Empty,
+    Slot(Arc<Mutex<Option<ProxyBody>>>),
 }
 
 impl Reclaimable {
     /// Splits `body` into the handle kept by the handler and the body given to the client.
     pub(crate) fn new(body: ProxyBody) -> (Self, ProxyBody) {
-        let end = body.is_end_stream();
+        if body.is_end_stream() {
+            return (Self::Empty, body);
+        }
         let hint = body.size_hint();
         let slot = Arc::new(Mutex::new(Some(body)));
         let lazy = LazyBody {
             slot: slot.clone(),
             taken: None,
-            end,
+            end: false,
             hint,
         };
-        (Self { slot }, UnsyncBoxBody::new(lazy))
+        (Self::Slot(slot), UnsyncBoxBody::new(lazy))
     }
 
     /// The body, if nothing was read from it.
     pub(crate) fn reclaim(self) -> Option<ProxyBody> {
-        self.slot.lock().ok()?.take()
+        match self {
+            Self::Empty => Some(empty()),
+            Self::Slot(slot) => slot.lock().ok()?.take(),
+        }
     }
 }
 

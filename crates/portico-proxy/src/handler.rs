@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use portico_model::{Backend, BackendProtocol, BackendTarget, Route, RoutingTable};
@@ -177,8 +178,10 @@ async fn forward(
 
     let exceeded = Arc::new(AtomicBool::new(false));
     let mut body = match policy.max_body_bytes {
-        Some(limit) => ProxyBody::new(LimitedBody::new(body, limit, exceeded.clone())),
-        None => body,
+        Some(limit) if !body.is_end_stream() => {
+            ProxyBody::new(LimitedBody::new(body, limit, exceeded.clone()))
+        }
+        _ => body,
     };
 
     let upgrade_token = client_upgrade
@@ -219,12 +222,19 @@ async fn forward(
     } else {
         Version::HTTP_11
     };
-    let upstream_path = {
-        let path = route.upstream_path(parts.uri.path());
-        match parts.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.into_owned(),
+    // The original path and query are reused as they are (no re-parse) unless rewritten.
+    let upstream_path = match route.upstream_path(parts.uri.path()) {
+        std::borrow::Cow::Borrowed(_) => parts.uri.path_and_query().cloned(),
+        std::borrow::Cow::Owned(path) => {
+            let target = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            PathAndQuery::try_from(target).ok()
         }
+    };
+    let Some(upstream_path) = upstream_path else {
+        return error(StatusCode::BAD_REQUEST, "invalid request target");
     };
     let scheme = match protocol {
         BackendProtocol::Http | BackendProtocol::H2c => Scheme::HTTP,
@@ -260,16 +270,15 @@ async fn forward(
             }
         };
         let authority = match &target {
-            Target::Endpoint(addr) => addr.to_string(),
-            Target::External(hostport) => hostport.clone(),
+            Target::Endpoint(addr) => endpoint_authority(*addr),
+            Target::External(hostport) => Authority::try_from(hostport.as_str()).ok(),
         };
-        let Ok(uri) = Uri::builder()
-            .scheme(scheme.clone())
-            .authority(authority.as_str())
-            .path_and_query(upstream_path.as_str())
-            .build()
-        else {
-            return error(StatusCode::BAD_REQUEST, "invalid request target");
+        let mut uri_parts = http::uri::Parts::default();
+        uri_parts.scheme = Some(scheme.clone());
+        uri_parts.authority = authority;
+        uri_parts.path_and_query = Some(upstream_path.clone());
+        let Ok(uri) = Uri::from_parts(uri_parts) else {
+            return error(StatusCode::BAD_GATEWAY, "invalid upstream address");
         };
         // Keep a copy of the head only while another attempt is still possible.
         let may_retry = matches!(target, Target::Endpoint(_))
@@ -312,7 +321,7 @@ async fn forward(
                 } else {
                     StatusCode::BAD_GATEWAY
                 };
-                tracing::debug!(upstream = %authority, error = %ErrorChain(&err), "upstream request failed");
+                tracing::debug!(upstream = ?endpoint, error = %ErrorChain(&err), "upstream request failed");
                 if status == StatusCode::PAYLOAD_TOO_LARGE {
                     return error(status, "request body too large");
                 }
@@ -330,11 +339,33 @@ async fn forward(
                 }
             }
             Err(_elapsed) => {
-                tracing::debug!(upstream = %authority, "upstream timed out");
+                tracing::debug!(upstream = ?endpoint, "upstream timed out");
                 return error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
             }
         }
     }
+}
+
+/// An endpoint's address as a URI authority, formatted once per thread and address.
+fn endpoint_authority(addr: SocketAddr) -> Option<Authority> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static CACHE: RefCell<HashMap<SocketAddr, Authority>> = RefCell::new(HashMap::new());
+    }
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(authority) = cache.get(&addr) {
+            return Some(authority.clone());
+        }
+        let authority = Authority::try_from(addr.to_string()).ok()?;
+        // Endpoints come and go with the table; a bounded cache forgets them wholesale.
+        if cache.len() >= 4096 {
+            cache.clear();
+        }
+        cache.insert(addr, authority.clone());
+        Some(authority)
+    })
 }
 
 fn respond(

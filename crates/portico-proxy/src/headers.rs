@@ -100,19 +100,38 @@ pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// 32 hex digits, unique per process and unpredictable across processes: a per-process
-/// random key (from the standard library's hasher seed) over a counter.
+/// 32 hex digits, unique per process and not guessable across processes: a counter mixed
+/// (SplitMix64) with two per-process random keys from the standard library's hasher seed.
 pub(crate) fn request_id() -> HeaderValue {
-    static KEYS: LazyLock<(RandomState, RandomState)> =
-        LazyLock::new(|| (RandomState::new(), RandomState::new()));
+    static KEYS: LazyLock<(u64, u64)> = LazyLock::new(|| {
+        let state = RandomState::new();
+        let mut a = state.build_hasher();
+        a.write_u8(1);
+        let mut b = state.build_hasher();
+        b.write_u8(2);
+        (a.finish(), b.finish())
+    });
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut a = KEYS.0.build_hasher();
-    a.write_u64(n);
-    let mut b = KEYS.1.build_hasher();
-    b.write_u64(n);
-    let id = format!("{:016x}{:016x}", a.finish(), b.finish());
-    HeaderValue::from_str(&id).expect("hex digits are a valid header value")
+    let (ka, kb) = *KEYS;
+    let mut out = [0u8; 32];
+    for (chunk, word) in out
+        .chunks_mut(16)
+        .zip([splitmix64(n ^ ka), splitmix64(n.wrapping_add(kb))])
+    {
+        for (i, byte) in chunk.iter_mut().enumerate() {
+            let nibble = (word >> (60 - 4 * i)) & 0xf;
+            *byte = b"0123456789abcdef"[nibble as usize];
+        }
+    }
+    HeaderValue::from_bytes(&out).expect("hex digits are a valid header value")
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The current `Date` value, formatted once per second per thread.
