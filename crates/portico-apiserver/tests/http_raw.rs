@@ -123,7 +123,7 @@ async fn bad_input_gets_status_errors_never_a_crash() {
         ),
         (
             Method::PATCH,
-            &"/api/v1/namespaces/default/configmaps/x",
+            "/api/v1/namespaces/default/configmaps/x",
             "text/plain",
             Bytes::from_static(b"{}"),
             415,
