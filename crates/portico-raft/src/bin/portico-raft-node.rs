@@ -6,6 +6,8 @@
 //!   (`svc-<first>`…) and answers with the last version, or the first error;
 //! * `status`: node ID, leadership, versions, membership, counters and a digest of the
 //!   table's bytes;
+//! * `propose-file <epoch> <path>`: proposes the `Change` encoded (`Change::to_bytes`) in
+//!   the file, for example a whole-cluster `Resync`;
 //! * `remove <node-id>`: removes a member;
 //! * `quit`.
 
@@ -139,6 +141,26 @@ async fn propose(
     })
 }
 
+async fn propose_file(replica: &Replica, epoch: u64, path: Option<&str>) -> serde_json::Value {
+    let change = path
+        .ok_or_else(|| "a path is required".to_owned())
+        .and_then(|p| std::fs::read(p).map_err(|e| format!("reading {p}: {e}")))
+        .and_then(|bytes| Change::from_bytes(&bytes).map_err(|e| format!("decoding: {e}")));
+    let change = match change {
+        Ok(change) => change,
+        Err(e) => return json!({"ok": false, "error": e}),
+    };
+    let started = Instant::now();
+    match replica.propose(epoch, change).await {
+        Ok(committed) => json!({
+            "ok": true,
+            "version": committed.version,
+            "elapsed_us": started.elapsed().as_micros() as u64,
+        }),
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+    }
+}
+
 fn status(replica: &Replica) -> serde_json::Value {
     let m = replica.metrics();
     let leadership = replica.leadership();
@@ -221,6 +243,9 @@ async fn main() -> anyhow::Result<()> {
                 .await
             }
             Some("status") => status(&replica),
+            Some("propose-file") => {
+                propose_file(&replica, number(1, 1), words.get(2).copied()).await
+            }
             Some("remove") => match replica.remove_member(number(1, 0)).await {
                 Ok(()) => json!({"ok": true}),
                 Err(e) => json!({"ok": false, "error": e.to_string()}),

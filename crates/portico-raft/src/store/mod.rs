@@ -98,13 +98,26 @@ impl Db {
             .map_err(|source| StoreError::Corrupt { key, source })
     }
 
+    /// Writes one record durably: fsynced before this returns.
     pub(crate) fn write_meta<T: Serialize>(
         db: &Database,
         key: &'static str,
         value: &T,
     ) -> Result<(), StoreError> {
+        Self::write_meta_with(db, key, value, redb::Durability::Immediate)
+    }
+
+    /// Writes one record; with `Durability::None` it reaches the disk with the next
+    /// durable commit (for hints whose loss Raft tolerates, such as the commit index).
+    pub(crate) fn write_meta_with<T: Serialize>(
+        db: &Database,
+        key: &'static str,
+        value: &T,
+        durability: redb::Durability,
+    ) -> Result<(), StoreError> {
         let bytes = encode(value);
-        let tx = db.begin_write().map_err(redb::Error::from)?;
+        let mut tx = db.begin_write().map_err(redb::Error::from)?;
+        tx.set_durability(durability).map_err(redb::Error::from)?;
         {
             let mut table = tx.open_table(META).map_err(redb::Error::from)?;
             table

@@ -1,6 +1,8 @@
 //! Shared test helpers: a cluster CA with rcgen, small changes, and a raw mTLS client.
 #![allow(dead_code)]
 
+pub mod processes;
+
 use std::sync::Arc;
 use std::time::Duration;
 
