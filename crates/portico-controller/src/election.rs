@@ -141,7 +141,7 @@ impl Elector {
             let created = self
                 .call(left, self.api.create(&PostParams::default(), &lease))
                 .await?;
-            self.observe(&created, Instant::now());
+            self.remember(&created, Instant::now());
             return Ok(Attempt::Held {
                 epoch,
                 acquired: true,
@@ -189,7 +189,7 @@ impl Elector {
                 self.api.replace(&self.name, &PostParams::default(), &lease),
             )
             .await?;
-        self.observe(&updated, Instant::now());
+        self.remember(&updated, Instant::now());
         Ok(Attempt::Held {
             epoch,
             acquired: !ours,
@@ -222,12 +222,29 @@ impl Elector {
                 self.api.replace(&self.name, &PostParams::default(), &lease),
             )
             .await?;
-        self.observe(&updated, Instant::now());
+        self.remember(&updated, Instant::now());
         Ok(true)
     }
 
-    fn observe(&mut self, lease: &Lease, at: Instant) {
+    fn remember(&mut self, lease: &Lease, at: Instant) {
         self.observed = Some((observed(lease), at));
+    }
+
+    /// Reads the Lease only, so the expiry clock of its current holder already runs when
+    /// this replica becomes a candidate (client-go candidates poll the same way).
+    pub async fn watch_holder(&mut self, budget: Duration) -> Result<(), ElectionError> {
+        let Some(lease) = self.call(budget, self.api.get_opt(&self.name)).await? else {
+            return Ok(());
+        };
+        let seen = observed(&lease);
+        if self
+            .observed
+            .as_ref()
+            .is_none_or(|(previous, _)| *previous != seen)
+        {
+            self.observed = Some((seen, Instant::now()));
+        }
+        Ok(())
     }
 }
 

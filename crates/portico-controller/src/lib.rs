@@ -262,11 +262,26 @@ impl Controller {
         elector: &mut Elector,
         shutdown: &CancellationToken,
     ) -> Option<(u64, Instant)> {
+        // Raft leadership is checked often, so a new Raft leader takes a released Lease at
+        // once; the Lease itself is tried every retry period.
+        let poll = self.config.retry_period.min(Duration::from_millis(100));
+        let mut next_attempt = Instant::now();
+        let mut next_observe = Instant::now();
         loop {
             if shutdown.is_cancelled() {
                 return None;
             }
-            if self.raft_leader() {
+            if !self.raft_leader() {
+                if Instant::now() >= next_observe {
+                    next_observe = Instant::now() + self.config.retry_period;
+                    let budget = self.config.retry_period;
+                    if let Err(e) = elector.watch_holder(budget).await {
+                        tracing::debug!(error = %e, "could not read the Lease");
+                    }
+                }
+                next_attempt = Instant::now();
+            } else if Instant::now() >= next_attempt {
+                next_attempt = Instant::now() + self.config.retry_period;
                 let started = Instant::now();
                 let attempt = tokio::select! {
                     () = shutdown.cancelled() => return None,
@@ -288,7 +303,7 @@ impl Controller {
             }
             tokio::select! {
                 () = shutdown.cancelled() => return None,
-                () = tokio::time::sleep(self.config.retry_period) => {}
+                () = tokio::time::sleep(poll) => {}
             }
         }
     }

@@ -472,7 +472,7 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
 {
     watcher::watcher(api, config)
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .filter_map(move |event| async move {
             match event {
                 Ok(Event::Init) => Some(Observation::Listing(kind)),
@@ -487,6 +487,39 @@ where
             }
         })
         .boxed()
+}
+
+/// Retry delays after a watch error: 100 ms doubling to 5 s, reset by the next success.
+/// (kube's default starts at 800 ms and grows to 30 s, too slow for a routing controller.)
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const MIN: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: Self::MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
 }
 
 fn seen_ingress(ingress: &Ingress) -> Seen {
