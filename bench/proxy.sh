@@ -8,6 +8,8 @@
 #   RUNS, SECS, TESTS are passed to proxy-bench.sh (defaults 3, 10, "h1c64 h1c256 tls64 tlsnew h2 h3").
 #   WORKERS: Portico's Tokio worker threads (default 1, as the method says; 2 may be reported beside).
 #   -k: keep the anchors (nginx, HAProxy, backends) running afterwards.
+#   QUIET (env): proxy-bench.sh waits before each run until the machine is below QUIET % of one
+#   core (default 20); raise it on a shared, busy machine and quote the "other" column.
 # Also measures Portico's peak RSS with a 1,000-route table (idle and after load).
 # Output: the proxy-bench table on stdout and in $OUT/table.md; RSS lines in $OUT/rss.txt.
 set -euo pipefail
@@ -110,7 +112,7 @@ curl -s --max-time 5 --cacert "$C/ca.pem" "https://localhost:18843/" "http://127
 mapfile -t anchors < <(bash "$SHARED/anchors-setup.sh" targets | grep -E '^(direct|nginx|haproxy):')
 targets=("${anchors[@]}" "portico:18480:18843:18843:$(cat "$P/portico.pid")")
 log "targets: ${targets[*]}"
-OUT_BENCH=$OUT bash "$SHARED/proxy-bench.sh" -r "$RUNS" -d "$DUR" -T "$TESTS" -o "$OUT" \
+bash "$SHARED/proxy-bench.sh" -r "$RUNS" -d "$DUR" -T "$TESTS" -o "$OUT" -q "${QUIET:-20}" \
   -B "$(bash "$SHARED/anchors-setup.sh" backend-pids)" "${targets[@]}"
 hwm() { awk '/VmHWM/{print $2" "$3}' "/proc/$1/status"; }
 echo "portico (1 route) peak RSS after the whole matrix: $(hwm "$(cat "$P/portico.pid")")" | tee "$OUT/rss.txt"
