@@ -423,6 +423,7 @@ mod tests {
             targets: vec![1],
             start: 1.0,
             end: 1.5,
+            ..Default::default()
         });
         assert!(failures_on_untargeted(&obs, 1.0).is_empty());
     }

@@ -7,7 +7,7 @@
 //!  portico-chaos-r0  10.251.0.10 ── eth0 ═══════════╣
 //!  portico-chaos-r1  10.251.0.11 ── eth0 ═══════════╣
 //!  portico-chaos-r2  10.251.0.12 ── eth0 ═══════════╣
-//!  portico-chaos-be  10.251.0.20 ── eth0 ═══════════╝
+//!  portico-chaos-be  10.251.0.20-22 ── eth0 ════════╝
 //! ```
 //!
 //! The bridge lives in its own namespace so that the host's bridge-netfilter settings and
@@ -33,7 +33,12 @@ const NFT_TABLE: &str = "portico_chaos";
 
 /// Addresses inside the harness's own subnet.
 pub const HARNESS_ADDR: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
-pub const BACKENDS_ADDR: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 20);
+/// The echo backends' addresses (all in the backends' namespace).
+pub const BACKEND_ADDRS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(10, 251, 0, 20),
+    Ipv4Addr::new(10, 251, 0, 21),
+    Ipv4Addr::new(10, 251, 0, 22),
+];
 
 pub fn replica_addr(ordinal: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 251, 0, 10 + ordinal as u8)
@@ -183,7 +188,7 @@ impl Network {
         let mut members: Vec<(String, Ipv4Addr, String)> = (0..replicas)
             .map(|i| (replica_netns(i), replica_addr(i), format!("r{i}")))
             .collect();
-        members.push((BACKENDS.to_string(), BACKENDS_ADDR, "be".to_string()));
+        members.push((BACKENDS.to_string(), BACKEND_ADDRS[0], "be".to_string()));
         for (ns, addr, hub_link) in &members {
             run("ip", &["netns", "add", ns])?;
             run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
@@ -212,11 +217,21 @@ impl Network {
             )?;
             run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
         }
+        for addr in &BACKEND_ADDRS[1..] {
+            run(
+                "ip",
+                &[
+                    "-n",
+                    BACKENDS,
+                    "addr",
+                    "add",
+                    &format!("{addr}/24"),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+        }
         Ok(network)
-    }
-
-    pub fn replicas(&self) -> usize {
-        self.replicas
     }
 
     /// Cuts `ordinal` off as `cut` says (replacing any earlier cut of that replica).
@@ -313,4 +328,145 @@ pub fn available() -> anyhow::Result<()> {
     run("ip", &["-V"]).context("iproute2")?;
     run("nft", &["--version"]).context("nftables")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Whether `from` (a namespace, or the harness when `None`) can fetch `url` within 2 s.
+    fn reaches(from: Option<&str>, url: &str) -> bool {
+        let script = format!(
+            "import urllib.request,sys\ntry:\n urllib.request.urlopen('{url}', timeout=2)\nexcept Exception:\n sys.exit(1)"
+        );
+        let mut cmd = match from {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "python3", "-c", &script]);
+                c
+            }
+            None => {
+                let mut c = Command::new("python3");
+                c.args(["-c", &script]);
+                c
+            }
+        };
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn wait_reaches(from: Option<&str>, url: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if reaches(from, url) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+
+    /// The whole network lifecycle against real namespaces, veths and nftables (needs root,
+    /// as the harness does; the suite runs as root). One test, because the names are fixed.
+    #[test]
+    fn namespaces_cuts_heals_and_teardown() {
+        available().expect("root, ip and nft (tests/setup installs them)");
+        cleanup_leftovers().unwrap();
+        let mut network = Network::create(3).unwrap();
+        assert_eq!(
+            our_namespaces().unwrap().len(),
+            5,
+            "hub, 3 replicas, backends"
+        );
+
+        // A web server in replica 1's namespace, and one in the harness's.
+        let mut server = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &replica_netns(1),
+                "python3",
+                "-m",
+                "http.server",
+                "8000",
+                "--bind",
+            ])
+            .arg(replica_addr(1).to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let harness_server = std::net::TcpListener::bind((HARNESS_ADDR, 0)).unwrap();
+        let harness_port = harness_server.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for stream in harness_server.incoming().flatten() {
+                let mut stream = stream;
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n");
+            }
+        });
+        let r1 = format!("http://{}:8000/", replica_addr(1));
+        let harness = format!("http://{HARNESS_ADDR}:{harness_port}/");
+        let r0 = replica_netns(0);
+        assert!(wait_reaches(None, &r1), "harness reaches replica 1");
+        assert!(
+            reaches(Some(&r0), &r1),
+            "replica 0 reaches replica 1 over the bridge"
+        );
+        assert!(
+            reaches(Some(&r0), &harness),
+            "replica 0 reaches the harness"
+        );
+        assert!(
+            reaches(Some(BACKENDS), &r1),
+            "the backends' namespace is on the bridge"
+        );
+
+        // Cut from peers: replica 1 unreachable from 0, the harness still reachable.
+        network.cut(0, Cut::Peers).unwrap();
+        assert!(network.rules(0).unwrap().contains("portico_chaos"));
+        assert!(!reaches(Some(&r0), &r1));
+        assert!(reaches(Some(&r0), &harness));
+        assert!(reaches(None, &r1), "others are untouched");
+
+        // Cut from the API server's port only.
+        network
+            .cut(0, Cut::ApiServer { port: harness_port })
+            .unwrap();
+        assert!(reaches(Some(&r0), &r1));
+        assert!(!reaches(Some(&r0), &harness));
+
+        // Everything; then heal.
+        network.cut(1, Cut::Everything).unwrap();
+        network.heal(0).unwrap();
+        assert!(!reaches(None, &r1));
+        assert!(!reaches(Some(&r0), &r1));
+        network.heal(1).unwrap();
+        network.heal(1).unwrap(); // idempotent
+        assert!(!network.rules(1).unwrap().contains("portico_chaos"));
+        assert!(wait_reaches(None, &r1));
+        assert!(reaches(Some(&r0), &harness));
+
+        // Teardown kills what runs inside and removes every namespace and link.
+        network.teardown().unwrap();
+        assert!(our_namespaces().unwrap().is_empty());
+        assert!(run("ip", &["link", "show", HARNESS_LINK]).is_err());
+        let status = server.wait().unwrap();
+        assert!(!status.success(), "the server in the namespace was killed");
+    }
+
+    #[test]
+    fn interface_names_fit_the_kernel_limit() {
+        assert!(HARNESS_LINK.len() <= 15);
+        assert!(
+            replica_netns(9).starts_with(PREFIX)
+                && BACKENDS.starts_with(PREFIX)
+                && HUB.starts_with(PREFIX)
+        );
+    }
 }

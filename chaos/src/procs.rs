@@ -56,10 +56,6 @@ impl Proc {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn log(&self) -> &Path {
         &self.log
     }

@@ -60,13 +60,17 @@ pub struct Sample {
 }
 
 /// One fault, from injection to heal.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FaultWindow {
     pub name: String,
     /// Replicas the fault targets directly (empty for API server faults).
     pub targets: Vec<usize>,
     pub start: f64,
     pub end: f64,
+    /// Whether the target was the leader when the fault began.
+    pub leader_fault: bool,
+    /// Seconds from heal until every replica was up and served one version.
+    pub converged_after: Option<f64>,
 }
 
 /// One write the API server answered, attributed by the writer's source address.

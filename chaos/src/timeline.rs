@@ -261,6 +261,7 @@ mod tests {
             targets: vec![1],
             start: 10.0,
             end: 14.0,
+            ..Default::default()
         });
         let l = crate::checks::leaderships(&obs.samples);
         assert_eq!(

@@ -1,0 +1,673 @@
+//! One chaos run, start to end: network, API server, replicas, load, writer, faults, final
+//! checks, report. Every resource is held by a guard (processes, namespaces, the API
+//! server's task), so an error, a panic or a cancelled future (Ctrl-C, the time bound)
+//! still removes everything.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::Api;
+use portico_apiserver::{ApiServer, Availability};
+use portico_model::{BackendTarget, RoutingTable, Settings};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{self, Cluster, Layout, admin_addr, h3_addr, http_addr};
+use crate::faults::{Fault, Profile, Timing, schedule};
+use crate::load::{self, LoadConfig, Target, get_h1};
+use crate::net::{self, Cut, HARNESS_ADDR, Network};
+use crate::observe;
+use crate::record::{FaultWindow, Recorder, Sample};
+use crate::report::{Check, Report};
+use crate::writer::{self, LOAD_HOST, LoadCertificate, WriterOutcome};
+
+pub const REPLICAS: usize = 3;
+const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub profile: Profile,
+    /// The long profile's length (faults start until it is spent).
+    pub duration: Duration,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub portico: PathBuf,
+    pub timing: Timing,
+    /// Writer interval.
+    pub write_every: Duration,
+}
+
+/// Everything the fault injector acts on.
+struct Ctx<'a> {
+    cluster: &'a mut Cluster,
+    network: &'a Network,
+    api: &'a ApiServer,
+    api_port: u16,
+    recorder: &'a Recorder,
+    timing: Timing,
+}
+
+/// The replica whose most recent sample (within the last second) says it leads.
+fn current_leader(recorder: &Recorder) -> Option<usize> {
+    let now = recorder.now();
+    recorder.with(|o| {
+        let mut latest: Vec<Option<&Sample>> = vec![None; o.replicas];
+        for s in o.samples.iter().rev() {
+            if now - s.t > 1.0 {
+                break;
+            }
+            if latest[s.replica].is_none() {
+                latest[s.replica] = Some(s);
+            }
+        }
+        let leaders: Vec<usize> = latest
+            .iter()
+            .flatten()
+            .filter(|s| s.is_leader)
+            .map(|s| s.replica)
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
+    })
+}
+
+async fn wait_leader(recorder: &Recorder, timeout: Duration) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(l) = current_leader(recorder) {
+            return Ok(l);
+        }
+        if Instant::now() > deadline {
+            bail!("no single leader after {timeout:?}");
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+}
+
+/// Waits until every replica runs, is ready, and all serve one version with one leader;
+/// seconds waited.
+async fn wait_converged(cluster: &Cluster, timeout: Duration) -> Option<f64> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if (0..cluster.replicas()).all(|i| cluster.is_running(i)) {
+            let scrapes = futures_join(cluster.replicas(), |i| {
+                observe::scrape(admin_addr(i), Duration::from_secs(1))
+            })
+            .await;
+            let ready = futures_join(cluster.replicas(), |i| {
+                observe::ready(admin_addr(i), Duration::from_secs(1))
+            })
+            .await;
+            if scrapes.iter().all(Option::is_some) && ready.iter().all(|r| *r) {
+                let s: Vec<_> = scrapes.into_iter().flatten().collect();
+                let one_version = s.iter().all(|x| x.version == s[0].version) && s[0].version > 0;
+                let one_leader = s.iter().filter(|x| x.is_leader).count() == 1;
+                if one_version && one_leader {
+                    return Some(start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+    None
+}
+
+/// Runs `f(i)` for every replica concurrently (each bounded by its own timeout).
+async fn futures_join<T, F, Fut>(n: usize, f: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    futures_util::future::join_all((0..n).map(f)).await
+}
+
+async fn wait_ready(i: usize, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if observe::ready(admin_addr(i), Duration::from_secs(1)).await {
+            return Ok(());
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+    bail!("replica {i} not ready after {timeout:?}")
+}
+
+fn follower(cluster: &Cluster, leader: Option<usize>) -> usize {
+    (0..cluster.replicas())
+        .find(|&i| Some(i) != leader && cluster.is_running(i))
+        .unwrap_or(0)
+}
+
+/// Injects one fault, holds it, heals it; the window it covered.
+async fn inject(fault: Fault, ctx: &mut Ctx<'_>) -> anyhow::Result<FaultWindow> {
+    let leader = if fault.targets_leader() {
+        Some(wait_leader(ctx.recorder, Duration::from_secs(60)).await?)
+    } else {
+        current_leader(ctx.recorder)
+    };
+    let follower = follower(ctx.cluster, leader);
+    let t = ctx.timing;
+    let mut window = FaultWindow {
+        name: fault.name().to_string(),
+        start: ctx.recorder.now(),
+        leader_fault: fault.targets_leader(),
+        ..Default::default()
+    };
+    let sleep = tokio::time::sleep;
+    match fault {
+        Fault::KillLeader | Fault::KillFollower => {
+            let target = if fault == Fault::KillLeader {
+                leader.expect("leader")
+            } else {
+                follower
+            };
+            window.targets = vec![target];
+            ctx.cluster.kill(target).await?;
+            sleep(t.down).await;
+            ctx.cluster.start(target, false)?;
+            wait_ready(target, Duration::from_secs(60)).await?;
+        }
+        Fault::FreezeLeader => {
+            let target = leader.expect("leader");
+            window.targets = vec![target];
+            ctx.cluster.freeze(target)?;
+            sleep(t.lease_duration + Duration::from_secs(5)).await;
+            ctx.cluster.thaw(target)?;
+        }
+        Fault::LeaderCutFromPeers | Fault::LeaderCutFromApi | Fault::IsolateFollower => {
+            let (target, cut) = match fault {
+                Fault::LeaderCutFromPeers => (leader.expect("leader"), Cut::Peers),
+                Fault::LeaderCutFromApi => (
+                    leader.expect("leader"),
+                    Cut::ApiServer { port: ctx.api_port },
+                ),
+                _ => (follower, Cut::Everything),
+            };
+            window.targets = vec![target];
+            ctx.network.cut(target, cut)?;
+            sleep(t.cut).await;
+            ctx.network.heal(target)?;
+        }
+        Fault::ApiUnavailable => {
+            ctx.api.faults().set_availability(Availability::Unavailable);
+            sleep(Duration::from_secs(10)).await;
+            ctx.api.faults().set_availability(Availability::Up);
+        }
+        Fault::DropWatches => {
+            ctx.api.faults().drop_watches();
+            sleep(Duration::from_secs(3)).await;
+        }
+        Fault::Force410 => {
+            ctx.api.faults().expire_next_watch();
+            ctx.api.faults().drop_watches();
+            sleep(Duration::from_secs(3)).await;
+        }
+        Fault::RollingRestart => {
+            window.targets = (0..ctx.cluster.replicas()).collect();
+            // As a StatefulSet rolls: highest ordinal first, each ready before the next.
+            for i in (0..ctx.cluster.replicas()).rev() {
+                ctx.cluster.restart(i).await?;
+                wait_ready(i, Duration::from_secs(60)).await?;
+            }
+        }
+        Fault::WipeFollower => {
+            window.targets = vec![follower];
+            ctx.cluster.wipe_and_restart(follower).await?;
+            wait_ready(follower, Duration::from_secs(90)).await?;
+        }
+    }
+    window.end = ctx.recorder.now();
+    Ok(window)
+}
+
+/// A route as a comparable line: ingress, host, path, backend and its endpoints.
+fn route_line(
+    ingress: &str,
+    host: Option<&str>,
+    path: &str,
+    service: &str,
+    port: &str,
+    endpoints: &[String],
+) -> String {
+    let mut e = endpoints.to_vec();
+    e.sort();
+    format!(
+        "{ingress} {} {path} -> {service}:{port} [{}]",
+        host.unwrap_or("*"),
+        e.join(",")
+    )
+}
+
+/// The routes of a freshly compiled table, as `/debug/routes` shows them.
+pub fn table_lines(table: &RoutingTable) -> BTreeSet<String> {
+    table
+        .routes()
+        .map(|route| {
+            let endpoints: Vec<String> = match table.backend(&route.backend).map(|b| &b.target) {
+                Some(BackendTarget::Endpoints(list)) => {
+                    list.iter().map(|e| e.addr.to_string()).collect()
+                }
+                Some(BackendTarget::ExternalName { host, port }) => {
+                    vec![format!("external:{host}:{port}")]
+                }
+                _ => Vec::new(),
+            };
+            route_line(
+                &route.ingress.to_string(),
+                route.host.as_deref(),
+                &route.path.to_string(),
+                &route.backend.service.to_string(),
+                &route.backend.port.to_string(),
+                &endpoints,
+            )
+        })
+        .collect()
+}
+
+/// The routes of a `/debug/routes` answer.
+pub fn view_lines(view: &serde_json::Value) -> BTreeSet<String> {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    view["routes"]
+        .as_array()
+        .map(|routes| {
+            routes
+                .iter()
+                .map(|r| {
+                    let endpoints: Vec<String> = r["endpoints"]
+                        .as_array()
+                        .map(|a| a.iter().map(s).collect())
+                        .unwrap_or_default();
+                    route_line(
+                        &s(&r["ingress"]),
+                        r["host"].as_str(),
+                        &s(&r["path"]),
+                        &s(&r["service"]),
+                        &s(&r["port"]),
+                        &endpoints,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The API server's final state compiled from scratch.
+async fn fresh_compile(client: &kube::Client) -> anyhow::Result<RoutingTable> {
+    async fn values<K>(api: Api<K>) -> anyhow::Result<Vec<serde_json::Value>>
+    where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let list = api.list(&Default::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?)
+    }
+    let mut all = Vec::new();
+    all.extend(values(Api::<IngressClass>::all(client.clone())).await?);
+    all.extend(values(Api::<Ingress>::all(client.clone())).await?);
+    all.extend(values(Api::<Service>::all(client.clone())).await?);
+    all.extend(values(Api::<EndpointSlice>::all(client.clone())).await?);
+    all.extend(values(Api::<Secret>::all(client.clone())).await?);
+    let mut resources = Vec::new();
+    for v in &all {
+        if let Some(r) = portico_model::convert::resource_from_value(v)? {
+            resources.push(r);
+        }
+    }
+    Ok(RoutingTable::compile(Settings::default(), resources))
+}
+
+/// The checks made once the faults are over and the cluster has converged.
+async fn final_checks(
+    cluster: &mut Cluster,
+    client: &kube::Client,
+    writer: &WriterOutcome,
+    timing: Timing,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let crashed = cluster.crashed();
+    checks.push(Check::from_violations(
+        "no replica process exited on its own",
+        crashed
+            .iter()
+            .map(|(i, s)| format!("replica {i} exited: {s}"))
+            .collect(),
+    ));
+    let converged = wait_converged(cluster, timing.converge_timeout).await;
+    checks.push(Check::from_violations(
+        "nothing lost: every replica converges to one version after healing",
+        match converged {
+            Some(_) => vec![],
+            None => vec![format!(
+                "not converged within {:?}",
+                timing.converge_timeout
+            )],
+        },
+    ));
+    let views = futures_join(cluster.replicas(), |i| {
+        observe::routes(admin_addr(i), Duration::from_secs(5))
+    })
+    .await;
+    let mut same = Vec::new();
+    let lines: Vec<Option<BTreeSet<String>>> =
+        views.iter().map(|v| v.as_ref().map(view_lines)).collect();
+    for (i, v) in views.iter().enumerate() {
+        match v {
+            None => same.push(format!("replica {i}: /debug/routes did not answer")),
+            Some(v) if Some(v) != views[0].as_ref() => same.push(format!(
+                "replica {i} (version {}) differs from replica 0 (version {})",
+                v["version"],
+                views[0]
+                    .as_ref()
+                    .map(|v| v["version"].clone())
+                    .unwrap_or_default()
+            )),
+            _ => {}
+        }
+    }
+    checks.push(Check::from_violations(
+        "nothing lost: identical tables on every replica",
+        same,
+    ));
+    let mut fresh = Vec::new();
+    match fresh_compile(client).await {
+        Err(e) => fresh.push(format!("cannot compile the API server's state: {e:#}")),
+        Ok(table) => {
+            let want = table_lines(&table);
+            for (i, got) in lines.iter().enumerate() {
+                let Some(got) = got else { continue };
+                for missing in want.difference(got).take(5) {
+                    fresh.push(format!("replica {i} lacks {missing}"));
+                }
+                for extra in got.difference(&want).take(5) {
+                    fresh.push(format!("replica {i} has extra {extra}"));
+                }
+            }
+        }
+    }
+    checks.push(Check::from_violations(
+        "nothing lost: tables equal a fresh compile of the API server's final state",
+        fresh,
+    ));
+    let mut reflected = Vec::new();
+    for i in 0..cluster.replicas() {
+        for (hosts, expect) in [(&writer.live_hosts, 200u16), (&writer.deleted_hosts, 404)] {
+            for host in hosts {
+                match get_h1(http_addr(i), host, "/", Duration::from_secs(5)).await {
+                    Ok((s, _)) if s.as_u16() == expect => {}
+                    Ok((s, _)) => reflected.push(format!(
+                        "replica {i}: {host} answers {s}, expected {expect}"
+                    )),
+                    Err(e) => reflected.push(format!("replica {i}: {host}: {e}")),
+                }
+            }
+        }
+    }
+    checks.push(Check::from_violations(
+        "nothing lost: every change the writer made is served",
+        reflected,
+    ));
+    checks
+}
+
+fn write_raft_ca(dir: &std::path::Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "portico-chaos cluster CA");
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    let ca = dir.join("raft-ca.pem");
+    let ca_key = dir.join("raft-ca-key.pem");
+    std::fs::write(&ca, cert.pem())?;
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&ca_key)?
+        .write_all(key.serialize_pem().as_bytes())?;
+    Ok((ca, ca_key))
+}
+
+/// The sampler: every replica's metrics every [`SAMPLE_EVERY`].
+fn start_sampler(
+    cluster: &Cluster,
+    recorder: Arc<Recorder>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let incarnations = cluster.incarnations.clone();
+    let n = cluster.replicas();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !stop.is_cancelled() {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let scrapes =
+                futures_join(n, |i| observe::scrape(admin_addr(i), SAMPLE_EVERY * 2)).await;
+            let inc = incarnations.lock().map(|v| v.clone()).unwrap_or_default();
+            let t = recorder.now();
+            recorder.with(|o| {
+                for (i, s) in scrapes.into_iter().enumerate() {
+                    if let Some(s) = s
+                        && inc[i].running
+                    {
+                        o.samples.push(Sample {
+                            t,
+                            replica: i,
+                            incarnation: inc[i].number,
+                            wiped: inc[i].wiped,
+                            is_leader: s.is_leader,
+                            epoch: s.epoch,
+                            version: s.version,
+                        });
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// Tail of a log file, for errors.
+fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// One whole run. The caller bounds it in time; dropping it cleans up.
+pub async fn run(opts: Options) -> anyhow::Result<Report> {
+    net::available()?;
+    anyhow::ensure!(
+        opts.portico.is_file(),
+        "the portico binary is not at {} (build it: cargo build -p portico, or pass --portico)",
+        opts.portico.display()
+    );
+    for leftover in net::cleanup_leftovers()? {
+        eprintln!("portico-chaos: removed leftover {leftover}");
+    }
+    let work = opts.out.join("work");
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    std::fs::create_dir_all(&work)?;
+    let mut network = Network::create(REPLICAS)?;
+
+    let recorder = Arc::new(Recorder::new(REPLICAS));
+    let api = ApiServer::builder().build()?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(HARNESS_ADDR.into(), 0)).await?;
+    let front =
+        crate::apifront::serve(api.clone(), listener, recorder.clone(), cluster::replica_of)?;
+    let api_port = front.addr.port();
+    let kubeconfig = work.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        portico_apiserver::kubeconfig(&format!("http://{}", front.addr)),
+    )?;
+    let (raft_ca, raft_ca_key) = write_raft_ca(&work)?;
+
+    let client = kube::Client::new(api.service(), writer::NAMESPACE);
+    let cert = LoadCertificate::generate()?;
+    writer::setup(&client, &cert).await?;
+
+    let mut cluster = Cluster::new(Layout {
+        portico: opts.portico.clone(),
+        dir: work.clone(),
+        kubeconfig,
+        raft_ca,
+        raft_ca_key,
+        replicas: REPLICAS,
+    })?;
+    cluster.start_backends()?;
+    for i in 0..REPLICAS {
+        cluster.start(i, false)?;
+    }
+    let stop_sampler = CancellationToken::new();
+    let sampler = start_sampler(&cluster, recorder.clone(), stop_sampler.clone());
+
+    // Up: every replica ready, one leader, the load route served everywhere.
+    let up = async {
+        for i in 0..REPLICAS {
+            wait_ready(i, Duration::from_secs(120)).await?;
+        }
+        wait_leader(&recorder, Duration::from_secs(120)).await?;
+        for i in 0..REPLICAS {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if matches!(get_h1(http_addr(i), LOAD_HOST, "/", Duration::from_secs(2)).await, Ok((s, _)) if s.is_success())
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("replica {i} does not serve {LOAD_HOST}");
+                }
+                tokio::time::sleep(SAMPLE_EVERY).await;
+            }
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = up.await {
+        let logs: Vec<String> = (0..REPLICAS)
+            .map(|i| {
+                format!(
+                    "--- portico-{i}:\n{}",
+                    tail(&work.join("logs").join(format!("portico-{i}.log")), 15)
+                )
+            })
+            .collect();
+        bail!("the cluster did not come up: {e:#}\n{}", logs.join("\n"));
+    }
+    eprintln!(
+        "portico-chaos: cluster up at {:.1}s; starting load and writer",
+        recorder.now()
+    );
+
+    let stop_load = CancellationToken::new();
+    let mut load_tasks = load::start(
+        LoadConfig {
+            targets: (0..REPLICAS)
+                .map(|i| Target {
+                    http: http_addr(i),
+                    h3: h3_addr(i),
+                })
+                .collect(),
+            host: LOAD_HOST.to_string(),
+            path: "/".to_string(),
+            h3_roots: vec![cert.der.clone()],
+            workers: 2,
+            interval: Duration::from_millis(50),
+            attempt_timeout: Duration::from_secs(2),
+        },
+        recorder.clone(),
+        stop_load.clone(),
+    );
+    let stop_writer = CancellationToken::new();
+    let writer_task = tokio::spawn(writer::run(
+        client.clone(),
+        recorder.clone(),
+        REPLICAS,
+        opts.write_every,
+        opts.seed,
+        stop_writer.clone(),
+    ));
+    tokio::time::sleep(opts.timing.quiet).await;
+
+    let faults = schedule(opts.profile, opts.seed, 10_000);
+    let started = Instant::now();
+    let mut ctx = Ctx {
+        cluster: &mut cluster,
+        network: &network,
+        api: &api,
+        api_port,
+        recorder: &recorder,
+        timing: opts.timing,
+    };
+    for fault in faults {
+        if opts.profile == Profile::Long && started.elapsed() >= opts.duration {
+            break;
+        }
+        eprintln!("portico-chaos: {:.1}s {}", recorder.now(), fault.name());
+        let mut window = inject(fault, &mut ctx)
+            .await
+            .with_context(|| format!("fault {}", fault.name()))?;
+        window.converged_after = wait_converged(ctx.cluster, opts.timing.converge_timeout).await;
+        eprintln!(
+            "portico-chaos: {:.1}s {} healed, converged after {}",
+            recorder.now(),
+            fault.name(),
+            window
+                .converged_after
+                .map_or("(not converged)".to_string(), |c| format!("{c:.1}s"))
+        );
+        recorder.with(|o| o.faults.push(window));
+        tokio::time::sleep(opts.timing.quiet).await;
+    }
+
+    stop_writer.cancel();
+    let writer_outcome = writer_task.await.context("writer task")?;
+    let extra = final_checks(&mut cluster, &client, &writer_outcome, opts.timing).await;
+    stop_load.cancel();
+    while let Some(r) = load_tasks.join_next().await {
+        r.context("load task")?.context("load worker")?;
+    }
+    stop_sampler.cancel();
+    let _ = sampler.await;
+    cluster.stop_all().await;
+    drop(front);
+    network.teardown()?;
+
+    let obs = recorder.snapshot();
+    let profile = match opts.profile {
+        Profile::Short => "short",
+        Profile::Long => "long",
+    };
+    Ok(Report::build(
+        profile,
+        opts.seed,
+        opts.timing.lease_duration.as_secs_f64(),
+        opts.timing.retry_period.as_secs_f64(),
+        obs,
+        extra,
+    ))
+}
