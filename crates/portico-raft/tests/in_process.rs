@@ -79,6 +79,21 @@ impl Cluster {
         node.replica = Some(Replica::start(config, listener).await.unwrap());
     }
 
+    /// Starts one more replica that is not an initial member (scale-up); it uses the
+    /// initial members as contacts to join.
+    async fn add_node(&mut self) -> usize {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let i = self.nodes.len();
+        self.nodes.push(Node {
+            dir: tempfile::tempdir().unwrap(),
+            addr: listener.local_addr().unwrap().to_string(),
+            tls: self.pki.node(&format!("portico-{i}")),
+            replica: None,
+        });
+        self.launch(i, listener).await;
+        i
+    }
+
     async fn stop(&mut self, i: usize) {
         let replica = self.nodes[i].replica.take().expect("running");
         replica.shutdown().await;
@@ -430,4 +445,53 @@ async fn restarted_replica_rebuilds_its_table_from_its_snapshot_and_log() {
         matches!(stale, Err(ProposeError::StaleEpoch { .. })),
         "{stale:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_up_adds_a_caught_up_voter_and_scale_down_removes_it() {
+    let mut cluster = Cluster::start(3, test_settings()).await;
+    cluster.wait_for_leader(3).await;
+    let mut last = 0;
+    for i in 0..50 {
+        last = cluster
+            .replica(i % 3)
+            .propose(1, service_change(i as u64))
+            .await
+            .unwrap()
+            .version;
+    }
+
+    // A fourth replica joins as a learner, catches up, and is promoted.
+    let added = cluster.add_node().await;
+    cluster.wait_for_leader(4).await;
+    let bytes = cluster.wait_converged(last).await;
+    assert_eq!(cluster.replica(added).table().borrow().to_bytes(), bytes);
+    let id = cluster.replica(added).node_id();
+    assert!(cluster.replica(0).metrics().voters.contains_key(&id));
+    last = cluster
+        .replica(added)
+        .propose(1, service_change(100))
+        .await
+        .unwrap()
+        .version;
+    cluster.wait_converged(last).await;
+
+    // Scale down: remove it (through any replica), then stop it.
+    cluster.replica(1).remove_member(id).await.unwrap();
+    cluster.stop(added).await;
+    cluster.wait_for_leader(3).await;
+    for (_, replica) in cluster.running() {
+        let m = replica.metrics();
+        assert!(
+            !m.voters.contains_key(&id) && !m.learners.contains_key(&id),
+            "{m:?}"
+        );
+    }
+    last = cluster
+        .replica(2)
+        .propose(1, service_change(101))
+        .await
+        .unwrap()
+        .version;
+    cluster.wait_converged(last).await;
 }
