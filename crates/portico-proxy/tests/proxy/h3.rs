@@ -107,3 +107,44 @@ async fn http3_carries_grpc_style_trailers() {
     assert!(text.contains("trailer grpc-status: 0"), "{text}");
     assert!(text.contains("trailer grpc-message: all-good"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advertised_alt_svc_port_is_configurable() {
+    let backend = Backend::start().await;
+    let yaml = service("echo", &[backend.addr]) + &ingress("echo", "echo.test", "/", "echo", &[]);
+    let proxy = TestProxy::start_with(&yaml, |c| c.alt_svc_port = Some(443)).await;
+    let url = format!("https://127.0.0.1:{}/", proxy.https().port());
+    let out = curl(&["-k", "-I", "-H", "Host: echo.test", &url]).await;
+    assert!(
+        stdout(&out)
+            .to_ascii_lowercase()
+            .contains("alt-svc: h3=\":443\""),
+        "{}",
+        stdout(&out)
+    );
+    // Without a QUIC listener nothing is advertised.
+    let proxy = TestProxy::start_with(&yaml, |c| c.h3.clear()).await;
+    let url = format!("http://127.0.0.1:{}/", proxy.http().port());
+    let out = curl(&["-I", "-H", "Host: echo.test", &url]).await;
+    assert!(
+        !stdout(&out).to_ascii_lowercase().contains("alt-svc"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_request_in_flight_finishes_during_drain() {
+    let (_b, proxy) = start().await;
+    let addr = format!("127.0.0.1:{}", proxy.h3().port());
+    let slow =
+        tokio::spawn(async move { h3client(&["get", &addr, "echo.test", "/slow/4000"]).await });
+    // Python and aioquic take a while to start on a loaded machine; the backend waits 4 s.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    proxy
+        .proxy
+        .shutdown(std::time::Duration::from_secs(20))
+        .await;
+    let text = slow.await.unwrap();
+    assert!(text.contains("status=200"), "{text}");
+}
