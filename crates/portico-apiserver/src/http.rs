@@ -16,6 +16,7 @@ use crate::objects::{FieldValidation, Objects, Part, PatchType, WriteOptions};
 use crate::registry::{self, ResourceId};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::ObjectKey;
+use crate::views::{self, View};
 use crate::watch::{self, Start, WatchRequest};
 use crate::{discovery, openapi, table};
 
@@ -147,7 +148,11 @@ impl Query {
 
 /// A resource URL, parsed.
 struct Target {
+    /// Where the objects are stored (differs from `api_resource` for views).
     resource: ResourceId,
+    /// The resource the URL names.
+    api_resource: ResourceId,
+    view: Option<View>,
     namespace: Option<String>,
     name: Option<String>,
     subresource: Option<String>,
@@ -205,8 +210,11 @@ fn parse_target(segments: &[&str]) -> Result<Target, ApiError> {
             return Err(not_found());
         }
     }
+    let view = views::of(resource);
     Ok(Target {
-        resource,
+        resource: view.as_ref().map_or(resource, |v| v.storage),
+        api_resource: resource,
+        view,
         namespace,
         name,
         subresource,
@@ -310,7 +318,15 @@ async fn resource(
     req: Request<Bytes>,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let target = parse_target(segments)?;
-    let info = registry::get(target.resource);
+    let info = registry::get(target.api_resource);
+    let out = |object: &Value| match &target.view {
+        Some(view) => (view.to_view)(object),
+        None => object.clone(),
+    };
+    let into_storage = |object: Value| match &target.view {
+        Some(view) => (view.to_storage)(&object),
+        None => object,
+    };
     let objects = &shared.objects;
     let method = req.method().clone();
     let is_write = !matches!(method, Method::GET | Method::HEAD);
@@ -340,9 +356,9 @@ async fn resource(
                     ));
                 };
                 let opts = query.write_options()?;
-                let body = parse_body(req.body())?;
+                let body = into_storage(parse_body(req.body())?);
                 let created = objects.create(target.resource, ns, body, &opts)?;
-                Ok(json_response(201, &created))
+                Ok(json_response(201, &out(&created)))
             }
             Method::DELETE => delete_collection(shared, &target, query),
             _ => Err(ApiError::method_not_allowed(format!(
@@ -366,6 +382,7 @@ async fn resource(
                 .store()
                 .get(target.resource, &key)
                 .ok_or_else(|| ApiError::not_found(info, &name))?;
+            let object = Arc::new(out(&object));
             if wants_table {
                 return Ok(json_response(
                     200,
@@ -376,9 +393,9 @@ async fn resource(
         }
         Method::PUT => {
             let opts = query.write_options()?;
-            let body = parse_body(req.body())?;
+            let body = into_storage(parse_body(req.body())?);
             let committed = objects.replace(target.resource, &key, body, part, &opts)?;
-            Ok(json_response(200, &committed.object))
+            Ok(json_response(200, &out(&committed.object)))
         }
         Method::PATCH => {
             let content_type = req
@@ -389,14 +406,18 @@ async fn resource(
             let patch_type = PatchType::from_content_type(content_type)
                 .ok_or_else(|| ApiError::unsupported_media_type(content_type))?;
             let opts = query.write_options()?;
-            let committed =
-                objects.patch(target.resource, &key, patch_type, req.body(), part, &opts)?;
+            let committed = match &target.view {
+                Some(view) if patch_type != PatchType::Apply => {
+                    objects.patch_view(view, &key, patch_type, req.body(), &opts)?
+                }
+                _ => objects.patch(target.resource, &key, patch_type, req.body(), part, &opts)?,
+            };
             let code = if committed.kind == Some(crate::store::EventType::Added) {
                 201
             } else {
                 200
             };
-            Ok(json_response(code, &committed.object))
+            Ok(json_response(code, &out(&committed.object)))
         }
         Method::DELETE => {
             let opts = query.write_options()?;
@@ -417,7 +438,7 @@ async fn resource(
                     .unwrap_or_default();
                 Ok(json_response(200, &success_status(info, &name, uid)))
             } else {
-                Ok(json_response(200, &committed.object))
+                Ok(json_response(200, &out(&committed.object)))
             }
         }
         _ => Err(ApiError::method_not_allowed(format!(
@@ -464,7 +485,7 @@ fn list(
     query: &Query,
     wants_table: bool,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let info = registry::get(target.resource);
+    let info = registry::get(target.api_resource);
     let store = shared.objects.store();
     let labels = query.labels()?;
     let fields = query.fields()?;
@@ -523,7 +544,10 @@ fn list(
             remaining += 1;
             continue;
         }
-        items.push(object.clone());
+        items.push(match &target.view {
+            Some(view) => Arc::new((view.to_view)(object)),
+            None => object.clone(),
+        });
         last_key = Some(key.clone());
     }
     let mut metadata = json!({"resourceVersion": rv.to_string()});
@@ -552,7 +576,7 @@ fn delete_collection(
     target: &Target,
     query: &Query,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let info = registry::get(target.resource);
+    let info = registry::get(target.api_resource);
     let labels = query.labels()?;
     let fields = query.fields()?;
     let opts = query.write_options()?;
@@ -572,7 +596,10 @@ fn delete_collection(
             .objects
             .delete(target.resource, key, &json!({}), &opts)
         {
-            Ok(c) => deleted.push(c.object),
+            Ok(c) => deleted.push(match &target.view {
+                Some(view) => Arc::new((view.to_view)(&c.object)),
+                None => c.object,
+            }),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
         }
@@ -620,8 +647,9 @@ fn watch(
         bookmark_interval: shared.bookmark_interval,
     };
     let rx = watch::spawn(shared.objects.store().clone(), &shared.faults, req);
-    let info = registry::get(target.resource);
-    let frames = tokio_stream(rx, wants_table.then_some(info));
+    let info = registry::get(target.api_resource);
+    let view = target.view.as_ref().map(|v| (v.to_view, info));
+    let frames = tokio_stream(rx, wants_table.then_some(info), view);
     let body = StreamBody::new(frames).boxed_unsync();
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -631,14 +659,22 @@ fn watch(
         .expect("valid response"))
 }
 
+/// How watch frames of a view are converted: the conversion and the view's resource.
+type ViewFrames = (fn(&Value) -> Value, &'static registry::ResourceInfo);
+
 /// Turns the watch channel into body frames; for `kubectl get -w` each object becomes a Table.
 fn tokio_stream(
     mut rx: tokio::sync::mpsc::Receiver<Bytes>,
     table_of: Option<&'static registry::ResourceInfo>,
+    view: Option<ViewFrames>,
 ) -> impl futures_util::Stream<Item = Result<http_body::Frame<Bytes>, std::convert::Infallible>>
 + Send
 + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(move |bytes| {
+        let bytes = match view {
+            Some((convert, info)) => view_frame(convert, info, &bytes).unwrap_or(bytes),
+            None => bytes,
+        };
         let bytes = match table_of {
             Some(info) => table::watch_frame_as_table(info, &bytes).unwrap_or(bytes),
             None => bytes,
@@ -648,3 +684,23 @@ fn tokio_stream(
 }
 
 use futures_util::StreamExt;
+
+/// Converts the object of a watch frame of a view (bookmarks get the view's kind).
+fn view_frame(
+    convert: fn(&Value) -> Value,
+    info: &registry::ResourceInfo,
+    frame: &Bytes,
+) -> Option<Bytes> {
+    let mut event: Value = serde_json::from_slice(frame).ok()?;
+    match event["type"].as_str() {
+        Some("ADDED" | "MODIFIED" | "DELETED") => event["object"] = convert(&event["object"]),
+        Some("BOOKMARK") => {
+            event["object"]["apiVersion"] = info.api_version().into();
+            event["object"]["kind"] = info.kind.into();
+        }
+        _ => return None,
+    }
+    let mut bytes = serde_json::to_vec(&event).ok()?;
+    bytes.push(b'\n');
+    Some(Bytes::from(bytes))
+}

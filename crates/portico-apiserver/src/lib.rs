@@ -36,6 +36,7 @@ pub mod server;
 pub mod store;
 pub mod table;
 pub mod validate;
+pub mod views;
 pub mod watch;
 
 pub use error::ApiError;

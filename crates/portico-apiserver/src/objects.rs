@@ -78,7 +78,7 @@ pub struct Objects {
 
 /// The current time as Kubernetes writes `metav1.Time`.
 pub fn now() -> String {
-    k8s_openapi::jiff::Timestamp::now()
+    jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
 }
@@ -400,6 +400,41 @@ impl Objects {
                 Ok(object)
             },
             part,
+        )
+    }
+
+    /// PATCH of a view (JSON, merge or strategic): the patch applies to the object in the
+    /// view's form, and the result is stored in the storage form.
+    pub fn patch_view(
+        &self,
+        view: &crate::views::View,
+        key: &ObjectKey,
+        patch_type: PatchType,
+        body: &[u8],
+        opts: &WriteOptions,
+    ) -> Result<Committed, ApiError> {
+        let info = registry::get(view.storage);
+        let patch: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+        self.commit(
+            view.storage,
+            key,
+            opts,
+            |current| {
+                let Some(current) = current else {
+                    return Err(ApiError::not_found(info, &key.name));
+                };
+                let mut object = (view.to_view)(current);
+                match patch_type {
+                    PatchType::Json => patch::json_patch(&mut object, &patch)?,
+                    PatchType::Merge => patch::merge_patch(&mut object, &patch),
+                    PatchType::Strategic | PatchType::Apply => {
+                        patch::strategic_merge_patch(&mut object, &patch, info.kind)?
+                    }
+                }
+                Ok((view.to_storage)(&object))
+            },
+            Part::Main,
         )
     }
 

@@ -58,10 +58,10 @@ fn age(object: &Value, field: &str) -> String {
     let Some(ts) = object.pointer(field).and_then(Value::as_str) else {
         return "<unknown>".into();
     };
-    let Ok(then) = ts.parse::<k8s_openapi::jiff::Timestamp>() else {
+    let Ok(then) = ts.parse::<jiff::Timestamp>() else {
         return "<unknown>".into();
     };
-    let now = k8s_openapi::jiff::Timestamp::now();
+    let now = jiff::Timestamp::now();
     human_duration(now.as_second() - then.as_second())
 }
 

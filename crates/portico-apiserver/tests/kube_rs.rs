@@ -562,3 +562,86 @@ async fn kube_client_over_http_from_the_kubeconfig() {
         .unwrap();
     api.get("over-http").await.unwrap();
 }
+
+#[tokio::test]
+async fn recorder_events_show_as_core_events_and_leases_guard_leadership() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference};
+    use k8s_openapi::api::events::v1::Event as NewEvent;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+    let server = server();
+    let client = client(&server);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "portico".into(),
+            instance: Some("portico-0".into()),
+        },
+    );
+    let reference = ObjectReference {
+        api_version: Some("networking.k8s.io/v1".into()),
+        kind: Some("Ingress".into()),
+        name: Some("web".into()),
+        namespace: Some("default".into()),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Sync".into(),
+        note: Some("routes updated".into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    recorder.publish(&event, &reference).await.unwrap();
+    recorder.publish(&event, &reference).await.unwrap();
+    // events.k8s.io view: one event with a series of two.
+    let new: Api<NewEvent> = Api::default_namespaced(client.clone());
+    let listed = new.list(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1, "{:?}", listed.items);
+    assert_eq!(listed.items[0].series.as_ref().map(|s| s.count), Some(2));
+    // The same object as a core Event, as kubectl describe reads it.
+    let core: Api<CoreEvent> = Api::default_namespaced(client.clone());
+    let listed = core
+        .list(&ListParams::default().fields("involvedObject.kind=Ingress,involvedObject.name=web"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].message.as_deref(), Some("routes updated"));
+    assert_eq!(
+        listed.items[0].reporting_component.as_deref(),
+        Some("portico")
+    );
+
+    // Leader election with a Lease: the second candidate's stale update loses with 409.
+    let leases: Api<Lease> = Api::namespaced(client, "kube-system");
+    let lease: Lease = serde_json::from_value(json!({"metadata": {"name": "portico-leader"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}})).unwrap();
+    let created = leases.create(&PostParams::default(), &lease).await.unwrap();
+    let mut by_b = created.clone();
+    by_b.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    let mut by_c = created.clone();
+    by_c.spec.as_mut().unwrap().holder_identity = Some("c".into());
+    leases
+        .replace("portico-leader", &PostParams::default(), &by_b)
+        .await
+        .unwrap();
+    let err = leases
+        .replace("portico-leader", &PostParams::default(), &by_c)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409),
+        "{err}"
+    );
+    assert_eq!(
+        leases
+            .get("portico-leader")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .holder_identity
+            .as_deref(),
+        Some("b")
+    );
+}
