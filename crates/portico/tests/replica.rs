@@ -1,0 +1,240 @@
+//! `portico run` alone: one replica against the in-process API server. Checks the admin
+//! endpoints, readiness (false until a committed table is applied, false while draining),
+//! and that SIGTERM releases the Lease before the process exits.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// (status code, body) of GET http://addr/path with curl, if it answered.
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "3", "-w", "\n%{http_code}"])
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.parse().ok()?, body.to_owned()))
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn help_names_every_environment_variable() {
+    let out = Command::new(PORTICO)
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for env in [
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "KUBECONFIG",
+        "PORTICO_DATA_DIR",
+        "PORTICO_RAFT_CA",
+        "PORTICO_RAFT_CA_KEY",
+        "PORTICO_INITIAL_MEMBERS",
+        "PORTICO_HTTP",
+        "PORTICO_HTTPS",
+        "PORTICO_HTTP3",
+        "PORTICO_ADMIN",
+        "PORTICO_LOG_FORMAT",
+        "PORTICO_PUBLISH_STATUS_ADDRESS",
+    ] {
+        assert!(
+            help.contains(&format!("[env: {env}")),
+            "{env} missing from:\n{help}"
+        );
+    }
+    for sub in ["run", "local", "routes", "echo"] {
+        let out = Command::new(PORTICO)
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sub} --help");
+    }
+}
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    let out = Command::new(PORTICO)
+        .args([
+            "run",
+            "--pod-name",
+            "p-0",
+            "--raft-ca",
+            "/nonexistent/ca.crt",
+            "--raft-ca-key",
+            "/x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/ca.crt"), "{err}");
+    let out = Command::new(PORTICO)
+        .args(["routes", "--admin", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"));
+}
+
+#[test]
+fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = portico_apiserver::ApiServer::builder()
+        .minor_version(33)
+        .build()
+        .unwrap();
+    let handle = runtime
+        .block_on(async { server.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await?) })
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    handle.write_kubeconfig(&kubeconfig).unwrap();
+
+    // A CA given as files; the replica signs its own certificate at first boot.
+    let ca = rcgen_ca(dir.path());
+    let (raft, admin, http) = (free_port(), free_port(), free_port());
+    let admin_addr = format!("127.0.0.1:{admin}");
+    let mut child = KillOnDrop(
+        Command::new(PORTICO)
+            .args(["run", "--pod-name", "portico-0", "--namespace", "default"])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
+            .arg("--raft-ca")
+            .arg(&ca.0)
+            .arg("--raft-ca-key")
+            .arg(&ca.1)
+            .args([
+                "--http",
+                &format!("127.0.0.1:{http}"),
+                "--https",
+                "127.0.0.1:0",
+                "--http3",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--admin",
+                &admin_addr,
+                "--shutdown-delay-seconds",
+                "3",
+                "--log-format",
+                "json",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+
+    // Ready once the (empty) committed table is applied.
+    wait_until("/readyz 200", Duration::from_secs(60), || {
+        get(&admin_addr, "/readyz").filter(|(code, _)| *code == 200)
+    });
+    assert_eq!(get(&admin_addr, "/healthz").unwrap().0, 200);
+    let (code, metrics) = get(&admin_addr, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for name in [
+        "portico_ready 1",
+        "portico_table_version",
+        "portico_raft_is_leader 1",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    let (code, routes) = get(&admin_addr, "/debug/routes").unwrap();
+    assert_eq!(code, 200);
+    let routes: serde_json::Value = serde_json::from_str(&routes).unwrap();
+    assert!(routes["version"].as_u64().unwrap() >= 1, "{routes}");
+    assert_eq!(get(&admin_addr, "/nope").unwrap().0, 404);
+    assert!(dir.path().join("data/tls/replica.crt").exists());
+
+    // The replica is the leader (the only member): it holds the Lease.
+    let holder = || {
+        let out = Command::new("kubectl")
+            .env("KUBECONFIG", &kubeconfig)
+            .args([
+                "get",
+                "lease",
+                "portico-leader",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_until("the Lease", Duration::from_secs(30), || {
+        holder().starts_with("portico-0").then_some(())
+    });
+
+    // SIGTERM: not ready during the shutdown delay, then the Lease is released, then exit.
+    let pid = rustix::process::Pid::from_raw(child.0.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let (code, body) = wait_until("/readyz 503", Duration::from_secs(3), || {
+        get(&admin_addr, "/readyz").filter(|(code, _)| *code == 503)
+    });
+    assert_eq!((code, body.trim()), (503, "draining"));
+    assert_eq!(
+        get(&admin_addr, "/healthz").unwrap().0,
+        200,
+        "alive while draining"
+    );
+    let status = wait_until("exit", Duration::from_secs(30), || {
+        child.0.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status}");
+    assert_eq!(holder(), "", "the Lease is released on shutdown");
+    let mut logs = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    assert!(
+        logs.lines().all(|l| l.starts_with('{')),
+        "JSON logs:\n{logs}"
+    );
+    assert!(!logs.contains("PRIVATE KEY"));
+    runtime.block_on(handle.shutdown());
+}
+
+/// A CA written as PEM files (certificate, key).
+fn rcgen_ca(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (dir.join("ca.crt"), dir.join("ca.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
