@@ -105,6 +105,10 @@ pub enum ProposeError {
     StaleEpoch { epoch: u64, highest_epoch: u64 },
     #[error("no leader could take the write in time: {0}")]
     Unavailable(String),
+    /// The change does not fit in one replication RPC (`max_body_bytes`, with room for
+    /// the envelope); split it (for example into several `Batch` entries).
+    #[error("the change is {size} bytes encoded; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
     #[error("the replica is shutting down")]
     ShuttingDown,
 }
@@ -150,6 +154,15 @@ impl Replica {
     /// Joining or bootstrapping the cluster continues in the background; watch
     /// [`Replica::metrics`] (`voters`) to see when this replica is a member.
     pub async fn start(config: ReplicaConfig, listener: TcpListener) -> Result<Self, StartError> {
+        // A snapshot chunk plus its envelope must fit in one RPC body.
+        if config.raft.snapshot_chunk_bytes.saturating_add(64 << 10)
+            > config.transport.max_body_bytes as u64
+        {
+            return Err(StartError::Settings(format!(
+                "snapshot_chunk_bytes ({}) must be at least 64 KiB below max_body_bytes ({})",
+                config.raft.snapshot_chunk_bytes, config.transport.max_body_bytes
+            )));
+        }
         let tls = config.tls.configs()?;
         let db = Db::open(&config.data_dir)?;
         let (id, fresh) = identity::load_or_create(&db).await?;
@@ -292,6 +305,11 @@ impl Replica {
         change: Change,
     ) -> Result<CommittedChange, ProposeError> {
         let proposal = Proposal { epoch, change };
+        let size = wire::encode(&proposal).len();
+        let limit = self.inner.peers.settings().max_body_bytes / 2;
+        if size > limit {
+            return Err(ProposeError::TooLarge { size, limit });
+        }
         let committed: Committed = self
             .inner
             .forward(

@@ -34,10 +34,15 @@ struct Cluster {
     nodes: Vec<Node>,
     addrs: Vec<String>,
     raft: RaftSettings,
+    transport: TransportSettings,
 }
 
 impl Cluster {
     async fn start(size: usize, raft: RaftSettings) -> Self {
+        Self::start_with(size, raft, TransportSettings::default()).await
+    }
+
+    async fn start_with(size: usize, raft: RaftSettings, transport: TransportSettings) -> Self {
         let pki = Pki::new("portico-test-ca");
         let mut listeners = Vec::new();
         for _ in 0..size {
@@ -51,6 +56,7 @@ impl Cluster {
             nodes: Vec::new(),
             addrs: addrs.clone(),
             raft,
+            transport,
             pki,
         };
         for (i, listener) in listeners.into_iter().enumerate() {
@@ -74,7 +80,7 @@ impl Cluster {
             initial_members: self.addrs.clone(),
             tls: node.tls.clone(),
             raft: self.raft.clone(),
-            transport: TransportSettings::default(),
+            transport: self.transport.clone(),
         };
         node.replica = Some(Replica::start(config, listener).await.unwrap());
     }
@@ -493,5 +499,58 @@ async fn scale_up_adds_a_caught_up_voter_and_scale_down_removes_it() {
         .await
         .unwrap()
         .version;
+    cluster.wait_converged(last).await;
+}
+
+/// A change with a large annotation, about `bytes` long once encoded.
+fn bulky_change(i: u64, bytes: usize) -> portico_model::Change {
+    use portico_model::{IngressSource, ObjectKey, Resource};
+    let mut ingress = IngressSource {
+        key: ObjectKey::new("default", format!("ing-{i}")),
+        ..Default::default()
+    };
+    ingress
+        .annotations
+        .insert("example.com/padding".into(), "x".repeat(bytes));
+    portico_model::Change::Upsert(Resource::Ingress(std::sync::Arc::new(ingress)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_respects_the_rpc_size_limit() {
+    let transport = TransportSettings {
+        max_body_bytes: 256 << 10,
+        ..TransportSettings::default()
+    };
+    let raft = RaftSettings {
+        snapshot_chunk_bytes: 128 << 10,
+        ..test_settings()
+    };
+    let mut cluster = Cluster::start_with(3, raft, transport).await;
+    let leader = cluster.wait_for_leader(3).await;
+    let follower = (leader + 1) % 3;
+
+    // One change larger than half the limit is refused up front.
+    let too_big = cluster
+        .replica(leader)
+        .propose(1, bulky_change(0, 200 << 10))
+        .await;
+    assert!(
+        matches!(too_big, Err(ProposeError::TooLarge { .. })),
+        "{too_big:?}"
+    );
+
+    // A lagging follower gets 40 changes of 40 KiB (1.6 MiB): more than one RPC may carry,
+    // so the leader sends them in smaller appends.
+    cluster.stop(follower).await;
+    let mut last = 0;
+    for i in 0..40 {
+        last = cluster
+            .replica(leader)
+            .propose(1, bulky_change(i, 40 << 10))
+            .await
+            .unwrap()
+            .version;
+    }
+    cluster.restart(follower).await;
     cluster.wait_converged(last).await;
 }

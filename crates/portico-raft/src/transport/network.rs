@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RemoteError, Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::client::{CallError, PeerChannel, Peers};
@@ -33,6 +33,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             local_id: self.local_id,
             target,
             channel: self.peers.channel(&node.addr),
+            max_body_bytes: self.peers.settings().max_body_bytes,
         }
     }
 }
@@ -41,26 +42,26 @@ pub(crate) struct PeerNetwork {
     local_id: NodeId,
     target: NodeId,
     channel: Arc<PeerChannel>,
+    max_body_bytes: usize,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<E>>>;
 
 impl PeerNetwork {
-    async fn call<Req, Resp, E>(
+    async fn call<Resp, E>(
         &self,
         action: RPCTypes,
         path: &'static str,
-        request: &Req,
+        body: Vec<u8>,
         timeout: Duration,
     ) -> RpcResult<Resp, E>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
         let body = self
             .channel
-            .call_node(path, Some(self.target), wire::encode(request), timeout)
+            .call_node(path, Some(self.target), body, timeout)
             .await
             .map_err(|e| match e {
                 CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
@@ -92,10 +93,20 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        let body = wire::encode(&rpc);
+        if body.len() > self.max_body_bytes && rpc.entries.len() > 1 {
+            // Too big for the peer to accept: ask openraft for fewer entries per RPC.
+            let entries = rpc.entries.len() as u64;
+            let hint =
+                (entries * self.max_body_bytes as u64 / body.len() as u64).clamp(1, entries - 1);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
         self.call(
             RPCTypes::AppendEntries,
             wire::APPEND_ENTRIES,
-            &rpc,
+            body,
             option.hard_ttl(),
         )
         .await
@@ -109,7 +120,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         self.call(
             RPCTypes::InstallSnapshot,
             wire::INSTALL_SNAPSHOT,
-            &rpc,
+            wire::encode(&rpc),
             option.hard_ttl(),
         )
         .await
@@ -120,8 +131,13 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.call(RPCTypes::Vote, wire::VOTE, &rpc, option.hard_ttl())
-            .await
+        self.call(
+            RPCTypes::Vote,
+            wire::VOTE,
+            wire::encode(&rpc),
+            option.hard_ttl(),
+        )
+        .await
     }
 
     fn backoff(&self) -> openraft::network::Backoff {
