@@ -251,10 +251,20 @@ async fn workflow(minor: u32) {
         out.stderr
     );
 
-    // describe.
+    // describe, with an events.k8s.io Event about the Ingress (read back as a core Event).
+    let uid = ing["metadata"]["uid"].as_str().unwrap();
+    let event = format!(
+        "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata:\n  name: minimal-ingress.sync\neventTime: \"2026-01-01T00:00:00.000000Z\"\nreportingController: portico\nreportingInstance: portico-0\naction: Reconcile\nreason: Sync\ntype: Normal\nnote: routes updated by portico\nregarding:\n  apiVersion: networking.k8s.io/v1\n  kind: Ingress\n  name: minimal-ingress\n  namespace: default\n  uid: {uid}\n"
+    );
+    let event = k.write("event.yaml", &event);
+    k.ok(&["create", "-f", &event]).await;
     let out = k.ok(&["describe", "ingress", "minimal-ingress"]).await;
     assert!(
         out.contains("Name:") && out.contains("/testpath") && out.contains("127.0.0.1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("routes updated by portico") && out.contains("Sync"),
         "{out}"
     );
 
