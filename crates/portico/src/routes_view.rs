@@ -170,3 +170,56 @@ impl TableView {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portico_model::{Settings, convert};
+
+    const MANIFEST: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: portico}
+spec: {controller: portico.dev/ingress-controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: minimal-ingress
+  namespace: default
+  annotations: {nginx.ingress.kubernetes.io/rewrite-target: /}
+spec:
+  ingressClassName: portico
+  rules:
+  - http:
+      paths:
+      - {path: /testpath, pathType: Prefix, backend: {service: {name: test, port: {number: 80}}}}
+"#;
+
+    #[test]
+    fn a_route_without_its_service_is_shown_as_unavailable() {
+        let resources = convert::resources_from_yaml(MANIFEST).unwrap();
+        let mut table = RoutingTable::compile(Settings::default(), Vec::new());
+        let resync = portico_model::Change::Resync {
+            settings: Settings::default(),
+            resources,
+        };
+        table.apply(7, &resync);
+        let view = TableView::of(&table);
+        assert_eq!(view.version, 7);
+        assert_eq!(view.routes.len(), 1);
+        let route = &view.routes[0];
+        assert_eq!(route.ingress, "default/minimal-ingress");
+        assert_eq!(route.path, "Prefix:/testpath");
+        assert_eq!(route.rewrite_target.as_deref(), Some("/"));
+        assert_eq!(route.unavailable.as_deref(), Some("service not found"));
+        let text = view.render();
+        assert!(text.contains("routing table version 7"), "{text}");
+        assert!(
+            text.contains("Prefix:/testpath -> /") && text.contains("(service not found)"),
+            "{text}"
+        );
+        let json = serde_json::to_string(&view).unwrap();
+        assert_eq!(serde_json::from_str::<TableView>(&json).unwrap(), view);
+    }
+}

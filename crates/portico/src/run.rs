@@ -394,6 +394,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let supervisor = {
         let replica = replica.clone();
         let state = state.clone();
+        let table_task = table_task.abort_handle();
+        let admin_task = admin_task.abort_handle();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -401,6 +403,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 if let Some(fatal) = replica.metrics().fatal {
                     tracing::error!(%fatal, "Raft stopped");
                     state.fail(format!("raft: {fatal}"));
+                }
+                if table_task.is_finished() && !state.draining() {
+                    state.fail("the routing table feed ended");
+                }
+                if admin_task.is_finished() && !state.draining() {
+                    tracing::error!("the admin listener stopped");
+                    state.fail("the admin listener stopped");
                 }
             }
         })
