@@ -66,8 +66,9 @@ pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
         .max_local_error_reset_streams(limits.max_local_error_reset_streams)
         .max_header_list_size(limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20))
+        // No PINGs: a PING and its PONG are traffic, so they would keep an idle connection
+        // alive forever; the idle watchdog in `drive` also catches dead peers.
+        .keep_alive_interval(None)
         .auto_date_header(false);
     builder
 }

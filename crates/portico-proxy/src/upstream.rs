@@ -218,6 +218,77 @@ mod tests {
         assert!(!health.is_ejected(addr));
     }
 
+    fn backend(addrs: &[&str]) -> Backend {
+        use portico_model::{BackendKey, BackendTarget, ObjectKey, ServicePortRef};
+        let endpoints: Vec<Endpoint> = addrs
+            .iter()
+            .map(|a| Endpoint {
+                addr: a.parse().unwrap(),
+                pod: None,
+            })
+            .collect();
+        Backend::new(
+            BackendKey {
+                service: ObjectKey::new("default", "svc"),
+                port: ServicePortRef::Number(80),
+            },
+            BackendTarget::Endpoints(endpoints.into()),
+        )
+    }
+
+    #[test]
+    fn pick_round_robins_and_skips_ejected_and_tried() {
+        let b = backend(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]);
+        let health = Health::default();
+        let first: Vec<SocketAddr> = (0..6)
+            .map(|_| pick(&b, &health, &[], None).unwrap().addr)
+            .collect();
+        assert_eq!(
+            first[..3]
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            3
+        );
+        assert_eq!(first[..3], first[3..]);
+        let ejected: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        health.failure(ejected);
+        for _ in 0..6 {
+            assert_ne!(pick(&b, &health, &[], None).unwrap().addr, ejected);
+        }
+        let tried: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        for _ in 0..6 {
+            assert_eq!(
+                pick(&b, &health, &[tried], None).unwrap().addr,
+                "10.0.0.3:80".parse().unwrap()
+            );
+        }
+        // Everything else tried or ejected: the ejected one is still better than nothing.
+        let all_tried = [
+            "10.0.0.1:80".parse().unwrap(),
+            "10.0.0.3:80".parse().unwrap(),
+        ];
+        assert_eq!(pick(&b, &health, &all_tried, None).unwrap().addr, ejected);
+        let everyone = [all_tried[0], all_tried[1], ejected];
+        assert!(pick(&b, &health, &everyone, None).is_none());
+    }
+
+    #[test]
+    fn pick_prefers_the_sticky_endpoint_unless_ejected() {
+        let b = backend(&["10.0.0.1:80", "10.0.0.2:80"]);
+        let health = Health::default();
+        let sticky: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        for _ in 0..4 {
+            assert_eq!(pick(&b, &health, &[], Some(sticky)).unwrap().addr, sticky);
+        }
+        assert_eq!(
+            endpoint_for_token(&b, &affinity_token(sticky)),
+            Some(sticky)
+        );
+        health.failure(sticky);
+        assert_ne!(pick(&b, &health, &[], Some(sticky)).unwrap().addr, sticky);
+    }
+
     #[test]
     fn affinity_tokens_are_stable_and_distinct() {
         let a: SocketAddr = "10.0.0.1:80".parse().unwrap();

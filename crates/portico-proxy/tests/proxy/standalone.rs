@@ -205,3 +205,23 @@ async fn idle_keep_alive_connections_are_closed() {
     let url = format!("http://127.0.0.1:{}/slow/2500", proxy.http().port());
     assert_eq!(curl_status(&["-H", "Host: idle.test", &url]).await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_too() {
+    let backend = Backend::start().await;
+    let yaml = service("echo", &[backend.addr]) + &ingress("e", "idle.test", "/", "echo", &[]);
+    let proxy =
+        TestProxy::start_with(&yaml, |c| c.limits.idle_timeout = Duration::from_secs(1)).await;
+    let port = proxy.http().port().to_string();
+    let out = run(
+        python().to_str().unwrap(),
+        &[&script("h2_idle.py"), "127.0.0.1", &port, "idle.test", "30"],
+    )
+    .await;
+    let text = stdout(&out);
+    assert!(
+        text.contains("status=200 goaway=True closed=True"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
