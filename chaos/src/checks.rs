@@ -14,12 +14,23 @@ use crate::record::{BUCKET_MS, Counts, FaultWindow, Observations, Sample};
 pub struct Leadership {
     pub replica: usize,
     pub epoch: u64,
+    /// First and last sample that said "leader": certainly leader in between.
     pub start: f64,
     pub end: f64,
+    /// The samples just before and after (or the last one plus [`UNSAMPLED_TAIL`]): it may
+    /// have been leader that early or that late, as far as sampling can tell.
+    pub earliest_start: f64,
+    pub latest_end: f64,
 }
 
+/// How long after its last sample a replica that was never sampled again (killed) may
+/// still have acted.
+pub const UNSAMPLED_TAIL: f64 = 0.5;
+
 /// Leadership intervals from the samples: consecutive leader samples of one replica in one
-/// epoch and incarnation form one interval.
+/// epoch form one interval. Overlaps are judged on the certain part (`start..end`), writes
+/// outside leadership on the possible part (`earliest_start..latest_end`), so sampling never
+/// makes up a violation.
 pub fn leaderships(samples: &[Sample]) -> Vec<Leadership> {
     let mut by_replica: std::collections::BTreeMap<usize, Vec<&Sample>> = Default::default();
     for s in samples {
@@ -29,22 +40,37 @@ pub fn leaderships(samples: &[Sample]) -> Vec<Leadership> {
     for (replica, mut list) in by_replica {
         list.sort_by(|a, b| a.t.total_cmp(&b.t));
         let mut open: Option<Leadership> = None;
+        let mut previous: Option<f64> = None;
         for s in list {
             match (&mut open, s.is_leader) {
                 (Some(l), true) if l.epoch == s.epoch => l.end = s.t,
                 (_, true) => {
-                    out.extend(open.take());
+                    if let Some(mut l) = open.take() {
+                        l.latest_end = s.t;
+                        out.push(l);
+                    }
                     open = Some(Leadership {
                         replica,
                         epoch: s.epoch,
                         start: s.t,
                         end: s.t,
+                        earliest_start: previous.unwrap_or(0.0),
+                        latest_end: s.t,
                     });
                 }
-                (_, false) => out.extend(open.take()),
+                (_, false) => {
+                    if let Some(mut l) = open.take() {
+                        l.latest_end = s.t;
+                        out.push(l);
+                    }
+                }
             }
+            previous = Some(s.t);
         }
-        out.extend(open);
+        if let Some(mut l) = open {
+            l.latest_end = l.end + UNSAMPLED_TAIL;
+            out.push(l);
+        }
     }
     out.sort_by(|a, b| a.start.total_cmp(&b.start));
     out
@@ -101,7 +127,7 @@ pub fn status_write_violations(
     for &(t, r, path) in &writes {
         let inside = leaderships
             .iter()
-            .any(|l| l.replica == r && l.start - slack <= t && t <= l.end + slack);
+            .any(|l| l.replica == r && l.earliest_start - slack <= t && t <= l.latest_end + slack);
         if !inside {
             out.push(format!(
                 "replica {r} wrote {path} at {t:.2}s while not leader by its own accounting"
@@ -123,7 +149,7 @@ pub fn status_write_violations(
         let (c, c_start, _) = w[2];
         if a == c && a != b {
             let new_term = leaderships.iter().any(|l| {
-                l.replica == c && l.start >= b_start - slack && l.start <= c_start + slack
+                l.replica == c && l.start >= b_start - slack && l.earliest_start <= c_start + slack
             });
             if !new_term {
                 out.push(format!(
@@ -328,6 +354,17 @@ mod tests {
         assert!(v.iter().any(|m| m.contains("went back")), "{v:?}");
     }
 
+    fn lead(replica: usize, epoch: u64, start: f64, end: f64) -> Leadership {
+        Leadership {
+            replica,
+            epoch,
+            start,
+            end,
+            earliest_start: start - 0.2,
+            latest_end: end + 0.2,
+        }
+    }
+
     fn write(t: f64, replica: usize) -> ApiWrite {
         ApiWrite {
             t,
@@ -340,20 +377,7 @@ mod tests {
 
     #[test]
     fn status_writes_outside_leadership_or_interleaved_are_reported() {
-        let leaders = vec![
-            Leadership {
-                replica: 0,
-                epoch: 1,
-                start: 0.0,
-                end: 5.0,
-            },
-            Leadership {
-                replica: 1,
-                epoch: 2,
-                start: 6.0,
-                end: 10.0,
-            },
-        ];
+        let leaders = vec![lead(0, 1, 0.0, 5.0), lead(1, 2, 6.0, 10.0)];
         let mut obs = Observations::new(3);
         obs.api_writes = vec![write(1.0, 0), write(7.0, 1)];
         assert!(status_write_violations(&obs, &leaders, 0.2).is_empty());
@@ -439,20 +463,7 @@ mod tests {
 
     #[test]
     fn new_leader_is_measured_from_the_fault() {
-        let l = vec![
-            Leadership {
-                replica: 0,
-                epoch: 1,
-                start: 0.0,
-                end: 5.0,
-            },
-            Leadership {
-                replica: 2,
-                epoch: 2,
-                start: 7.5,
-                end: 9.0,
-            },
-        ];
+        let l = vec![lead(0, 1, 0.0, 5.0), lead(2, 2, 7.5, 9.0)];
         assert_eq!(new_leader_after(&l, 5.0, Some(0)), Some(2.5));
         assert_eq!(new_leader_after(&l, 9.5, None), None);
     }

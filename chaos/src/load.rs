@@ -67,24 +67,23 @@ fn transport(e: impl std::fmt::Display) -> AttemptError {
 
 /// A client for one protocol, with its connections to every replica.
 pub enum ProtocolClient {
-    Tcp(Client<HttpConnector, Empty<Bytes>>),
+    H1(Client<HttpConnector, Empty<Bytes>>),
+    H2(H2Client),
     H3(H3Client),
 }
 
 impl ProtocolClient {
     pub fn new(protocol: Protocol, config: &LoadConfig) -> anyhow::Result<Self> {
         Ok(match protocol {
-            Protocol::H1 | Protocol::H2 => {
+            Protocol::H1 => {
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(config.attempt_timeout));
                 connector.set_nodelay(true);
                 let mut builder = Client::builder(TokioExecutor::new());
                 builder.pool_idle_timeout(Duration::from_secs(30));
-                if protocol == Protocol::H2 {
-                    builder.http2_only(true);
-                }
-                ProtocolClient::Tcp(builder.build(connector))
+                ProtocolClient::H1(builder.build(connector))
             }
+            Protocol::H2 => ProtocolClient::H2(H2Client::default()),
             Protocol::H3 => ProtocolClient::H3(H3Client::new(config)?),
         })
     }
@@ -96,7 +95,8 @@ impl ProtocolClient {
         path: &str,
     ) -> Result<StatusCode, AttemptError> {
         match self {
-            ProtocolClient::Tcp(client) => {
+            ProtocolClient::H2(client) => client.get(target.http, host, path).await,
+            ProtocolClient::H1(client) => {
                 let req = Request::get(format!("http://{}{path}", target.http))
                     .header(http::header::HOST, host)
                     .body(Empty::new())
@@ -108,6 +108,67 @@ impl ProtocolClient {
             }
             ProtocolClient::H3(client) => client.get(target.h3, host, path).await,
         }
+    }
+}
+
+/// HTTP/2 with prior knowledge (h2c), one connection per replica, reconnecting after
+/// errors. Its own connections (not hyper-util's pool) because the route is chosen by
+/// `:authority`, which must be the route's host while the connection goes to the replica.
+#[derive(Default)]
+pub struct H2Client {
+    connections: std::collections::HashMap<
+        SocketAddr,
+        hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    >,
+}
+
+impl H2Client {
+    async fn sender(
+        &mut self,
+        addr: SocketAddr,
+    ) -> Result<hyper::client::conn::http2::SendRequest<Empty<Bytes>>, AttemptError> {
+        if let Some(s) = self.connections.get(&addr)
+            && !s.is_closed()
+        {
+            return Ok(s.clone());
+        }
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(transport)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(transport)?;
+        tokio::spawn(conn);
+        self.connections.insert(addr, sender.clone());
+        Ok(sender)
+    }
+
+    pub async fn get(
+        &mut self,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+    ) -> Result<StatusCode, AttemptError> {
+        let result = async {
+            let mut sender = self.sender(addr).await?;
+            sender.ready().await.map_err(transport)?;
+            let req = Request::get(format!("http://{host}{path}"))
+                .body(Empty::new())
+                .map_err(transport)?;
+            let resp = sender.send_request(req).await.map_err(transport)?;
+            let status = resp.status();
+            resp.into_body().collect().await.map_err(transport)?;
+            Ok(status)
+        }
+        .await;
+        if result.is_err() {
+            self.connections.remove(&addr);
+        }
+        result
     }
 }
 
@@ -246,7 +307,13 @@ async fn worker(
         for r in healthy.into_iter().chain(ejected) {
             let result = bounded(&mut client, &config.targets[r], &config).await;
             let ok = result.is_ok();
-            recorder.with(|o| o.attempt(recorder.now(), r, protocol, ok));
+            let t = recorder.now();
+            recorder.with(|o| {
+                o.attempt(t, r, protocol, ok);
+                if let Err(e) = &result {
+                    o.error(t, r, protocol, &e.to_string());
+                }
+            });
             if ok {
                 served = true;
                 break;

@@ -101,6 +101,10 @@ pub struct ChangeRecord {
     pub written_at: f64,
     /// Per replica: seconds after `written_at` when it first served the change.
     pub seen_after: Vec<Option<f64>>,
+    /// A later change undid this one (an Ingress deleted after its creation), so a replica
+    /// may legitimately never have served it.
+    #[serde(default)]
+    pub superseded: bool,
 }
 
 /// Everything observed during a run.
@@ -118,6 +122,16 @@ pub struct Observations {
     pub faults: Vec<FaultWindow>,
     pub api_writes: Vec<ApiWrite>,
     pub changes: Vec<ChangeRecord>,
+    /// Failed attempts by replica, protocol and error, with the first time each was seen.
+    #[serde(default)]
+    pub errors: std::collections::BTreeMap<String, ErrorCount>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ErrorCount {
+    pub count: u64,
+    pub first: f64,
+    pub last: f64,
 }
 
 impl Observations {
@@ -149,6 +163,21 @@ impl Observations {
             c.failed += 1;
             p.failed += 1;
         }
+    }
+
+    /// Why an attempt failed (aggregated: the first 100 characters of the error).
+    pub fn error(&mut self, t: f64, replica: usize, protocol: Protocol, error: &str) {
+        let cut: String = error.chars().take(100).collect();
+        let e = self
+            .errors
+            .entry(format!("replica {replica} {protocol:?}: {cut}"))
+            .or_insert(ErrorCount {
+                count: 0,
+                first: t,
+                last: t,
+            });
+        e.count += 1;
+        e.last = t;
     }
 
     /// One client request's final outcome (after failover).

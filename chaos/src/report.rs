@@ -70,8 +70,16 @@ pub struct Report {
 pub fn propagation_times(obs: &Observations) -> Vec<f64> {
     let mut out = Vec::new();
     for c in &obs.changes {
+        // A delete whose creation a replica never served shows nothing to propagate there.
+        let created = c.what.strip_prefix("delete Ingress ").and_then(|name| {
+            let what = format!("create Ingress {name}");
+            obs.changes.iter().find(|x| x.what == what)
+        });
         for (r, seen) in c.seen_after.iter().enumerate() {
             let Some(after) = seen else { continue };
+            if created.is_some_and(|x| x.seen_after[r].is_none()) {
+                continue;
+            }
             let (from, to) = (c.written_at, c.written_at + after);
             let disturbed = obs.faults.iter().any(|f| {
                 (f.targets.contains(&r) || f.targets.is_empty())
@@ -182,7 +190,11 @@ impl Report {
         let unseen: Vec<String> = obs
             .changes
             .iter()
-            .filter(|c| c.what.contains("Ingress") && c.seen_after.iter().any(Option::is_none))
+            .filter(|c| {
+                c.what.contains("Ingress")
+                    && !c.superseded
+                    && c.seen_after.iter().any(Option::is_none)
+            })
             .map(|c| {
                 format!(
                     "change {} ({}) never seen on replicas {:?}",

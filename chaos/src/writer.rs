@@ -234,11 +234,18 @@ pub async fn run(
         };
         let Some(written_at) = written_at else { break };
         let index = recorder.with(|o| {
+            if let Some(deleted) = what.strip_prefix("delete Ingress ") {
+                let created = format!("create Ingress {deleted}");
+                if let Some(c) = o.changes.iter_mut().rev().find(|c| c.what == created) {
+                    c.superseded = true;
+                }
+            }
             o.changes.push(ChangeRecord {
                 id,
                 what,
                 written_at,
                 seen_after: vec![None; replicas],
+                superseded: false,
             });
             o.changes.len() - 1
         });
