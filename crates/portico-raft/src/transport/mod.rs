@@ -5,7 +5,18 @@
 //! touches nothing else; a body above the size limit with `413`. Each peer gets one
 //! multiplexed HTTP/2 connection shared by all of openraft's streams to it, with
 //! connect/RPC timeouts, exponential reconnect backoff, and a bound on the request bytes in
-//! flight to it (a semaphore of bytes).
+//! flight to it (a semaphore of bytes). Raft RPCs carry the target node ID in a header; a
+//! replica refuses (`421`) RPCs meant for another ID, so a wiped replica that came back at
+//! the same address under a fresh ID never answers for its old identity.
+//!
+//! Why HTTP/2 over TCP rather than QUIC: replication is a handful of long-lived peer pairs
+//! on a cluster network, where QUIC's strengths (connection migration, 0-RTT, independent
+//! loss recovery per stream on lossy paths) buy little; hyper + tokio-rustls is the most
+//! exercised stack in the Rust ecosystem and the one the rest of Portico already uses;
+//! TCP needs no UDP allowances in NetworkPolicies or cloud firewalls; user-space QUIC costs
+//! more CPU per byte on small nodes; and HTTP status codes give clean, testable rejections.
+//! The price is TCP head-of-line blocking between a snapshot chunk and a heartbeat on the
+//! same connection, bounded by 1 MiB chunks and an election timeout many round trips long.
 
 pub(crate) mod client;
 pub(crate) mod network;
