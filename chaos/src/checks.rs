@@ -249,7 +249,9 @@ pub fn availability(obs: &Observations, start: f64, end: f64) -> Availability {
 
 /// Failed attempts on replicas that no fault was targeting at that moment. API server
 /// faults target no replica (a replica must keep serving through them). A fault's effect
-/// lasts `settle` seconds past its heal (a restarted replica needs time to come up).
+/// lasts until the cluster converged after its heal plus `settle` seconds: the time a
+/// client needs to find out that a connection to a restarted or cut-off replica is dead
+/// (a QUIC connection to a process that no longer exists ends only at its idle timeout).
 pub fn failures_on_untargeted(obs: &Observations, settle: f64) -> Vec<String> {
     let bucket = BUCKET_MS as f64 / 1000.0;
     let mut out = Vec::new();
@@ -260,7 +262,9 @@ pub fn failures_on_untargeted(obs: &Observations, settle: f64) -> Vec<String> {
                 continue;
             }
             let targeted = obs.faults.iter().any(|f: &FaultWindow| {
-                f.targets.contains(&r) && f.start - bucket <= t && t <= f.end + settle
+                f.targets.contains(&r)
+                    && f.start - bucket <= t
+                    && t <= f.end + f.converged_after.unwrap_or(0.0) + settle
             });
             if !targeted {
                 out.push(format!(

@@ -114,6 +114,27 @@ impl Cluster {
         Ok(())
     }
 
+    /// One more echo backend answering as Service `service`, on the first backend address.
+    pub fn start_echo(&mut self, service: &str, port: u16) -> anyhow::Result<()> {
+        let pod = format!("{service}-0");
+        self.backends.push(Proc::spawn(
+            &pod,
+            backends_netns(),
+            &self.layout.portico,
+            &[
+                "echo".into(),
+                "--listen".into(),
+                format!("{}:{port}", BACKEND_ADDRS[0]),
+                "--service".into(),
+                service.into(),
+                "--pod".into(),
+                pod.clone(),
+            ],
+            &self.layout.log(&pod),
+        )?);
+        Ok(())
+    }
+
     fn args(&self, i: usize) -> Vec<String> {
         let members: Vec<String> = (0..self.layout.replicas)
             .map(|k| format!("{}:{RAFT_PORT}", replica_addr(k)))

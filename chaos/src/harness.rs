@@ -41,6 +41,8 @@ pub struct Options {
     pub timing: Timing,
     /// Writer interval.
     pub write_every: Duration,
+    /// conformance-cases.tsv and manifests/ (crates/portico-model/tests/data).
+    pub conformance_data: PathBuf,
 }
 
 /// Everything the fault injector acts on.
@@ -646,11 +648,28 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 
     stop_writer.cancel();
     let writer_outcome = writer_task.await.context("writer task")?;
-    let extra = final_checks(&mut cluster, &client, &writer_outcome, opts.timing).await;
+    let mut extra = final_checks(&mut cluster, &client, &writer_outcome, opts.timing).await;
     stop_load.cancel();
     while let Some(r) = load_tasks.join_next().await {
         r.context("load task")?.context("load worker")?;
     }
+    eprintln!(
+        "portico-chaos: {:.1}s re-checking the conformance cases on every replica",
+        recorder.now()
+    );
+    let conformance =
+        crate::conformance::recheck(&mut cluster, &client, &opts.conformance_data).await;
+    extra.push(match conformance {
+        Ok(o) => {
+            let mut check = Check::from_violations(
+                &format!("conformance routing re-checked on every replica ({} requests; {} rows skipped)", o.checked, o.skipped.len()),
+                o.failures,
+            );
+            check.details.extend(o.skipped.into_iter().map(|s| format!("skipped: {s}")));
+            check
+        }
+        Err(e) => Check::from_violations("conformance routing re-checked on every replica", vec![format!("{e:#}")]),
+    });
     stop_sampler.cancel();
     let _ = sampler.await;
     cluster.stop_all().await;

@@ -13,6 +13,7 @@
 mod apifront;
 mod checks;
 mod cluster;
+mod conformance;
 mod faults;
 mod harness;
 mod load;
@@ -63,6 +64,9 @@ struct Args {
     /// Milliseconds between the writer's changes.
     #[arg(long, default_value_t = 500)]
     write_every_ms: u64,
+    /// The conformance cases re-checked after the run (conformance-cases.tsv, manifests/).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/portico-model/tests/data"))]
+    conformance_data: PathBuf,
     /// Only remove what a killed run left behind (namespaces, processes, links), then exit.
     #[arg(long)]
     cleanup: bool,
@@ -148,6 +152,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         portico,
         timing,
         write_every: Duration::from_millis(args.write_every_ms),
+        conformance_data: args.conformance_data.clone(),
     };
     // A hard bound on the whole run: the schedule plus generous time for setup and checks.
     let bound = match profile {

@@ -282,7 +282,8 @@ impl Network {
         )
     }
 
-    /// The rules currently in `ordinal`'s namespace (for tests and the log).
+    /// The rules currently in `ordinal`'s namespace.
+    #[cfg(test)]
     pub fn rules(&self, ordinal: usize) -> anyhow::Result<String> {
         run(
             "ip",

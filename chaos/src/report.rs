@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::checks::{self, Availability, Leadership};
 use crate::record::{Counts, Observations};
 
+/// Seconds after a fault's convergence during which clients may still fail on its target:
+/// the load generator's QUIC idle timeout (5 s) plus one attempt timeout (2 s) and a second.
+pub const CLIENT_SETTLE: f64 = 8.0;
+
 /// One check and what failed it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {
@@ -120,7 +124,7 @@ impl Report {
             ),
             Check::from_violations(
                 "availability: no failed request on a replica no fault targeted",
-                checks::failures_on_untargeted(&obs, 2.0),
+                checks::failures_on_untargeted(&obs, CLIENT_SETTLE),
             ),
         ];
         // New leader within lease duration + one retry period after a fault on the leader

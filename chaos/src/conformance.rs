@@ -1,0 +1,372 @@
+//! After the faults: the ingress-controller-conformance routing expectations
+//! (`crates/portico-model/tests/data/conformance-cases.tsv` and its manifests), re-checked
+//! against every replica over real HTTP, so a run proves the survivors still route right.
+//!
+//! Each manifest is applied on its own (as the conformance suite does), with an echo backend
+//! per Service it names (the echo answer names its Service); once every replica lists its
+//! Ingresses, each plain-HTTP row is sent to each replica, then the manifest is deleted.
+//! HTTPS rows are not re-checked here (they need the suite's certificate; the portico crate's
+//! own tests cover them) and are reported as skipped.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::cluster::{Cluster, admin_addr, http_addr};
+use crate::net::{BACKEND_ADDRS, replica_addr};
+use crate::observe;
+use crate::writer::NAMESPACE;
+
+/// One row of conformance-cases.tsv.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Case {
+    pub id: String,
+    pub manifest: String,
+    pub scheme: String,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub status: Option<u16>,
+    pub service: String,
+    pub other: String,
+}
+
+pub fn parse_cases(tsv: &str) -> Vec<Case> {
+    tsv.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("case_id") && !l.trim().is_empty())
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.len() >= 9).then(|| Case {
+                id: f[0].into(),
+                manifest: f[2].into(),
+                scheme: f[3].into(),
+                method: f[4].into(),
+                host: f[5].into(),
+                path: f[6].into(),
+                status: f[7].parse().ok(),
+                service: f[8].into(),
+                other: f.get(9).copied().unwrap_or_default().into(),
+            })
+        })
+        .collect()
+}
+
+/// Every backend Service name a manifest's Ingresses reference.
+pub fn service_names(value: &Value, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(name) = map
+                .get("service")
+                .and_then(|s| s.get("name"))
+                .and_then(Value::as_str)
+            {
+                out.insert(name.to_string());
+            }
+            map.values().for_each(|v| service_names(v, out));
+        }
+        Value::Array(list) => list.iter().for_each(|v| service_names(v, out)),
+        _ => {}
+    }
+}
+
+/// The outcome: what was checked, what failed, what was skipped.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub checked: usize,
+    pub failures: Vec<String>,
+    pub skipped: Vec<String>,
+}
+
+async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<(u16, Option<String>, Bytes)> {
+    let fut = async {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, host)
+            .body(Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, location, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .context("timed out")?
+}
+
+fn check_case(
+    case: &Case,
+    replica: usize,
+    status: u16,
+    location: Option<&str>,
+    body: &[u8],
+    host: &str,
+) -> Option<String> {
+    let want = case.status?;
+    if (300..400).contains(&status) && case.other.contains("redirects") {
+        // The row follows a redirect to HTTPS; the plain leg must redirect to this host.
+        let ok = location.is_some_and(|l| l.starts_with(&format!("https://{host}")));
+        return (!ok).then(|| format!("{} on replica {replica}: {status} to {location:?}, expected a redirect to https://{host}", case.id));
+    }
+    if status != want {
+        return Some(format!(
+            "{} on replica {replica}: {} {}{} answered {status}, expected {want}",
+            case.id, case.method, host, case.path
+        ));
+    }
+    if !case.service.is_empty() {
+        let got = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v["service"].as_str().map(str::to_string));
+        if got.as_deref() != Some(case.service.as_str()) {
+            return Some(format!(
+                "{} on replica {replica}: served by {got:?}, expected {}",
+                case.id, case.service
+            ));
+        }
+    }
+    None
+}
+
+/// Waits until every replica's table lists (or no longer lists) each of `ingresses`.
+async fn wait_listed(replicas: usize, ingresses: &[String], present: bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut all = true;
+        for r in 0..replicas {
+            let view = observe::routes(admin_addr(r), Duration::from_secs(2)).await;
+            let listed: BTreeSet<String> = view
+                .as_ref()
+                .and_then(|v| v["ingresses"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|i| i["ingress"].as_str().map(str::to_string))
+                .collect();
+            if view.is_none() || ingresses.iter().any(|i| listed.contains(i) != present) {
+                all = false;
+            }
+        }
+        if all {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "replicas did not pick up {ingresses:?} within 60s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Applies each manifest in turn and checks its rows on every replica.
+pub async fn recheck(
+    cluster: &mut Cluster,
+    client: &kube::Client,
+    data: &Path,
+) -> anyhow::Result<Outcome> {
+    let cases = parse_cases(
+        &std::fs::read_to_string(data.join("conformance-cases.tsv"))
+            .with_context(|| format!("reading {}", data.join("conformance-cases.tsv").display()))?,
+    );
+    anyhow::ensure!(
+        !cases.is_empty(),
+        "no conformance cases in {}",
+        data.display()
+    );
+    let manifests: BTreeSet<String> = cases.iter().map(|c| c.manifest.clone()).collect();
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), NAMESPACE);
+    let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
+    let params = PatchParams::apply("portico-chaos").force();
+    let mut outcome = Outcome::default();
+    let mut echo_port = 9100u16;
+    let mut started: BTreeSet<String> = BTreeSet::new();
+    for manifest in manifests {
+        let rows: Vec<&Case> = cases.iter().filter(|c| c.manifest == manifest).collect();
+        if rows.iter().all(|c| c.scheme != "http") {
+            for case in rows {
+                outcome.skipped.push(format!(
+                    "{} ({}): no HTTP request to make",
+                    case.id, case.manifest
+                ));
+            }
+            continue;
+        }
+        let text = std::fs::read_to_string(data.join("manifests").join(&manifest))
+            .with_context(|| format!("reading manifest {manifest}"))?;
+        let mut objects = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value: Value = serde::Deserialize::deserialize(doc)
+                .with_context(|| format!("parsing {manifest}"))?;
+            if !value.is_null() {
+                objects.push(value);
+            }
+        }
+        let mut names = BTreeSet::new();
+        objects.iter().for_each(|o| service_names(o, &mut names));
+        for service in names.difference(&started.clone()) {
+            echo_port += 1;
+            cluster.start_echo(service, echo_port)?;
+            services
+                .patch(service, &params, &Patch::Apply(json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": service, "namespace": NAMESPACE},
+                    "spec": {"ports": [{"name": "http", "port": 8080, "targetPort": echo_port, "protocol": "TCP"}]},
+                })))
+                .await?;
+            slices
+                .patch(&format!("{service}-chaos"), &params, &Patch::Apply(json!({
+                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": format!("{service}-chaos"), "namespace": NAMESPACE,
+                                 "labels": {"kubernetes.io/service-name": service}},
+                    "addressType": "IPv4",
+                    "endpoints": [{"addresses": [BACKEND_ADDRS[0].to_string()], "conditions": {"ready": true}}],
+                    "ports": [{"name": "http", "port": echo_port, "protocol": "TCP"}],
+                })))
+                .await?;
+            started.insert(service.clone());
+        }
+        let mut applied = Vec::new();
+        for mut object in objects.into_iter().filter(|o| o["kind"] == "Ingress") {
+            object["metadata"]["namespace"] = json!(NAMESPACE);
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            ingresses
+                .patch(&name, &params, &Patch::Apply(&object))
+                .await?;
+            applied.push(name);
+        }
+        let keys: Vec<String> = applied.iter().map(|n| format!("{NAMESPACE}/{n}")).collect();
+        wait_listed(cluster.replicas(), &keys, true).await?;
+        // Backends resolve with the Services, which may land a moment after the Ingress.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for case in rows {
+            if case.scheme != "http" {
+                outcome.skipped.push(format!(
+                    "{} ({} {}): not an HTTP request row",
+                    case.id, case.scheme, case.host
+                ));
+                continue;
+            }
+            for r in 0..cluster.replicas() {
+                let host = if case.host == "<ingress-address>" {
+                    replica_addr(r).to_string()
+                } else {
+                    case.host.clone()
+                };
+                outcome.checked += 1;
+                match request(http_addr(r), &case.method, &host, &case.path).await {
+                    Ok((status, location, body)) => {
+                        if let Some(f) =
+                            check_case(case, r, status, location.as_deref(), &body, &host)
+                        {
+                            outcome.failures.push(f);
+                        }
+                    }
+                    Err(e) => outcome
+                        .failures
+                        .push(format!("{} on replica {r}: {e:#}", case.id)),
+                }
+            }
+        }
+        for name in &applied {
+            let _ = ingresses.delete(name, &DeleteParams::default()).await;
+        }
+        wait_listed(cluster.replicas(), &keys, false).await?;
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/portico-model/tests/data")
+    }
+
+    #[test]
+    fn reads_every_case_and_the_services_of_every_manifest() {
+        let cases =
+            parse_cases(&std::fs::read_to_string(data().join("conformance-cases.tsv")).unwrap());
+        assert!(cases.len() >= 30, "{}", cases.len());
+        let c13 = cases.iter().find(|c| c.id == "C13").unwrap();
+        assert_eq!(
+            (
+                c13.host.as_str(),
+                c13.path.as_str(),
+                c13.status,
+                c13.service.as_str()
+            ),
+            ("exact-path-rules", "/foo", Some(200), "foo-exact")
+        );
+        let text = std::fs::read_to_string(data().join("manifests/path-rules.yaml")).unwrap();
+        let mut names = BTreeSet::new();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+            service_names(&v, &mut names);
+        }
+        assert!(
+            names.contains("foo-exact") && names.contains("aaa-slash-bbb-prefix"),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn judges_status_service_and_redirect_rows() {
+        let case = |status: u16, service: &str, other: &str| Case {
+            id: "C".into(),
+            manifest: "m".into(),
+            scheme: "http".into(),
+            method: "GET".into(),
+            host: "h".into(),
+            path: "/".into(),
+            status: Some(status),
+            service: service.into(),
+            other: other.into(),
+        };
+        let body = br#"{"service":"foo-exact"}"#;
+        assert_eq!(
+            check_case(&case(200, "foo-exact", ""), 0, 200, None, body, "h"),
+            None
+        );
+        assert!(check_case(&case(200, "other", ""), 0, 200, None, body, "h").is_some());
+        assert!(check_case(&case(404, "", ""), 0, 200, None, body, "h").is_some());
+        let redirect = case(
+            200,
+            "foo-bar-com",
+            "3xx redirects (e.g. to https) are followed",
+        );
+        assert_eq!(
+            check_case(&redirect, 0, 308, Some("https://h/"), b"", "h"),
+            None
+        );
+        assert!(check_case(&redirect, 0, 308, Some("http://h/"), b"", "h").is_some());
+    }
+}
