@@ -150,7 +150,7 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
                 "--admin",
                 &admin_addr,
                 "--shutdown-delay-seconds",
-                "3",
+                "6",
                 "--log-format",
                 "json",
             ])
@@ -203,7 +203,7 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
     // SIGTERM: not ready during the shutdown delay, then the Lease is released, then exit.
     let pid = rustix::process::Pid::from_raw(child.0.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let (code, body) = wait_until("/readyz 503", Duration::from_secs(3), || {
+    let (code, body) = wait_until("/readyz 503", Duration::from_secs(6), || {
         get(&admin_addr, "/readyz").filter(|(code, _)| *code == 503)
     });
     assert_eq!((code, body.trim()), (503, "draining"));
