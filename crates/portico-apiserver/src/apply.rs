@@ -82,6 +82,13 @@ impl FieldSet {
         node.0.is_empty()
     }
 
+    fn insert(&mut self, path: &[String]) {
+        let mut node = self;
+        for p in path {
+            node = node.0.entry(p.clone()).or_default();
+        }
+    }
+
     fn remove(&mut self, path: &[String]) {
         if let Some((first, rest)) = path.split_first() {
             if rest.is_empty() {
@@ -305,6 +312,16 @@ fn path_display(path: &[String]) -> String {
         .collect()
 }
 
+/// The fields of the `kubectl.kubernetes.io/last-applied-configuration` annotation.
+fn last_applied_fields(object: &Value, kind: &str) -> FieldSet {
+    object
+        .pointer("/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration")
+        .and_then(Value::as_str)
+        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+        .map(|config| fields_of(&config, kind))
+        .unwrap_or_default()
+}
+
 /// What an apply request carries besides the configuration.
 pub struct ApplyRequest<'a> {
     pub manager: &'a str,
@@ -334,8 +351,9 @@ pub fn apply(
         .to_string();
     let new_set = fields_of(config, info.kind);
     let mut all = entries(current);
-    let mut conflicts = Vec::new();
-    for entry in all.iter_mut() {
+    // (entry index, field) of every field another manager owns with a different value.
+    let mut clashes: Vec<(usize, Vec<String>)> = Vec::new();
+    for (i, entry) in all.iter().enumerate() {
         if (entry.manager() == req.manager && entry.is_apply())
             || entry.subresource() != req.subresource
         {
@@ -346,16 +364,28 @@ pub fn apply(
                 continue;
             }
             if value_at(current, &leaf) != value_at(config, &leaf) {
-                if req.force {
-                    entry.fields.remove(&leaf);
-                } else {
-                    conflicts.push(Cause {
-                        reason: "FieldManagerConflict".into(),
-                        message: format!("conflict with \"{}\"", entry.manager()),
-                        field: path_display(&leaf),
-                    });
-                }
+                clashes.push((i, leaf));
             }
+        }
+    }
+    // As kube-apiserver's lastAppliedManager: `kubectl apply --server-side` takes over fields
+    // that the client-side apply annotation lists, so moving from client-side apply works.
+    let allowed = if req.manager == "kubectl" {
+        last_applied_fields(current, info.kind)
+    } else {
+        FieldSet::default()
+    };
+    let force = req.force || clashes.iter().all(|(_, leaf)| allowed.contains_leaf(leaf));
+    let mut conflicts = Vec::new();
+    for (i, leaf) in clashes {
+        if force {
+            all[i].fields.remove(&leaf);
+        } else if !allowed.contains_leaf(&leaf) {
+            conflicts.push(Cause {
+                reason: "FieldManagerConflict".into(),
+                message: format!("conflict with \"{}\"", all[i].manager()),
+                field: path_display(&leaf),
+            });
         }
     }
     if !conflicts.is_empty() {
@@ -441,6 +471,96 @@ pub fn apply(
     Ok(merged)
 }
 
+/// Records a non-apply write (create, update, patch) as kube-apiserver does: the writing
+/// manager's `Update` entry gains the fields the write changed, and every other manager loses
+/// them. Writes that set `managedFields` themselves (e.g. kubectl's migration of client-side
+/// apply ownership) are taken as they are.
+pub fn track_update(
+    info: &ResourceInfo,
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    subresource: &str,
+    now: &str,
+) {
+    let old_managed = old.and_then(|o| o.pointer("/metadata/managedFields"));
+    if old.is_some() && new.pointer("/metadata/managedFields") != old_managed {
+        return;
+    }
+    let scope = |v: &Value| -> Value {
+        let mut v = v.clone();
+        if let Some(map) = v.as_object_mut() {
+            if subresource == "status" {
+                map.retain(|k, _| k == "status");
+            } else {
+                map.remove("status");
+            }
+        }
+        v
+    };
+    let empty = Value::Object(Map::new());
+    let before = scope(old.unwrap_or(&empty));
+    let after = scope(new);
+    let changed: Vec<Vec<String>> = fields_of(&after, info.kind)
+        .leaves()
+        .into_iter()
+        .filter(|leaf| value_at(&before, leaf) != value_at(&after, leaf))
+        .collect();
+    let removed: Vec<Vec<String>> = fields_of(&before, info.kind)
+        .leaves()
+        .into_iter()
+        .filter(|leaf| value_at(&after, leaf).is_none())
+        .collect();
+    if changed.is_empty() && removed.is_empty() {
+        return;
+    }
+    let mut all = entries(new);
+    let own = |e: &Entry| e.manager() == manager && !e.is_apply() && e.subresource() == subresource;
+    for entry in all.iter_mut() {
+        let mine = own(entry);
+        for leaf in removed.iter().chain(changed.iter().filter(|_| !mine)) {
+            entry.fields.remove(leaf);
+        }
+        if mine {
+            for leaf in &changed {
+                entry.fields.insert(leaf);
+            }
+            entry.raw.insert("time".into(), now.into());
+        }
+    }
+    if !all.iter().any(own) && !changed.is_empty() {
+        let mut fields = FieldSet::default();
+        for leaf in &changed {
+            fields.insert(leaf);
+        }
+        let mut raw = Map::new();
+        raw.insert("manager".into(), manager.into());
+        raw.insert("operation".into(), "Update".into());
+        raw.insert("apiVersion".into(), info.api_version().into());
+        raw.insert("time".into(), now.into());
+        raw.insert("fieldsType".into(), "FieldsV1".into());
+        if !subresource.is_empty() {
+            raw.insert("subresource".into(), subresource.into());
+        }
+        all.push(Entry { raw, fields });
+    }
+    let managed: Vec<Value> = all
+        .into_iter()
+        .filter(|e| !e.fields.is_empty())
+        .map(|mut e| {
+            e.raw.insert("fieldsV1".into(), e.fields.to_fields_v1());
+            Value::Object(e.raw)
+        })
+        .collect();
+    if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+        if managed.is_empty() {
+            meta.remove("managedFields");
+        } else {
+            meta.insert("managedFields".into(), Value::Array(managed));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,5 +607,32 @@ mod tests {
         apply(info, &two, &same, &req("bob", false)).unwrap();
         let forced = apply(info, &two, &bob, &req("bob", true)).unwrap();
         assert_eq!(forced["metadata"]["labels"]["a"], "other");
+    }
+
+    #[test]
+    fn updates_take_ownership_from_appliers() {
+        let info = svc_info();
+        let base = json!({"metadata": {"name": "s", "namespace": "default"}});
+        let applied = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "labels": {"a": "1"}}});
+        let one = apply(info, &base, &applied, &req("alice", false)).unwrap();
+        let mut edited = one.clone();
+        edited["metadata"]["labels"]["a"] = json!("2");
+        track_update(
+            info,
+            Some(&one),
+            &mut edited,
+            "kubectl-edit",
+            "",
+            "2026-01-01T00:00:00Z",
+        );
+        let managers: Vec<&str> = edited["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["manager"].as_str())
+            .collect();
+        assert_eq!(managers, ["kubectl-edit"], "alice lost her only field");
+        let err = apply(info, &edited, &applied, &req("alice", false)).unwrap_err();
+        assert!(err.message.contains("kubectl-edit"), "{}", err.message);
     }
 }

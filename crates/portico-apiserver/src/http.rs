@@ -134,6 +134,7 @@ impl Query {
             field_manager: self.get("fieldManager").map(str::to_string),
             field_validation,
             force: self.flag("force"),
+            user_agent: None,
         })
     }
 
@@ -334,6 +335,17 @@ async fn resource(
         return Err(err);
     }
     let wants_table = table::wanted(req.headers());
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let write_options = || {
+        query.write_options().map(|mut o| {
+            o.user_agent = user_agent.clone();
+            o
+        })
+    };
     let part = match target.subresource.as_deref() {
         Some("status") => Part::Status,
         _ => Part::Main,
@@ -355,7 +367,7 @@ async fn resource(
                         "POST requires a namespace for a namespaced resource",
                     ));
                 };
-                let opts = query.write_options()?;
+                let opts = write_options()?;
                 let body = into_storage(parse_body(req.body())?);
                 let created = objects.create(target.resource, ns, body, &opts)?;
                 Ok(json_response(201, &out(&created)))
@@ -392,7 +404,7 @@ async fn resource(
             Ok(json_response(200, &object))
         }
         Method::PUT => {
-            let opts = query.write_options()?;
+            let opts = write_options()?;
             let body = into_storage(parse_body(req.body())?);
             let committed = objects.replace(target.resource, &key, body, part, &opts)?;
             Ok(json_response(200, &out(&committed.object)))
@@ -405,7 +417,7 @@ async fn resource(
                 .unwrap_or_default();
             let patch_type = PatchType::from_content_type(content_type)
                 .ok_or_else(|| ApiError::unsupported_media_type(content_type))?;
-            let opts = query.write_options()?;
+            let opts = write_options()?;
             let committed = match &target.view {
                 Some(view) if patch_type != PatchType::Apply => {
                     objects.patch_view(view, &key, patch_type, req.body(), &opts)?
@@ -420,7 +432,7 @@ async fn resource(
             Ok(json_response(code, &out(&committed.object)))
         }
         Method::DELETE => {
-            let opts = query.write_options()?;
+            let opts = write_options()?;
             let options = if req.body().is_empty() {
                 json!({})
             } else {

@@ -37,6 +37,24 @@ pub struct WriteOptions {
     pub field_manager: Option<String>,
     pub field_validation: FieldValidation,
     pub force: bool,
+    /// The `User-Agent` of the request: names the field manager when `fieldManager` is unset.
+    pub user_agent: Option<String>,
+}
+
+impl WriteOptions {
+    /// The field manager of a non-apply write, named as kube-apiserver does.
+    fn update_manager(&self) -> String {
+        if let Some(m) = &self.field_manager {
+            return m.clone();
+        }
+        let ua = self.user_agent.as_deref().unwrap_or_default();
+        let name = ua.split('/').next().unwrap_or_default().trim();
+        if name.is_empty() {
+            "unknown".into()
+        } else {
+            name.chars().take(128).collect()
+        }
+    }
 }
 
 /// The content types of PATCH.
@@ -343,7 +361,7 @@ impl Objects {
             }
             let subresource = if part == Part::Status { "status" } else { "" };
             let now = now();
-            return self.commit(
+            return self.commit_as(
                 resource,
                 key,
                 opts,
@@ -371,6 +389,7 @@ impl Objects {
                     apply::apply(info, &base, &config, &req)
                 },
                 part,
+                false,
             );
         }
         self.commit(
@@ -494,10 +513,27 @@ impl Objects {
     where
         F: FnOnce(Option<&Arc<Value>>) -> Result<Value, ApiError>,
     {
+        self.commit_as(resource, key, opts, build, part, true)
+    }
+
+    /// [`Self::commit`]; `track` records the write in `managedFields` as an `Update`
+    /// (server-side apply records its own `Apply` entries instead).
+    fn commit_as<F>(
+        &self,
+        resource: ResourceId,
+        key: &ObjectKey,
+        opts: &WriteOptions,
+        build: F,
+        part: Part,
+        track: bool,
+    ) -> Result<Committed, ApiError>
+    where
+        F: FnOnce(Option<&Arc<Value>>) -> Result<Value, ApiError>,
+    {
         let info = registry::get(resource);
         self.store.mutate(resource, key, opts.dry_run, |current| {
             let requested = build(current)?;
-            let object = prepare(
+            let mut object = prepare(
                 info,
                 current.map(|c| &**c),
                 requested,
@@ -505,6 +541,18 @@ impl Objects {
                 opts,
                 &self.next_cluster_ip,
             )?;
+            if track {
+                let subresource = if part == Part::Status { "status" } else { "" };
+                let manager = opts.update_manager();
+                apply::track_update(
+                    info,
+                    current.map(|c| &**c),
+                    &mut object,
+                    &manager,
+                    subresource,
+                    &now(),
+                );
+            }
             if let Some(current) = current {
                 if **current == object {
                     return Ok(Mutation::Unchanged);
