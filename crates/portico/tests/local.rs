@@ -347,6 +347,26 @@ fn local_cluster_end_to_end() {
         out.contains("e2e.portico.test") && out.contains("default/e2e"),
         "{out}"
     );
+    let (ok, out, err) = run(Command::new(PORTICO).args([
+        "routes",
+        "--json",
+        "--admin",
+        replicas[2]["admin"].as_str().unwrap(),
+    ]));
+    assert!(ok, "{err}");
+    let table: Value = serde_json::from_str(&out).unwrap();
+    assert!(table["version"].as_u64().unwrap() > 0);
+    let tls_route = table["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["host"] == "secure.portico.test")
+        .expect("the TLS host is routed");
+    assert_eq!(tls_route["tls"]["secret"], "default/portico-demo-tls");
+    assert!(
+        !out.contains("PRIVATE KEY"),
+        "no key material in /debug/routes"
+    );
 
     // Kill one replica (SIGKILL): the other two keep serving, and still take new Ingresses
     // (the leader may be the one killed: Raft and the Lease move on).
