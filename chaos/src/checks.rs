@@ -333,6 +333,23 @@ mod tests {
     }
 
     #[test]
+    fn a_write_between_samples_at_the_start_of_a_leadership_is_its_leaders() {
+        // Not leader at 1.0, leader from 1.6: a write at 1.3 may be the new leader's.
+        let s = vec![
+            sample(1.0, 0, false, 0, 1),
+            sample(1.6, 0, true, 2, 1),
+            sample(2.0, 0, true, 2, 1),
+        ];
+        let l = leaderships(&s);
+        assert_eq!((l[0].earliest_start, l[0].start), (1.0, 1.6));
+        let mut obs = Observations::new(1);
+        obs.api_writes = vec![write(1.3, 0)];
+        assert!(status_write_violations(&obs, &l, 0.0).is_empty());
+        obs.api_writes = vec![write(0.9, 0)];
+        assert_eq!(status_write_violations(&obs, &l, 0.0).len(), 1);
+    }
+
+    #[test]
     fn overlapping_leaders_are_reported() {
         let s = vec![
             sample(0.0, 0, true, 1, 1),

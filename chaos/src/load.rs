@@ -323,7 +323,11 @@ async fn worker(
                 break;
             }
         }
-        recorder.with(|o| o.client_outcome(recorder.now(), served));
+        // A request the harness abandoned because the run is ending did not fail for lack of
+        // a replica: it is not a client outcome.
+        if served || !stop.is_cancelled() {
+            recorder.with(|o| o.client_outcome(recorder.now(), served));
+        }
     }
     Ok(())
 }
@@ -383,4 +387,190 @@ pub async fn get_h1(
     tokio::time::timeout(timeout, fut)
         .await
         .unwrap_or(Err(AttemptError::Timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer::LoadCertificate;
+    use hyper_util::server::conn::auto;
+
+    /// A backend speaking HTTP/1.1 and h2c on TCP and HTTP/3 on UDP, on one port number;
+    /// answers 200 only for `host` (by Host or :authority), 404 otherwise.
+    async fn server(host: &'static str, cert: &LoadCertificate) -> Target {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let answer = move |authority: Option<String>| {
+            if authority
+                .as_deref()
+                .map(|a| a.split(':').next().unwrap_or(a))
+                == Some(host)
+            {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            }
+        };
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tcp.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: Request<hyper::body::Incoming>| async move {
+                            let authority =
+                                req.uri().authority().map(|a| a.to_string()).or_else(|| {
+                                    req.headers()
+                                        .get(http::header::HOST)
+                                        .and_then(|h| h.to_str().ok())
+                                        .map(str::to_string)
+                                });
+                            let resp = http::Response::builder()
+                                .status(answer(authority))
+                                .body(http_body_util::Full::new(Bytes::from_static(b"ok")))
+                                .unwrap();
+                            Ok::<_, std::convert::Infallible>(resp)
+                        },
+                    );
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        let key = rustls_pki_types::PrivateKeyDer::try_from(
+            rustls_pki_types::pem::PemObject::from_pem_slice(cert.key_pem.as_bytes())
+                .map(|k: rustls_pki_types::PrivatePkcs8KeyDer| k.secret_pkcs8_der().to_vec())
+                .unwrap(),
+        )
+        .unwrap();
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der.clone()], key)
+        .unwrap();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+        let endpoint =
+            quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(quic)), addr)
+                .unwrap();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    let Ok(mut h3) =
+                        h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(conn))
+                            .await
+                    else {
+                        return;
+                    };
+                    while let Ok(Some(resolver)) = h3.accept().await {
+                        tokio::spawn(async move {
+                            let Ok((req, mut stream)) = resolver.resolve_request().await else {
+                                return;
+                            };
+                            let status = answer(req.uri().authority().map(|a| a.to_string()));
+                            let _ = stream
+                                .send_response(
+                                    http::Response::builder().status(status).body(()).unwrap(),
+                                )
+                                .await;
+                            let _ = stream.send_data(Bytes::from_static(b"ok")).await;
+                            let _ = stream.finish().await;
+                        });
+                    }
+                });
+            }
+        });
+        Target {
+            http: addr,
+            h3: addr,
+        }
+    }
+
+    /// A target nothing listens on (TCP refused; QUIC unanswered).
+    async fn dead() -> Target {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let t = Target {
+            http: tcp.local_addr().unwrap(),
+            h3: udp.local_addr().unwrap(),
+        };
+        drop(tcp);
+        t
+    }
+
+    #[tokio::test]
+    async fn every_protocol_is_served_and_clients_move_on_from_a_dead_replica() {
+        let cert = LoadCertificate::generate().unwrap();
+        let live = server(crate::writer::LOAD_HOST, &cert).await;
+        let config = LoadConfig {
+            targets: vec![dead().await, live],
+            host: crate::writer::LOAD_HOST.into(),
+            path: "/".into(),
+            h3_roots: vec![cert.der.clone()],
+            workers: 1,
+            interval: Duration::from_millis(20),
+            attempt_timeout: Duration::from_millis(500),
+        };
+        // Each protocol alone against the live target, with the route's host.
+        for protocol in Protocol::ALL {
+            let mut client = ProtocolClient::new(protocol, &config).unwrap();
+            let status = client.attempt(&live, crate::writer::LOAD_HOST, "/").await;
+            assert_eq!(status.unwrap(), StatusCode::OK, "{protocol:?}");
+            let other = client.attempt(&live, "other.test", "/").await;
+            assert_eq!(
+                other.unwrap(),
+                StatusCode::NOT_FOUND,
+                "{protocol:?} routes by the request's host"
+            );
+        }
+
+        let recorder = Arc::new(Recorder::new(2));
+        let stop = CancellationToken::new();
+        let mut set = start(config, recorder.clone(), stop.clone());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.cancel();
+        while let Some(r) = set.join_next().await {
+            r.unwrap().unwrap();
+        }
+        let obs = recorder.snapshot();
+        let client: crate::record::Counts =
+            obs.client.iter().fold(Default::default(), |mut a, c| {
+                a.add(*c);
+                a
+            });
+        let per: Vec<crate::record::Counts> = (0..2)
+            .map(|r| {
+                obs.requests
+                    .iter()
+                    .fold(Default::default(), |mut a: crate::record::Counts, row| {
+                        a.add(row[r]);
+                        a
+                    })
+            })
+            .collect();
+        assert!(client.ok > 50, "{client:?}");
+        assert_eq!(client.failed, 0, "every request found the live replica");
+        assert_eq!(per[0].ok, 0);
+        assert!(per[0].failed > 0, "the dead replica was tried");
+        assert!(
+            per[0].failed * 3 < per[1].ok,
+            "ejection keeps the dead replica mostly skipped: {per:?}"
+        );
+        for p in Protocol::ALL {
+            assert!(
+                obs.by_protocol[p.index()].ok > 10,
+                "{p:?}: {:?}",
+                obs.by_protocol
+            );
+        }
+        assert!(
+            obs.errors.keys().any(|k| k.starts_with("replica 0 H3")),
+            "{:?}",
+            obs.errors.keys()
+        );
+    }
 }
