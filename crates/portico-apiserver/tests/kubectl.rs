@@ -170,14 +170,9 @@ async fn workflow(minor: u32) {
 
     // Server-side apply of the original manifest: ownership moves to the `kubectl` manager.
     let out = k
-        .ok(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            minimal.to_str().unwrap(),
-        ])
+        .ok(&["apply", "--server-side", "-f", minimal.to_str().unwrap()])
         .await;
+    // No conflict with the client-side apply: kubectl takes over the fields it had applied.
     assert!(out.contains("serverside-applied"), "{out}");
     let ing = k
         .json(&["get", "ingress", "minimal-ingress", "--show-managed-fields"])
@@ -193,6 +188,44 @@ async fn workflow(minor: u32) {
         .filter_map(|m| m["manager"].as_str())
         .collect();
     assert!(managers.contains(&"kubectl"), "{managers:?}");
+
+    // A field another manager changed is a conflict for server-side apply, unless forced.
+    k.ok(&[
+        "annotate",
+        "ingress",
+        "minimal-ingress",
+        "kubectl.kubernetes.io/last-applied-configuration-",
+    ])
+    .await;
+    k.ok(&[
+        "patch",
+        "ingress",
+        "minimal-ingress",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"ingressClassName":"patched"}}"#,
+    ])
+    .await;
+    let out = k
+        .run(&["apply", "--server-side", "-f", minimal.to_str().unwrap()])
+        .await;
+    assert!(
+        !out.ok
+            && out.stderr.contains("conflict with \"kubectl-patch\"")
+            && out.stderr.contains(".spec.ingressClassName"),
+        "{}",
+        out.stderr
+    );
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        minimal.to_str().unwrap(),
+    ])
+    .await;
+    let ing = k.json(&["get", "ingress", "minimal-ingress"]).await;
+    assert_eq!(ing["spec"]["ingressClassName"], "nginx-example");
 
     // Status subresource: only .status changes.
     let out = k
