@@ -645,3 +645,89 @@ async fn recorder_events_show_as_core_events_and_leases_guard_leadership() {
         Some("b")
     );
 }
+
+#[tokio::test]
+async fn server_side_apply_of_status_by_a_controller() {
+    use kube::api::{Patch, PatchParams};
+    let server = server();
+    let api: Api<Ingress> = Api::default_namespaced(client(&server));
+    // Create by apply (absent object), as a GitOps tool would.
+    let manifest = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "web"},
+        "spec": {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}}
+    });
+    let created = api
+        .patch(
+            "web",
+            &PatchParams::apply("gitops"),
+            &Patch::Apply(&manifest),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    // The controller owns status through the status subresource.
+    let status = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                        "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}}});
+    let patched = api
+        .patch_status(
+            "web",
+            &PatchParams::apply("portico").force(),
+            &Patch::Apply(&status),
+        )
+        .await
+        .unwrap();
+    let status_rv = patched.resource_version();
+    assert_eq!(
+        patched
+            .status
+            .unwrap()
+            .load_balancer
+            .unwrap()
+            .ingress
+            .unwrap()[0]
+            .ip
+            .as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        patched.metadata.generation,
+        Some(1),
+        "status writes leave generation alone"
+    );
+    let managers: Vec<(String, Option<String>)> = patched
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.manager.unwrap(), m.subresource))
+        .collect();
+    assert!(
+        managers.contains(&("gitops".to_string(), None)),
+        "{managers:?}"
+    );
+    assert!(
+        managers.contains(&("portico".to_string(), Some("status".to_string()))),
+        "{managers:?}"
+    );
+    // Re-applying the same manifest is a no-op: same resourceVersion.
+    let again = api
+        .patch(
+            "web",
+            &PatchParams::apply("gitops"),
+            &Patch::Apply(&manifest),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.resource_version(), status_rv);
+    assert_eq!(
+        again
+            .status
+            .unwrap()
+            .load_balancer
+            .unwrap()
+            .ingress
+            .unwrap()
+            .len(),
+        1
+    );
+}
