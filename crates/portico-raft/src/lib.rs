@@ -8,9 +8,9 @@
 //! [`Replica::metrics`]. No openraft type appears in the public API.
 //!
 //! # Modules
-//! * [`store`]: the log, vote and snapshots in one redb file (`raft.redb`) in the data
+//! * `store`: the log, vote and snapshots in one redb file (`raft.redb`) in the data
 //!   directory; the state machine (the routing table) in memory.
-//! * [`identity`]: the node ID, stored with the log.
+//! * `identity`: the node ID, stored with the log.
 //! * `transport`: HTTP/2 over mutually authenticated TLS between replicas.
 //! * `replica`: openraft wiring, forwarding of writes, bootstrap and membership.
 //!
@@ -55,7 +55,7 @@
 mod identity;
 mod metrics;
 mod replica;
-pub mod store;
+mod store;
 mod tls;
 mod transport;
 mod types;
@@ -66,6 +66,7 @@ pub use replica::{
     CommittedChange, MembershipError, ProposeError, RaftSettings, Replica, ReplicaConfig,
     StartError,
 };
+pub use store::{STORE_FILE, StoreError};
 pub use tls::{TlsError, TlsMaterial};
 pub use transport::TransportSettings;
 pub use types::{ApplyOutcome, NodeId, Proposal};

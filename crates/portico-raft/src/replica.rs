@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::identity::{self, IdentityError};
 use crate::metrics::{Counters, Leadership, ReplicaMetrics};
 use crate::store::log::LogStore;
-use crate::store::state_machine::StateMachine;
+use crate::store::state_machine::{StateMachine, check_snapshot};
 use crate::store::{Db, StoreError};
 use crate::tls::{TlsError, TlsMaterial};
 use crate::transport::TransportSettings;
@@ -26,7 +26,8 @@ use crate::transport::client::{CallError, Peers};
 use crate::transport::network::NetworkFactory;
 use crate::transport::server::{self, RpcHandler, RpcRejection};
 use crate::transport::wire::{self, Committed, ForwardError, JoinRequest, LeaderHint, NodeStatus};
-use crate::types::{ApplyOutcome, ClientWriteError, NodeId, Proposal, Raft, RaftError};
+use crate::types::{ApplyOutcome, ClientWriteError, NodeId, Proposal, Raft, RaftError, TypeConfig};
+use openraft::raft::InstallSnapshotRequest;
 
 /// Raft timing and log-compaction settings.
 #[derive(Clone, Debug)]
@@ -139,6 +140,13 @@ struct Inner {
     peers: Arc<Peers>,
     counters: Arc<Counters>,
     leadership: Mutex<LeadershipTrack>,
+    /// A copy of the snapshot being received, checked before its last chunk reaches Raft.
+    receiving_snapshot: tokio::sync::Mutex<Option<ReceivingSnapshot>>,
+}
+
+struct ReceivingSnapshot {
+    id: String,
+    data: Vec<u8>,
 }
 
 /// A running replica. Cloning gives another handle to the same replica.
@@ -189,6 +197,7 @@ impl Replica {
             peers,
             counters,
             leadership: Mutex::new(LeadershipTrack::default()),
+            receiving_snapshot: tokio::sync::Mutex::new(None),
         });
         let server = server::spawn(listener, tls.server, inner.clone(), config.transport);
         let leadership = tokio::spawn(track_leadership(inner.clone()));
@@ -421,6 +430,41 @@ enum LocalOutcome<T> {
 }
 
 impl Inner {
+    /// Keeps a copy of the incoming snapshot and checks it whole before its last chunk is
+    /// handed to Raft (which treats a snapshot that fails to install as fatal).
+    async fn check_snapshot_chunk(
+        &self,
+        request: &InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<(), RpcRejection> {
+        let mut receiving = self.receiving_snapshot.lock().await;
+        if request.offset == 0 {
+            *receiving = Some(ReceivingSnapshot {
+                id: request.meta.snapshot_id.clone(),
+                data: Vec::new(),
+            });
+        }
+        let offset = usize::try_from(request.offset).unwrap_or(usize::MAX);
+        match receiving.as_mut() {
+            // In sequence, or a chunk sent again after a lost answer.
+            Some(s) if s.id == request.meta.snapshot_id && offset <= s.data.len() => {
+                s.data.truncate(offset);
+                s.data.extend_from_slice(&request.data);
+            }
+            _ => {
+                *receiving = None;
+                return Err(RpcRejection::BadRequest(
+                    "snapshot chunk out of sequence".into(),
+                ));
+            }
+        }
+        if request.done {
+            let received = receiving.take().expect("set above");
+            check_snapshot(&received.data)
+                .map_err(|e| RpcRejection::BadRequest(format!("refused snapshot: {e}")))?;
+        }
+        Ok(())
+    }
+
     fn leader_hint(&self) -> Option<LeaderHint> {
         let metrics = self.raft.metrics().borrow().clone();
         let leader = metrics.current_leader?;
@@ -704,6 +748,7 @@ impl RpcHandler for Inner {
             }
             wire::INSTALL_SNAPSHOT => {
                 let request = wire::decode(&body).map_err(bad_request)?;
+                self.check_snapshot_chunk(&request).await?;
                 Ok(wire::encode(&self.raft.install_snapshot(request).await))
             }
             wire::PROPOSE => answer_forwarded::<Proposal, Committed>(self, &body).await,

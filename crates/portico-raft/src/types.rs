@@ -8,7 +8,7 @@ use std::io::Cursor;
 use portico_model::Change;
 use serde::{Deserialize, Serialize};
 
-/// A Raft node's identity. Random, 64-bit, never reused (see [`crate::identity`]).
+/// A Raft node's identity. Random, 64-bit, never reused (see the `identity` module).
 pub type NodeId = u64;
 
 /// One routing change as it travels through the log, stamped with the proposer's fencing

@@ -333,6 +333,27 @@ async fn peer_without_a_cluster_certificate_is_refused() {
         .unwrap();
 }
 
+openraft::declare_raft_types!(
+    /// The same wire layout as the replicas' own configuration.
+    WireConfig: D = Proposal, R = portico_raft::ApplyOutcome, SnapshotData = std::io::Cursor<Vec<u8>>
+);
+
+fn forged_snapshot_chunk(leader: u64, offset: u64, done: bool) -> Vec<u8> {
+    let log_id = openraft::LogId::new(openraft::CommittedLeaderId::new(1, leader), 1_000);
+    let request = openraft::raft::InstallSnapshotRequest::<WireConfig> {
+        vote: openraft::Vote::new_committed(1, leader),
+        meta: openraft::SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: Default::default(),
+            snapshot_id: "forged".into(),
+        },
+        offset,
+        data: vec![0xab; 1_000],
+        done,
+    };
+    postcard::to_stdvec(&request).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbled_or_truncated_rpc_body_is_rejected_without_harm() {
     let cluster = Cluster::start(3, test_settings()).await;
@@ -380,6 +401,29 @@ async fn garbled_or_truncated_rpc_body_is_rejected_without_harm() {
             .await
             .unwrap();
         assert_eq!(status, http::StatusCode::BAD_REQUEST);
+        // A well-formed snapshot RPC whose snapshot bytes are garbage, or whose chunks are
+        // out of sequence: refused before Raft sees it (a bad snapshot is fatal to Raft).
+        let leader_id = cluster.replica(leader).node_id();
+        for (offset, done) in [(0, true), (4096, false)] {
+            let forged = forged_snapshot_chunk(leader_id, offset, done);
+            let (status, body) = raw_post_to(
+                addr,
+                tls.clone(),
+                "/raft/v1/install-snapshot",
+                Some(id),
+                forged,
+            )
+            .await
+            .unwrap();
+            assert_eq!(status, http::StatusCode::BAD_REQUEST, "{body:?}");
+            let body = String::from_utf8_lossy(&body);
+            let expected = if done {
+                "refused snapshot"
+            } else {
+                "out of sequence"
+            };
+            assert!(body.contains(expected), "{body}");
+        }
         let truncated = encoded[..encoded.len() / 2].to_vec();
         let (status, _) = raw_post(addr, tls.clone(), "/raft/v1/propose", truncated)
             .await

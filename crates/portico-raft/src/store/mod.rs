@@ -7,7 +7,7 @@
 //!   log id (so a restarted replica can re-apply its own log before hearing from a leader),
 //!   the node's identity, and the latest snapshot (its metadata and bytes).
 //!
-//! The state machine itself is the routing table in memory ([`state_machine`]); after a
+//! The state machine itself is the routing table in memory (`state_machine`); after a
 //! restart it is rebuilt from the stored snapshot, then openraft re-applies the log from the
 //! snapshot up to the stored committed index.
 

@@ -29,12 +29,37 @@ use crate::types::{
 /// Version tag of the snapshot encoding, so a future format can be told apart.
 const SNAPSHOT_FORMAT: u8 = 1;
 
-/// The bytes of a snapshot as they are stored and sent to lagging replicas.
+/// The bytes of a snapshot as they are stored and sent to lagging replicas. The digest
+/// lets a replica check a received snapshot cheaply before installing it (see
+/// [`check_snapshot`]).
 #[derive(Serialize, Deserialize)]
 struct SnapshotPayload {
     format: u8,
     highest_epoch: u64,
+    table_sha256: [u8; 32],
     table: Vec<u8>,
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 digests are 32 bytes")
+}
+
+/// Checks that snapshot bytes are whole and unaltered, without decoding the table: a
+/// snapshot that fails to install is fatal to openraft, so a garbled one is refused at the
+/// RPC layer instead.
+pub(crate) fn check_snapshot(data: &[u8]) -> Result<(), &'static str> {
+    let payload: SnapshotPayload =
+        crate::transport::wire::decode(data).map_err(|_| "undecodable snapshot")?;
+    if payload.format != SNAPSHOT_FORMAT {
+        return Err("unknown snapshot format");
+    }
+    if sha256(&payload.table) != payload.table_sha256 {
+        return Err("snapshot digest mismatch");
+    }
+    Ok(())
 }
 
 /// Everything the state machine has applied so far.
@@ -182,10 +207,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let data = self
             .db
             .blocking(move |db| {
+                let table = state.table.to_bytes();
                 let payload = SnapshotPayload {
                     format: SNAPSHOT_FORMAT,
                     highest_epoch: state.highest_epoch,
-                    table: state.table.to_bytes(),
+                    table_sha256: sha256(&table),
+                    table,
                 };
                 let data = encode(&payload);
                 write_snapshot(db, &stored_meta, &data)?;
