@@ -306,8 +306,15 @@ impl Replica {
     }
 
     /// Proposes a change with the proposer's fencing epoch. On a follower the write is
-    /// forwarded to the leader. Returns once a quorum committed it and this call's target
-    /// (the leader) applied it; other replicas apply it moments later.
+    /// forwarded to the leader. Returns once a quorum committed it and the leader applied
+    /// it; other replicas apply it moments later (use [`Replica::wait_for_version`] to read
+    /// your own write on this replica).
+    ///
+    /// If the connection to the leader breaks after the leader received the write, the
+    /// write is sent again (until the request timeout) and may be committed twice. Changes
+    /// are whole-object states (upsert, delete, resync), so applying one twice in a row
+    /// leaves the same table; a caller must not have two proposals in flight whose order
+    /// matters.
     pub async fn propose(
         &self,
         epoch: u64,

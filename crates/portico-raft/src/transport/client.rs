@@ -266,3 +266,118 @@ impl PeerChannel {
         Ok(sender)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_config() -> Arc<ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        )
+    }
+
+    /// A peer that accepts TCP and then says nothing (a hung replica).
+    async fn silent_peer() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn in_flight_bytes_to_a_peer_are_bounded() {
+        let (addr, _peer) = silent_peer().await;
+        let settings = TransportSettings {
+            max_in_flight_bytes_per_peer: 100,
+            connect_timeout: Duration::from_secs(30),
+            ..TransportSettings::default()
+        };
+        let peers = Peers::new(client_config(), settings);
+        let channel = peers.channel(&addr);
+        let first = tokio::spawn({
+            let channel = channel.clone();
+            async move {
+                channel
+                    .call(
+                        super::super::wire::STATUS,
+                        vec![0; 80],
+                        Duration::from_secs(30),
+                    )
+                    .await
+            }
+        });
+        // The first call holds 80 of the 100 bytes while its peer is silent.
+        let started = Instant::now();
+        while channel.in_flight.available_permits() != 20 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "budget not taken"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A second 80-byte call cannot start; it times out waiting for budget.
+        let second = channel
+            .call(
+                super::super::wire::STATUS,
+                vec![0; 80],
+                Duration::from_millis(300),
+            )
+            .await;
+        assert!(
+            matches!(second, Err(CallError::Timeout { .. })),
+            "{second:?}"
+        );
+        assert_eq!(channel.in_flight.available_permits(), 20);
+        first.abort();
+        let _ = first.await;
+        assert_eq!(
+            channel.in_flight.available_permits(),
+            100,
+            "budget returned"
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_connections_back_off() {
+        // Nothing listens on this port once the listener is dropped.
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let peers = Peers::new(client_config(), TransportSettings::default());
+        let channel = peers.channel(&addr);
+        let first = channel
+            .call(
+                super::super::wire::STATUS,
+                Vec::new(),
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(
+            matches!(&first, Err(CallError::Unreachable { reason, .. }) if reason.starts_with("connect")),
+            "{first:?}"
+        );
+        let second = channel
+            .call(
+                super::super::wire::STATUS,
+                Vec::new(),
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(
+            matches!(&second, Err(CallError::Unreachable { reason, .. }) if reason.contains("backing off")),
+            "{second:?}"
+        );
+    }
+}
