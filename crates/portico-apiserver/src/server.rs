@@ -147,7 +147,15 @@ impl ApiServer {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
+                        let stream = match accepted {
+                            Ok((stream, _)) => stream,
+                            Err(err) => {
+                                // E.g. out of file descriptors: back off instead of spinning.
+                                tracing::warn!(%err, "apiserver accept failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        };
                         let _ = stream.set_nodelay(true);
                         let svc = hyper_util::service::TowerToHyperService::new(service.clone());
                         connections.spawn(async move {
@@ -192,9 +200,9 @@ impl ServerHandle {
     }
 
     /// Stops accepting and closes every connection.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.task.abort();
-        let _ = (&mut { self }.task).await;
+        let _ = (&mut self.task).await;
     }
 }
 
