@@ -303,6 +303,28 @@ fn admin(
     Ok(json_response(200, &current))
 }
 
+/// `unknown field "x"` warnings for `fieldValidation=Warn` (the default), as kube-apiserver
+/// sends them in `Warning` headers; the fields themselves are dropped.
+fn warnings_for(info: &registry::ResourceInfo, opts: &WriteOptions, body: &Value) -> Vec<String> {
+    if opts.field_validation != FieldValidation::Warn {
+        return Vec::new();
+    }
+    crate::objects::unknown_fields_of(info, body)
+        .into_iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect()
+}
+
+fn with_warnings(mut resp: Response<ResponseBody>, warnings: &[String]) -> Response<ResponseBody> {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+        if let Ok(value) = header::HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, value);
+        }
+    }
+    resp
+}
+
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     if let Ok(v) = serde_json::from_slice(body) {
         return Ok(v);
@@ -369,8 +391,9 @@ async fn resource(
                 };
                 let opts = write_options()?;
                 let body = into_storage(parse_body(req.body())?);
+                let warnings = warnings_for(registry::get(target.resource), &opts, &body);
                 let created = objects.create(target.resource, ns, body, &opts)?;
-                Ok(json_response(201, &out(&created)))
+                Ok(with_warnings(json_response(201, &out(&created)), &warnings))
             }
             Method::DELETE => delete_collection(shared, &target, query),
             _ => Err(ApiError::method_not_allowed(format!(
@@ -406,8 +429,12 @@ async fn resource(
         Method::PUT => {
             let opts = write_options()?;
             let body = into_storage(parse_body(req.body())?);
+            let warnings = warnings_for(registry::get(target.resource), &opts, &body);
             let committed = objects.replace(target.resource, &key, body, part, &opts)?;
-            Ok(json_response(200, &out(&committed.object)))
+            Ok(with_warnings(
+                json_response(200, &out(&committed.object)),
+                &warnings,
+            ))
         }
         Method::PATCH => {
             let content_type = req

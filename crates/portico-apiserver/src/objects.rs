@@ -711,6 +711,16 @@ fn decode(info: &ResourceInfo, object: &Value, mode: FieldValidation) -> Result<
     Ok(typed)
 }
 
+/// The fields of `object` that its Kubernetes type does not know (for `fieldValidation=Warn`).
+pub fn unknown_fields_of(info: &ResourceInfo, object: &Value) -> Vec<String> {
+    let Ok(typed) = info.decode_typed(object) else {
+        return Vec::new();
+    };
+    let mut unknown = Vec::new();
+    unknown_fields(object, &typed, &mut String::new(), &mut unknown);
+    unknown
+}
+
 fn unknown_fields(input: &Value, decoded: &Value, path: &mut String, out: &mut Vec<String>) {
     match (input, decoded) {
         (Value::Object(i), Value::Object(d)) => {

@@ -377,3 +377,42 @@ async fn namespace_deletion_removes_its_objects_and_dry_run_changes_nothing() {
     .await;
     assert_eq!(status, 404, "{body}");
 }
+
+#[tokio::test]
+async fn unknown_fields_warn_by_default_and_fail_when_strict() {
+    let server = ApiServer::builder().build().unwrap();
+    let svc = server.service();
+    let body = json!({"metadata": {"name": "w"}, "data": {"k": "v"}, "bogus": 1});
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(CMS)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let warning = resp
+        .headers()
+        .get("warning")
+        .expect("a Warning header")
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(warning, r#"299 - "unknown field \"bogus\"""#);
+    let stored = resp.into_body().collect().await.unwrap().to_bytes();
+    let stored: Value = serde_json::from_slice(&stored).unwrap();
+    assert!(
+        stored.get("bogus").is_none(),
+        "unknown fields are dropped: {stored}"
+    );
+    let body = json!({"metadata": {"name": "s"}, "bogus": 1});
+    let (status, err) = post(&svc, &format!("{CMS}?fieldValidation=Strict"), body).await;
+    assert_eq!(status, 400);
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field \"bogus\""),
+        "{err}"
+    );
+}
