@@ -731,3 +731,37 @@ async fn server_side_apply_of_status_by_a_controller() {
         1
     );
 }
+
+#[tokio::test]
+async fn reflector_with_streaming_lists() {
+    let server = server();
+    let api: Api<ConfigMap> = Api::default_namespaced(client(&server));
+    for i in 0..5 {
+        api.create(&PostParams::default(), &cm(&format!("before{i}"), "0"))
+            .await
+            .unwrap();
+    }
+    let (reader, writer) = reflector::store();
+    let config = watcher::Config::default().streaming_lists();
+    tokio::spawn(reflector(writer, watcher(api.clone(), config)).for_each(|_| async {}));
+    tokio::time::timeout(LONG, reader.wait_until_ready())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reader.state().len(), 5);
+    api.create(&PostParams::default(), &cm("after", "0"))
+        .await
+        .unwrap();
+    api.delete("before0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let names: HashSet<String> = reader.state().iter().map(|c| c.name_any()).collect();
+        if names.len() == 5 && names.contains("after") && !names.contains("before0") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{names:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
