@@ -164,6 +164,16 @@ pub fn status_write_violations(
 /// Times a replica's applied version went down. A wiped data directory starts a new baseline
 /// (it legitimately starts from 0 and catches up); a plain restart must not lose anything.
 pub fn version_regressions(samples: &[Sample]) -> Vec<String> {
+    regressions(samples, "version", |s| s.version)
+}
+
+/// Times the highest fencing epoch a replica's state machine applied went down: entries are
+/// accepted from one epoch at a time, in growing order (same baseline rule as versions).
+pub fn epoch_regressions(samples: &[Sample]) -> Vec<String> {
+    regressions(samples, "applied epoch", |s| s.highest_epoch)
+}
+
+fn regressions(samples: &[Sample], what: &str, value: impl Fn(&Sample) -> u64) -> Vec<String> {
     let mut out = Vec::new();
     let mut by_replica: std::collections::BTreeMap<usize, Vec<&Sample>> = Default::default();
     for s in samples {
@@ -180,13 +190,14 @@ pub fn version_regressions(samples: &[Sample]) -> Vec<String> {
                     high = 0;
                 }
             }
-            if s.version < high {
+            let v = value(s);
+            if v < high {
                 out.push(format!(
-                    "replica {replica} went back from version {high} to {} at {:.2}s (incarnation {})",
-                    s.version, s.t, s.incarnation
+                    "replica {replica} went back from {what} {high} to {v} at {:.2}s (incarnation {})",
+                    s.t, s.incarnation
                 ));
             }
-            high = high.max(s.version);
+            high = high.max(v);
         }
     }
     out
@@ -312,6 +323,7 @@ mod tests {
             is_leader,
             epoch,
             version,
+            highest_epoch: epoch,
         }
     }
 
@@ -443,6 +455,14 @@ mod tests {
             ..sample(4.0, 0, false, 0, 9)
         });
         assert!(version_regressions(&s).is_empty());
+    }
+
+    #[test]
+    fn applied_epochs_must_only_grow() {
+        let s = vec![sample(0.0, 0, false, 2, 1), sample(1.0, 0, false, 3, 2)];
+        assert!(epoch_regressions(&s).is_empty());
+        let s = vec![sample(0.0, 0, false, 3, 1), sample(1.0, 0, false, 2, 2)];
+        assert_eq!(epoch_regressions(&s).len(), 1);
     }
 
     #[test]

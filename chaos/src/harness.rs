@@ -483,6 +483,7 @@ fn start_sampler(
                             is_leader: s.is_leader,
                             epoch: s.epoch,
                             version: s.version,
+                            highest_epoch: s.highest_epoch,
                         });
                     }
                 }

@@ -57,6 +57,9 @@ pub struct Sample {
     pub epoch: u64,
     /// The routing table version it applied.
     pub version: u64,
+    /// The highest fencing epoch its state machine applied.
+    #[serde(default)]
+    pub highest_epoch: u64,
 }
 
 /// One fault, from injection to heal.

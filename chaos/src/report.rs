@@ -123,6 +123,10 @@ impl Report {
                 checks::version_regressions(&obs.samples),
             ),
             Check::from_violations(
+                "one writer: Raft entries accepted from one epoch at a time, in growing order",
+                checks::epoch_regressions(&obs.samples),
+            ),
+            Check::from_violations(
                 "availability: no failed request on a replica no fault targeted",
                 checks::failures_on_untargeted(&obs, CLIENT_SETTLE),
             ),

@@ -252,6 +252,7 @@ mod tests {
                         is_leader: (r == 0 && t < 12.0) || (r == 2 && t >= 13.0),
                         epoch: if t < 12.0 { 1 } else { 2 },
                         version: i / 10,
+                        highest_epoch: 1,
                     });
                 }
             }
