@@ -55,10 +55,11 @@ struct Args {
     /// The portico binary (default: next to this executable).
     #[arg(long)]
     portico: Option<PathBuf>,
-    /// The controller's lease duration in seconds (portico-controller's default).
+    /// The replicas' lease duration in seconds, for the new-leader bound and fault lengths
+    /// (`portico run` uses portico-controller's default, 15 s; it has no flag to change it).
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
-    /// The controller's retry period in seconds (portico-controller's default).
+    /// The replicas' retry period in seconds (portico-controller's default, 2 s).
     #[arg(long, default_value_t = 2)]
     retry_seconds: u64,
     /// Milliseconds between the writer's changes.
