@@ -138,6 +138,10 @@ pub(crate) enum LeaderWorkError {
     Fenced { epoch: u64, highest_epoch: u64 },
     #[error("the Raft replica is shutting down")]
     ReplicaShuttingDown,
+    /// A change Raft refused outright, e.g. a full resync larger than one log entry may be
+    /// (raise the transport's `max_body_bytes`).
+    #[error("a proposal was refused: {0}")]
+    Refused(String),
     #[error("every watcher ended")]
     WatchersEnded,
     #[error("cancelled")]
@@ -326,6 +330,7 @@ impl Controller {
         self.status.send_modify(|s| {
             s.is_leader = true;
             s.epoch = Some(epoch);
+            s.last_error = None;
         });
 
         let token = CancellationToken::new();
@@ -341,7 +346,7 @@ impl Controller {
             },
             status_tx,
         ));
-        let status = tokio::spawn(status::run(
+        let mut status = tokio::spawn(status::run(
             status::StatusContext {
                 client: self.client.clone(),
                 replica: self.replica.clone(),
@@ -364,6 +369,13 @@ impl Controller {
                         Ok(Ok(())) => "leader work ended".to_owned(),
                         Ok(Err(e)) => format!("leader work failed: {e}"),
                         Err(e) => format!("leader work panicked: {e}"),
+                    });
+                }
+                ended = &mut status => {
+                    self.metrics.reconcile_errors.inc();
+                    break Exit::StepDown(match ended {
+                        Ok(()) => "the status worker ended".to_owned(),
+                        Err(e) => format!("the status worker panicked: {e}"),
                     });
                 }
                 () = tokio::time::sleep(Duration::from_millis(100)) => {
@@ -405,15 +417,21 @@ impl Controller {
         // Stop acting first, then give the Lease up.
         self.lease.set(None);
         token.cancel();
+        // (A handle already polled to completion in the loop must not be awaited again.)
         let stop = async {
-            let _ = (&mut reconcile).await;
-            let _ = status.await;
+            if !reconcile.is_finished() {
+                let _ = (&mut reconcile).await;
+            }
+            if !status.is_finished() {
+                let _ = (&mut status).await;
+            }
         };
         if tokio::time::timeout(Duration::from_secs(2), stop)
             .await
             .is_err()
         {
             reconcile.abort();
+            status.abort();
         }
         self.metrics.is_leader.set(0);
         self.metrics.epoch.set(0);

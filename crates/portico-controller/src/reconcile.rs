@@ -136,8 +136,37 @@ pub(crate) async fn run(
     }
 }
 
-/// Proposes `change`, retrying while it cannot commit; a stale epoch ends leader work.
+/// Proposes `change`, retrying while it cannot commit; a stale epoch ends leader work. A
+/// batch refused as a whole (too large for one log entry) is split in halves, proposed in
+/// order.
 async fn propose(ctx: &LeaderContext, change: Change, kind: &str) -> Result<u64, LeaderWorkError> {
+    let mut stack = vec![change];
+    let mut version = 0;
+    while let Some(change) = stack.pop() {
+        match propose_one(ctx, change, kind).await? {
+            Proposed::Committed(v) => version = v,
+            Proposed::Refused(Change::Batch(mut changes), _) if changes.len() > 1 => {
+                let second = changes.split_off(changes.len() / 2);
+                stack.push(Change::Batch(second));
+                stack.push(Change::Batch(changes));
+            }
+            Proposed::Refused(_, why) => return Err(LeaderWorkError::Refused(why)),
+        }
+    }
+    Ok(version)
+}
+
+enum Proposed {
+    Committed(u64),
+    /// Refused for a reason retrying cannot fix (for example too large for one entry).
+    Refused(Change, String),
+}
+
+async fn propose_one(
+    ctx: &LeaderContext,
+    change: Change,
+    kind: &str,
+) -> Result<Proposed, LeaderWorkError> {
     let mut pause = Duration::from_millis(100);
     loop {
         let started = Instant::now();
@@ -157,8 +186,9 @@ async fn propose(ctx: &LeaderContext, change: Change, kind: &str) -> Result<u64,
                     .commit_latency
                     .observe(started.elapsed().as_secs_f64());
                 tracing::debug!(version = committed.version, "committed");
-                return Ok(committed.version);
+                return Ok(Proposed::Committed(committed.version));
             }
+
             Err(ProposeError::StaleEpoch {
                 epoch,
                 highest_epoch,
@@ -182,6 +212,14 @@ async fn propose(ctx: &LeaderContext, change: Change, kind: &str) -> Result<u64,
                     () = tokio::time::sleep(pause) => {}
                 }
                 pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            // Any other refusal (portico-raft refuses a change too large for one log
+            // entry): split a batch, else give up leader work with the reason.
+            #[allow(unreachable_patterns)]
+            Err(other) => {
+                ctx.metrics.proposal_errors.inc();
+                tracing::warn!(error = %other, "proposal refused");
+                return Ok(Proposed::Refused(change, other.to_string()));
             }
         }
     }

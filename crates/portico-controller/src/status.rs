@@ -104,12 +104,14 @@ pub(crate) async fn run(ctx: StatusContext, mut rx: mpsc::UnboundedReceiver<Stat
             instance: Some(ctx.config.identity.clone()),
         },
     );
-    let configured: Vec<LbAddress> = ctx
+    let mut configured: Vec<LbAddress> = ctx
         .config
         .publish_status_addresses
         .iter()
         .map(|a| LbAddress::parse(a))
         .collect();
+    configured.sort();
+    configured.dedup();
     let mut worker = Worker {
         ctx: &ctx,
         recorder,

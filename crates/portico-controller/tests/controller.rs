@@ -322,9 +322,12 @@ async fn cancelled_leader_hands_over_in_about_a_second() {
     // Raft leadership stays on the old node (its replica runs on); the Lease must follow
     // Raft, so the replica steps down from Raft as a rolling restart's SIGTERM would.
     cluster.nodes[old].replica.take().unwrap().shutdown().await;
+    let raft_stopped = started.elapsed();
     let new = cluster.wait_for_controller_leader().await;
     let handover = started.elapsed();
-    println!("graceful handover: run() returned after {returned:?}, new leader after {handover:?}");
+    println!(
+        "graceful handover: run() returned after {returned:?}, Raft stopped after {raft_stopped:?}, new leader after {handover:?}"
+    );
     assert_ne!(new, old);
     assert!(
         handover < Duration::from_secs(4),
@@ -641,4 +644,54 @@ async fn forced_410_dropped_watches_and_409s_are_recovered() {
                 == want
         })
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fenced_leader_work_gives_up_the_lease_says_why_and_the_next_epoch_is_higher() {
+    let cluster = Cluster::start().await;
+    apply_class(&cluster.admin, "conformance").await;
+    apply(&cluster.admin, &ingress("a", "a.example", "/")).await;
+    cluster
+        .wait_tables("a", |t| t.lookup("a.example", "/").is_some())
+        .await;
+    let leader = cluster.wait_for_controller_leader().await;
+    let controller = cluster.nodes[leader].controller.as_ref().unwrap();
+    let epoch = controller.status.borrow().epoch.unwrap();
+    let mut status = controller.status.clone();
+
+    // Someone with a much higher epoch wrote to the log (as a Lease recreated elsewhere
+    // would): the leader's next proposal is refused, its leader work dies, it steps down.
+    let foreign = epoch + 5;
+    cluster
+        .replica(leader)
+        .propose(foreign, portico_model::Change::Batch(Vec::new()))
+        .await
+        .unwrap();
+    apply(&cluster.admin, &ingress("b", "b.example", "/")).await;
+    tokio::time::timeout(PATIENCE, status.wait_for(|s| !s.is_leader))
+        .await
+        .unwrap()
+        .unwrap();
+    let why = status.borrow().last_error.clone().unwrap();
+    assert!(why.contains("deposed"), "{why}");
+
+    // Leadership comes back with an epoch above everything applied, and the change lands.
+    let leader = cluster.wait_for_controller_leader().await;
+    let next = cluster.nodes[leader]
+        .controller
+        .as_ref()
+        .unwrap()
+        .status
+        .borrow()
+        .epoch
+        .unwrap();
+    assert!(next > foreign, "epoch {next} must exceed {foreign}");
+    cluster
+        .wait_tables("b", |t| t.lookup("b.example", "/").is_some())
+        .await;
+    let lease = cluster.lease().await.unwrap();
+    assert_eq!(
+        lease.spec.unwrap().lease_transitions,
+        Some(i32::try_from(next).unwrap())
+    );
 }

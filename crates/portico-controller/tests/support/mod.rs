@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
@@ -98,6 +97,7 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub writes: Arc<Mutex<Vec<StatusWrite>>>,
     pub admin: Client,
+    pub timings: Timings,
 }
 
 pub fn init_tracing() {
@@ -145,8 +145,16 @@ fn node_client(
     Client::new(service, NAMESPACE)
 }
 
+/// Lease timings: (lease duration, renew deadline, retry period).
+pub type Timings = (Duration, Duration, Duration);
+pub const TEST_TIMINGS: Timings = (LEASE, RENEW, RETRY);
+
 impl Cluster {
     pub async fn start() -> Self {
+        Self::start_with(TEST_TIMINGS).await
+    }
+
+    pub async fn start_with(timings: Timings) -> Self {
         init_tracing();
         let api = ApiServer::builder().build().unwrap();
         let admin = Client::new(api.service(), NAMESPACE);
@@ -192,6 +200,7 @@ impl Cluster {
             nodes,
             writes,
             admin,
+            timings,
         };
         cluster.wait_for_raft_leader().await;
         for i in 0..3 {
@@ -204,9 +213,11 @@ impl Cluster {
         let node = &mut self.nodes[i];
         let identity = portico_controller::boot_identity(&format!("portico-{i}"));
         let mut config = ControllerConfig::new(NAMESPACE, identity.clone());
-        config.lease_duration = LEASE;
-        config.renew_deadline = RENEW;
-        config.retry_period = RETRY;
+        (
+            config.lease_duration,
+            config.renew_deadline,
+            config.retry_period,
+        ) = self.timings;
         config.debounce = Duration::from_millis(20);
         config.publish_status_addresses = vec![STATUS_ADDRESS.to_owned()];
         let mut registry = Registry::default();
@@ -434,8 +445,4 @@ pub async fn wait_ingress(
         assert!(started.elapsed() < PATIENCE, "Ingress {name}: never {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-pub fn bytes(b: &'static [u8]) -> Bytes {
-    Bytes::from_static(b)
 }
