@@ -155,6 +155,8 @@ async fn propagation() {
             times.last().unwrap()
         );
     }
+    let mut cluster = cluster;
+    cluster.stop_all().await;
 }
 
 async fn failover(timings: Timings, label: &str) {
@@ -168,9 +170,10 @@ async fn failover(timings: Timings, label: &str) {
     cluster.kill(leader).await;
     let next = cluster.wait_for_controller_leader().await;
     println!("failover {label} abort (SIGKILL-like): {:?}", t0.elapsed());
+    assert_ne!(next, leader);
 
     // A fresh cluster for the graceful case (two of three must stay up for a quorum).
-    drop(cluster);
+    cluster.stop_all().await;
     let mut cluster = Cluster::start_with(timings).await;
     let leader = cluster.wait_for_controller_leader().await;
     tokio::time::sleep(timings.2 * 3).await;
@@ -190,6 +193,7 @@ async fn failover(timings: Timings, label: &str) {
         "failover {label} graceful (SIGTERM-like): Lease released after {released:?}, new leader after {:?}",
         t0.elapsed()
     );
+    cluster.stop_all().await;
 }
 
 fn main() {

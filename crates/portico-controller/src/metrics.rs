@@ -47,12 +47,9 @@ impl Metrics {
             reconcile_errors: Counter::default(),
             proposals: Family::default(),
             proposal_errors: Counter::default(),
-            commit_latency: Histogram::new(
-                [
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ]
-                .into_iter(),
-            ),
+            commit_latency: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             invalid_ingresses: Family::default(),
             status_writes: Counter::default(),
             status_write_errors: Counter::default(),

@@ -380,14 +380,16 @@ impl State {
                     });
                 }
             }
-            ResourceKind::Service if self.publish_service.as_ref() == Some(key) => {
-                if self.inputs.publish_service_addresses.as_ref() != Some(&seen.load_balancer) {
-                    self.inputs.publish_service_addresses = Some(seen.load_balancer.clone());
-                    let _ = status.send(StatusWork::Observed {
-                        inputs: self.inputs.clone(),
-                        changed: None,
-                    });
-                }
+            ResourceKind::Service
+                if self.publish_service.as_ref() == Some(key)
+                    && self.inputs.publish_service_addresses.as_ref()
+                        != Some(&seen.load_balancer) =>
+            {
+                self.inputs.publish_service_addresses = Some(seen.load_balancer.clone());
+                let _ = status.send(StatusWork::Observed {
+                    inputs: self.inputs.clone(),
+                    changed: None,
+                });
             }
             _ => {}
         }

@@ -329,6 +329,18 @@ impl Cluster {
         replica.shutdown().await;
     }
 
+    /// Stops every controller and replica (benchmarks start several clusters in a row).
+    pub async fn stop_all(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(controller) = node.controller.take() {
+                controller.task.abort();
+            }
+            if let Some(replica) = node.replica.take() {
+                replica.shutdown().await;
+            }
+        }
+    }
+
     pub fn metrics_text(&self, i: usize) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(
