@@ -546,6 +546,15 @@ async fn forced_410_dropped_watches_and_409s_are_recovered() {
     let cluster = Cluster::start().await;
     let faults = cluster.api.faults().clone();
     apply_class(&cluster.admin, "conformance").await;
+    // The backend Service exists, so these Ingresses have no problems (no Events): the
+    // write after each apply is its status write (or, now and then, a Lease renewal).
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "svc", "namespace": NAMESPACE},
+        "spec": {"ports": [{"port": 80}]},
+    }))
+    .unwrap();
+    apply(&cluster.admin, &svc).await;
     apply(&cluster.admin, &ingress("f0", "f0.example", "/")).await;
     wait_ingress(&cluster.admin, "f0", "given status", |i| {
         status_addresses(i) == [STATUS_ADDRESS]
@@ -619,6 +628,15 @@ async fn forced_410_dropped_watches_and_409s_are_recovered() {
     }
     let leader = cluster.wait_for_controller_leader().await;
     let text = cluster.metrics_text(leader);
+    let failed_status_writes: u64 = text
+        .lines()
+        .find(|l| l.starts_with("portico_controller_status_write_errors_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        failed_status_writes >= 1,
+        "no status write was hit by a fault:\n{text}"
+    );
     println!(
         "{}",
         text.lines()
