@@ -22,6 +22,9 @@ pub const STATUS_ADDRESS: &str = "10.251.0.100";
 pub fn http_addr(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(replica_addr(i)), HTTP_PORT)
 }
+pub fn https_addr(i: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(replica_addr(i)), HTTPS_PORT)
+}
 pub fn h3_addr(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(replica_addr(i)), HTTPS_PORT)
 }

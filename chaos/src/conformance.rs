@@ -5,8 +5,9 @@
 //! Each manifest is applied on its own (as the conformance suite does), with an echo backend
 //! per Service it names (the echo answer names its Service); once every replica lists its
 //! Ingresses, each plain-HTTP row is sent to each replica, then the manifest is deleted.
-//! HTTPS rows are not re-checked here (they need the suite's certificate; the portico crate's
-//! own tests cover them) and are reported as skipped.
+//! HTTPS rows go over TLS with SNI to each replica's HTTPS port, trusting only the
+//! certificate the harness made for the suite's `conformance-tls` Secret, so a row passes only
+//! if the replica chose that certificate by SNI.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -23,7 +24,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::cluster::{Cluster, admin_addr, http_addr};
+use crate::cluster::{Cluster, admin_addr, http_addr, https_addr};
 use crate::net::{BACKEND_ADDRS, replica_addr};
 use crate::observe;
 use crate::writer::NAMESPACE;
@@ -88,17 +89,63 @@ pub struct Outcome {
     pub skipped: Vec<String>,
 }
 
+/// The suite's TLS Secret: a certificate for the hosts of its TLS rows.
+pub struct SuiteCertificate {
+    cert_pem: String,
+    key_pem: String,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl SuiteCertificate {
+    pub fn generate(names: Vec<String>) -> anyhow::Result<Self> {
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(names)?.self_signed(&key)?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone())?;
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(SuiteCertificate {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            tls: std::sync::Arc::new(tls),
+        })
+    }
+}
+
 async fn request(
     addr: std::net::SocketAddr,
+    tls: Option<&SuiteCertificate>,
     method: &str,
     host: &str,
     path: &str,
 ) -> anyhow::Result<(u16, Option<String>, Bytes)> {
     let fut = async {
         let stream = tokio::net::TcpStream::connect(addr).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
+        let mut sender = match tls {
+            None => {
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await?;
+                tokio::spawn(conn);
+                sender
+            }
+            Some(suite) => {
+                let name = rustls_pki_types::ServerName::try_from(host.to_string())?;
+                let stream = tokio_rustls::TlsConnector::from(suite.tls.clone())
+                    .connect(name, stream)
+                    .await
+                    .context("TLS handshake (the suite's certificate must be chosen by SNI)")?;
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await?;
+                tokio::spawn(conn);
+                sender
+            }
+        };
         let req = Request::builder()
             .method(method)
             .uri(path)
@@ -203,11 +250,34 @@ pub async fn recheck(
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
     let params = PatchParams::apply("portico-chaos").force();
     let mut outcome = Outcome::default();
+    // The suite's `conformance-tls` Secret, for the hosts of its HTTPS rows.
+    let tls_hosts: Vec<String> = cases
+        .iter()
+        .filter(|c| c.scheme == "https")
+        .map(|c| c.host.clone())
+        .collect();
+    let suite = SuiteCertificate::generate(tls_hosts)?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), NAMESPACE);
+    secrets
+        .patch(
+            "conformance-tls",
+            &params,
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": "conformance-tls", "namespace": NAMESPACE},
+                "stringData": {"tls.crt": suite.cert_pem, "tls.key": suite.key_pem},
+            })),
+        )
+        .await?;
     let mut echo_port = 9100u16;
     let mut started: BTreeSet<String> = BTreeSet::new();
     for manifest in manifests {
         let rows: Vec<&Case> = cases.iter().filter(|c| c.manifest == manifest).collect();
-        if rows.iter().all(|c| c.scheme != "http") {
+        if rows
+            .iter()
+            .all(|c| c.scheme != "http" && c.scheme != "https")
+        {
             for case in rows {
                 outcome.skipped.push(format!(
                     "{} ({}): no HTTP request to make",
@@ -267,13 +337,17 @@ pub async fn recheck(
         // Backends resolve with the Services, which may land a moment after the Ingress.
         tokio::time::sleep(Duration::from_secs(1)).await;
         for case in rows {
-            if case.scheme != "http" {
-                outcome.skipped.push(format!(
-                    "{} ({} {}): not an HTTP request row",
-                    case.id, case.scheme, case.host
-                ));
-                continue;
-            }
+            let (tls, addr): (_, fn(usize) -> std::net::SocketAddr) = match case.scheme.as_str() {
+                "http" => (None, http_addr),
+                "https" => (Some(&suite), https_addr),
+                _ => {
+                    outcome.skipped.push(format!(
+                        "{} ({} {}): not a request row",
+                        case.id, case.scheme, case.host
+                    ));
+                    continue;
+                }
+            };
             for r in 0..cluster.replicas() {
                 let host = if case.host == "<ingress-address>" {
                     replica_addr(r).to_string()
@@ -281,7 +355,7 @@ pub async fn recheck(
                     case.host.clone()
                 };
                 outcome.checked += 1;
-                match request(http_addr(r), &case.method, &host, &case.path).await {
+                match request(addr(r), tls, &case.method, &host, &case.path).await {
                     Ok((status, location, body)) => {
                         if let Some(f) =
                             check_case(case, r, status, location.as_deref(), &body, &host)
