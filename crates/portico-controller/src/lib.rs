@@ -17,7 +17,10 @@
 //! * **Follower.** Every `retry_period`, *if this replica is the Raft leader and a quorum
 //!   acknowledged it recently*, try to acquire the Lease. Only the Raft leader campaigns,
 //!   so the Lease holder is the replica whose proposals commit without a forwarding hop,
-//!   and a replica cut off from its peers never takes the Lease.
+//!   and a replica cut off from its peers never takes the Lease. Raft leadership is polled
+//!   every 100 ms, so a new Raft leader takes a released Lease at once; replicas that are
+//!   not Raft leader still read the Lease every retry period, so their expiry clock for
+//!   the current holder is already running when they become leader.
 //! * **Leader.** The fencing epoch is the Lease's `leaseTransitions` after acquisition
 //!   (raised above Raft's highest applied epoch if the Lease was recreated), carried by
 //!   every proposal; the state machine refuses older epochs. Leader work (reconcile and

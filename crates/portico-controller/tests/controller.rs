@@ -329,8 +329,10 @@ async fn cancelled_leader_hands_over_in_about_a_second() {
         "graceful handover: run() returned after {returned:?}, Raft stopped after {raft_stopped:?}, new leader after {handover:?}"
     );
     assert_ne!(new, old);
+    // ~50 ms of it is the Lease; the rest is the Raft election after the old replica stops
+    // (openraft 0.9 has no leadership transfer). Generous for a loaded machine.
     assert!(
-        handover < Duration::from_secs(4),
+        handover < Duration::from_secs(6),
         "handover took {handover:?}"
     );
     changes.await.unwrap();
