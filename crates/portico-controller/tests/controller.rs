@@ -244,6 +244,10 @@ async fn killed_leader_is_replaced_within_a_lease_and_no_change_is_lost() {
             t.lookup("before.example", "/").is_some()
         })
         .await;
+    wait_ingress(&cluster.admin, "before", "given status", |i| {
+        status_addresses(i) == [STATUS_ADDRESS]
+    })
+    .await;
     let old = cluster.wait_for_controller_leader().await;
     let old_epoch = cluster.nodes[old]
         .controller
@@ -290,6 +294,19 @@ async fn killed_leader_is_replaced_within_a_lease_and_no_change_is_lost() {
         |i| status_addresses(i) == [STATUS_ADDRESS],
     )
     .await;
+    // The leader change neither cleared nor rewrote the status it found in place.
+    let before = Api::<Ingress>::namespaced(cluster.admin.clone(), NAMESPACE)
+        .get("before")
+        .await
+        .unwrap();
+    assert_eq!(status_addresses(&before), [STATUS_ADDRESS]);
+    let rewritten = cluster
+        .writes
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|w| w.node == new && w.path.ends_with("/before/status"));
+    assert!(!rewritten, "the new leader rewrote an unchanged status");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
