@@ -4,7 +4,8 @@
 //!
 //! Each manifest is applied on its own (as the conformance suite does), with an echo backend
 //! per Service it names (the echo answer names its Service); once every replica lists its
-//! Ingresses, each plain-HTTP row is sent to each replica, then the manifest is deleted.
+//! Ingresses, each row is sent to each replica, the Ingresses' status is checked (the
+//! published address on ours, none on another class's), then the manifest is deleted.
 //! HTTPS rows go over TLS with SNI to each replica's HTTPS port, trusting only the
 //! certificate the harness made for the suite's `conformance-tls` Secret, so a row passes only
 //! if the replica chose that certificate by SNI.
@@ -200,6 +201,21 @@ fn check_case(
     None
 }
 
+/// The addresses in an Ingress's `status.loadBalancer.ingress`.
+async fn status_addresses(api: &Api<Ingress>, name: &str) -> Vec<String> {
+    let Ok(ingress) = api.get(name).await else {
+        return vec!["(could not read the Ingress)".to_string()];
+    };
+    ingress
+        .status
+        .and_then(|s| s.load_balancer)
+        .and_then(|lb| lb.ingress)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| i.ip.or(i.hostname))
+        .collect()
+}
+
 /// Waits until every replica's table lists (or no longer lists) each of `ingresses`.
 async fn wait_listed(replicas: usize, ingresses: &[String], present: bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -274,18 +290,10 @@ pub async fn recheck(
     let mut started: BTreeSet<String> = BTreeSet::new();
     for manifest in manifests {
         let rows: Vec<&Case> = cases.iter().filter(|c| c.manifest == manifest).collect();
-        if rows
+        // Rows without a request (an Ingress of another class) are judged by its status.
+        let status_only = rows
             .iter()
-            .all(|c| c.scheme != "http" && c.scheme != "https")
-        {
-            for case in rows {
-                outcome.skipped.push(format!(
-                    "{} ({}): no HTTP request to make",
-                    case.id, case.manifest
-                ));
-            }
-            continue;
-        }
+            .all(|c| c.scheme != "http" && c.scheme != "https");
         let text = std::fs::read_to_string(data.join("manifests").join(&manifest))
             .with_context(|| format!("reading manifest {manifest}"))?;
         let mut objects = Vec::new();
@@ -333,18 +341,26 @@ pub async fn recheck(
             applied.push(name);
         }
         let keys: Vec<String> = applied.iter().map(|n| format!("{NAMESPACE}/{n}")).collect();
-        wait_listed(cluster.replicas(), &keys, true).await?;
-        // Backends resolve with the Services, which may land a moment after the Ingress.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        for case in rows {
+        if status_only {
+            // Long enough for a leader to have written a status it should not write.
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        } else {
+            wait_listed(cluster.replicas(), &keys, true).await?;
+            // Backends resolve with the Services, which may land a moment after the Ingress.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        for &case in &rows {
             let (tls, addr): (_, fn(usize) -> std::net::SocketAddr) = match case.scheme.as_str() {
                 "http" => (None, http_addr),
                 "https" => (Some(&suite), https_addr),
                 _ => {
-                    outcome.skipped.push(format!(
-                        "{} ({} {}): not a request row",
-                        case.id, case.scheme, case.host
-                    ));
+                    // A status-only row is judged below.
+                    if !status_only {
+                        outcome.skipped.push(format!(
+                            "{} ({} {}): not a request row",
+                            case.id, case.scheme, case.host
+                        ));
+                    }
                     continue;
                 }
             };
@@ -367,6 +383,30 @@ pub async fn recheck(
                         .failures
                         .push(format!("{} on replica {r}: {e:#}", case.id)),
                 }
+            }
+        }
+        // Status: our Ingresses get the published address from the leader; another class's
+        // Ingress is not admitted and gets none.
+        for name in &applied {
+            let want: Vec<String> = if status_only {
+                Vec::new()
+            } else {
+                vec![crate::cluster::STATUS_ADDRESS.to_string()]
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let got = loop {
+                let got = status_addresses(&ingresses, name).await;
+                if got == want || status_only || Instant::now() > deadline {
+                    break got;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            outcome.checked += 1;
+            if got != want {
+                let ids: Vec<&str> = rows.iter().map(|c| c.id.as_str()).collect();
+                outcome.failures.push(format!(
+                    "{ids:?}: Ingress {name} has status addresses {got:?}, expected {want:?}"
+                ));
             }
         }
         for name in &applied {
