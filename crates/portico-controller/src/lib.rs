@@ -382,6 +382,11 @@ impl Controller {
                     });
                 }
                 () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    // Checked on every tick, not only when renewing: a process frozen (SIGSTOP)
+                    // past its deadline must see that first thing when it wakes.
+                    if Instant::now() >= renewed_at + config.renew_deadline {
+                        break Exit::StepDown("could not renew the Lease before the renew deadline".into());
+                    }
                     if !self.raft_leader() {
                         break Exit::StepDown("no longer the Raft leader (or no recent quorum acknowledgement)".into());
                     }
@@ -417,8 +422,18 @@ impl Controller {
             }
         };
 
-        // Stop acting first, then give the Lease up.
+        // Stop acting first, then give the Lease up. Leadership ends now by our own accounting
+        // (status writes check `lease`; proposals are fenced), even while the workers wind down.
         self.lease.set(None);
+        self.metrics.is_leader.set(0);
+        self.metrics.epoch.set(0);
+        self.status.send_modify(|s| {
+            s.is_leader = false;
+            s.epoch = None;
+            if let Exit::StepDown(why) = &exit {
+                s.last_error = Some(why.clone());
+            }
+        });
         token.cancel();
         // (A handle already polled to completion in the loop must not be awaited again.)
         let stop = async {
@@ -436,8 +451,6 @@ impl Controller {
             reconcile.abort();
             status.abort();
         }
-        self.metrics.is_leader.set(0);
-        self.metrics.epoch.set(0);
         match elector
             .release(config.renew_deadline.min(Duration::from_secs(2)))
             .await
@@ -446,13 +459,6 @@ impl Controller {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not release the Lease"),
         }
-        self.status.send_modify(|s| {
-            s.is_leader = false;
-            s.epoch = None;
-            if let Exit::StepDown(why) = &exit {
-                s.last_error = Some(why.clone());
-            }
-        });
         exit
     }
 }

@@ -115,12 +115,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(log_id) = committed {
             self.counters.set_committed(log_id.index);
         }
-        // Raft does not need this to be durable (a leader re-establishes it), so it costs
-        // no fsync of its own: it reaches the disk with the next append. Storing it lets a
-        // restarted replica rebuild its table from its own log straight away.
+        // Raft itself does not need this durable (a leader re-establishes it), but a replica
+        // restarted after a crash rebuilds its table from its own log up to this index and
+        // serves it at once: were it not on disk, the replica would briefly serve an older
+        // version than it served before the crash. An applied version never goes backwards,
+        // so the index is fsynced (the chaos harness found the lost-update window).
         self.db
             .blocking(move |db| {
-                Db::write_meta_with(db, KEY_COMMITTED, &committed, redb::Durability::None)
+                Db::write_meta_with(db, KEY_COMMITTED, &committed, redb::Durability::Immediate)
             })
             .await
             .map_err(logs_error(ErrorVerb::Write))
