@@ -26,6 +26,9 @@ pub struct ProxyConfig {
     pub limits: Limits,
     /// The `Server` header added to responses that carry none.
     pub server_name: String,
+    /// One `tracing` info event (target `portico::access`) per request: protocol, method,
+    /// host, path without query, status, Ingress, upstream, time to response head, client.
+    pub access_log: bool,
 }
 
 impl Default for ProxyConfig {
@@ -39,6 +42,7 @@ impl Default for ProxyConfig {
             session_resumption: true,
             limits: Limits::default(),
             server_name: "portico".to_owned(),
+            access_log: false,
         }
     }
 }

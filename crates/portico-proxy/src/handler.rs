@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::{self, LimitedBody, ProxyBody, Reclaimable, TimeoutBody};
 use crate::headers::{self, Forwarded};
+use crate::observe::{self, Observation, Protocol, ProxyMetrics, RequestFacts, Trace};
 use crate::upstream::{self, Clients, Health};
 
 /// State shared by every listener and connection of one proxy.
@@ -33,6 +34,9 @@ pub(crate) struct Shared {
     pub tunnels: TaskTracker,
     /// The drain deadline passed: drop whatever is still open.
     pub force: CancellationToken,
+    pub metrics: Arc<ProxyMetrics>,
+    /// Emit one `portico::access` event per request.
+    pub access_log: bool,
 }
 
 /// How the client reached us.
@@ -59,7 +63,36 @@ pub(crate) async fn handle(
     req: Request<ProxyBody>,
     upgrade: Option<OnUpgrade>,
 ) -> Response<ProxyBody> {
-    let mut resp = route_and_forward(shared, conn, req, upgrade).await;
+    let start = Instant::now();
+    let protocol = match (conn.transport, req.version()) {
+        (Transport::Quic, _) => Protocol::Http3,
+        (_, Version::HTTP_2) => Protocol::Http2,
+        _ => Protocol::Http1,
+    };
+    // Only the access log needs these; without it the hot path allocates nothing more.
+    let facts = shared.access_log.then(|| RequestFacts {
+        method: req.method().clone(),
+        host: headers::request_host(req.uri(), req.headers())
+            .unwrap_or("-")
+            .to_owned(),
+        uri: req.uri().clone(),
+    });
+    let mut trace = Trace {
+        enabled: shared.access_log,
+        ..Trace::default()
+    };
+    let mut resp = route_and_forward(shared, conn, req, upgrade, &mut trace).await;
+    observe::observe(
+        &shared.metrics,
+        Observation {
+            protocol,
+            status: resp.status(),
+            elapsed: start.elapsed(),
+            client: conn.peer,
+            facts: facts.as_ref(),
+            trace: &trace,
+        },
+    );
     let headers = resp.headers_mut();
     headers::add_response_defaults(headers, &shared.server_header);
     if conn.transport != Transport::Quic
@@ -77,6 +110,7 @@ async fn route_and_forward(
     conn: ConnInfo,
     req: Request<ProxyBody>,
     upgrade: Option<OnUpgrade>,
+    trace: &mut Trace,
 ) -> Response<ProxyBody> {
     if let Some(rejection) = malformed(&req) {
         return rejection;
@@ -91,6 +125,9 @@ async fn route_and_forward(
     let Some(route) = table.lookup(&host, req.uri().path()) else {
         return error(StatusCode::NOT_FOUND, "no route for this host and path");
     };
+    if trace.enabled {
+        trace.ingress = Some(route.ingress.clone());
+    }
     let policy = &route.policy;
     if !policy.allows_source(conn.peer.ip()) {
         return error(StatusCode::FORBIDDEN, "source address not allowed");
@@ -106,7 +143,7 @@ async fn route_and_forward(
     let Some(backend) = table.backend(&route.backend) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no such backend");
     };
-    forward(shared, conn, &host, route, backend, req, upgrade).await
+    forward(shared, conn, &host, route, backend, req, upgrade, trace).await
 }
 
 /// Requests hyper accepts but a proxy must not forward.
@@ -163,6 +200,8 @@ enum Target {
     External(String),
 }
 
+// Each argument is borrowed from a different owner (table, connection, request, caller).
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     shared: &Shared,
     conn: ConnInfo,
@@ -171,6 +210,7 @@ async fn forward(
     backend: &Backend,
     req: Request<ProxyBody>,
     client_upgrade: Option<OnUpgrade>,
+    trace: &mut Trace,
 ) -> Response<ProxyBody> {
     let policy = &route.policy;
     let protocol = policy.backend_protocol;
@@ -299,6 +339,7 @@ async fn forward(
             Target::Endpoint(addr) => Some(addr),
             Target::External(_) => None,
         };
+        trace.upstream = endpoint;
         match outcome {
             Ok(Ok(resp)) => {
                 if let Some(addr) = endpoint {
@@ -314,6 +355,7 @@ async fn forward(
                 return respond(shared, resp, client_upgrade, policy.read_timeout, cookie);
             }
             Ok(Err(err)) => {
+                shared.metrics.upstream_error();
                 let status = if exceeded.load(Ordering::Acquire) {
                     StatusCode::PAYLOAD_TOO_LARGE
                 } else if is_timeout(&err) {
@@ -339,6 +381,7 @@ async fn forward(
                 }
             }
             Err(_elapsed) => {
+                shared.metrics.upstream_error();
                 tracing::debug!(upstream = ?endpoint, "upstream timed out");
                 return error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
             }

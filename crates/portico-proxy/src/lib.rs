@@ -9,6 +9,7 @@
 //! - `tcp` / `quic`: listeners, accept loops, per-connection limits and drain;
 //! - `tls`: the certificate resolver shared by TCP and QUIC, reading the current table;
 //! - `handler`: routing, per-route policy, forwarding, retries, error pages, WebSockets;
+//! - `observe`: per-request counters and the optional access log;
 //! - `upstream`: pooled backend clients, endpoint choice and passive ejection;
 //! - `headers`, `body`: the header rules of a proxy and streaming body adapters;
 //! - `table_file`: a routing table from a YAML manifest, for running standalone.
@@ -17,6 +18,7 @@ mod body;
 mod config;
 mod handler;
 mod headers;
+mod observe;
 mod quic;
 pub mod table_file;
 mod tcp;
@@ -36,10 +38,12 @@ use tokio_util::task::TaskTracker;
 
 pub use body::ProxyBody;
 pub use config::{Limits, ProxyConfig};
+pub use observe::{LATENCY_BUCKETS, LatencySnapshot, MetricsSnapshot, Protocol, StatusClass};
 pub use quic::QuicError;
 pub use tls::{TlsError, certified_key_from_pem, generate_default_certificate};
 
 use handler::Shared;
+use observe::ProxyMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -94,6 +98,8 @@ impl Proxy {
             alt_svc: OnceLock::new(),
             tunnels: TaskTracker::new(),
             force: CancellationToken::new(),
+            metrics: Arc::default(),
+            access_log: config.access_log,
         });
         Ok(Self {
             config,
@@ -194,6 +200,16 @@ impl Proxy {
         self.shared.table.load_full()
     }
 
+    /// The data plane's request counters now.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    /// A handle for reading the counters from elsewhere (e.g. a metrics collector).
+    pub fn metrics_handle(&self) -> MetricsHandle {
+        MetricsHandle(self.shared.metrics.clone())
+    }
+
     /// A handle for swapping tables from elsewhere (e.g. the replication task).
     pub fn table_handle(&self) -> TableHandle {
         TableHandle(self.shared.table.clone())
@@ -233,5 +249,21 @@ impl TableHandle {
 
     pub fn current(&self) -> Arc<RoutingTable> {
         self.0.load_full()
+    }
+}
+
+/// Reads the counters of a running [`Proxy`]; cheap to clone.
+#[derive(Clone)]
+pub struct MetricsHandle(Arc<ProxyMetrics>);
+
+impl MetricsHandle {
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        self.0.snapshot()
+    }
+}
+
+impl std::fmt::Debug for MetricsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsHandle").finish_non_exhaustive()
     }
 }

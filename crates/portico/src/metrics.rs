@@ -1,10 +1,12 @@
 //! The replica's own metrics, added to the one Prometheus registry every part shares.
 //!
 //! Raft state is read from [`Replica::metrics`] at scrape time (a collector), so the
-//! exported values are never stale and nothing has to poll.
+//! exported values are never stale and nothing has to poll. The data plane's request
+//! counters are read the same way, from the proxy's atomic counters.
 
 use std::sync::Arc;
 
+use portico_proxy::MetricsHandle;
 use portico_raft::Replica;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -135,4 +137,52 @@ impl prometheus_client::collector::Collector for ReplicaCollector {
 
 pub fn register(registry: &mut Registry, replica: Replica, state: Arc<ReplicaState>) {
     registry.register_collector(Box::new(ReplicaCollector { replica, state }));
+}
+
+/// The data plane's counters, read from the proxy at scrape time.
+#[derive(Debug)]
+struct ProxyCollector(MetricsHandle);
+
+impl prometheus_client::collector::Collector for ProxyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = self.0.snapshot();
+        {
+            let mut family = encoder.encode_descriptor(
+                "portico_proxy_requests",
+                "Requests answered by the data plane, by protocol and status class",
+                None,
+                MetricType::Counter,
+            )?;
+            for (protocol, class, count) in &m.requests {
+                let labels = [
+                    ("protocol", protocol.as_str()),
+                    ("code_class", class.as_str()),
+                ];
+                let metric = family.encode_family(&labels)?;
+                ConstCounter::new(*count).encode(metric)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "portico_proxy_upstream_errors",
+            "Upstream attempts that failed (connect error, reset or timeout)",
+            m.upstream_errors,
+        )?;
+        let mut metric = encoder.encode_descriptor(
+            "portico_proxy_request_duration_seconds",
+            "Time from request to response head",
+            None,
+            MetricType::Histogram,
+        )?;
+        metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            m.latency.sum_seconds,
+            m.latency.count,
+            &m.latency.buckets,
+            None,
+        )
+    }
+}
+
+pub fn register_proxy(registry: &mut Registry, metrics: MetricsHandle) {
+    registry.register_collector(Box::new(ProxyCollector(metrics)));
 }

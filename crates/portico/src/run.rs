@@ -146,6 +146,10 @@ pub struct RunArgs {
     /// The admin listener: /metrics, /healthz, /readyz, /debug/routes.
     #[arg(long, env = "PORTICO_ADMIN", default_value = "0.0.0.0:9090")]
     pub admin: SocketAddr,
+    /// Log one line per request (target `portico::access`): protocol, method, host, path
+    /// without the query string, status, Ingress, upstream, time to response head, client.
+    #[arg(long, env = "PORTICO_ACCESS_LOG")]
+    pub access_log: bool,
     /// Log format.
     #[arg(long, env = "PORTICO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -345,9 +349,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .context("starting Raft")?;
     tracing::info!(node_id = replica.node_id(), %advertise, members = ?initial_members, "Raft started");
 
+    // The data plane, fed below by the table watch; built first so its counters join the
+    // registry, bound only once the admin listener is up.
+    let mut proxy = Proxy::new(
+        ProxyConfig {
+            http: args.http.clone(),
+            https: args.https.clone(),
+            h3: args.http3.clone(),
+            alt_svc_port: args.alt_svc_port,
+            access_log: args.access_log,
+            ..ProxyConfig::default()
+        },
+        replica.table().borrow().clone(),
+    )?;
+
     // One registry for every part; complete before the admin listener serves it.
     let mut registry = Registry::default();
     crate::metrics::register(&mut registry, replica.clone(), state.clone());
+    crate::metrics::register_proxy(&mut registry, proxy.metrics_handle());
     let controller =
         crate::controller::Leader::new(&args, settings, client, replica.clone(), &mut registry)?;
 
@@ -358,17 +377,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, stop_admin.clone()));
 
-    // The data plane, fed by the table watch.
-    let mut proxy = Proxy::new(
-        ProxyConfig {
-            http: args.http.clone(),
-            https: args.https.clone(),
-            h3: args.http3.clone(),
-            alt_svc_port: args.alt_svc_port,
-            ..ProxyConfig::default()
-        },
-        replica.table().borrow().clone(),
-    )?;
     let bound = proxy.spawn_listeners()?;
     tracing::info!(http = ?bound.http, https = ?bound.https, http3 = ?bound.h3, admin = %args.admin, "serving");
     let table_task = {

@@ -67,6 +67,7 @@ fn help_names_every_environment_variable() {
         "PORTICO_HTTP3",
         "PORTICO_ADMIN",
         "PORTICO_LOG_FORMAT",
+        "PORTICO_ACCESS_LOG",
         "PORTICO_PUBLISH_STATUS_ADDRESS",
     ] {
         assert!(
@@ -153,6 +154,7 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
                 "6",
                 "--log-format",
                 "json",
+                "--access-log",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -165,12 +167,22 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
         get(&admin_addr, "/readyz").filter(|(code, _)| *code == 200)
     });
     assert_eq!(get(&admin_addr, "/healthz").unwrap().0, 200);
+    // One data-plane request (no Ingress yet: 404), counted and logged without its query.
+    let http_addr = format!("127.0.0.1:{http}");
+    assert_eq!(
+        get(&http_addr, "/observed/path?token=s3cr3t").unwrap().0,
+        404
+    );
     let (code, metrics) = get(&admin_addr, "/metrics").unwrap();
     assert_eq!(code, 200);
     for name in [
         "portico_ready 1",
         "portico_table_version",
         "portico_raft_is_leader 1",
+        "portico_proxy_requests_total{protocol=\"HTTP/1.1\",code_class=\"4xx\"} 1",
+        "portico_proxy_upstream_errors_total 0",
+        "portico_proxy_request_duration_seconds_count 1",
+        "portico_proxy_request_duration_seconds_bucket{le=\"+Inf\"} 1",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
@@ -224,6 +236,16 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
         "JSON logs:\n{logs}"
     );
     assert!(!logs.contains("PRIVATE KEY"));
+    let access: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "portico::access")
+        .collect();
+    assert_eq!(access.len(), 1, "one access line:\n{logs}");
+    assert_eq!(access[0]["path"], "/observed/path", "{}", access[0]);
+    assert_eq!(access[0]["status"], 404, "{}", access[0]);
+    assert_eq!(access[0]["protocol"], "HTTP/1.1", "{}", access[0]);
+    assert!(!logs.contains("s3cr3t"), "query string logged:\n{logs}");
     runtime.block_on(handle.shutdown());
 }
 

@@ -48,6 +48,9 @@ struct Args {
     /// Tokio worker threads.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Log one line per request (target `portico::access`) on stderr.
+    #[arg(long)]
+    access_log: bool,
     /// Graceful drain deadline on SIGTERM, in seconds.
     #[arg(long, default_value_t = 10)]
     drain_seconds: u64,
@@ -59,6 +62,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -103,6 +107,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         alt_svc_port: args.alt_svc_port,
         default_certificate,
         session_resumption: !args.no_session_resumption,
+        access_log: args.access_log,
         ..ProxyConfig::default()
     };
     let mut proxy = Proxy::new(config, Arc::new(table))?;

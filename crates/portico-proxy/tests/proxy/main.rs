@@ -6,6 +6,7 @@ mod common;
 mod h3;
 mod hostile;
 mod http1_http2;
+mod observe;
 mod policy;
 mod standalone;
 mod upstream;
