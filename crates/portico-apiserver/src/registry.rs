@@ -75,7 +75,7 @@ macro_rules! resource {
     };
 }
 
-use k8s_openapi::api::{coordination, core, discovery, events, networking};
+use k8s_openapi::api::{apps, coordination, core, discovery, events, networking, policy, rbac};
 
 /// Every resource the server serves.
 pub static RESOURCES: &[ResourceInfo] = &[
@@ -198,6 +198,91 @@ pub static RESOURCES: &[ResourceInfo] = &[
         short = &["ev"],
         cat = &[],
         events::v1::Event
+    ),
+    // Stored only (nothing runs them), so that `kubectl apply -k deploy/` is accepted whole.
+    resource!(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        ns = true,
+        status = false,
+        short = &["sa"],
+        cat = &[],
+        core::v1::ServiceAccount
+    ),
+    resource!(
+        "apps",
+        "v1",
+        "StatefulSet",
+        "statefulsets",
+        "statefulset",
+        ns = true,
+        status = true,
+        short = &["sts"],
+        cat = &["all"],
+        apps::v1::StatefulSet
+    ),
+    resource!(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        ns = true,
+        status = true,
+        short = &["pdb"],
+        cat = &[],
+        policy::v1::PodDisruptionBudget
+    ),
+    resource!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRole",
+        "clusterroles",
+        "clusterrole",
+        ns = false,
+        status = false,
+        short = &[],
+        cat = &[],
+        rbac::v1::ClusterRole
+    ),
+    resource!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        ns = false,
+        status = false,
+        short = &[],
+        cat = &[],
+        rbac::v1::ClusterRoleBinding
+    ),
+    resource!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "Role",
+        "roles",
+        "role",
+        ns = true,
+        status = false,
+        short = &[],
+        cat = &[],
+        rbac::v1::Role
+    ),
+    resource!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "RoleBinding",
+        "rolebindings",
+        "rolebinding",
+        ns = true,
+        status = false,
+        short = &[],
+        cat = &[],
+        rbac::v1::RoleBinding
     ),
 ];
 

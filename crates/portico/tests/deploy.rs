@@ -161,9 +161,8 @@ fn kustomize_renders_what_the_issue_asks_for() {
     assert!(!rendered.contains("PRIVATE KEY"));
 }
 
-/// kubectl applies the rendered base to the in-process API server. It serves the kinds
-/// Portico reads and writes (Namespace, Service, IngressClass, …) but not workload, policy
-/// or RBAC kinds; those are listed exactly, so a change on either side shows here.
+/// kubectl applies the whole rendered base to the in-process API server (which stores the
+/// workload, policy and RBAC kinds without running them), and a second apply changes nothing.
 #[test]
 fn kubectl_applies_the_rendered_base_to_the_in_process_api_server() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -186,65 +185,47 @@ fn kubectl_applies_the_rendered_base_to_the_in_process_api_server() {
         cmd
     };
 
-    let served: BTreeSet<String> = output(&mut kubectl(&[
-        "api-resources",
-        "--no-headers",
-        "-o",
-        "wide",
-    ]))
-    .lines()
-    .filter_map(|line| {
-        // NAME [SHORTNAMES] APIVERSION NAMESPACED KIND VERBS...: the kind follows true/false.
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let at = words.iter().position(|w| *w == "true" || *w == "false")?;
-        Some(words.get(at + 1)?.to_string())
-    })
-    .collect();
     let rendered = kustomize(&deploy());
-    let mut accepted = Vec::new();
-    let mut refused = BTreeSet::new();
+    let file = dir.path().join("deploy.yaml");
+    std::fs::write(&file, &rendered).unwrap();
+    // Default (strict) validation, as a user would run it.
+    let applied = output(&mut kubectl(&["apply", "-f", file.to_str().unwrap()]));
+    let mut kinds = BTreeSet::new();
     for doc in rendered.split("\n---\n") {
         let value: serde_yaml::Value = serde_yaml::from_str(doc).unwrap();
-        let kind = value["kind"].as_str().unwrap().to_owned();
-        if served.contains(&kind) {
-            accepted.push(doc.to_owned());
-        } else {
-            refused.insert(kind);
-        }
+        let kind = value["kind"].as_str().unwrap();
+        let name = value["metadata"]["name"].as_str().unwrap();
+        let group = value["apiVersion"]
+            .as_str()
+            .unwrap()
+            .split_once('/')
+            .map_or(String::new(), |(g, _)| format!(".{g}"));
+        let expected = format!("{}{group}/{name} created", kind.to_ascii_lowercase());
+        assert!(applied.contains(&expected), "{expected} not in:\n{applied}");
+        kinds.insert(kind.to_owned());
     }
-    assert_eq!(
-        refused,
-        BTreeSet::from(
-            [
-                "ClusterRole",
-                "ClusterRoleBinding",
-                "PodDisruptionBudget",
-                "Role",
-                "RoleBinding",
-                "ServiceAccount",
-                "StatefulSet"
-            ]
-            .map(String::from)
-        ),
-        "the in-process API server does not serve these kinds of deploy/ (served: {served:?})"
-    );
-    let file = dir.path().join("served.yaml");
-    std::fs::write(&file, accepted.join("\n---\n")).unwrap();
-    let applied = output(&mut kubectl(&["apply", "-f", file.to_str().unwrap()]));
-    for expected in [
-        "namespace/portico-system",
-        "ingressclass.networking.k8s.io/portico",
-        "service/portico-peers",
-        "service/portico",
+    for kind in [
+        "StatefulSet",
+        "PodDisruptionBudget",
+        "ClusterRole",
+        "Role",
+        "ServiceAccount",
     ] {
+        assert!(kinds.contains(kind), "deploy/ has a {kind}");
+    }
+    // Applying again succeeds and changes nothing Portico's API server models fully. The
+    // stored-only StatefulSet and PodDisruptionBudget are reported "configured" on a second
+    // apply: the server lacks kube-apiserver's defaulting for those kinds, so kubectl's
+    // three-way diff is never empty (a known gap, noted in the apiserver crate's limits).
+    let again = output(&mut kubectl(&["apply", "-f", file.to_str().unwrap()]));
+    for line in again.lines() {
+        let stored_only = line.starts_with("statefulset.apps/")
+            || line.starts_with("poddisruptionbudget.policy/");
         assert!(
-            applied.contains(expected),
-            "{expected} not applied:\n{applied}"
+            line.ends_with("unchanged") || (stored_only && line.ends_with("configured")),
+            "{again}"
         );
     }
-    // Applying again is a no-op, as on a real cluster.
-    let again = output(&mut kubectl(&["apply", "-f", file.to_str().unwrap()]));
-    assert!(again.lines().all(|l| l.ends_with("unchanged")), "{again}");
     let ports = output(&mut kubectl(&[
         "-n",
         "portico-system",
@@ -255,20 +236,15 @@ fn kubectl_applies_the_rendered_base_to_the_in_process_api_server() {
         "jsonpath={range .spec.ports[*]}{.protocol}/{.port} {end}",
     ]));
     assert_eq!(ports.trim(), "TCP/80 TCP/443 UDP/443");
-
-    // The whole rendered file: kubectl names exactly the unserved kinds. (Its client-side
-    // validation of an unknown kind asks for CRDs, which this server does not serve either.)
-    let all = dir.path().join("all.yaml");
-    std::fs::write(&all, &rendered).unwrap();
-    let out = kubectl(&["apply", "--validate=false", "-f", all.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    for kind in &refused {
-        assert!(
-            stderr.contains(&format!("no matches for kind \"{kind}\"")),
-            "{kind}: {stderr}"
-        );
-    }
+    let replicas = output(&mut kubectl(&[
+        "-n",
+        "portico-system",
+        "get",
+        "statefulset",
+        "portico",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]));
+    assert_eq!(replicas.trim(), "3");
     runtime.block_on(handle.shutdown());
 }
