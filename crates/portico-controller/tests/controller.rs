@@ -440,7 +440,16 @@ async fn partitioned_leader_stops_before_the_next_starts_and_its_epoch_is_refuse
         |i| status_addresses(i) == [STATUS_ADDRESS],
     )
     .await;
-    let writes = cluster.writes.lock().unwrap().clone();
+    // The API server makes the status visible before the writer's client has recorded its
+    // response: wait for the record too.
+    let recorded = Instant::now();
+    let writes = loop {
+        let writes = cluster.writes.lock().unwrap().clone();
+        if writes.iter().any(|w| w.node != old) || recorded.elapsed() > PATIENCE {
+            break writes;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let last_old = writes.iter().filter(|w| w.node == old).map(|w| w.at).max();
     // Any replica but the old leader: with two replicas left, Raft leadership (and so the
     // Lease) may still move once after `new` first leads.
