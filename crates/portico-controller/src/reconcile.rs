@@ -562,20 +562,25 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
+/// Ingress and Service statuses list addresses in two types of the same shape.
+fn lb_addresses<'a>(
+    entries: impl Iterator<Item = (&'a Option<String>, &'a Option<String>)>,
+) -> Vec<LbAddress> {
+    entries
+        .map(|(ip, hostname)| LbAddress {
+            ip: ip.clone(),
+            hostname: hostname.clone(),
+        })
+        .collect()
+}
+
 fn seen_ingress(ingress: &Ingress) -> Seen {
     let load_balancer = ingress
         .status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
         .and_then(|lb| lb.ingress.as_ref())
-        .map(|list| {
-            list.iter()
-                .map(|i| LbAddress {
-                    ip: i.ip.clone(),
-                    hostname: i.hostname.clone(),
-                })
-                .collect()
-        })
+        .map(|list| lb_addresses(list.iter().map(|i| (&i.ip, &i.hostname))))
         .unwrap_or_default();
     Seen {
         resource: Resource::Ingress(Arc::new(IngressSource::from(ingress))),
@@ -589,14 +594,7 @@ fn seen_service(service: &Service) -> Seen {
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
         .and_then(|lb| lb.ingress.as_ref())
-        .map(|list| {
-            list.iter()
-                .map(|i| LbAddress {
-                    ip: i.ip.clone(),
-                    hostname: i.hostname.clone(),
-                })
-                .collect()
-        })
+        .map(|list| lb_addresses(list.iter().map(|i| (&i.ip, &i.hostname))))
         .unwrap_or_default();
     Seen {
         resource: Resource::Service(Arc::new(ServiceSource::from(service))),
