@@ -64,7 +64,7 @@ pub use identity::IdentityError;
 pub use metrics::{Leadership, ReplicaMetrics};
 pub use replica::{
     CommittedChange, MembershipError, ProposeError, RaftSettings, Replica, ReplicaConfig,
-    StartError,
+    StartError, StepDown,
 };
 pub use store::{STORE_FILE, StoreError};
 pub use tls::{TlsError, TlsMaterial};

@@ -114,6 +114,18 @@ pub enum ProposeError {
     ShuttingDown,
 }
 
+/// What [`Replica::step_down`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepDown {
+    /// This replica was not the leader.
+    NotLeader,
+    /// Another replica leads now.
+    Handed { to: NodeId },
+    /// No other replica took over in time (for example a one-replica cluster, or the
+    /// others are unreachable); this replica leads on.
+    StillLeader,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
     #[error("no leader could make the change in time: {0}")]
@@ -137,6 +149,9 @@ struct Inner {
     advertise: String,
     initial_members: Vec<String>,
     raft: Raft,
+    /// Followers refuse votes for this long after the leader's last heartbeat (openraft's
+    /// leader lease is the maximum election timeout).
+    leader_lease: Duration,
     peers: Arc<Peers>,
     counters: Arc<Counters>,
     leadership: Mutex<LeadershipTrack>,
@@ -194,6 +209,7 @@ impl Replica {
             advertise: config.advertise.clone(),
             initial_members: config.initial_members.clone(),
             raft,
+            leader_lease: config.raft.election_timeout_max,
             peers,
             counters,
             leadership: Mutex::new(LeadershipTrack::default()),
@@ -352,6 +368,99 @@ impl Replica {
                 version: committed.index,
             }),
         }
+    }
+
+    /// Gives up Raft leadership, so that another replica leads (the controller calls this
+    /// when it loses the Lease or shuts down, so the next Lease holder can be elected).
+    ///
+    /// openraft 0.9 has no leadership transfer, and a follower refuses votes until its
+    /// leader lease (the maximum election timeout) has run out since the last heartbeat.
+    /// So: stop heartbeats and our own candidacy, wait out the lease, then ask the most
+    /// caught-up voter to stand for election at once. If nobody has taken over within
+    /// `within`, heartbeats resume and this replica leads on.
+    pub async fn step_down(&self, within: Duration) -> StepDown {
+        let inner = &self.inner;
+        if !self.leadership().is_leader {
+            return StepDown::NotLeader;
+        }
+        let started = tokio::time::Instant::now();
+        let deadline = started + within;
+        let runtime = inner.raft.runtime_config();
+        runtime.elect(false);
+        runtime.heartbeat(false);
+        tracing::info!(
+            lease_ms = inner.leader_lease.as_millis() as u64,
+            "stepping down as Raft leader"
+        );
+
+        let mut metrics = inner.raft.metrics();
+        let handed = |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+            m.current_leader.filter(|leader| *leader != inner.id)
+        };
+        let successor = async {
+            // A little past the lease, so every follower's has run out.
+            tokio::time::sleep_until(started + inner.leader_lease + Duration::from_millis(50))
+                .await;
+            let mut asked = BTreeSet::new();
+            loop {
+                if let Some(leader) = handed(&metrics.borrow_and_update()) {
+                    return leader;
+                }
+                if let Some((id, addr)) = self.best_successor(&asked) {
+                    asked.insert(id);
+                    let settings = inner.peers.settings();
+                    let answer = inner
+                        .peers
+                        .channel(&addr)
+                        .call_node(wire::ELECT, Some(id), Vec::new(), settings.connect_timeout)
+                        .await;
+                    match answer {
+                        Ok(_) => {
+                            tracing::info!(node_id = id, "asked a successor to stand for election")
+                        }
+                        Err(e) => {
+                            tracing::info!(node_id = id, error = %e, "a successor could not be asked")
+                        }
+                    }
+                } else {
+                    asked.clear();
+                }
+                // Followers' own election timers run too; whoever wins, we learn of it here.
+                let _ = tokio::time::timeout(inner.leader_lease / 2, metrics.changed()).await;
+            }
+        };
+        let outcome = match tokio::time::timeout_at(deadline, successor).await {
+            Ok(to) => StepDown::Handed { to },
+            Err(_) => StepDown::StillLeader,
+        };
+        runtime.heartbeat(true);
+        runtime.elect(true);
+        match outcome {
+            StepDown::Handed { to } => tracing::info!(
+                successor = to,
+                took_ms = started.elapsed().as_millis() as u64,
+                "Raft leadership handed over"
+            ),
+            _ => tracing::warn!("no other replica took Raft leadership; leading on"),
+        }
+        outcome
+    }
+
+    /// The voter (other than us, and not yet asked) that has replicated the most of our log.
+    fn best_successor(&self, asked: &BTreeSet<NodeId>) -> Option<(NodeId, String)> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let matched = |id: &NodeId| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map(|log_id| log_id.index)
+        };
+        membership
+            .voter_ids()
+            .filter(|id| *id != self.inner.id && !asked.contains(id))
+            .max_by_key(|id| matched(id))
+            .and_then(|id| Some((id, membership.get_node(&id)?.addr.clone())))
     }
 
     /// Removes a member (voter or learner) from the cluster: the scale-down step. Forwarded
@@ -727,7 +836,7 @@ impl RpcHandler for Inner {
     ) -> Result<Vec<u8>, RpcRejection> {
         let raft_rpc = matches!(
             path,
-            wire::APPEND_ENTRIES | wire::VOTE | wire::INSTALL_SNAPSHOT
+            wire::APPEND_ENTRIES | wire::VOTE | wire::INSTALL_SNAPSHOT | wire::ELECT
         );
         match target {
             Some(target) if target != self.id => {
@@ -762,6 +871,15 @@ impl RpcHandler for Inner {
             wire::JOIN => answer_forwarded::<JoinRequest, ()>(self, &body).await,
             wire::REMOVE => answer_forwarded::<NodeId, ()>(self, &body).await,
             wire::STATUS => Ok(wire::encode(&self.status())),
+            wire::ELECT => {
+                // A stepping-down leader asks us to stand; a no-op if we already lead.
+                self.raft
+                    .trigger()
+                    .elect()
+                    .await
+                    .map_err(|e| RpcRejection::Unavailable(e.to_string()))?;
+                Ok(Vec::new())
+            }
             other => Err(RpcRejection::NotFound(other.to_owned())),
         }
     }

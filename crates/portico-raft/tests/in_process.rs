@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use common::{Pki, client_config, raw_post, raw_post_to, service_change};
 use portico_raft::{
-    Proposal, ProposeError, RaftSettings, Replica, ReplicaConfig, TlsMaterial, TransportSettings,
+    Proposal, ProposeError, RaftSettings, Replica, ReplicaConfig, StepDown, TlsMaterial,
+    TransportSettings,
 };
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -284,6 +285,66 @@ async fn new_leader_after_the_leader_stops_and_stopped_replica_catches_up_by_sna
     );
     assert_eq!(cluster.replica(leader).table().borrow().to_bytes(), bytes);
     assert!(cluster.replica(new_leader).metrics().snapshots_built >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_steps_down_to_a_caught_up_successor_within_about_a_lease() {
+    let settings = test_settings();
+    let lease = settings.election_timeout_max;
+    let cluster = Cluster::start(3, settings).await;
+    let leader = cluster.wait_for_leader(3).await;
+    let follower = (leader + 1) % 3;
+    assert_eq!(
+        cluster.replica(follower).step_down(PATIENCE).await,
+        StepDown::NotLeader
+    );
+    let written = cluster
+        .replica(follower)
+        .propose(1, service_change(0))
+        .await
+        .unwrap();
+    cluster.wait_converged(written.version).await;
+
+    let started = Instant::now();
+    let outcome = cluster.replica(leader).step_down(PATIENCE).await;
+    let took = started.elapsed();
+    let StepDown::Handed { to } = outcome else {
+        panic!("leadership was not handed over: {outcome:?}");
+    };
+    assert_ne!(to, cluster.replica(leader).node_id());
+    eprintln!("step-down took {took:?} (leader lease {lease:?})");
+    // The lease must run out first; the successor is asked at once after it.
+    assert!(took >= lease, "{took:?}");
+    assert!(took < lease * 3, "{took:?}");
+
+    // The old leader follows, stays a voter, and writes still commit everywhere.
+    let new_leader = cluster.wait_for_leader(3).await;
+    assert_ne!(new_leader, leader);
+    let after = cluster
+        .replica(leader)
+        .propose(1, service_change(1))
+        .await
+        .unwrap();
+    cluster.wait_converged(after.version).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_leader_cannot_step_down_and_leads_on() {
+    let cluster = Cluster::start(1, test_settings()).await;
+    cluster.wait_for_leader(1).await;
+    let outcome = cluster
+        .replica(0)
+        .step_down(Duration::from_millis(2500))
+        .await;
+    assert_eq!(outcome, StepDown::StillLeader);
+    // Heartbeats and elections are back on: it still takes writes.
+    let written = cluster
+        .replica(0)
+        .propose(1, service_change(0))
+        .await
+        .unwrap();
+    cluster.wait_converged(written.version).await;
+    assert!(cluster.replica(0).leadership().is_leader);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

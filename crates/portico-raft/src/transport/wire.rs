@@ -15,6 +15,8 @@ pub(crate) const PROPOSE: &str = "/raft/v1/propose";
 pub(crate) const JOIN: &str = "/raft/v1/join";
 pub(crate) const REMOVE: &str = "/raft/v1/remove";
 pub(crate) const STATUS: &str = "/raft/v1/status";
+/// A stepping-down leader asks its successor to start an election now.
+pub(crate) const ELECT: &str = "/raft/v1/elect";
 
 /// A replica with a fresh identity asks to become a voting member.
 #[derive(Clone, Debug, Serialize, Deserialize)]
