@@ -30,7 +30,11 @@
 //!   Raft leader or loses its quorum acknowledgement, when someone else holds the Lease, or
 //!   when leader work dies (the reason is kept in [`ControllerStatus::last_error`]).
 //!   Stepping down cancels leader work first, then releases the Lease (holder cleared) so
-//!   the next Raft leader takes over at once.
+//!   the next Raft leader takes over at once; meanwhile it hands Raft leadership to another
+//!   replica ([`Replica::step_down`]), since only the Raft leader may campaign. A Raft
+//!   leader that cannot reach the API server to take the Lease for a whole
+//!   `lease_duration` hands Raft leadership on too, so a replica cut off from the API
+//!   server does not keep everyone from leading.
 //!
 //! Status writes check [`LeaseValidity`] (valid until `renew_deadline` after the start of
 //! the last successful renew, by the monotonic clock) just before each write. Others wait
@@ -38,10 +42,9 @@
 //! lease_duration` is enforced, so a deposed leader has stopped writing before anyone else
 //! may start.
 //!
-//! **Known limit:** if the Raft leader cannot reach the API server, it gives the Lease up
-//! but stays Raft leader (portico-raft offers no leadership transfer), so no replica does
-//! leader work until it can reach the API server again or loses Raft leadership. Every
-//! replica keeps serving the last committed table meanwhile.
+//! A handover (SIGTERM, or a Lease lost) takes about one Raft leader lease (the maximum
+//! election timeout): followers refuse to elect anyone before it has run out. Every replica
+//! keeps serving the last committed table meanwhile.
 
 pub mod election;
 pub mod metrics;
@@ -189,6 +192,9 @@ pub struct Controller {
     lease: LeaseValidity,
 }
 
+/// How long a Raft step-down may take before this replica leads on (a few leader leases).
+const STEP_DOWN_WITHIN: Duration = Duration::from_secs(6);
+
 /// Why a leadership ended.
 enum Exit {
     Shutdown,
@@ -274,11 +280,25 @@ impl Controller {
         let poll = self.config.retry_period.min(Duration::from_millis(100));
         let mut next_attempt = Instant::now();
         let mut next_observe = Instant::now();
+        // Since when the Lease could not be read or written (as Raft leader).
+        let mut failing_since: Option<Instant> = None;
         loop {
             if shutdown.is_cancelled() {
                 return None;
             }
+            if failing_since.is_some_and(|since| since.elapsed() >= self.config.lease_duration) {
+                failing_since = None;
+                tracing::warn!(
+                    "cannot reach the API server to take the Lease; handing Raft leadership on"
+                );
+                let outcome = tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    outcome = self.replica.step_down(STEP_DOWN_WITHIN) => outcome,
+                };
+                tracing::info!(?outcome, "Raft step-down");
+            }
             if !self.raft_leader() {
+                failing_since = None;
                 if Instant::now() >= next_observe {
                     next_observe = Instant::now() + self.config.retry_period;
                     let budget = self.config.retry_period;
@@ -303,9 +323,13 @@ impl Controller {
                         return Some((epoch, started));
                     }
                     Ok(Attempt::HeldByOther { holder }) => {
+                        failing_since = None;
                         tracing::debug!(%holder, "the Lease is held by another replica")
                     }
-                    Err(e) => tracing::info!(error = %e, "could not acquire the Lease"),
+                    Err(e) => {
+                        failing_since.get_or_insert(started);
+                        tracing::info!(error = %e, "could not acquire the Lease")
+                    }
                 }
             }
             tokio::select! {
@@ -435,30 +459,41 @@ impl Controller {
             }
         });
         token.cancel();
-        // (A handle already polled to completion in the loop must not be awaited again.)
-        let stop = async {
-            if !reconcile.is_finished() {
-                let _ = (&mut reconcile).await;
-            }
-            if !status.is_finished() {
-                let _ = (&mut status).await;
+        // Raft leadership goes to another replica at the same time (it takes about a leader
+        // lease); that replica cannot act before the Lease is released or has expired.
+        let hand_over_raft = async {
+            if self.replica.leadership().is_leader {
+                let outcome = self.replica.step_down(STEP_DOWN_WITHIN).await;
+                tracing::info!(?outcome, "Raft step-down");
             }
         };
-        if tokio::time::timeout(Duration::from_secs(2), stop)
-            .await
-            .is_err()
-        {
-            reconcile.abort();
-            status.abort();
-        }
-        match elector
-            .release(config.renew_deadline.min(Duration::from_secs(2)))
-            .await
-        {
-            Ok(true) => tracing::info!(epoch, "released the Lease"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "could not release the Lease"),
-        }
+        let stop_and_release = async {
+            // (A handle already polled to completion in the loop must not be awaited again.)
+            let stop = async {
+                if !reconcile.is_finished() {
+                    let _ = (&mut reconcile).await;
+                }
+                if !status.is_finished() {
+                    let _ = (&mut status).await;
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(2), stop)
+                .await
+                .is_err()
+            {
+                reconcile.abort();
+                status.abort();
+            }
+            match elector
+                .release(config.renew_deadline.min(Duration::from_secs(2)))
+                .await
+            {
+                Ok(true) => tracing::info!(epoch, "released the Lease"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "could not release the Lease"),
+            }
+        };
+        tokio::join!(hand_over_raft, stop_and_release);
         exit
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! Start-up order: admin listener (so probes answer at once), Raft, the data plane fed
 //! by the Raft table watch, then the controller. Shutdown (SIGTERM/SIGINT): readiness goes
-//! false, an optional delay lets load balancers notice, the controller stops (releasing
-//! the Lease so another replica takes over at once), the data plane drains, Raft stops.
+//! false and the controller stops at once (releasing the Lease and handing Raft leadership
+//! on, so another replica takes over in about a second); an optional delay lets load
+//! balancers notice; then the data plane drains and Raft stops.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -440,19 +441,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
 
-    // Shutdown: readiness first, then the Lease, then the connections.
+    // Shutdown: readiness first; the controller hands the Lease and Raft leadership over at
+    // once (a rolling restart must not wait out the load balancer's delay for that); the
+    // connections drain after the delay.
     tracing::info!(signal, "shutting down: readiness is now false");
     state.start_draining();
-    if args.shutdown_delay_seconds > 0 {
-        tokio::time::sleep(Duration::from_secs(args.shutdown_delay_seconds)).await;
-    }
     stop_controller.cancel();
-    if !controller_task.is_finished() {
-        match tokio::time::timeout(Duration::from_secs(10), controller_task).await {
-            Ok(_) => tracing::info!("controller stopped"),
-            Err(_) => tracing::warn!("controller did not stop within 10s"),
+    let controller_stopped = async {
+        if !controller_task.is_finished() {
+            match tokio::time::timeout(Duration::from_secs(10), controller_task).await {
+                Ok(_) => tracing::info!("controller stopped"),
+                Err(_) => tracing::warn!("controller did not stop within 10s"),
+            }
         }
-    }
+    };
+    let delay = tokio::time::sleep(Duration::from_secs(args.shutdown_delay_seconds));
+    tokio::join!(controller_stopped, delay);
     tracing::info!(
         deadline_seconds = args.drain_seconds,
         "draining connections"
