@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::body::{self, LimitedBody, ProxyBody, Reclaimable, TimeoutBody};
 use crate::headers::{self, Forwarded};
 use crate::observe::{self, Observation, Protocol, ProxyMetrics, RequestFacts, Trace};
+use crate::pool::UpstreamBody;
 use crate::upstream::{self, Clients, Health};
 
 /// State shared by every listener and connection of one proxy.
@@ -286,7 +287,10 @@ async fn forward(
         .and_then(|name| headers::cookie(&parts.headers, name))
         .and_then(|token| upstream::endpoint_for_token(backend, token));
 
-    let client = shared.clients.get(protocol, policy.connect_timeout);
+    // Plain HTTP/1.1 to an endpoint goes through our own pool; the rest through hyper-util.
+    let legacy = (protocol != BackendProtocol::Http
+        || !matches!(backend.target, BackendTarget::Endpoints(_)))
+    .then(|| shared.clients.get(protocol, policy.connect_timeout));
     let deadline = policy.connect_timeout + policy.read_timeout;
     let mut template = Some(parts);
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -309,16 +313,23 @@ async fn forward(
                 return error(StatusCode::SERVICE_UNAVAILABLE, "no endpoint available");
             }
         };
-        let authority = match &target {
-            Target::Endpoint(addr) => endpoint_authority(*addr),
-            Target::External(hostport) => Authority::try_from(hostport.as_str()).ok(),
-        };
-        let mut uri_parts = http::uri::Parts::default();
-        uri_parts.scheme = Some(scheme.clone());
-        uri_parts.authority = authority;
-        uri_parts.path_and_query = Some(upstream_path.clone());
-        let Ok(uri) = Uri::from_parts(uri_parts) else {
-            return error(StatusCode::BAD_GATEWAY, "invalid upstream address");
+        let uri = match (&legacy, &target) {
+            // The pool writes the URI as it is: origin-form, no authority to format.
+            (None, _) => Uri::from(upstream_path.clone()),
+            (Some(_), target) => {
+                let authority = match target {
+                    Target::Endpoint(addr) => endpoint_authority(*addr),
+                    Target::External(hostport) => Authority::try_from(hostport.as_str()).ok(),
+                };
+                let mut uri_parts = http::uri::Parts::default();
+                uri_parts.scheme = Some(scheme.clone());
+                uri_parts.authority = authority;
+                uri_parts.path_and_query = Some(upstream_path.clone());
+                let Ok(uri) = Uri::from_parts(uri_parts) else {
+                    return error(StatusCode::BAD_GATEWAY, "invalid upstream address");
+                };
+                uri
+            }
         };
         // Keep a copy of the head only while another attempt is still possible.
         let may_retry = matches!(target, Target::Endpoint(_))
@@ -334,7 +345,18 @@ async fn forward(
         let mut upstream_req = Request::from_parts(head, sent_body);
         *upstream_req.uri_mut() = uri;
 
-        let outcome = tokio::time::timeout(deadline, client.request(upstream_req)).await;
+        let sent = async {
+            match (&legacy, &target) {
+                (Some(client), _) => client.request(upstream_req).await,
+                (None, Target::Endpoint(addr)) => Ok(shared
+                    .clients
+                    .h1
+                    .send(*addr, policy.connect_timeout, upstream_req)
+                    .await?),
+                (None, Target::External(_)) => unreachable!("external names use the legacy client"),
+            }
+        };
+        let outcome = tokio::time::timeout(deadline, sent).await;
         let endpoint = match target {
             Target::Endpoint(addr) => Some(addr),
             Target::External(_) => None,
@@ -374,7 +396,7 @@ async fn forward(
                 last_failure = status;
                 // Retry only when the request never left: the connection was not made and
                 // not one byte of the body was read.
-                let retryable = err.is_connect() && endpoint.is_some() && template.is_some();
+                let retryable = err.nothing_sent() && endpoint.is_some() && template.is_some();
                 match reclaim.reclaim() {
                     Some(unsent) if retryable => body = unsent,
                     _ => return error(status, "upstream failure"),
@@ -413,7 +435,7 @@ fn endpoint_authority(addr: SocketAddr) -> Option<Authority> {
 
 fn respond(
     shared: &Shared,
-    mut resp: Response<hyper::body::Incoming>,
+    mut resp: Response<UpstreamBody>,
     client_upgrade: Option<OnUpgrade>,
     read_timeout: Duration,
     set_cookie: Option<String>,
@@ -426,6 +448,7 @@ fn respond(
             );
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        resp.body_mut().forget_connection();
         let force = shared.force.clone();
         shared.tunnels.spawn(async move {
             let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) else {

@@ -10,7 +10,8 @@
 //! - `tls`: the certificate resolver shared by TCP and QUIC, reading the current table;
 //! - `handler`: routing, per-route policy, forwarding, retries, error pages, WebSockets;
 //! - `observe`: per-request counters and the optional access log;
-//! - `upstream`: pooled backend clients, endpoint choice and passive ejection;
+//! - `upstream`: backend clients, endpoint choice and passive ejection; `pool`: the
+//!   keep-alive pool for plain HTTP/1.1 upstreams;
 //! - `headers`, `body`: the header rules of a proxy and streaming body adapters;
 //! - `table_file`: a routing table from a YAML manifest, for running standalone.
 
@@ -19,6 +20,7 @@ mod config;
 mod handler;
 mod headers;
 mod observe;
+mod pool;
 mod quic;
 pub mod table_file;
 mod tcp;

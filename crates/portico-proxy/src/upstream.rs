@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portico_model::{Backend, BackendProtocol, Endpoint};
 
 use crate::body::ProxyBody;
+use crate::pool::{H1Pool, PoolError, UpstreamBody};
 use crate::tls::upstream_client_config;
 
 type PlainClient = Client<HttpConnector, ProxyBody>;
@@ -30,19 +31,53 @@ impl UpstreamClient {
     pub(crate) async fn request(
         &self,
         req: http::Request<ProxyBody>,
-    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+        let resp = match self {
+            UpstreamClient::Plain(c) => c.request(req).await?,
+            UpstreamClient::Tls(c) => c.request(req).await?,
+        };
+        Ok(resp.map(UpstreamBody::unpooled))
+    }
+}
+
+/// Why an upstream request failed, from either client.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Legacy(#[from] hyper_util::client::legacy::Error),
+}
+
+impl UpstreamError {
+    /// Not one byte of the request was sent: another endpoint may be tried.
+    pub(crate) fn nothing_sent(&self) -> bool {
         match self {
-            UpstreamClient::Plain(c) => c.request(req).await,
-            UpstreamClient::Tls(c) => c.request(req).await,
+            UpstreamError::Pool(e) => e.nothing_sent(),
+            UpstreamError::Legacy(e) => e.is_connect(),
         }
     }
 }
 
-/// Upstream clients are made on first use per (protocol, connect timeout) and then shared,
-/// so each keeps one keep-alive pool per endpoint.
-#[derive(Default)]
+/// How long an idle upstream connection is kept (nginx's `keepalive_timeout` default is 60 s).
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Plain HTTP/1.1 to an endpoint address (the common case) goes through our own pool
+/// (`pool`); TLS, HTTP/2 and ExternalName upstreams through hyper-util's pooled clients,
+/// made on first use per (protocol, connect timeout) and then shared, so each keeps one
+/// keep-alive pool per endpoint.
 pub(crate) struct Clients {
+    pub(crate) h1: H1Pool,
     clients: RwLock<HashMap<(BackendProtocol, Duration), UpstreamClient>>,
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Self {
+            h1: H1Pool::new(UPSTREAM_IDLE_TIMEOUT),
+            clients: RwLock::default(),
+        }
+    }
 }
 
 impl Clients {
@@ -73,7 +108,7 @@ fn build_client(protocol: BackendProtocol, connect_timeout: Duration) -> Upstrea
     builder
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
         .pool_max_idle_per_host(1024);
     match protocol {
         BackendProtocol::Http => UpstreamClient::Plain(builder.build(http)),

@@ -1,0 +1,538 @@
+//! A purpose-built keep-alive pool for plain HTTP/1.1 to endpoint addresses, the common
+//! upstream. hyper-util's legacy client did the same job with more machinery per request
+//! (a SipHash-keyed pool behind a connect-or-checkout race, a spawned task per response to
+//! put the connection back); here a request takes an idle `SendRequest` from a per-endpoint
+//! stack under one short lock, and the response body puts it back when it ends.
+//!
+//! Each connection is driven by its own task (hyper's `Connection` future). Idle connections
+//! expire after `idle_timeout` (a sweeper task ticks four times per timeout, so expiry happens
+//! between 1 and 1.25 timeouts); dropping the `SendRequest` closes the connection.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::ProxyBody;
+
+/// Idle connections kept per endpoint at most (as the legacy client's `pool_max_idle_per_host`).
+const MAX_IDLE_PER_ENDPOINT: usize = 1024;
+/// A stale pooled connection (closed by the backend before our request was written) is
+/// replaced at most this many times per request before the pool gives up.
+const MAX_STALE_RETRIES: usize = 4;
+/// The read buffer of one upstream connection grows up to this (hyper's default is ~400 KB;
+/// response heads beyond 64 KB are refused, as nginx's `proxy_buffer_size` would).
+const MAX_BUF_SIZE: usize = 64 * 1024;
+
+/// Why a pooled request failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PoolError {
+    /// No connection could be made (refused, unreachable, connect timeout): nothing was sent.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// Connections closed before the request was written, every time: nothing was sent.
+    #[error("connection closed before the request was sent: {0}")]
+    Unsent(#[source] hyper::Error),
+    /// The request was (at least partly) sent.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+impl PoolError {
+    /// Not one byte of the request reached the endpoint, so another one may be tried.
+    pub(crate) fn nothing_sent(&self) -> bool {
+        matches!(self, PoolError::Connect { .. } | PoolError::Unsent(_))
+    }
+}
+
+/// FxHash-style mixing: endpoint addresses are not attacker-chosen (they come from the
+/// table), so SipHash's DoS resistance buys nothing on this per-request lookup.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl AddrHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+struct Idle {
+    sender: SendRequest<ProxyBody>,
+    /// The sweep tick at which it was put back.
+    tick: u64,
+}
+
+struct Inner {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>>,
+    idle_timeout: Duration,
+    /// Advanced by the sweeper; read when a connection is put back (no clock on the hot path).
+    tick: AtomicU64,
+    sweeper: AtomicBool,
+    builder: http1::Builder,
+}
+
+/// Keep-alive HTTP/1.1 connections to endpoint addresses. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct H1Pool {
+    inner: Arc<Inner>,
+}
+
+/// Sweeps per idle timeout.
+const SWEEPS_PER_TIMEOUT: u64 = 4;
+
+impl H1Pool {
+    pub(crate) fn new(idle_timeout: Duration) -> Self {
+        let mut builder = http1::Builder::new();
+        builder.max_buf_size(MAX_BUF_SIZE);
+        Self {
+            inner: Arc::new(Inner {
+                idle: Mutex::default(),
+                idle_timeout,
+                tick: AtomicU64::new(0),
+                sweeper: AtomicBool::new(false),
+                builder,
+            }),
+        }
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) to `addr` on an idle connection, or a new
+    /// one. A pooled connection that turns out closed before the request was written is
+    /// replaced transparently (nothing was sent on it).
+    pub(crate) async fn send(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, PoolError> {
+        self.start_sweeper();
+        let mut stale = 0;
+        loop {
+            let (mut sender, reused) = match self.checkout(addr) {
+                Some(sender) => (sender, true),
+                None => (self.connect(addr, connect_timeout).await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let lease = Lease {
+                        sender: Some(sender),
+                        addr,
+                        pool: Arc::downgrade(&self.inner),
+                    };
+                    return Ok(resp.map(|incoming| UpstreamBody::pooled(incoming, lease)));
+                }
+                Err(mut err) => match err.take_message() {
+                    // Closed before the write: the request is whole, try a fresher connection.
+                    Some(back) if reused && stale < MAX_STALE_RETRIES => {
+                        stale += 1;
+                        req = back;
+                    }
+                    Some(_) => return Err(PoolError::Unsent(err.into_error())),
+                    None => return Err(PoolError::Http(err.into_error())),
+                },
+            }
+        }
+    }
+
+    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.inner.idle.lock().ok()?;
+        let list = idle.get_mut(&addr)?;
+        // Most recently used first: it is the least likely to have been closed by the peer.
+        while let Some(entry) = list.pop() {
+            if entry.sender.is_ready() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<SendRequest<ProxyBody>, PoolError> {
+        let connect_error = |source| PoolError::Connect { addr, source };
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(connect_error(e)),
+            Err(_) => {
+                return Err(connect_error(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let (sender, conn) = self
+            .inner
+            .builder
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_error(io::Error::other(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// One sweeper per pool, started on first use (a runtime is needed), ending with the pool.
+    fn start_sweeper(&self) {
+        if self.inner.sweeper.load(Ordering::Relaxed)
+            || self.inner.sweeper.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let period =
+            (self.inner.idle_timeout / SWEEPS_PER_TIMEOUT as u32).max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.sweep();
+            }
+        });
+    }
+
+    /// Idle connections per endpoint now (tests).
+    #[cfg(test)]
+    fn idle_count(&self, addr: SocketAddr) -> usize {
+        self.inner
+            .idle
+            .lock()
+            .unwrap()
+            .get(&addr)
+            .map_or(0, Vec::len)
+    }
+}
+
+impl Inner {
+    fn sweep(&self) {
+        let now = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
+        let expired = |entry: &Idle| now.saturating_sub(entry.tick) > SWEEPS_PER_TIMEOUT;
+        // Dropped after the lock is released: dropping a sender wakes its connection task.
+        let mut dropped = Vec::new();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|_, list| {
+                let mut i = 0;
+                while i < list.len() {
+                    if expired(&list[i]) || list[i].sender.is_closed() {
+                        dropped.push(list.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+                !list.is_empty()
+            });
+        }
+        drop(dropped);
+    }
+
+    fn put_back(&self, addr: SocketAddr, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let tick = self.tick.load(Ordering::Relaxed);
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push(Idle { sender, tick });
+        }
+    }
+}
+
+/// The connection a response is being read from; it goes back to the pool when the body
+/// has ended (a body dropped early leaves the connection busy, and checkout skips it).
+struct Lease {
+    sender: Option<SendRequest<ProxyBody>>,
+    addr: SocketAddr,
+    pool: Weak<Inner>,
+}
+
+impl Lease {
+    fn release(&mut self) {
+        if let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) {
+            pool.put_back(self.addr, sender);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A response body from upstream, returning its pooled connection when it ends.
+pub(crate) struct UpstreamBody {
+    incoming: Incoming,
+    lease: Option<Lease>,
+}
+
+impl UpstreamBody {
+    fn pooled(incoming: Incoming, lease: Lease) -> Self {
+        Self {
+            incoming,
+            lease: Some(lease),
+        }
+    }
+
+    /// A body whose connection is managed elsewhere (the legacy client).
+    pub(crate) fn unpooled(incoming: Incoming) -> Self {
+        Self {
+            incoming,
+            lease: None,
+        }
+    }
+
+    /// The connection will not serve another request (it was upgraded): never pool it.
+    pub(crate) fn forget_connection(&mut self) {
+        if let Some(lease) = &mut self.lease {
+            lease.sender = None;
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.incoming).poll_frame(cx));
+        match &frame {
+            None => {
+                if let Some(mut lease) = this.lease.take() {
+                    lease.release();
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(lease) = &mut this.lease {
+                    lease.sender = None;
+                }
+            }
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A raw HTTP/1.1 backend answering `ok` to each request head it reads; counts the
+    /// connections it accepted. `close_after`: hang up (without saying so) after that many
+    /// responses on a connection.
+    async fn backend(close_after: Option<usize>) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut served = 0;
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if s.write_all(resp).await.is_err() {
+                                return;
+                            }
+                            served += 1;
+                            if close_after == Some(served) {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn get() -> Request<ProxyBody> {
+        Request::builder()
+            .uri("/")
+            .header("host", "pool.test")
+            .body(crate::body::empty())
+            .unwrap()
+    }
+
+    async fn fetch(pool: &H1Pool, addr: SocketAddr) -> Result<Bytes, PoolError> {
+        let resp = pool.send(addr, Duration::from_secs(2), get()).await?;
+        Ok(resp.into_body().collect().await?.to_bytes())
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused() {
+        let (addr, accepted) = backend(None).await;
+        let pool = H1Pool::new(Duration::from_secs(60));
+        for _ in 0..20 {
+            assert_eq!(fetch(&pool, addr).await.unwrap(), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(addr), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_open_more_connections_then_share_them() {
+        let (addr, accepted) = backend(None).await;
+        let pool = H1Pool::new(Duration::from_secs(60));
+        let resps: Vec<_> = futures_util::future::join_all(
+            (0..4).map(|_| pool.send(addr, Duration::from_secs(2), get())),
+        )
+        .await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+        for resp in resps {
+            let body = resp.unwrap().into_body().collect().await.unwrap();
+            assert_eq!(body.to_bytes(), "ok");
+        }
+        assert_eq!(pool.idle_count(addr), 4);
+        for _ in 0..8 {
+            fetch(&pool, addr).await.unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_expire() {
+        let (addr, accepted) = backend(None).await;
+        let pool = H1Pool::new(Duration::from_millis(100));
+        fetch(&pool, addr).await.unwrap();
+        assert_eq!(pool.idle_count(addr), 1);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(pool.idle_count(addr), 0, "expired and closed");
+        fetch(&pool, addr).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_by_the_backend_is_not_reused() {
+        // The backend hangs up after each response; the next request must use a new
+        // connection and succeed, never fail on the dead one.
+        let (addr, accepted) = backend(Some(1)).await;
+        let pool = H1Pool::new(Duration::from_secs(60));
+        for i in 1..=5 {
+            assert_eq!(fetch(&pool, addr).await.unwrap(), "ok");
+            // Let the connection task see the hang-up (the race itself is the next test's).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(accepted.load(Ordering::SeqCst), i);
+        }
+    }
+
+    #[tokio::test]
+    async fn back_to_back_requests_survive_backend_hangups() {
+        // The backend hangs up after each response and the next request follows at once, so
+        // a pooled connection may be checked while its hang-up is in flight: every request
+        // must still succeed, each on its own connection. (Whether the closed-before-write
+        // replacement path runs depends on timing; here the hang-up is usually seen first.)
+        let (addr, accepted) = backend(Some(1)).await;
+        let pool = H1Pool::new(Duration::from_secs(60));
+        for _ in 0..50 {
+            assert_eq!(fetch(&pool, addr).await.unwrap(), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 50);
+    }
+
+    #[tokio::test]
+    async fn refused_is_a_connect_error_with_nothing_sent() {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        let pool = H1Pool::new(Duration::from_secs(60));
+        let err = fetch(&pool, addr).await.unwrap_err();
+        assert!(matches!(err, PoolError::Connect { .. }), "{err}");
+        assert!(err.nothing_sent());
+    }
+
+    #[test]
+    fn addr_hasher_spreads_ports() {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let build = BuildHasherDefault::<AddrHasher>::default();
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.1:81".parse().unwrap();
+        assert_ne!(build.hash_one(a), build.hash_one(b));
+        assert_eq!(build.hash_one(a), build.hash_one(a));
+    }
+}
