@@ -119,11 +119,10 @@ async fn route_and_forward(
     if req.method() == Method::CONNECT {
         return error(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
     }
-    let host = headers::request_host(req.uri(), req.headers())
-        .unwrap_or("")
-        .to_owned();
+    let request_host = headers::RequestHost::of(req.uri(), req.headers());
+    let host = request_host.as_str();
     let table = shared.table.load_full();
-    let Some(route) = table.lookup(&host, req.uri().path()) else {
+    let Some(route) = table.lookup(host, req.uri().path()) else {
         return error(StatusCode::NOT_FOUND, "no route for this host and path");
     };
     if trace.enabled {
@@ -134,7 +133,7 @@ async fn route_and_forward(
         return error(StatusCode::FORBIDDEN, "source address not allowed");
     }
     if conn.transport == Transport::Plain && route.redirect_to_https {
-        return redirect_to_https(&host, req.uri());
+        return redirect_to_https(host, req.uri());
     }
     if let Some(limit) = policy.max_body_bytes
         && declared_length(&req).is_some_and(|len| len > limit)
@@ -144,7 +143,7 @@ async fn route_and_forward(
     let Some(backend) = table.backend(&route.backend) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no such backend");
     };
-    forward(shared, conn, &host, route, backend, req, upgrade, trace).await
+    forward(shared, conn, host, route, backend, req, upgrade, trace).await
 }
 
 /// Requests hyper accepts but a proxy must not forward.
@@ -331,8 +330,10 @@ async fn forward(
                 uri
             }
         };
-        // Keep a copy of the head only while another attempt is still possible.
-        let may_retry = matches!(target, Target::Endpoint(_))
+        // The pool hands an unsent request back; for the legacy client keep a copy of the
+        // head (and a way to take the body back) while another attempt is still possible.
+        let may_retry = legacy.is_some()
+            && matches!(target, Target::Endpoint(_))
             && tried.len() + 1 < MAX_ATTEMPTS.min(backend.endpoints().len());
         let head = match (may_retry, template.as_ref()) {
             (true, Some(kept)) => kept.clone(),
@@ -341,18 +342,25 @@ async fn forward(
                 None => return error(last_failure, "upstream unavailable"),
             },
         };
-        let (reclaim, sent_body) = Reclaimable::new(body);
+        let (reclaim, sent_body) = match legacy {
+            Some(_) => {
+                let (reclaim, sent) = Reclaimable::new(body);
+                (Some(reclaim), sent)
+            }
+            None => (None, body),
+        };
         let mut upstream_req = Request::from_parts(head, sent_body);
         *upstream_req.uri_mut() = uri;
 
         let sent = async {
             match (&legacy, &target) {
-                (Some(client), _) => client.request(upstream_req).await,
-                (None, Target::Endpoint(addr)) => Ok(shared
+                (Some(client), _) => client.request(upstream_req).await.map_err(|e| (e, None)),
+                (None, Target::Endpoint(addr)) => shared
                     .clients
                     .h1
                     .send(*addr, policy.connect_timeout, upstream_req)
-                    .await?),
+                    .await
+                    .map_err(|f| (f.error.into(), f.request)),
                 (None, Target::External(_)) => unreachable!("external names use the legacy client"),
             }
         };
@@ -376,7 +384,7 @@ async fn forward(
                 };
                 return respond(shared, resp, client_upgrade, policy.read_timeout, cookie);
             }
-            Ok(Err(err)) => {
+            Ok(Err((err, handed_back))) => {
                 shared.metrics.upstream_error();
                 let status = if exceeded.load(Ordering::Acquire) {
                     StatusCode::PAYLOAD_TOO_LARGE
@@ -396,8 +404,20 @@ async fn forward(
                 last_failure = status;
                 // Retry only when the request never left: the connection was not made and
                 // not one byte of the body was read.
-                let retryable = err.nothing_sent() && endpoint.is_some() && template.is_some();
-                match reclaim.reclaim() {
+                let unsent = match (handed_back, reclaim) {
+                    (Some(request), _) => {
+                        let (parts, body) = request.into_parts();
+                        template = Some(parts);
+                        Some(body)
+                    }
+                    (None, Some(reclaim)) => reclaim.reclaim(),
+                    (None, None) => None,
+                };
+                let retryable = err.nothing_sent()
+                    && endpoint.is_some()
+                    && template.is_some()
+                    && tried.len() < MAX_ATTEMPTS;
+                match unsent {
                     Some(unsent) if retryable => body = unsent,
                     _ => return error(status, "upstream failure"),
                 }

@@ -20,9 +20,25 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHENTICATE
+}
+
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the names listed
 /// in `Connection`. `keep_te_trailers` keeps `TE: trailers`, which gRPC over HTTP/2 needs.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
+    // One pass over the few headers a message has is cheaper than eight hashed removals,
+    // and most messages carry none of these (or only `Connection`).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -65,28 +81,67 @@ pub(crate) struct Forwarded<'a> {
     pub port: u16,
 }
 
+/// The value made for `key` last time on this thread, or a new one. Successive requests
+/// mostly repeat the client, host and port (keep-alive, one listener), so this saves
+/// formatting and an allocation per header; a miss costs one comparison more.
+fn one_entry_cached<K, Q>(
+    cell: &'static std::thread::LocalKey<RefCell<Option<(K, HeaderValue)>>>,
+    key: &Q,
+    make: impl FnOnce(&Q) -> Option<HeaderValue>,
+) -> Option<HeaderValue>
+where
+    K: std::borrow::Borrow<Q> + 'static,
+    Q: ?Sized + PartialEq + ToOwned<Owned = K>,
+{
+    cell.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if let Some((k, v)) = slot.as_ref()
+            && k.borrow() == key
+        {
+            return Some(v.clone());
+        }
+        let value = make(key)?;
+        *slot = Some((key.to_owned(), value.clone()));
+        Some(value)
+    })
+}
+
+type OneEntry<K> = RefCell<Option<(K, HeaderValue)>>;
+
 /// Appends the client to `X-Forwarded-For` and sets the rest of the family.
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
-    let client = canonical_ip(fwd.client).to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {client}"),
-        _ => client.clone(),
-    };
-    // Every value here is an IP, a scheme, a validated host or a number: always valid.
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    thread_local! {
+        static CLIENT: OneEntry<IpAddr> = const { RefCell::new(None) };
+        static HOST: OneEntry<String> = const { RefCell::new(None) };
+        static PORT: OneEntry<u16> = const { RefCell::new(None) };
     }
-    if let Ok(v) = HeaderValue::from_str(&client) {
-        headers.insert(X_REAL_IP.clone(), v);
+    // Every value here is an IP, a scheme, a validated host or a number: always valid.
+    let client = one_entry_cached(&CLIENT, &canonical_ip(fwd.client), |ip| {
+        HeaderValue::from_str(&ip.to_string()).ok()
+    });
+    if let Some(client) = client {
+        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prior) if !prior.trim().is_empty() => {
+                let joined = format!("{prior}, {}", client.to_str().unwrap_or_default());
+                HeaderValue::from_str(&joined).ok()
+            }
+            _ => Some(client.clone()),
+        };
+        if let Some(v) = xff {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        headers.insert(X_REAL_IP.clone(), client);
     }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(fwd.proto),
     );
-    if let Ok(v) = HeaderValue::from_str(fwd.host) {
+    if let Some(v) = one_entry_cached(&HOST, fwd.host, |h| HeaderValue::from_str(h).ok()) {
         headers.insert(X_FORWARDED_HOST.clone(), v);
     }
-    headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(fwd.port));
+    if let Some(v) = one_entry_cached(&PORT, &fwd.port, |p| Some(HeaderValue::from(*p))) {
+        headers.insert(X_FORWARDED_PORT.clone(), v);
+    }
     if !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), request_id());
     }
@@ -177,6 +232,35 @@ pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Op
     headers.get(header::HOST).and_then(|v| v.to_str().ok())
 }
 
+/// The host a request names, held without copying it (a cheap clone of the URI authority
+/// or of the `Host` header value), so it outlives the request it came from.
+pub(crate) enum RequestHost {
+    Authority(http::uri::Authority),
+    Header(HeaderValue),
+    Missing,
+}
+
+impl RequestHost {
+    pub(crate) fn of(uri: &http::Uri, headers: &HeaderMap) -> Self {
+        if let Some(authority) = uri.authority() {
+            return RequestHost::Authority(authority.clone());
+        }
+        match headers.get(header::HOST) {
+            Some(v) if v.to_str().is_ok() => RequestHost::Header(v.clone()),
+            _ => RequestHost::Missing,
+        }
+    }
+
+    /// As [`request_host`], with `""` when there is none.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            RequestHost::Authority(a) => a.as_str(),
+            RequestHost::Header(v) => v.to_str().unwrap_or(""),
+            RequestHost::Missing => "",
+        }
+    }
+}
+
 /// The host without its port (IPv6 literals keep their brackets).
 pub(crate) fn host_without_port(host: &str) -> &str {
     if host.starts_with('[') {
@@ -227,6 +311,12 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+        // Nothing hop-by-hop: left as it is.
+        let mut plain = HeaderMap::new();
+        plain.insert("x-kept", HeaderValue::from_static("1"));
+        plain.insert(header::HOST, HeaderValue::from_static("a.test"));
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain.len(), 2);
         strip_hop_by_hop(&mut grpc, true);
         assert_eq!(grpc.get(header::TE).unwrap(), "trailers");
     }
@@ -243,6 +333,23 @@ mod tests {
         };
         add_forwarded(&mut h, &fwd);
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.7, 192.0.2.1");
+        // Values cached from the previous request are not reused for another client or host.
+        let mut other = HeaderMap::new();
+        add_forwarded(
+            &mut other,
+            &Forwarded {
+                client: "198.51.100.9".parse().unwrap(),
+                proto: "http",
+                host: "other.example",
+                port: 80,
+            },
+        );
+        assert_eq!(other[&X_FORWARDED_FOR], "198.51.100.9");
+        assert_eq!(other[&X_REAL_IP], "198.51.100.9");
+        assert_eq!(other[&X_FORWARDED_HOST], "other.example");
+        assert_eq!(other[&X_FORWARDED_PORT], "80");
+        add_forwarded(&mut h, &fwd);
+        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.7, 192.0.2.1, 192.0.2.1");
         assert_eq!(h[&X_REAL_IP], "192.0.2.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_FORWARDED_HOST], "example.com");

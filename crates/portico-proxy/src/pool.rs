@@ -55,6 +55,13 @@ pub(crate) enum PoolError {
     Http(#[from] hyper::Error),
 }
 
+/// A failed [`H1Pool::send`]: the error, and the request when not one byte of it was sent.
+#[derive(Debug)]
+pub(crate) struct PoolFailure {
+    pub(crate) error: PoolError,
+    pub(crate) request: Option<Request<ProxyBody>>,
+}
+
 impl PoolError {
     /// Not one byte of the request reached the endpoint, so another one may be tried.
     pub(crate) fn nothing_sent(&self) -> bool {
@@ -142,19 +149,29 @@ impl H1Pool {
 
     /// Sends `req` (origin-form URI, `Host` set) to `addr` on an idle connection, or a new
     /// one. A pooled connection that turns out closed before the request was written is
-    /// replaced transparently (nothing was sent on it).
+    /// replaced transparently (nothing was sent on it). When nothing was sent at all, the
+    /// failure hands the request back whole, so it can go to another endpoint.
     pub(crate) async fn send(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
         mut req: Request<ProxyBody>,
-    ) -> Result<Response<UpstreamBody>, PoolError> {
+    ) -> Result<Response<UpstreamBody>, PoolFailure> {
         self.start_sweeper();
         let mut stale = 0;
         loop {
             let (mut sender, reused) = match self.checkout(addr) {
                 Some(sender) => (sender, true),
-                None => (self.connect(addr, connect_timeout).await?, false),
+                // Boxed: the connect path is rare and large; keep the common future small.
+                None => match Box::pin(self.connect(addr, connect_timeout)).await {
+                    Ok(sender) => (sender, false),
+                    Err(error) => {
+                        return Err(PoolFailure {
+                            error,
+                            request: Some(req),
+                        });
+                    }
+                },
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -171,8 +188,18 @@ impl H1Pool {
                         stale += 1;
                         req = back;
                     }
-                    Some(_) => return Err(PoolError::Unsent(err.into_error())),
-                    None => return Err(PoolError::Http(err.into_error())),
+                    Some(back) => {
+                        return Err(PoolFailure {
+                            error: PoolError::Unsent(err.into_error()),
+                            request: Some(back),
+                        });
+                    }
+                    None => {
+                        return Err(PoolFailure {
+                            error: PoolError::Http(err.into_error()),
+                            request: None,
+                        });
+                    }
                 },
             }
         }
@@ -438,9 +465,13 @@ mod tests {
             .unwrap()
     }
 
-    async fn fetch(pool: &H1Pool, addr: SocketAddr) -> Result<Bytes, PoolError> {
+    async fn fetch(pool: &H1Pool, addr: SocketAddr) -> Result<Bytes, PoolFailure> {
         let resp = pool.send(addr, Duration::from_secs(2), get()).await?;
-        Ok(resp.into_body().collect().await?.to_bytes())
+        let body = resp.into_body().collect().await.map_err(|e| PoolFailure {
+            error: PoolError::Http(e),
+            request: None,
+        })?;
+        Ok(body.to_bytes())
     }
 
     #[tokio::test]
@@ -521,9 +552,12 @@ mod tests {
             l.local_addr().unwrap()
         };
         let pool = H1Pool::new(Duration::from_secs(60));
-        let err = fetch(&pool, addr).await.unwrap_err();
+        let failure = fetch(&pool, addr).await.unwrap_err();
+        let err = &failure.error;
         assert!(matches!(err, PoolError::Connect { .. }), "{err}");
         assert!(err.nothing_sent());
+        let back = failure.request.expect("the unsent request is handed back");
+        assert_eq!(back.headers()["host"], "pool.test");
     }
 
     #[test]
