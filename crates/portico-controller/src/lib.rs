@@ -462,6 +462,10 @@ impl Controller {
         // Raft leadership goes to another replica at the same time (it takes about a leader
         // lease); that replica cannot act before the Lease is released or has expired.
         let hand_over_raft = async {
+            if matches!(exit, Exit::Shutdown) {
+                // Without a controller this replica must not lead Raft again.
+                self.replica.retire();
+            }
             if self.replica.leadership().is_leader {
                 let outcome = self.replica.step_down(STEP_DOWN_WITHIN).await;
                 tracing::info!(?outcome, "Raft step-down");

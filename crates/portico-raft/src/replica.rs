@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -152,6 +153,8 @@ struct Inner {
     /// Followers refuse votes for this long after the leader's last heartbeat (openraft's
     /// leader lease is the maximum election timeout).
     leader_lease: Duration,
+    /// Set by [`Replica::retire`]: never stand for election again.
+    retired: AtomicBool,
     peers: Arc<Peers>,
     counters: Arc<Counters>,
     leadership: Mutex<LeadershipTrack>,
@@ -210,6 +213,7 @@ impl Replica {
             initial_members: config.initial_members.clone(),
             raft,
             leader_lease: config.raft.election_timeout_max,
+            retired: AtomicBool::new(false),
             peers,
             counters,
             leadership: Mutex::new(LeadershipTrack::default()),
@@ -425,8 +429,16 @@ impl Replica {
                 } else {
                     asked.clear();
                 }
-                // Followers' own election timers run too; whoever wins, we learn of it here.
-                let _ = tokio::time::timeout(inner.leader_lease / 2, metrics.changed()).await;
+                // One candidate at a time (two would split the vote). Followers' own
+                // election timers run too; whoever wins, we learn of it here.
+                let elected = async {
+                    while handed(&metrics.borrow_and_update()).is_none() {
+                        if metrics.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(inner.leader_lease / 2, elected).await;
             }
         };
         let outcome = match tokio::time::timeout_at(deadline, successor).await {
@@ -434,7 +446,17 @@ impl Replica {
             Err(_) => StepDown::StillLeader,
         };
         runtime.heartbeat(true);
-        runtime.elect(true);
+        if outcome == StepDown::StillLeader {
+            self.stand_again_unless_retired();
+        } else {
+            // Our election timer may long have run out: standing again at once would depose
+            // the successor before its first heartbeat reaches us. One lease later it has.
+            let replica = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(replica.inner.leader_lease).await;
+                replica.stand_again_unless_retired();
+            });
+        }
         match outcome {
             StepDown::Handed { to } => tracing::info!(
                 successor = to,
@@ -444,6 +466,20 @@ impl Replica {
             _ => tracing::warn!("no other replica took Raft leadership; leading on"),
         }
         outcome
+    }
+
+    /// Stops standing for Raft election for good (votes are still cast), for a replica that
+    /// is shutting down or no longer runs a controller: as leader it could only hold the
+    /// others back. Leadership it holds now is given up with [`Replica::step_down`].
+    pub fn retire(&self) {
+        self.inner.retired.store(true, Ordering::SeqCst);
+        self.inner.raft.runtime_config().elect(false);
+    }
+
+    fn stand_again_unless_retired(&self) {
+        if !self.inner.retired.load(Ordering::SeqCst) {
+            self.inner.raft.runtime_config().elect(true);
+        }
     }
 
     /// The voter (other than us, and not yet asked) that has replicated the most of our log.
