@@ -20,34 +20,52 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::UPGRADE
-        || *name == header::PROXY_AUTHENTICATE
-}
+/// Headers that describe one hop (RFC 9110 §7.6.1).
+static HOP_BY_HOP: [&HeaderName; 8] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHENTICATE,
+];
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the names listed
 /// in `Connection`. `keep_te_trailers` keeps `TE: trailers`, which gRPC over HTTP/2 needs.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
-    // One pass over the few headers a message has is cheaper than eight hashed removals,
-    // and most messages carry none of these (or only `Connection`).
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the few headers a message has finds which hop-by-hop names are there;
+    // only those are removed (most messages carry none, or only `Connection: keep-alive`).
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    if present & 1 != 0 {
+        // Names listed in `Connection` that this message carries (compared without parsing
+        // or hashing: header names are few and stored lowercase).
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .filter_map(|token| {
+                headers
+                    .keys()
+                    .find(|name| name.as_str().eq_ignore_ascii_case(token))
+                    .cloned()
+            })
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
     }
     let te_trailers = keep_te_trailers
         && headers.get_all(header::TE).iter().any(|v| {
@@ -56,17 +74,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) 
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
             })
         });
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHENTICATE,
-    ] {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -307,6 +318,7 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         let mut grpc = h.clone();
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
@@ -319,6 +331,15 @@ mod tests {
         assert_eq!(plain.len(), 2);
         strip_hop_by_hop(&mut grpc, true);
         assert_eq!(grpc.get(header::TE).unwrap(), "trailers");
+        // A name listed in `Connection`, in any case, goes too; `TE` listed there is not kept.
+        let mut listed = HeaderMap::new();
+        listed.insert(header::CONNECTION, HeaderValue::from_static("X-Hop, te"));
+        listed.insert("x-hop", HeaderValue::from_static("1"));
+        listed.insert(header::TE, HeaderValue::from_static("trailers"));
+        listed.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut listed, true);
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert!(listed.contains_key("x-kept"));
     }
 
     #[test]
