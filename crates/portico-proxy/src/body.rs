@@ -181,16 +181,16 @@ pub(crate) struct ReadTimeout(Duration);
 /// Fails a body when no frame arrives within `timeout` of the previous one. The timer is
 /// armed only when the body actually has to wait: a response that is already buffered
 /// (the common small one) never touches the timer wheel.
-pub(crate) struct TimeoutBody {
-    inner: ProxyBody,
+pub(crate) struct TimeoutBody<B = ProxyBody> {
+    inner: B,
     timeout: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
     /// A frame arrived since the timer was last armed: re-arm before waiting again.
     progressed: bool,
 }
 
-impl TimeoutBody {
-    pub(crate) fn new(inner: ProxyBody, timeout: Duration) -> Self {
+impl<B> TimeoutBody<B> {
+    pub(crate) fn new(inner: B, timeout: Duration) -> Self {
         Self {
             inner,
             timeout,
@@ -200,7 +200,13 @@ impl TimeoutBody {
     }
 }
 
-impl Body for TimeoutBody {
+// Generic over the inner body so the upstream response needs one box (as a ProxyBody),
+// not two.
+impl<B> Body for TimeoutBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -211,7 +217,7 @@ impl Body for TimeoutBody {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.progressed = true;
-            return Poll::Ready(frame);
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         let deadline = Instant::now() + this.timeout;
         let sleep = match &mut this.sleep {

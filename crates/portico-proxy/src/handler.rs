@@ -159,7 +159,7 @@ fn malformed(req: &Request<ProxyBody>) -> Option<Response<ProxyBody>> {
         ));
     }
     match headers::request_host(req.uri(), headers) {
-        Some(host) if host.parse::<Authority>().is_err() => {
+        Some(host) if !headers::valid_authority(host) => {
             Some(error(StatusCode::BAD_REQUEST, "invalid host"))
         }
         None if req.version() == Version::HTTP_11 => {
@@ -244,6 +244,8 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, v);
     }
+    // Room for the X-Forwarded-* family and X-Request-ID at once (one growth, not several).
+    parts.headers.reserve(8);
     headers::add_forwarded(
         &mut parts.headers,
         &Forwarded {
@@ -504,7 +506,7 @@ fn respond(
     }
     Response::from_parts(
         parts,
-        ProxyBody::new(TimeoutBody::new(body::boxed(incoming), read_timeout)),
+        ProxyBody::new(TimeoutBody::new(incoming, read_timeout)),
     )
 }
 

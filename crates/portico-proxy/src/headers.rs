@@ -272,6 +272,26 @@ impl RequestHost {
     }
 }
 
+/// Whether `host` parses as a URI authority. The last valid value is remembered per thread:
+/// keep-alive clients repeat their `Host`, and parsing copies it into a new allocation.
+pub(crate) fn valid_authority(host: &str) -> bool {
+    thread_local! {
+        static LAST_VALID: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+    LAST_VALID.with(|last| {
+        let mut last = last.borrow_mut();
+        if !last.is_empty() && *last == host {
+            return true;
+        }
+        let valid = host.parse::<http::uri::Authority>().is_ok();
+        if valid {
+            last.clear();
+            last.push_str(host);
+        }
+        valid
+    })
+}
+
 /// The host without its port (IPv6 literals keep their brackets).
 pub(crate) fn host_without_port(host: &str) -> &str {
     if host.starts_with('[') {
@@ -381,6 +401,16 @@ mod tests {
     #[test]
     fn request_ids_differ() {
         assert_ne!(request_id(), request_id());
+    }
+
+    #[test]
+    fn authority_validation_is_not_fooled_by_its_cache() {
+        assert!(valid_authority("example.com:8080"));
+        assert!(valid_authority("example.com:8080"));
+        assert!(!valid_authority("exa mple.com"));
+        assert!(!valid_authority("example.com:8080/"));
+        assert!(valid_authority("[::1]:443"));
+        assert!(!valid_authority(""));
     }
 
     #[test]
