@@ -1,0 +1,671 @@
+//! Three `portico run` processes (Raft over mutual TLS from a CA given as files) against one
+//! in-process API server, plus `portico echo` backends, all killed on drop.
+//!
+//! Each replica reaches the API server through its own listener (its own kubeconfig), so
+//! every write the API server answers is attributed to the replica that sent it by the
+//! port it arrived on: that is how the tests tell who wrote Ingress status. The listeners can
+//! be closed and reopened on the same ports, which is how the API server "goes away".
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use portico_apiserver::ApiServer;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
+pub const NAMESPACE: &str = "default";
+/// Every replica's data-plane address, and so the address published in Ingress status.
+pub const STATUS_ADDRESS: &str = "127.0.0.1";
+
+/// One write (any method but GET) answered by the API server.
+#[derive(Clone, Debug)]
+pub struct ApiWrite {
+    pub replica: usize,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub at: Instant,
+}
+
+impl ApiWrite {
+    pub fn is_ingress_status(&self) -> bool {
+        self.method != "GET" && self.path.contains("/ingresses/") && self.path.ends_with("/status")
+    }
+}
+
+type Writes = Arc<Mutex<Vec<ApiWrite>>>;
+
+/// The in-process API server, one listener per replica, and the test's own client.
+pub struct ApiSide {
+    pub runtime: tokio::runtime::Runtime,
+    pub server: ApiServer,
+    /// The test's client: in-process, so closing the replicas' listeners leaves it working.
+    pub client: kube::Client,
+    pub writes: Writes,
+    fronts: Vec<(SocketAddr, Option<JoinHandle<()>>)>,
+}
+
+impl ApiSide {
+    fn start(replicas: usize) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = ApiServer::builder().minor_version(33).build().unwrap();
+        let client = {
+            let _guard = runtime.enter();
+            kube::Client::new(server.service(), NAMESPACE)
+        };
+        let mut api = ApiSide {
+            runtime,
+            server,
+            client,
+            writes: Writes::default(),
+            fronts: Vec::new(),
+        };
+        for _ in 0..replicas {
+            let listener = api
+                .runtime
+                .block_on(TcpListener::bind("127.0.0.1:0"))
+                .unwrap();
+            api.fronts.push((listener.local_addr().unwrap(), None));
+            let i = api.fronts.len() - 1;
+            api.fronts[i].1 = Some(api.serve_front(i, listener));
+        }
+        api
+    }
+
+    pub fn url(&self, replica: usize) -> String {
+        format!("http://{}", self.fronts[replica].0)
+    }
+
+    /// Serves the API to replica `replica` on `listener`, recording every write.
+    fn serve_front(&self, replica: usize, listener: TcpListener) -> JoinHandle<()> {
+        let server = self.server.clone();
+        let writes = self.writes.clone();
+        self.runtime.spawn(async move {
+            // Dropping this set (when the task is aborted) closes every connection.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let _ = stream.set_nodelay(true);
+                        let inner = hyper_util::service::TowerToHyperService::new(server.service());
+                        let writes = writes.clone();
+                        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                            let method = request.method().clone();
+                            let path = request.uri().path().to_owned();
+                            let answer = hyper::service::Service::call(&inner, request);
+                            let writes = writes.clone();
+                            async move {
+                                // A concrete error type (hyper's bound on a boxed one is too
+                                // general for an async block to satisfy).
+                                let answer = answer.await.map_err(|e| std::io::Error::other(e.to_string()));
+                                if method != http::Method::GET
+                                    && let Ok(response) = &answer
+                                {
+                                    writes.lock().unwrap().push(ApiWrite {
+                                        replica,
+                                        method: method.to_string(),
+                                        path,
+                                        status: response.status().as_u16(),
+                                        at: Instant::now(),
+                                    });
+                                }
+                                answer
+                            }
+                        });
+                        connections.spawn(async move {
+                            let _ = auto::Builder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        })
+    }
+
+    /// Closes every replica's listener and open connection (watches included): from the
+    /// replicas' side the API server is gone (connection refused).
+    pub fn stop_serving(&mut self) {
+        for (_, task) in &mut self.fronts {
+            if let Some(task) = task.take() {
+                task.abort();
+                let _ = self.runtime.block_on(task);
+            }
+        }
+    }
+
+    /// Listens again on the same ports.
+    pub fn resume_serving(&mut self) {
+        for i in 0..self.fronts.len() {
+            let addr = self.fronts[i].0;
+            let listener = wait_until(
+                &format!("rebinding {addr}"),
+                Duration::from_secs(10),
+                || self.runtime.block_on(TcpListener::bind(addr)).ok(),
+            );
+            self.fronts[i].1 = Some(self.serve_front(i, listener));
+        }
+    }
+
+    /// Successful Ingress status writes so far, by replica.
+    pub fn status_writers(&self) -> Vec<usize> {
+        let writes = self.writes.lock().unwrap();
+        let mut who: Vec<usize> = writes
+            .iter()
+            .filter(|w| w.is_ingress_status() && w.status < 300)
+            .map(|w| w.replica)
+            .collect();
+        who.sort();
+        who.dedup();
+        who
+    }
+
+    pub fn status_write_count(&self) -> usize {
+        let writes = self.writes.lock().unwrap();
+        writes
+            .iter()
+            .filter(|w| w.is_ingress_status() && w.status < 300)
+            .count()
+    }
+
+    /// Server-side apply of one object given as JSON (namespace `default` when namespaced).
+    pub fn apply<K>(&self, object: Value)
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        let api: Api<K> = Api::namespaced(self.client.clone(), NAMESPACE);
+        self.runtime
+            .block_on(api.patch(
+                &name,
+                &PatchParams::apply("failover-test").force(),
+                &Patch::Apply(&object),
+            ))
+            .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+    }
+
+    pub fn apply_cluster<K>(&self, object: Value)
+    where
+        K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        let api: Api<K> = Api::all(self.client.clone());
+        self.runtime
+            .block_on(api.patch(
+                &name,
+                &PatchParams::apply("failover-test").force(),
+                &Patch::Apply(&object),
+            ))
+            .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+    }
+
+    /// The addresses (IP or hostname) in an Ingress's `status.loadBalancer.ingress`.
+    pub fn status_addresses(&self, ingress: &str) -> Vec<String> {
+        let api: Api<k8s_openapi::api::networking::v1::Ingress> =
+            Api::namespaced(self.client.clone(), NAMESPACE);
+        let ingress = self.runtime.block_on(api.get(ingress)).unwrap();
+        let mut out: Vec<String> = ingress
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|i| i.ip.or(i.hostname))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+impl Drop for ApiSide {
+    fn drop(&mut self) {
+        self.stop_serving();
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub name: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, args: &[String], log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(PORTICO)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Proc {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid()).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// Waits for the process to exit; its exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = wait_until(&format!("{} to exit", self.name), within, || {
+            child.try_wait().unwrap()
+        });
+        self.child = None;
+        status
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The JSON log lines whose message is `message`.
+    pub fn log_events(&self, message: &str) -> Vec<Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == message)
+            .collect()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One `portico run`.
+pub struct Replica {
+    pub proc: Proc,
+    pub http: u16,
+    pub https: u16,
+    pub admin: String,
+}
+
+pub struct Cluster {
+    // Dropped in field order: replicas first, then backends, then the API server.
+    pub replicas: Vec<Replica>,
+    pub echoes: Vec<Proc>,
+    pub api: ApiSide,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A CA as PEM files (certificate, key): each replica signs its own certificate at first boot.
+fn write_ca(dir: &Path) -> (PathBuf, PathBuf) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (dir.join("ca.crt"), dir.join("ca.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+/// A self-signed serving certificate for `names`: (certificate PEM, key PEM).
+pub fn serving_cert(names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+impl Cluster {
+    /// Starts the API server and three replicas (with `extra` flags each), and waits until
+    /// every replica is ready and one leads.
+    pub fn start(extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let api = ApiSide::start(3);
+        let (ca, ca_key) = write_ca(dir.path());
+        let raft: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let members: Vec<String> = raft.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let mut replicas = Vec::new();
+        for (i, raft_port) in raft.iter().enumerate() {
+            let kubeconfig = dir.path().join(format!("kubeconfig-{i}"));
+            std::fs::write(&kubeconfig, portico_apiserver::kubeconfig(&api.url(i))).unwrap();
+            let (http, https, admin) = (free_port(), free_port(), free_port());
+            let mut args: Vec<String> = [
+                "run",
+                "--pod-name",
+                &format!("portico-{i}"),
+                "--namespace",
+                NAMESPACE,
+                "--kubeconfig",
+                &kubeconfig.to_string_lossy(),
+                "--data-dir",
+                &dir.path().join(format!("data-{i}")).to_string_lossy(),
+                "--raft-listen",
+                &format!("127.0.0.1:{raft_port}"),
+                "--initial-members",
+                &members.join(","),
+                "--raft-ca",
+                &ca.to_string_lossy(),
+                "--raft-ca-key",
+                &ca_key.to_string_lossy(),
+                "--http",
+                &format!("127.0.0.1:{http}"),
+                "--https",
+                &format!("127.0.0.1:{https}"),
+                "--http3",
+                "127.0.0.1:0",
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+                "--log-format",
+                "json",
+                // Nothing stays connected to the data plane here; a short drain keeps a
+                // SIGTERMed replica from holding Raft leadership for the default 20 s.
+                "--drain-seconds",
+                "2",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let name = format!("portico-{i}");
+            replicas.push(Replica {
+                proc: Proc::spawn(&name, &args, dir.path().join(format!("{name}.log"))),
+                http,
+                https,
+                admin: format!("127.0.0.1:{admin}"),
+            });
+        }
+        let cluster = Cluster {
+            replicas,
+            echoes: Vec::new(),
+            api,
+            dir,
+        };
+        for r in &cluster.replicas {
+            wait_until(
+                &format!("{} /readyz", r.proc.name),
+                Duration::from_secs(60),
+                || get(&r.admin, "/readyz").filter(|(code, _)| *code == 200),
+            );
+        }
+        cluster.wait_leader(&[0, 1, 2], Duration::from_secs(60));
+        cluster
+    }
+
+    /// Starts `pods` echo backends for Service `service` (ports `http`=8080 and `web`=80,
+    /// both to the echo port) with an EndpointSlice listing them all.
+    pub fn echo_service(&mut self, service: &str, pods: usize) {
+        let mut endpoints = Vec::new();
+        let port = free_port();
+        for k in 0..pods {
+            let pod = format!("{service}-{k}");
+            let addr = format!("127.0.0.{}", k + 1);
+            let args: Vec<String> = [
+                "echo",
+                "--listen",
+                &format!("{addr}:{port}"),
+                "--service",
+                service,
+                "--pod",
+                &pod,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let log = self.dir.path().join(format!("echo-{pod}.log"));
+            self.echoes.push(Proc::spawn(&pod, &args, log));
+            endpoints.push(json!({"addresses": [addr], "conditions": {"ready": true}}));
+        }
+        self.api
+            .apply::<k8s_openapi::api::core::v1::Service>(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": service, "namespace": NAMESPACE},
+                "spec": {"ports": [
+                    {"name": "http", "port": 8080, "targetPort": port, "protocol": "TCP"},
+                    {"name": "web", "port": 80, "targetPort": port, "protocol": "TCP"},
+                ]},
+            }));
+        self.api
+            .apply::<k8s_openapi::api::discovery::v1::EndpointSlice>(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{service}-1"), "namespace": NAMESPACE,
+                             "labels": {"kubernetes.io/service-name": service}},
+                "addressType": "IPv4",
+                "endpoints": endpoints,
+                "ports": [
+                    {"name": "http", "port": port, "protocol": "TCP"},
+                    {"name": "web", "port": port, "protocol": "TCP"},
+                ],
+            }));
+        for k in 0..pods {
+            let addr = format!("127.0.0.{}:{port}", k + 1);
+            wait_until(&format!("echo {addr}"), Duration::from_secs(20), || {
+                curl(&[], &format!("http://{addr}/")).filter(|(code, _, _)| *code == 200)
+            });
+        }
+    }
+
+    /// An IngressClass of ours (`default`: the cluster's default class).
+    pub fn ingress_class(&self, name: &str, controller: &str, default: bool) {
+        self.api
+            .apply_cluster::<k8s_openapi::api::networking::v1::IngressClass>(json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                "metadata": {"name": name, "annotations": {
+                    "ingressclass.kubernetes.io/is-default-class": default.to_string()}},
+                "spec": {"controller": controller},
+            }));
+    }
+
+    pub fn tls_secret(&self, name: &str, cert_pem: &str, key_pem: &str) {
+        self.api.apply::<k8s_openapi::api::core::v1::Secret>(json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "stringData": {"tls.crt": cert_pem, "tls.key": key_pem},
+        }));
+    }
+
+    pub fn metrics(&self, replica: usize) -> Option<String> {
+        get(&self.replicas[replica].admin, "/metrics")
+            .filter(|(code, _)| *code == 200)
+            .map(|(_, body)| body)
+    }
+
+    /// Which of `among` currently leads (reports `portico_controller_is_leader 1`); None
+    /// unless exactly one does.
+    pub fn leader_among(&self, among: &[usize]) -> Option<usize> {
+        let leaders: Vec<usize> = among
+            .iter()
+            .copied()
+            .filter(|&i| {
+                self.metrics(i)
+                    .and_then(|m| metric(&m, "portico_controller_is_leader"))
+                    == Some(1.0)
+            })
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
+    }
+
+    pub fn wait_leader(&self, among: &[usize], within: Duration) -> usize {
+        wait_until("a controller leader", within, || self.leader_among(among))
+    }
+
+    /// The replica's committed table as `/debug/routes` shows it.
+    pub fn routes(&self, replica: usize) -> Option<Value> {
+        let (code, body) = get(&self.replicas[replica].admin, "/debug/routes")?;
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    /// GET `http://host:PORT/path` on replica `replica`'s HTTP port (Host via --resolve).
+    pub fn http_get(&self, replica: usize, host: &str, path: &str) -> Option<(u16, Value, String)> {
+        let port = self.replicas[replica].http;
+        curl(
+            &["--resolve", &format!("{host}:{port}:127.0.0.1")],
+            &format!("http://{host}:{port}{path}"),
+        )
+    }
+
+    /// GET over TLS (SNI = host) to replica `replica`'s HTTPS port, trusting only `ca`.
+    pub fn https_get(
+        &self,
+        replica: usize,
+        host: &str,
+        path: &str,
+        ca: &Path,
+    ) -> Option<(u16, Value, String)> {
+        let port = self.replicas[replica].https;
+        curl(
+            &[
+                "--cacert",
+                &ca.to_string_lossy(),
+                "--resolve",
+                &format!("{host}:{port}:127.0.0.1"),
+            ],
+            &format!("https://{host}:{port}{path}"),
+        )
+    }
+
+    /// Waits until `host`+`path` answers 200 from `service` on replica `replica`.
+    pub fn wait_served(
+        &self,
+        replica: usize,
+        host: &str,
+        path: &str,
+        service: &str,
+        within: Duration,
+    ) {
+        wait_until(
+            &format!("{host}{path} -> {service} on portico-{replica}"),
+            within,
+            || {
+                let (code, body, _) = self.http_get(replica, host, path)?;
+                (code == 200 && body["service"] == service).then_some(())
+            },
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the replicas said, to judge a failure without rerunning.
+            for r in &self.replicas {
+                let text = r.proc.log_text();
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|l| !l.contains("\"level\":\"DEBUG\""))
+                    .collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!("---- last log lines of {} ----", r.proc.name);
+                for l in tail {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+/// (status, body) of GET http://addr/path, if it answered.
+pub fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "3", "-w", "\n%{http_code}"])
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.parse().ok()?, body.to_owned()))
+}
+
+/// curl; (status, body as JSON or Null, the Location header or "").
+pub fn curl(extra: &[&str], url: &str) -> Option<(u16, Value, String)> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-w",
+            "\n%{http_code} %{redirect_url}",
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, meta) = text.rsplit_once('\n')?;
+    let (code, location) = meta.split_once(' ').unwrap_or((meta, ""));
+    Some((
+        code.parse().ok()?,
+        serde_json::from_str(body).unwrap_or(Value::Null),
+        location.to_owned(),
+    ))
+}
+
+/// The value of a sample named exactly `name` (labels included, e.g. `x{kind="a"}`).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
