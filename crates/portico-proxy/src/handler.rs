@@ -366,7 +366,9 @@ async fn forward(
                 (None, Target::External(_)) => unreachable!("external names use the legacy client"),
             }
         };
-        let outcome = tokio::time::timeout(deadline, sent).await;
+        // Boxed: this is the largest state of the request future, and hyper reserves the
+        // request future's full size for every connection, idle or not.
+        let outcome = tokio::time::timeout(deadline, Box::pin(sent)).await;
         let endpoint = match target {
             Target::Endpoint(addr) => Some(addr),
             Target::External(_) => None,

@@ -120,26 +120,38 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, serve: Arc<Serve>
             };
             drive(stream, info, &serve, activity).await
         }
+        // Boxed: the TLS state machine is several times the size of a plain connection's,
+        // and every connection task would otherwise reserve room for it.
         Some(acceptor) => {
-            let handshake =
-                tokio::time::timeout(serve.limits.handshake_timeout, acceptor.accept(stream));
-            let tls = tokio::select! {
-                r = handshake => r,
-                _ = serve.shared.force.cancelled() => return,
-            };
-            match tls {
-                Ok(Ok(tls)) => {
-                    let info = ConnInfo {
-                        peer,
-                        local,
-                        transport: Transport::Tls,
-                    };
-                    drive(tls, info, &serve, activity).await
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
+            Box::pin(serve_tls(stream, peer, local, acceptor, &serve, activity)).await
         }
+    }
+}
+
+async fn serve_tls(
+    stream: Tracked<TcpStream>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    acceptor: &TlsAcceptor,
+    serve: &Serve,
+    activity: Arc<Activity>,
+) {
+    let handshake = tokio::time::timeout(serve.limits.handshake_timeout, acceptor.accept(stream));
+    let tls = tokio::select! {
+        r = handshake => r,
+        _ = serve.shared.force.cancelled() => return,
+    };
+    match tls {
+        Ok(Ok(tls)) => {
+            let info = ConnInfo {
+                peer,
+                local,
+                transport: Transport::Tls,
+            };
+            drive(tls, info, serve, activity).await
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
