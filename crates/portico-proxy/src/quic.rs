@@ -2,10 +2,17 @@
 //!
 //! The UDP socket is bound once and never rebound; a table swap changes nothing here.
 //! Garbage datagrams are quinn's to drop; a failed connection or stream ends only itself.
+//!
+//! Rapid reset: a stream the client cancels keeps its slot in the concurrent-stream limit
+//! until our handler is done with it (quinn grants new stream credit only for streams closed
+//! on both sides), so cancelled streams cannot pile up work beyond that limit. Beyond it, a
+//! connection that cancels more requests than it lets finish, past an allowance, is closed
+//! with `H3_EXCESSIVE_LOAD` and the work of its open streams is dropped ([`CancelBudget`]).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -118,6 +125,9 @@ async fn serve_connection(conn: quinn::Connection, info: ConnInfo, serve: Arc<Se
         }
     };
     let streams = TaskTracker::new();
+    let budget = Arc::new(CancelBudget::new(
+        serve.limits.max_pending_accept_reset_streams,
+    ));
     let mut draining = false;
     loop {
         tokio::select! {
@@ -125,12 +135,26 @@ async fn serve_connection(conn: quinn::Connection, info: ConnInfo, serve: Arc<Se
                 Ok(Some(resolver)) => {
                     let shared = serve.shared.clone();
                     let head_timeout = serve.limits.header_read_timeout;
+                    let budget = budget.clone();
                     streams.spawn(async move {
-                        // A stream that never completes its HEADERS frame is dropped (slowloris).
-                        match tokio::time::timeout(head_timeout, resolver.resolve_request()).await {
-                            Ok(Ok((req, stream))) => serve_request(&shared, info, req, stream).await,
-                            Ok(Err(e)) => tracing::debug!(peer = %info.peer, error = %e, "bad HTTP/3 request"),
-                            Err(_) => tracing::debug!(peer = %info.peer, "HTTP/3 request head timed out"),
+                        let work = async {
+                            // A stream that never completes its HEADERS frame is dropped (slowloris).
+                            match tokio::time::timeout(head_timeout, resolver.resolve_request()).await {
+                                Ok(Ok((req, stream))) => serve_request(&shared, info, req, stream).await,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(peer = %info.peer, error = %e, "bad HTTP/3 request");
+                                    Outcome::Cancelled
+                                }
+                                Err(_) => {
+                                    tracing::debug!(peer = %info.peer, "HTTP/3 request head timed out");
+                                    Outcome::Cancelled
+                                }
+                            }
+                        };
+                        tokio::select! {
+                            outcome = work => budget.record(outcome),
+                            // The connection is being closed for abuse: drop the work.
+                            () = budget.exhausted.cancelled() => {}
                         }
                     });
                 }
@@ -149,6 +173,11 @@ async fn serve_connection(conn: quinn::Connection, info: ConnInfo, serve: Arc<Se
                 conn.close(quinn::VarInt::from_u32(0x100), b"shutdown");
                 return;
             }
+            () = budget.exhausted.cancelled() => {
+                tracing::info!(peer = %info.peer, "closing an HTTP/3 connection that cancels most of its requests (rapid reset)");
+                conn.close(H3_EXCESSIVE_LOAD, b"too many cancelled requests");
+                return;
+            }
         }
     }
     streams.close();
@@ -160,12 +189,59 @@ async fn serve_connection(conn: quinn::Connection, info: ConnInfo, serve: Arc<Se
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
+/// HTTP/3's `H3_EXCESSIVE_LOAD` error code (RFC 9114, section 8.1).
+const H3_EXCESSIVE_LOAD: quinn::VarInt = quinn::VarInt::from_u32(0x0107);
+
+/// How a request stream ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The whole response was handed to QUIC.
+    Answered,
+    /// The client reset or stopped the stream (or never sent a valid request) before that.
+    Cancelled,
+}
+
+/// Per connection: requests cancelled by the client against requests answered. More
+/// cancelled than answered, past `allowance`, trips `exhausted` (a browser cancels a few
+/// requests when a page navigates away; it does not cancel most of them, many times over).
+struct CancelBudget {
+    allowance: usize,
+    cancelled: AtomicUsize,
+    answered: AtomicUsize,
+    exhausted: CancellationToken,
+}
+
+impl CancelBudget {
+    fn new(allowance: usize) -> Self {
+        Self {
+            allowance,
+            cancelled: AtomicUsize::new(0),
+            answered: AtomicUsize::new(0),
+            exhausted: CancellationToken::new(),
+        }
+    }
+
+    fn record(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Answered => {
+                self.answered.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Cancelled => {
+                let cancelled = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
+                if cancelled > self.allowance && cancelled > self.answered.load(Ordering::Relaxed) {
+                    self.exhausted.cancel();
+                }
+            }
+        }
+    }
+}
+
 async fn serve_request(
     shared: &Shared,
     info: ConnInfo,
     req: Request<()>,
     stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
-) {
+) -> Outcome {
     let (mut send, recv) = stream.split();
     let req = req.map(|()| ProxyBody::new(H3RequestBody::new(recv)));
     let resp = handler::handle(shared, info, req, None).await;
@@ -175,7 +251,7 @@ async fn serve_request(
         .await
     {
         tracing::debug!(peer = %info.peer, error = %e, "HTTP/3 response head not sent");
-        return;
+        return Outcome::Cancelled;
     }
     while let Some(frame) = body.frame().await {
         let frame = match frame {
@@ -183,7 +259,8 @@ async fn serve_request(
             Err(e) => {
                 tracing::debug!(peer = %info.peer, error = %e, "response body failed");
                 send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
-                return;
+                // The upstream's failure, not the client's doing.
+                return Outcome::Answered;
             }
         };
         let sent = match frame.into_data() {
@@ -195,8 +272,37 @@ async fn serve_request(
         };
         if let Err(e) = sent {
             tracing::debug!(peer = %info.peer, error = %e, "HTTP/3 client went away");
-            return;
+            return Outcome::Cancelled;
         }
     }
-    let _ = send.finish().await;
+    match send.finish().await {
+        Ok(()) => Outcome::Answered,
+        Err(_) => Outcome::Cancelled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_budget_trips_only_past_the_allowance_and_the_answered_count() {
+        let budget = CancelBudget::new(3);
+        for _ in 0..3 {
+            budget.record(Outcome::Cancelled);
+        }
+        assert!(!budget.exhausted.is_cancelled(), "within the allowance");
+        for _ in 0..10 {
+            budget.record(Outcome::Answered);
+        }
+        for _ in 0..7 {
+            budget.record(Outcome::Cancelled);
+        }
+        assert!(
+            !budget.exhausted.is_cancelled(),
+            "10 cancelled, 10 answered"
+        );
+        budget.record(Outcome::Cancelled);
+        assert!(budget.exhausted.is_cancelled(), "11 cancelled, 10 answered");
+    }
 }

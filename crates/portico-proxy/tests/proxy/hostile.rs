@@ -181,6 +181,54 @@ async fn http2_rapid_reset_is_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_rapid_reset_is_stopped() {
+    let (_b, proxy) = start().await;
+    let out = run(
+        python().to_str().unwrap(),
+        &[
+            &script("h3_rapid_reset.py"),
+            &format!("127.0.0.1:{}", proxy.h3().port()),
+            "echo.test",
+            "3000",
+        ],
+    )
+    .await;
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    // H3_EXCESSIVE_LOAD, well before the client got through its 3,000 cancellations.
+    assert!(
+        text.contains("closed error_code=0x107"),
+        "the server ends the abusive connection: {text}"
+    );
+    let sent: usize = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sent="))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(sent < 3000, "{text}");
+
+    // Others are still served, over HTTP/3 too.
+    let out = run(
+        python().to_str().unwrap(),
+        &[
+            &script("h3client.py"),
+            "get",
+            &format!("127.0.0.1:{}", proxy.h3().port()),
+            "echo.test",
+            "/after-rapid-reset",
+        ],
+    )
+    .await;
+    assert!(stdout(&out).contains("status=200"), "{}", stdout(&out));
+    still_serving(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_datagrams_do_not_disturb_quic() {
     let (_b, proxy) = start().await;
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
