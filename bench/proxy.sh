@@ -4,10 +4,14 @@
 # generator and the two backends (127.0.0.1:18001/18002, round-robin, keep-alive) on CPU 1;
 # TLS session resumption off everywhere; the same test CA and leaf certificate.
 #
-# usage: bench/proxy.sh [-r RUNS] [-d SECS] [-T "TESTS"] [-w WORKERS] [-k]
+# usage: bench/proxy.sh [-r RUNS] [-d SECS] [-T "TESTS"] [-w WORKERS] [-k] [-i]
 #   RUNS, SECS, TESTS are passed to proxy-bench.sh (defaults 3, 10, "h1c64 h1c256 tls64 tlsnew h2 h3").
 #   WORKERS: Portico's Tokio worker threads (default 1, as the method says; 2 may be reported beside).
 #   -k: keep the anchors (nginx, HAProxy, backends) running afterwards.
+#   -i: only count Portico's user-space instructions per proxied HTTP/1.1 keep-alive request
+#       (valgrind callgrind, h2load --h1 -c 64, 2,000 warm-up requests then N=${IREQS:-6000}
+#       counted): repeatable to ~0.1 % on a busy machine, unlike requests/s. PORTICO_BIN=path
+#       measures another build of portico-proxy-standalone (e.g. an older commit's).
 #   QUIET (env): proxy-bench.sh waits before each run until the machine is below QUIET % of one
 #   core (default 20); raise it on a shared, busy machine and quote the "other" column.
 # Also measures Portico's peak RSS with a 1,000-route table (idle and after load).
@@ -18,11 +22,12 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$ROOT/../shared/bench}
 ANCHORS_DIR=${ANCHORS_DIR:-/tmp/anchors}
 export ANCHORS_DIR
-RUNS=3; DUR=10; TESTS="h1c64 h1c256 tls64 tlsnew h2 h3"; WORKERS=1; KEEP=0
-while getopts "r:d:T:w:kh" o; do
+RUNS=3; DUR=10; TESTS="h1c64 h1c256 tls64 tlsnew h2 h3"; WORKERS=1; KEEP=0; INSTR=0
+while getopts "r:d:T:w:kih" o; do
   case $o in
     r) RUNS=$OPTARG ;; d) DUR=$OPTARG ;; T) TESTS=$OPTARG ;; w) WORKERS=$OPTARG ;; k) KEEP=1 ;;
-    *) sed -n '2,15p' "$0"; exit 2 ;;
+    i) INSTR=1 ;;
+    *) sed -n '2,18p' "$0"; exit 2 ;;
   esac
 done
 OUT=${OUT:-/tmp/portico-proxy-bench.$(date +%Y%m%d-%H%M%S)}
@@ -39,7 +44,7 @@ WITH_ENVOY=${WITH_ENVOY:-0} WITH_TRAEFIK=${WITH_TRAEFIK:-0} bash "$SHARED/anchor
 log "building portico-proxy-standalone (release)"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/portico-target}
 (cd "$ROOT" && cargo build -q --release -p portico-proxy --bin portico-proxy-standalone)
-BIN=$CARGO_TARGET_DIR/release/portico-proxy-standalone
+BIN=${PORTICO_BIN:-$CARGO_TARGET_DIR/release/portico-proxy-standalone} # PORTICO_BIN: compare another build
 
 # The same two backends behind one Service; one catch-all Ingress (wrk sends Host: 127.0.0.1:PORT).
 service_yaml() {
@@ -105,6 +110,23 @@ cleanup() {
   [ "$KEEP" = 1 ] || bash "$SHARED/anchors-setup.sh" down || true
 }
 trap cleanup EXIT
+
+if [ "$INSTR" = 1 ]; then
+  command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || { log "needs valgrind"; exit 1; }
+  N=${IREQS:-6000}
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.%p" \
+    "$BIN" --table "$P/routes.yaml" --http 127.0.0.1:18482 --workers 1 > "$P/cg.out" 2> "$P/cg.err" < /dev/null &
+  vpid=$!
+  for _ in $(seq 1 300); do grep -q '^ready' "$P/cg.out" 2>/dev/null && break; sleep 0.2; done
+  h2load --h1 -n 2000 -c 64 http://127.0.0.1:18482/ > /dev/null
+  callgrind_control -z "$vpid" > /dev/null
+  h2load --h1 -n "$N" -c 64 http://127.0.0.1:18482/ | grep -E '^(requests|status codes):' >&2
+  callgrind_control -d "$vpid" > /dev/null
+  kill -TERM "$vpid"; wait "$vpid" || true
+  ir=$(grep -h '^summary:' "$OUT"/callgrind.*.1 | awk '{print $2}')
+  echo "instructions per proxied h1 keep-alive request: $((ir / N)) ($ir over $N requests)" | tee "$OUT/instructions.txt"
+  exit 0
+fi
 
 start_portico portico "$P/routes.yaml" 18480 18843 18843
 curl -s --max-time 5 --cacert "$C/ca.pem" "https://localhost:18843/" "http://127.0.0.1:18480/" | tr '\n' ' ' >&2; echo >&2
