@@ -520,7 +520,7 @@ async fn partitioned_leader_stops_before_the_next_starts_and_its_epoch_is_refuse
 async fn leader_cut_off_from_the_api_server_only_hands_over_and_changes_keep_landing() {
     use std::sync::atomic::Ordering;
 
-    let mut cluster = Cluster::start().await;
+    let cluster = Cluster::start().await;
     apply_class(&cluster.admin, "conformance").await;
     apply(&cluster.admin, &ingress("before", "before.example", "/")).await;
     cluster

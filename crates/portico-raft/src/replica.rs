@@ -387,6 +387,10 @@ impl Replica {
         if !self.leadership().is_leader {
             return StepDown::NotLeader;
         }
+        if self.best_successor(&BTreeSet::new()).is_none() {
+            // A cluster of one: nobody to hand over to.
+            return StepDown::StillLeader;
+        }
         let started = tokio::time::Instant::now();
         let deadline = started + within;
         let runtime = inner.raft.runtime_config();

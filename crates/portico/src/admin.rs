@@ -60,10 +60,20 @@ impl Admin {
                     format!("failed: {failure}\n"),
                 ),
             },
-            "/readyz" => match self.state.not_ready_reason() {
-                None => text(StatusCode::OK, "ready\n"),
-                Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
-            },
+            "/readyz" => {
+                let controller = self
+                    .state
+                    .controller()
+                    .map(|c| format!("controller: {c}\n"))
+                    .unwrap_or_default();
+                match self.state.not_ready_reason() {
+                    None => text(StatusCode::OK, format!("ready\n{controller}")),
+                    Some(reason) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{reason}\n{controller}"),
+                    ),
+                }
+            }
             "/debug/routes" => {
                 let table = self.table.borrow().clone();
                 let view = TableView::of(&table);

@@ -1,6 +1,8 @@
 //! Leader work (portico-controller) wired into a replica: the Lease, reconciling, status.
 
-use portico_controller::{Controller, ControllerConfig};
+use std::sync::Arc;
+
+use portico_controller::{Controller, ControllerConfig, ControllerStatus};
 use portico_model::Settings;
 use portico_raft::Replica;
 use prometheus_client::registry::Registry;
@@ -8,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::run::{RunArgs, parse_key};
+use crate::state::ReplicaState;
 
 pub struct Leader {
     controller: Controller,
@@ -37,18 +40,38 @@ impl Leader {
         })
     }
 
-    /// Runs until `stop` is cancelled; returns after the Lease is released.
-    pub fn spawn(self, stop: CancellationToken) -> JoinHandle<anyhow::Result<()>> {
+    /// Runs until `stop` is cancelled; returns after the Lease is released. The controller's
+    /// state is mirrored into `state` for `/readyz`.
+    pub fn spawn(
+        self,
+        stop: CancellationToken,
+        state: Arc<ReplicaState>,
+    ) -> JoinHandle<anyhow::Result<()>> {
         let mut status = self.controller.status();
+        state.set_controller(describe(&status.borrow()));
         tokio::spawn(async move {
             while status.changed().await.is_ok() {
                 let s = status.borrow_and_update().clone();
                 tracing::info!(leader = s.is_leader, epoch = ?s.epoch, last_error = ?s.last_error, "controller status");
+                state.set_controller(describe(&s));
             }
         });
         tokio::spawn(async move {
             self.controller.run(stop).await?;
             Ok(())
         })
+    }
+}
+
+/// One line for `/readyz`: the role, and why the last leadership ended abnormally.
+fn describe(status: &ControllerStatus) -> String {
+    let role = match (status.is_leader, status.epoch) {
+        (true, Some(epoch)) => format!("leader (epoch {epoch})"),
+        (true, None) => "leader".to_owned(),
+        (false, _) => "follower".to_owned(),
+    };
+    match &status.last_error {
+        Some(why) => format!("{role}; last leadership ended: {why}"),
+        None => role,
     }
 }

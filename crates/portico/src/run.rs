@@ -425,7 +425,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let stop_controller = CancellationToken::new();
-    let mut controller_task = controller.spawn(stop_controller.clone());
+    let mut controller_task = controller.spawn(stop_controller.clone(), state.clone());
 
     let signal = tokio::select! {
         signal = crate::signals::terminated() => signal?,

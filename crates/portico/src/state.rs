@@ -15,6 +15,7 @@ pub struct ReplicaState {
     applied: AtomicBool,
     draining: AtomicBool,
     failure: Mutex<Option<String>>,
+    controller: Mutex<Option<String>>,
 }
 
 impl ReplicaState {
@@ -44,6 +45,17 @@ impl ReplicaState {
 
     pub fn ready(&self) -> bool {
         self.applied.load(Ordering::Acquire) && !self.draining() && self.failure().is_none()
+    }
+
+    /// The controller's state, shown in the `/readyz` body: whether this replica leads, and
+    /// why its last leadership ended if that was abnormal. It does not change readiness:
+    /// the data plane serves either way, and another replica takes the Lease.
+    pub fn set_controller(&self, note: impl Into<String>) {
+        *self.controller.lock().expect("controller lock") = Some(note.into());
+    }
+
+    pub fn controller(&self) -> Option<String> {
+        self.controller.lock().expect("controller lock").clone()
     }
 
     /// Why the replica is not ready, for the `/readyz` body.
