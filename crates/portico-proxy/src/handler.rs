@@ -357,6 +357,17 @@ async fn forward(
         let sent = async {
             match (&legacy, &target) {
                 (Some(client), _) => client.request(upstream_req).await.map_err(|e| (e, None)),
+                // No body and no upgrade (most requests): the lean path, no connection task.
+                (None, Target::Endpoint(addr))
+                    if client_upgrade.is_none() && upstream_req.body().is_end_stream() =>
+                {
+                    shared
+                        .clients
+                        .h1
+                        .send_bodyless(*addr, policy.connect_timeout, upstream_req)
+                        .await
+                        .map_err(|f| (f.error.into(), f.request))
+                }
                 (None, Target::Endpoint(addr)) => shared
                     .clients
                     .h1

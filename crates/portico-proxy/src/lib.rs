@@ -17,6 +17,7 @@
 
 mod body;
 mod config;
+mod h1conn;
 mod handler;
 mod headers;
 mod observe;

@@ -26,7 +26,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::ProxyBody;
+use crate::body::{BoxError, ProxyBody};
+use crate::h1conn::{self, Conn, ExchangeError, RawBody};
 
 /// Idle connections kept per endpoint at most (as the legacy client's `pool_max_idle_per_host`).
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
@@ -53,6 +54,9 @@ pub(crate) enum PoolError {
     /// The request was (at least partly) sent.
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// The request was (at least partly) sent, on the lean path for bodiless requests.
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
 }
 
 /// A failed [`H1Pool::send`]: the error, and the request when not one byte of it was sent.
@@ -114,8 +118,17 @@ struct Idle {
     tick: u64,
 }
 
+struct IdleRaw {
+    conn: Conn,
+    tick: u64,
+}
+
+type ByAddr<T> = Mutex<HashMap<SocketAddr, Vec<T>, BuildHasherDefault<AddrHasher>>>;
+
 struct Inner {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>>,
+    idle: ByAddr<Idle>,
+    /// Idle connections of the lean path (`h1conn`), which needs no hyper connection.
+    idle_raw: ByAddr<IdleRaw>,
     idle_timeout: Duration,
     /// Advanced by the sweeper; read when a connection is put back (no clock on the hot path).
     tick: AtomicU64,
@@ -139,6 +152,7 @@ impl H1Pool {
         Self {
             inner: Arc::new(Inner {
                 idle: Mutex::default(),
+                idle_raw: Mutex::default(),
                 idle_timeout,
                 tick: AtomicU64::new(0),
                 sweeper: AtomicBool::new(false),
@@ -223,19 +237,7 @@ impl H1Pool {
         timeout: Duration,
     ) -> Result<SendRequest<ProxyBody>, PoolError> {
         let connect_error = |source| PoolError::Connect { addr, source };
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(connect_error(e)),
-            Err(_) => {
-                return Err(connect_error(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "connect timed out",
-                )));
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let stream = connect_tcp(addr, timeout).await?;
         let (sender, conn) = self
             .inner
             .builder
@@ -248,6 +250,71 @@ impl H1Pool {
             }
         });
         Ok(sender)
+    }
+
+    /// Sends a request without a body (and not asking for an upgrade) over the lean path:
+    /// the head is written by us and the response read by its own body, no connection task.
+    /// A pooled connection found closed, or failing the write, is replaced (the peer was
+    /// gone, so it processed nothing); a failure before anything was written hands the
+    /// request back.
+    pub(crate) async fn send_bodyless(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, PoolFailure> {
+        self.start_sweeper();
+        let head = h1conn::encode_head(&req);
+        let mut stale = 0;
+        loop {
+            let pooled = std::future::poll_fn(|cx| Poll::Ready(self.checkout_raw(addr, cx))).await;
+            let (mut conn, reused) = match pooled {
+                Some(conn) => (conn, true),
+                None => match Box::pin(connect_tcp(addr, connect_timeout)).await {
+                    Ok(stream) => (Conn::new(stream), false),
+                    Err(error) => {
+                        return Err(PoolFailure {
+                            error,
+                            request: Some(req),
+                        });
+                    }
+                },
+            };
+            if let Err(e) = h1conn::write_head(&mut conn, &head).await {
+                if reused && stale < MAX_STALE_RETRIES {
+                    stale += 1;
+                    continue;
+                }
+                return Err(PoolFailure {
+                    error: e.into(),
+                    request: None,
+                });
+            }
+            let pool = Arc::downgrade(&self.inner);
+            let done = Box::new(move |conn: Conn| {
+                if let Some(pool) = pool.upgrade() {
+                    pool.put_back_raw(addr, conn);
+                }
+            });
+            return match h1conn::read_response(conn, req.method(), done).await {
+                Ok(resp) => Ok(resp.map(UpstreamBody::Raw)),
+                Err(e) => Err(PoolFailure {
+                    error: e.into(),
+                    request: None,
+                }),
+            };
+        }
+    }
+
+    fn checkout_raw(&self, addr: SocketAddr, cx: &mut Context<'_>) -> Option<Conn> {
+        let mut idle = self.inner.idle_raw.lock().ok()?;
+        let list = idle.get_mut(&addr)?;
+        while let Some(mut entry) = list.pop() {
+            if entry.conn.idle_and_open(cx) {
+                return Some(entry.conn);
+            }
+        }
+        None
     }
 
     /// One sweeper per pool, started on first use (a runtime is needed), ending with the pool.
@@ -284,7 +351,37 @@ impl H1Pool {
     }
 }
 
+/// A TCP connection to `addr` within `timeout`, with TCP_NODELAY and keepalive probes.
+async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, PoolError> {
+    let connect_error = |source| PoolError::Connect { addr, source };
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(connect_error(e)),
+        Err(_) => {
+            return Err(connect_error(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connect timed out",
+            )));
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+    Ok(stream)
+}
+
 impl Inner {
+    fn put_back_raw(&self, addr: SocketAddr, conn: Conn) {
+        let tick = self.tick.load(Ordering::Relaxed);
+        let Ok(mut idle) = self.idle_raw.lock() else {
+            return;
+        };
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push(IdleRaw { conn, tick });
+        }
+    }
+
     fn sweep(&self) {
         let now = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
         let expired = |entry: &Idle| now.saturating_sub(entry.tick) > SWEEPS_PER_TIMEOUT;
@@ -304,6 +401,21 @@ impl Inner {
             });
         }
         drop(dropped);
+        let mut dropped_raw = Vec::new();
+        if let Ok(mut idle) = self.idle_raw.lock() {
+            idle.retain(|_, list| {
+                let mut i = 0;
+                while i < list.len() {
+                    if now.saturating_sub(list[i].tick) > SWEEPS_PER_TIMEOUT {
+                        dropped_raw.push(list.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+                !list.is_empty()
+            });
+        }
+        drop(dropped_raw);
     }
 
     fn put_back(&self, addr: SocketAddr, sender: SendRequest<ProxyBody>) {
@@ -323,7 +435,7 @@ impl Inner {
 
 /// The connection a response is being read from; it goes back to the pool when the body
 /// has ended (a body dropped early leaves the connection busy, and checkout skips it).
-struct Lease {
+pub(crate) struct Lease {
     sender: Option<SendRequest<ProxyBody>>,
     addr: SocketAddr,
     pool: Weak<Inner>,
@@ -344,14 +456,19 @@ impl Drop for Lease {
 }
 
 /// A response body from upstream, returning its pooled connection when it ends.
-pub(crate) struct UpstreamBody {
-    incoming: Incoming,
-    lease: Option<Lease>,
+pub(crate) enum UpstreamBody {
+    /// From a hyper client connection (ours, with a lease; or the legacy client's).
+    Hyper {
+        incoming: Incoming,
+        lease: Option<Lease>,
+    },
+    /// From the lean path for bodiless requests.
+    Raw(RawBody),
 }
 
 impl UpstreamBody {
     fn pooled(incoming: Incoming, lease: Lease) -> Self {
-        Self {
+        UpstreamBody::Hyper {
             incoming,
             lease: Some(lease),
         }
@@ -359,7 +476,7 @@ impl UpstreamBody {
 
     /// A body whose connection is managed elsewhere (the legacy client).
     pub(crate) fn unpooled(incoming: Incoming) -> Self {
-        Self {
+        UpstreamBody::Hyper {
             incoming,
             lease: None,
         }
@@ -367,50 +484,65 @@ impl UpstreamBody {
 
     /// The connection will not serve another request (it was upgraded): never pool it.
     pub(crate) fn forget_connection(&mut self) {
-        if let Some(lease) = &mut self.lease {
-            lease.sender = None;
+        match self {
+            UpstreamBody::Hyper {
+                lease: Some(lease), ..
+            } => lease.sender = None,
+            UpstreamBody::Hyper { lease: None, .. } => {}
+            UpstreamBody::Raw(raw) => raw.forget_connection(),
         }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let frame = std::task::ready!(Pin::new(&mut this.incoming).poll_frame(cx));
-        match &frame {
-            None => {
-                if let Some(mut lease) = this.lease.take() {
-                    lease.release();
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Raw(raw) => Pin::new(raw).poll_frame(cx),
+            UpstreamBody::Hyper { incoming, lease } => {
+                let frame = std::task::ready!(Pin::new(incoming).poll_frame(cx));
+                match &frame {
+                    None => {
+                        if let Some(mut lease) = lease.take() {
+                            lease.release();
+                        }
+                    }
+                    Some(Err(_)) => {
+                        if let Some(lease) = lease {
+                            lease.sender = None;
+                        }
+                    }
+                    Some(Ok(_)) => {}
                 }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Some(Err(_)) => {
-                if let Some(lease) = &mut this.lease {
-                    lease.sender = None;
-                }
-            }
-            Some(Ok(_)) => {}
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
+        match self {
+            UpstreamBody::Hyper { incoming, .. } => incoming.is_end_stream(),
+            UpstreamBody::Raw(raw) => raw.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.incoming.size_hint()
+        match self {
+            UpstreamBody::Hyper { incoming, .. } => incoming.size_hint(),
+            UpstreamBody::Raw(raw) => raw.size_hint(),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Method;
     use http_body_util::BodyExt;
     use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -467,11 +599,15 @@ mod tests {
 
     async fn fetch(pool: &H1Pool, addr: SocketAddr) -> Result<Bytes, PoolFailure> {
         let resp = pool.send(addr, Duration::from_secs(2), get()).await?;
-        let body = resp.into_body().collect().await.map_err(|e| PoolFailure {
-            error: PoolError::Http(e),
-            request: None,
-        })?;
-        Ok(body.to_bytes())
+        Ok(resp.into_body().collect().await.expect("body").to_bytes())
+    }
+
+    /// The same over the lean path for bodiless requests.
+    async fn fetch_lean(pool: &H1Pool, addr: SocketAddr) -> Result<Bytes, PoolFailure> {
+        let resp = pool
+            .send_bodyless(addr, Duration::from_secs(2), get())
+            .await?;
+        Ok(resp.into_body().collect().await.expect("body").to_bytes())
     }
 
     #[tokio::test]
@@ -558,6 +694,186 @@ mod tests {
         assert!(err.nothing_sent());
         let back = failure.request.expect("the unsent request is handed back");
         assert_eq!(back.headers()["host"], "pool.test");
+    }
+
+    #[tokio::test]
+    async fn lean_path_reuses_connections_and_survives_hangups() {
+        let (addr, accepted) = backend(None).await;
+        let pool = H1Pool::new(Duration::from_secs(60));
+        for _ in 0..20 {
+            assert_eq!(fetch_lean(&pool, addr).await.unwrap(), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.inner.idle_raw.lock().unwrap()[&addr].len(), 1);
+
+        let (addr, accepted) = backend(Some(1)).await;
+        for _ in 0..50 {
+            assert_eq!(fetch_lean(&pool, addr).await.unwrap(), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 50);
+    }
+
+    #[tokio::test]
+    async fn lean_path_idle_connections_expire() {
+        let (addr, accepted) = backend(None).await;
+        let pool = H1Pool::new(Duration::from_millis(100));
+        fetch_lean(&pool, addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(pool.inner.idle_raw.lock().unwrap().get(&addr).is_none());
+        fetch_lean(&pool, addr).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A backend answering each request head with the next canned response, then closing
+    /// if `close` is set; counts connections.
+    async fn scripted(
+        responses: Vec<&'static [u8]>,
+        close: bool,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let responses = Arc::new(std::sync::Mutex::new(responses.into_iter()));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let responses = responses.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let next = responses.lock().unwrap().next();
+                            let Some(resp) = next else { return };
+                            if s.write_all(resp).await.is_err() || close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn lean_path_framing() {
+        let pool = H1Pool::new(Duration::from_secs(60));
+        // Chunked with extensions and trailers, an interim 103 first, then a length-framed
+        // response on the same connection.
+        let (addr, accepted) = scripted(
+            vec![
+                b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nx-check: 1\r\n\r\n",
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            ],
+            false,
+        )
+        .await;
+        let resp = pool
+            .send_bodyless(addr, Duration::from_secs(2), get())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let collected = resp.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-check"], "1");
+        assert_eq!(collected.to_bytes(), "abcde");
+        let resp = pool
+            .send_bodyless(addr, Duration::from_secs(2), get())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        assert!(resp.body().is_end_stream());
+        drop(resp);
+        assert_eq!(fetch_lean(&pool, addr).await.unwrap(), "hello");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection throughout"
+        );
+
+        // No length at all: the body runs to the close, and the connection is not reused.
+        let (addr, accepted) = scripted(
+            vec![
+                b"HTTP/1.1 200 OK\r\n\r\nuntil the end",
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            ],
+            true,
+        )
+        .await;
+        assert_eq!(fetch_lean(&pool, addr).await.unwrap(), "until the end");
+        assert_eq!(fetch_lean(&pool, addr).await.unwrap(), "ok");
+        assert_eq!(fetch_lean(&pool, addr).await.unwrap(), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+
+        // A short body is an error, never a truncated success.
+        let (addr, _) = scripted(
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"],
+            true,
+        )
+        .await;
+        let resp = pool
+            .send_bodyless(addr, Duration::from_secs(2), get())
+            .await
+            .unwrap();
+        assert!(resp.into_body().collect().await.is_err());
+        // Conflicting lengths are refused.
+        let (addr, _) = scripted(
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok"],
+            true,
+        )
+        .await;
+        let Err(err) = pool
+            .send_bodyless(addr, Duration::from_secs(2), get())
+            .await
+        else {
+            panic!("conflicting Content-Length accepted");
+        };
+        assert!(!err.error.nothing_sent(), "{}", err.error);
+    }
+
+    #[tokio::test]
+    async fn lean_path_head_requests_have_no_body() {
+        let pool = H1Pool::new(Duration::from_secs(60));
+        let (addr, accepted) = scripted(
+            vec![
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            ],
+            false,
+        )
+        .await;
+        let head = Request::builder()
+            .method(Method::HEAD)
+            .uri("/")
+            .header("host", "pool.test")
+            .body(crate::body::empty())
+            .unwrap();
+        let resp = pool
+            .send_bodyless(addr, Duration::from_secs(2), head)
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["content-length"], "1000");
+        assert!(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .is_empty()
+        );
+        assert_eq!(fetch_lean(&pool, addr).await.unwrap(), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[test]

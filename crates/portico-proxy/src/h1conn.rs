@@ -1,0 +1,573 @@
+//! A lean HTTP/1.1 exchange for the most common proxied request: no request body, no
+//! upgrade, plain TCP to an endpoint. The request head is written straight from the
+//! `HeaderMap`, the response head parsed with httparse, and the response body read by the
+//! body itself: no connection task, no channel to it and back, and an idle connection holds
+//! no buffer. Everything else (request bodies, WebSocket upgrades) keeps hyper's client.
+//!
+//! Response framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304; chunked when
+//! it is the final transfer coding; else `Content-Length`; else the body runs to the close.
+//! A connection is reused only after a complete, unambiguous response on HTTP/1.1 without
+//! `Connection: close`, with not one byte left over.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::body::{BoxError, ProxyBody};
+
+/// A response head larger than this is refused (as the hyper client's buffer limit).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A chunk-size line (with extensions) or the trailer section larger than this is refused.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_HEADERS: usize = 128;
+const READ_CHUNK: usize = 8192;
+
+/// What went wrong talking to the upstream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ExchangeError {
+    #[error("writing the request: {0}")]
+    Write(#[source] io::Error),
+    #[error("reading the response: {0}")]
+    Read(#[source] io::Error),
+    #[error("upstream closed the connection before a complete response head")]
+    ClosedBeforeHead,
+    #[error("invalid response from upstream: {0}")]
+    Invalid(&'static str),
+}
+
+/// One upstream TCP connection and the bytes read from it but not yet consumed.
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    pub(crate) fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection still looks usable: nothing arrived on it since its last
+    /// response (a close or stray bytes make the socket readable). No syscall unless the
+    /// socket was flagged readable.
+    pub(crate) fn idle_and_open(&mut self, cx: &mut Context<'_>) -> bool {
+        match self.stream.poll_read_ready(cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads more into the buffer; `Ok(0)` is the peer's close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+    }
+}
+
+/// The request head in HTTP/1.1 wire form (origin-form target, as the handler builds it).
+pub(crate) fn encode_head(req: &Request<ProxyBody>) -> Vec<u8> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut size = req.method().as_str().len() + target.len() + 16;
+    for (name, value) in req.headers() {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    let mut out = Vec::with_capacity(size + 24);
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // Methods that usually carry a body say it is empty, as hyper's client does.
+    let bodyless_by_default = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE
+    );
+    if !bodyless_by_default && !req.headers().contains_key(header::CONTENT_LENGTH) {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Writes the head; an error here means the peer is gone (a reused connection was stale).
+pub(crate) async fn write_head(conn: &mut Conn, head: &[u8]) -> Result<(), ExchangeError> {
+    conn.stream
+        .write_all(head)
+        .await
+        .map_err(ExchangeError::Write)
+}
+
+/// How the response body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Reads the response head (skipping interim 1xx responses) and returns the response with
+/// a body that owns the connection; `done` gets the connection back when it can be reused.
+pub(crate) async fn read_response(
+    mut conn: Conn,
+    method: &Method,
+    done: Box<dyn FnOnce(Conn) + Send>,
+) -> Result<Response<RawBody>, ExchangeError> {
+    loop {
+        let parsed = std::future::poll_fn(|cx| poll_head(&mut conn, cx)).await?;
+        let (status, version, headers) = parsed;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            continue;
+        }
+        let mut headers = headers;
+        let mut reusable = version == Version::HTTP_11 && !connection_close(&headers);
+        let framing = if *method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            // A 101 nobody asked for: answered with 502 by the handler; never reused.
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                reusable = false;
+            }
+            Framing::Empty
+        } else if let Some(chunked) = transfer_chunked(&headers) {
+            // Both framings: Transfer-Encoding wins and the connection is not trusted again.
+            if headers.remove(header::CONTENT_LENGTH).is_some() {
+                reusable = false;
+            }
+            if chunked {
+                Framing::Chunked
+            } else {
+                reusable = false;
+                Framing::UntilClose
+            }
+        } else if headers.contains_key(header::CONTENT_LENGTH) {
+            Framing::Length(
+                content_length(&headers).ok_or(ExchangeError::Invalid("bad Content-Length"))?,
+            )
+        } else {
+            reusable = false;
+            Framing::UntilClose
+        };
+        let mut resp = Response::new(RawBody {
+            conn: Some(conn),
+            framing,
+            chunk: ChunkState::Size,
+            reusable,
+            done: Some(done),
+        });
+        *resp.status_mut() = status;
+        *resp.version_mut() = version;
+        *resp.headers_mut() = headers;
+        // A body that is empty from the start hands the connection back at once.
+        resp.body_mut().finish_if_empty();
+        return Ok(resp);
+    }
+}
+
+type Head = (StatusCode, Version, HeaderMap);
+
+fn poll_head(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<Head, ExchangeError>> {
+    loop {
+        if !conn.buf.is_empty()
+            && let Some(head) = parse_head(&mut conn.buf)?
+        {
+            return Poll::Ready(Ok(head));
+        }
+        if conn.buf.len() >= MAX_HEAD_BYTES {
+            return Poll::Ready(Err(ExchangeError::Invalid("response head too large")));
+        }
+        match ready!(conn.poll_fill(cx)) {
+            Ok(0) => return Poll::Ready(Err(ExchangeError::ClosedBeforeHead)),
+            Ok(_) => {}
+            Err(e) => return Poll::Ready(Err(ExchangeError::Read(e))),
+        }
+    }
+}
+
+/// Parses a complete head off the front of `buf`; `None` when more bytes are needed.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(ExchangeError::Invalid("malformed response head")),
+    };
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(ExchangeError::Invalid("bad status code"))?;
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    // Offsets first: the header values then become slices of the frozen head, not copies.
+    let base = buf.as_ptr() as usize;
+    let spans: Vec<(HeaderName, usize, usize)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| ExchangeError::Invalid("bad header name"))?;
+            let start = h.value.as_ptr() as usize - base;
+            Ok((name, start, start + h.value.len()))
+        })
+        .collect::<Result<_, ExchangeError>>()?;
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (name, start, end) in spans {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| ExchangeError::Invalid("bad header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some((status, version, headers)))
+}
+
+fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+fn connection_close(headers: &HeaderMap) -> bool {
+    tokens(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case("close"))
+}
+
+/// `None` without Transfer-Encoding; otherwise whether chunked is the final coding.
+fn transfer_chunked(headers: &HeaderMap) -> Option<bool> {
+    if !headers.contains_key(header::TRANSFER_ENCODING) {
+        return None;
+    }
+    Some(
+        tokens(headers, &header::TRANSFER_ENCODING)
+            .last()
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked")),
+    )
+}
+
+/// One length, or a list of identical ones (RFC 9110 §8.6); anything else is invalid.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut found = None;
+    for token in tokens(headers, &header::CONTENT_LENGTH) {
+        if !token.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = token.parse().ok()?;
+        match found {
+            Some(prev) if prev != n => return None,
+            _ => found = Some(n),
+        }
+    }
+    found
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// The response body, read off the connection as the client takes it.
+pub(crate) struct RawBody {
+    conn: Option<Conn>,
+    framing: Framing,
+    chunk: ChunkState,
+    reusable: bool,
+    done: Option<Box<dyn FnOnce(Conn) + Send>>,
+}
+
+impl RawBody {
+    /// The connection will not serve another request: never hand it back.
+    pub(crate) fn forget_connection(&mut self) {
+        self.reusable = false;
+    }
+
+    fn finish_if_empty(&mut self) {
+        if matches!(self.framing, Framing::Empty | Framing::Length(0)) {
+            self.finish();
+        }
+    }
+
+    /// The body is complete: the connection goes back if nothing about it is doubtful.
+    fn finish(&mut self) {
+        self.framing = Framing::Empty;
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if self.reusable
+            && conn.buf.is_empty()
+            && let Some(done) = self.done.take()
+        {
+            // An idle connection keeps no buffer.
+            conn.buf = BytesMut::new();
+            done(conn);
+        }
+    }
+
+    fn fail(&mut self, e: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        self.framing = Framing::Empty;
+        Poll::Ready(Some(Err(e.into())))
+    }
+
+    fn poll_chunked(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.chunk {
+                ChunkState::Size => {
+                    if let Some(eol) = find_crlf(&conn.buf) {
+                        let line = &conn.buf[..eol];
+                        let hex = line.split(|&b| b == b';').next().unwrap_or(b"");
+                        let hex = std::str::from_utf8(hex).map(str::trim).unwrap_or("");
+                        let size = if hex.is_empty() || hex.len() > 16 {
+                            None
+                        } else {
+                            u64::from_str_radix(hex, 16).ok()
+                        };
+                        let Some(size) = size else {
+                            return self.fail(ExchangeError::Invalid("bad chunk size"));
+                        };
+                        conn.buf.advance(eol + 2);
+                        self.chunk = if size == 0 {
+                            ChunkState::Trailers
+                        } else {
+                            ChunkState::Data(size)
+                        };
+                        continue;
+                    }
+                    if conn.buf.len() > MAX_CHUNK_LINE {
+                        return self.fail(ExchangeError::Invalid("chunk size line too long"));
+                    }
+                }
+                ChunkState::Data(remaining) => {
+                    if !conn.buf.is_empty() {
+                        let n = remaining.min(conn.buf.len() as u64) as usize;
+                        let data = conn.buf.split_to(n).freeze();
+                        let left = remaining - n as u64;
+                        self.chunk = if left == 0 {
+                            ChunkState::DataEnd
+                        } else {
+                            ChunkState::Data(left)
+                        };
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                ChunkState::DataEnd => {
+                    if conn.buf.len() >= 2 {
+                        if &conn.buf[..2] != b"\r\n" {
+                            return self.fail(ExchangeError::Invalid("chunk not followed by CRLF"));
+                        }
+                        conn.buf.advance(2);
+                        self.chunk = ChunkState::Size;
+                        continue;
+                    }
+                }
+                ChunkState::Trailers => {
+                    if conn.buf.starts_with(b"\r\n") {
+                        conn.buf.advance(2);
+                        self.finish();
+                        return Poll::Ready(None);
+                    }
+                    if let Some(end) = find(&conn.buf, b"\r\n\r\n") {
+                        let section = conn.buf.split_to(end + 4);
+                        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                        let mut trailers = HeaderMap::new();
+                        match httparse::parse_headers(&section, &mut slots) {
+                            Ok(httparse::Status::Complete((_, parsed))) => {
+                                for h in parsed {
+                                    if let (Ok(name), Ok(value)) = (
+                                        HeaderName::from_bytes(h.name.as_bytes()),
+                                        HeaderValue::from_bytes(h.value),
+                                    ) {
+                                        trailers.append(name, value);
+                                    }
+                                }
+                            }
+                            _ => return self.fail(ExchangeError::Invalid("malformed trailers")),
+                        }
+                        self.finish();
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    if conn.buf.len() > MAX_CHUNK_LINE {
+                        return self.fail(ExchangeError::Invalid("trailers too large"));
+                    }
+                }
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) => return self.fail(ExchangeError::Invalid("closed inside a chunked body")),
+                Ok(_) => {}
+                Err(e) => return self.fail(ExchangeError::Read(e)),
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.iter()
+        .position(|&b| b == b'\n')
+        .filter(|&i| i > 0 && buf[i - 1] == b'\r')
+        .map(|i| i - 1)
+}
+
+impl http_body::Body for RawBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match this.framing {
+            Framing::Empty => Poll::Ready(None),
+            Framing::Chunked => this.poll_chunked(cx),
+            Framing::Length(remaining) => {
+                let Some(conn) = this.conn.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                if conn.buf.is_empty() {
+                    match ready!(conn.poll_fill(cx)) {
+                        Ok(0) => {
+                            return this
+                                .fail(ExchangeError::Invalid("closed before the body's end"));
+                        }
+                        Ok(_) => {}
+                        Err(e) => return this.fail(ExchangeError::Read(e)),
+                    }
+                }
+                let n = remaining.min(conn.buf.len() as u64) as usize;
+                let data = conn.buf.split_to(n).freeze();
+                let left = remaining - n as u64;
+                this.framing = Framing::Length(left);
+                if left == 0 {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Framing::UntilClose => {
+                let Some(conn) = this.conn.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                if conn.buf.is_empty() {
+                    match ready!(conn.poll_fill(cx)) {
+                        Ok(0) => {
+                            this.conn = None;
+                            this.framing = Framing::Empty;
+                            return Poll::Ready(None);
+                        }
+                        Ok(_) => {}
+                        Err(e) => return this.fail(ExchangeError::Read(e)),
+                    }
+                }
+                let data = conn.buf.split().freeze();
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Empty
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Empty => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Chunked | Framing::UntilClose => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_encoding() {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/a?b=1")
+            .header("host", "x.test")
+            .header("x-two", "1")
+            .header("x-two", "2")
+            .body(crate::body::empty())
+            .unwrap();
+        let head = String::from_utf8(encode_head(&req)).unwrap();
+        assert_eq!(
+            head,
+            "POST /a?b=1 HTTP/1.1\r\nhost: x.test\r\nx-two: 1\r\nx-two: 2\r\ncontent-length: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn head_parsing_and_framing_rules() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nConnection: keep-alive\r\n\r\nabc"[..],
+        );
+        let (status, version, headers) = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(version, Version::HTTP_11);
+        assert_eq!(content_length(&headers), Some(3));
+        assert!(!connection_close(&headers));
+        assert_eq!(&buf[..], b"abc");
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Le"[..]);
+        assert!(parse_head(&mut partial).unwrap().is_none());
+        let mut conflicting = HeaderMap::new();
+        conflicting.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        conflicting.append(header::CONTENT_LENGTH, HeaderValue::from_static("4"));
+        assert_eq!(content_length(&conflicting), None);
+        let mut te = HeaderMap::new();
+        te.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        assert_eq!(transfer_chunked(&te), Some(true));
+        te.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked, gzip"),
+        );
+        assert_eq!(transfer_chunked(&te), Some(false));
+        assert_eq!(transfer_chunked(&HeaderMap::new()), None);
+    }
+}
