@@ -226,6 +226,14 @@ impl Elector {
         Ok(true)
     }
 
+    /// When the lease of another holder runs out by our clock, if another holder is known:
+    /// a candidate tries again at that moment rather than on its next retry tick.
+    pub fn other_holder_expires_at(&self) -> Option<Instant> {
+        let (seen, at) = self.observed.as_ref()?;
+        let holder = seen.holder.as_deref().filter(|h| !h.is_empty())?;
+        (holder != self.identity).then(|| *at + self.lease_duration)
+    }
+
     fn remember(&mut self, lease: &Lease, at: Instant) {
         self.observed = Some((observed(lease), at));
     }

@@ -19,8 +19,9 @@
 //!   so the Lease holder is the replica whose proposals commit without a forwarding hop,
 //!   and a replica cut off from its peers never takes the Lease. Raft leadership is polled
 //!   every 100 ms, so a new Raft leader takes a released Lease at once; replicas that are
-//!   not Raft leader still read the Lease every retry period, so their expiry clock for
-//!   the current holder is already running when they become leader.
+//!   not Raft leader still read the Lease twice per retry period, so their expiry clock for
+//!   the current holder is already running when they become leader, and a candidate that
+//!   finds the Lease held tries again the moment it expires by that clock.
 //! * **Leader.** The fencing epoch is the Lease's `leaseTransitions` after acquisition
 //!   (raised above Raft's highest applied epoch if the Lease was recreated), carried by
 //!   every proposal; the state machine refuses older epochs. Leader work (reconcile and
@@ -300,7 +301,9 @@ impl Controller {
             if !self.raft_leader() {
                 failing_since = None;
                 if Instant::now() >= next_observe {
-                    next_observe = Instant::now() + self.config.retry_period;
+                    // Twice per retry period: the expiry clock starts when we first see a
+                    // renew, so reading sooner after it lets a successor take over sooner.
+                    next_observe = Instant::now() + self.config.retry_period / 2;
                     let budget = self.config.retry_period;
                     if let Err(e) = elector.watch_holder(budget).await {
                         tracing::debug!(error = %e, "could not read the Lease");
@@ -324,7 +327,11 @@ impl Controller {
                     }
                     Ok(Attempt::HeldByOther { holder }) => {
                         failing_since = None;
-                        tracing::debug!(%holder, "the Lease is held by another replica")
+                        tracing::debug!(%holder, "the Lease is held by another replica");
+                        // Try again the moment it expires, not up to a retry period later.
+                        if let Some(expiry) = elector.other_holder_expires_at() {
+                            next_attempt = next_attempt.min(expiry + Duration::from_millis(10));
+                        }
                     }
                     Err(e) => {
                         failing_since.get_or_insert(started);
