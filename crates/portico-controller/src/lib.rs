@@ -106,7 +106,8 @@ impl ControllerConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), ControllerError> {
+    /// Checks the settings ([`Controller::run`] does too, so a caller may fail earlier).
+    pub fn validate(&self) -> Result<(), ControllerError> {
         let bad = |m: &str| Err(ControllerError::InvalidConfig(m.to_owned()));
         if self.identity.is_empty() {
             return bad("identity must not be empty");

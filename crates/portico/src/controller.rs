@@ -1,6 +1,7 @@
 //! Leader work (portico-controller) wired into a replica: the Lease, reconciling, status.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use portico_controller::{Controller, ControllerConfig, ControllerStatus};
 use portico_model::Settings;
@@ -16,28 +17,40 @@ pub struct Leader {
     controller: Controller,
 }
 
+/// The controller's configuration from the command line; checked, so a bad flag fails the
+/// start rather than the controller later.
+pub fn config(args: &RunArgs, settings: Settings) -> anyhow::Result<ControllerConfig> {
+    let mut config = ControllerConfig::new(
+        args.namespace.clone(),
+        portico_controller::boot_identity(&args.pod_name),
+    );
+    config.lease_name = args.lease_name.clone();
+    let seconds = |flag: &str, value: f64| {
+        Duration::try_from_secs_f64(value).map_err(|e| anyhow::anyhow!("--{flag} {value}: {e}"))
+    };
+    config.lease_duration = seconds("lease-duration-seconds", args.lease_duration_seconds)?;
+    config.renew_deadline = seconds("renew-deadline-seconds", args.renew_deadline_seconds)?;
+    config.retry_period = seconds("retry-period-seconds", args.retry_period_seconds)?;
+    config.settings = settings;
+    config.publish_status_addresses = args.publish_status_address.clone();
+    if let Some(service) = &args.publish_service {
+        let key = parse_key(service).map_err(|e| e.context("--publish-service"))?;
+        config.publish_service = Some((key.namespace.to_string(), key.name.to_string()));
+    }
+    config.validate()?;
+    Ok(config)
+}
+
 impl Leader {
     pub fn new(
-        args: &RunArgs,
-        settings: Settings,
+        config: ControllerConfig,
         client: kube::Client,
         replica: Replica,
         registry: &mut Registry,
-    ) -> anyhow::Result<Self> {
-        let mut config = ControllerConfig::new(
-            args.namespace.clone(),
-            portico_controller::boot_identity(&args.pod_name),
-        );
-        config.lease_name = args.lease_name.clone();
-        config.settings = settings;
-        config.publish_status_addresses = args.publish_status_address.clone();
-        if let Some(service) = &args.publish_service {
-            let key = parse_key(service).map_err(|e| e.context("--publish-service"))?;
-            config.publish_service = Some((key.namespace.to_string(), key.name.to_string()));
-        }
-        Ok(Self {
+    ) -> Self {
+        Self {
             controller: Controller::new(config, client, replica, registry),
-        })
+        }
     }
 
     /// Runs until `stop` is cancelled; returns after the Lease is released. The controller's

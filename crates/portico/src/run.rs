@@ -44,6 +44,17 @@ pub struct RunArgs {
     /// Name of the Lease that elects the leader.
     #[arg(long, env = "PORTICO_LEASE_NAME", default_value = "portico-leader")]
     pub lease_name: String,
+    /// Seconds others wait, from when they saw the leader's last renew, before taking the
+    /// Lease (the longest a dead leader can leave nobody leading).
+    #[arg(long, env = "PORTICO_LEASE_DURATION_SECONDS", default_value_t = 15.0)]
+    pub lease_duration_seconds: f64,
+    /// Seconds within which the leader must renew the Lease or step down; with the retry
+    /// period, below the lease duration.
+    #[arg(long, env = "PORTICO_RENEW_DEADLINE_SECONDS", default_value_t = 10.0)]
+    pub renew_deadline_seconds: f64,
+    /// Seconds between election attempts and between renewals.
+    #[arg(long, env = "PORTICO_RETRY_PERIOD_SECONDS", default_value_t = 2.0)]
+    pub retry_period_seconds: f64,
     /// `spec.controller` of the IngressClasses that are ours.
     #[arg(long, env = "PORTICO_CONTROLLER_NAME", default_value = portico_model::CONTROLLER_NAME)]
     pub controller_name: String,
@@ -317,6 +328,7 @@ pub async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Clie
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
+    let controller_config = crate::controller::config(&args, settings.clone())?;
     let advertise = args.raft_advertise();
     let initial_members = args.initial_members()?;
     std::fs::create_dir_all(&args.data_dir)
@@ -369,7 +381,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::metrics::register(&mut registry, replica.clone(), state.clone());
     crate::metrics::register_proxy(&mut registry, proxy.metrics_handle());
     let controller =
-        crate::controller::Leader::new(&args, settings, client, replica.clone(), &mut registry)?;
+        crate::controller::Leader::new(controller_config, client, replica.clone(), &mut registry);
 
     let admin = Arc::new(Admin {
         registry,

@@ -69,6 +69,9 @@ fn help_names_every_environment_variable() {
         "PORTICO_LOG_FORMAT",
         "PORTICO_ACCESS_LOG",
         "PORTICO_PUBLISH_STATUS_ADDRESS",
+        "PORTICO_LEASE_DURATION_SECONDS",
+        "PORTICO_RENEW_DEADLINE_SECONDS",
+        "PORTICO_RETRY_PERIOD_SECONDS",
     ] {
         assert!(
             help.contains(&format!("[env: {env}")),
@@ -101,6 +104,31 @@ fn bad_flags_are_clear_errors() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/ca.crt"), "{err}");
+    // Lease timings that would let a deposed leader act after its successor started.
+    let out = Command::new(PORTICO)
+        .args(["run", "--pod-name", "p-0", "--raft-ca", "/x"])
+        .args([
+            "--lease-duration-seconds",
+            "5",
+            "--renew-deadline-seconds",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("renew_deadline must be below lease_duration"),
+        "{err}"
+    );
+    let out = Command::new(PORTICO)
+        .args(["run", "--pod-name", "p-0", "--raft-ca", "/x"])
+        .arg("--retry-period-seconds=-1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--retry-period-seconds -1"), "{err}");
     let out = Command::new(PORTICO)
         .args(["routes", "--admin", "127.0.0.1:1"])
         .output()
