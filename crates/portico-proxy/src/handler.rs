@@ -143,7 +143,9 @@ async fn route_and_forward(
     let Some(backend) = table.backend(&route.backend) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no such backend");
     };
-    forward(shared, conn, host, route, backend, req, upgrade, trace).await
+    // Boxed: hyper keeps room for the whole request future in every connection, idle or
+    // not; the forwarding state (the largest part) is only allocated while forwarding.
+    Box::pin(forward(shared, conn, host, route, backend, req, upgrade, trace)).await
 }
 
 /// Requests hyper accepts but a proxy must not forward.
