@@ -10,3 +10,4 @@ mod observe;
 mod policy;
 mod standalone;
 mod upstream;
+mod upstream_hostile;
