@@ -21,6 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, ProxyBody};
+use crate::headers::ForwardedValues;
 
 /// A response head larger than this is refused (as the hyper client's buffer limit).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -79,15 +80,16 @@ impl Conn {
     }
 }
 
-/// The request head in HTTP/1.1 wire form (origin-form target, as the handler builds it).
-pub(crate) fn encode_head(req: &Request<ProxyBody>) -> Vec<u8> {
+/// The request head in HTTP/1.1 wire form (origin-form target, as the handler builds it),
+/// with the forwarded values in place of what the client sent under those names.
+pub(crate) fn encode_head(req: &Request<ProxyBody>, forwarded: &ForwardedValues) -> Vec<u8> {
     let target = req
         .uri()
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
     let mut size = req.method().as_str().len() + target.len() + 16;
-    for (name, value) in req.headers() {
+    for (name, value) in req.headers().iter().chain(forwarded.iter()) {
         size += name.as_str().len() + value.len() + 4;
     }
     let mut out = Vec::with_capacity(size + 24);
@@ -95,7 +97,11 @@ pub(crate) fn encode_head(req: &Request<ProxyBody>) -> Vec<u8> {
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
+    let sent = req
+        .headers()
+        .iter()
+        .filter(|(name, _)| !forwarded.replaces(name));
+    for (name, value) in sent.chain(forwarded.iter()) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -213,7 +219,8 @@ fn poll_head(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<Head, Exchang
 /// Parses a complete head off the front of `buf`; `None` when more bytes are needed.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
     // Uninitialized slots: zeroing 128 of them cost more than parsing a typical head.
-    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
     let parser = httparse::ParserConfig::default();
     let len = match parser.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
@@ -533,13 +540,38 @@ mod tests {
             .header("host", "x.test")
             .header("x-two", "1")
             .header("x-two", "2")
+            .header("x-real-ip", "6.6.6.6")
+            .header("x-request-id", "from-client")
             .body(crate::body::empty())
             .unwrap();
-        let head = String::from_utf8(encode_head(&req)).unwrap();
+        let head = String::from_utf8(encode_head(&req, &ForwardedValues::none())).unwrap();
         assert_eq!(
             head,
-            "POST /a?b=1 HTTP/1.1\r\nhost: x.test\r\nx-two: 1\r\nx-two: 2\r\ncontent-length: 0\r\n\r\n"
+            "POST /a?b=1 HTTP/1.1\r\nhost: x.test\r\nx-two: 1\r\nx-two: 2\r\nx-real-ip: 6.6.6.6\r\nx-request-id: from-client\r\ncontent-length: 0\r\n\r\n"
         );
+        // The forwarded values replace the client's, except a request ID it chose.
+        let fwd = crate::headers::Forwarded {
+            client: "192.0.2.1".parse().unwrap(),
+            proto: "https",
+            host: "x.test",
+            port: 443,
+        };
+        let values = crate::headers::forwarded_values(req.headers(), &fwd);
+        let head = String::from_utf8(encode_head(&req, &values)).unwrap();
+        assert!(!head.contains("6.6.6.6"), "{head}");
+        assert!(head.contains("\r\nx-real-ip: 192.0.2.1\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nx-forwarded-for: 192.0.2.1\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nx-forwarded-proto: https\r\n"), "{head}");
+        assert!(head.contains("\r\nx-forwarded-port: 443\r\n"), "{head}");
+        assert_eq!(
+            head.matches("x-request-id: from-client").count(),
+            1,
+            "{head}"
+        );
+        assert!(head.ends_with("\r\n\r\n"));
     }
 
     #[test]

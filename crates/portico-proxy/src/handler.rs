@@ -145,7 +145,10 @@ async fn route_and_forward(
     };
     // Boxed: hyper keeps room for the whole request future in every connection, idle or
     // not; the forwarding state (the largest part) is only allocated while forwarding.
-    Box::pin(forward(shared, conn, host, route, backend, req, upgrade, trace)).await
+    Box::pin(forward(
+        shared, conn, host, route, backend, req, upgrade, trace,
+    ))
+    .await
 }
 
 /// Requests hyper accepts but a proxy must not forward.
@@ -246,10 +249,8 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, v);
     }
-    // Room for the X-Forwarded-* family and X-Request-ID at once (one growth, not several).
-    parts.headers.reserve(8);
-    headers::add_forwarded(
-        &mut parts.headers,
+    let forwarded = headers::forwarded_values(
+        &parts.headers,
         &Forwarded {
             client: conn.peer.ip(),
             proto: if conn.transport == Transport::Plain {
@@ -294,6 +295,15 @@ async fn forward(
     let legacy = (protocol != BackendProtocol::Http
         || !matches!(backend.target, BackendTarget::Endpoints(_)))
     .then(|| shared.clients.get(protocol, policy.connect_timeout));
+    // No body and no upgrade to a plain endpoint (most requests): the lean HTTP/1.1 path,
+    // which writes the forwarded values straight into the request head.
+    let lean = legacy.is_none() && client_upgrade.is_none() && body.is_end_stream();
+    let forwarded = if lean {
+        Some(forwarded)
+    } else {
+        forwarded.insert_into(&mut parts.headers);
+        None
+    };
     let deadline = policy.connect_timeout + policy.read_timeout;
     let mut template = Some(parts);
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -359,17 +369,12 @@ async fn forward(
         let sent = async {
             match (&legacy, &target) {
                 (Some(client), _) => client.request(upstream_req).await.map_err(|e| (e, None)),
-                // No body and no upgrade (most requests): the lean path, no connection task.
-                (None, Target::Endpoint(addr))
-                    if client_upgrade.is_none() && upstream_req.body().is_end_stream() =>
-                {
-                    shared
-                        .clients
-                        .h1
-                        .send_bodyless(*addr, policy.connect_timeout, upstream_req)
-                        .await
-                        .map_err(|f| (f.error.into(), f.request))
-                }
+                (None, Target::Endpoint(addr)) if let Some(forwarded) = &forwarded => shared
+                    .clients
+                    .h1
+                    .send_bodyless(*addr, policy.connect_timeout, upstream_req, forwarded)
+                    .await
+                    .map_err(|f| (f.error.into(), f.request)),
                 (None, Target::Endpoint(addr)) => shared
                     .clients
                     .h1

@@ -119,8 +119,68 @@ where
 
 type OneEntry<K> = RefCell<Option<(K, HeaderValue)>>;
 
+/// The `X-Forwarded-*` family and `X-Real-IP` for one request, plus `X-Request-ID` when it
+/// has none: inserted into the header map, or written straight into the upstream request
+/// head by the lean HTTP/1.1 path (six hashed insertions saved).
+pub(crate) struct ForwardedValues {
+    values: [Option<HeaderValue>; 6],
+}
+
+/// In the order of [`ForwardedValues::values`].
+static FORWARDED_NAMES: [&HeaderName; 6] = [
+    &X_FORWARDED_FOR,
+    &X_REAL_IP,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_FORWARDED_PORT,
+    &X_REQUEST_ID,
+];
+
+impl ForwardedValues {
+    /// Nothing to add (tests of the transport alone).
+    #[cfg(test)]
+    pub(crate) fn none() -> Self {
+        Self {
+            values: Default::default(),
+        }
+    }
+
+    /// Sets them in `headers`, replacing what the client sent.
+    pub(crate) fn insert_into(self, headers: &mut HeaderMap) {
+        headers.reserve(self.values.len());
+        for (name, value) in FORWARDED_NAMES.iter().zip(self.values) {
+            if let Some(value) = value {
+                headers.insert((*name).clone(), value);
+            }
+        }
+    }
+
+    /// The values to send, by name.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        FORWARDED_NAMES
+            .iter()
+            .zip(&self.values)
+            .filter_map(|(name, value)| Some((&**name, value.as_ref()?)))
+    }
+
+    /// Whether the client's header `name` is superseded by these values (the request ID
+    /// only when the client sent none, and then there is nothing to supersede).
+    pub(crate) fn replaces(&self, name: &HeaderName) -> bool {
+        FORWARDED_NAMES
+            .iter()
+            .zip(&self.values)
+            .any(|(n, v)| v.is_some() && *n == name)
+    }
+}
+
 /// Appends the client to `X-Forwarded-For` and sets the rest of the family.
+#[cfg(test)]
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
+    forwarded_values(headers, fwd).insert_into(headers);
+}
+
+/// The values [`ForwardedValues`] sets for a request with `headers` from `fwd`.
+pub(crate) fn forwarded_values(headers: &HeaderMap, fwd: &Forwarded<'_>) -> ForwardedValues {
     thread_local! {
         static CLIENT: OneEntry<IpAddr> = const { RefCell::new(None) };
         static HOST: OneEntry<String> = const { RefCell::new(None) };
@@ -130,31 +190,24 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
     let client = one_entry_cached(&CLIENT, &canonical_ip(fwd.client), |ip| {
         HeaderValue::from_str(&ip.to_string()).ok()
     });
-    if let Some(client) = client {
-        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    let xff = client.as_ref().and_then(|client| {
+        match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prior) if !prior.trim().is_empty() => {
                 let joined = format!("{prior}, {}", client.to_str().unwrap_or_default());
                 HeaderValue::from_str(&joined).ok()
             }
             _ => Some(client.clone()),
-        };
-        if let Some(v) = xff {
-            headers.insert(X_FORWARDED_FOR.clone(), v);
         }
-        headers.insert(X_REAL_IP.clone(), client);
-    }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(fwd.proto),
-    );
-    if let Some(v) = one_entry_cached(&HOST, fwd.host, |h| HeaderValue::from_str(h).ok()) {
-        headers.insert(X_FORWARDED_HOST.clone(), v);
-    }
-    if let Some(v) = one_entry_cached(&PORT, &fwd.port, |p| Some(HeaderValue::from(*p))) {
-        headers.insert(X_FORWARDED_PORT.clone(), v);
-    }
-    if !headers.contains_key(&X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID.clone(), request_id());
+    });
+    ForwardedValues {
+        values: [
+            xff,
+            client,
+            Some(HeaderValue::from_static(fwd.proto)),
+            one_entry_cached(&HOST, fwd.host, |h| HeaderValue::from_str(h).ok()),
+            one_entry_cached(&PORT, &fwd.port, |p| Some(HeaderValue::from(*p))),
+            (!headers.contains_key(&X_REQUEST_ID)).then(request_id),
+        ],
     }
 }
 
@@ -396,6 +449,33 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_HOST], "example.com");
         assert_eq!(h[&X_FORWARDED_PORT], "443");
         assert_eq!(h[&X_REQUEST_ID].len(), 32);
+    }
+
+    #[test]
+    fn forwarded_values_replace_the_clients_but_keep_its_request_id() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc"));
+        let fwd = Forwarded {
+            client: "192.0.2.1".parse().unwrap(),
+            proto: "http",
+            host: "a.test",
+            port: 80,
+        };
+        let values = forwarded_values(&h, &fwd);
+        assert!(values.replaces(&X_REAL_IP));
+        assert!(values.replaces(&X_FORWARDED_FOR));
+        assert!(!values.replaces(&X_REQUEST_ID), "the client's ID is kept");
+        assert!(!values.replaces(&header::HOST));
+        let sent: Vec<_> = values
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.clone()))
+            .collect();
+        assert_eq!(sent.len(), 5);
+        assert!(sent.contains(&("x-real-ip", HeaderValue::from_static("192.0.2.1"))));
+        let fresh = forwarded_values(&HeaderMap::new(), &fwd);
+        assert!(fresh.replaces(&X_REQUEST_ID));
+        assert_eq!(fresh.iter().count(), 6);
     }
 
     #[test]

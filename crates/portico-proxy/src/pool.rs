@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::h1conn::{self, Conn, ExchangeError, RawBody};
+use crate::headers::ForwardedValues;
 
 /// Idle connections kept per endpoint at most (as the legacy client's `pool_max_idle_per_host`).
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
@@ -262,9 +263,10 @@ impl H1Pool {
         addr: SocketAddr,
         connect_timeout: Duration,
         req: Request<ProxyBody>,
+        forwarded: &ForwardedValues,
     ) -> Result<Response<UpstreamBody>, PoolFailure> {
         self.start_sweeper();
-        let head = h1conn::encode_head(&req);
+        let head = h1conn::encode_head(&req, forwarded);
         let mut stale = 0;
         loop {
             let pooled = std::future::poll_fn(|cx| Poll::Ready(self.checkout_raw(addr, cx))).await;
@@ -605,7 +607,12 @@ mod tests {
     /// The same over the lean path for bodiless requests.
     async fn fetch_lean(pool: &H1Pool, addr: SocketAddr) -> Result<Bytes, PoolFailure> {
         let resp = pool
-            .send_bodyless(addr, Duration::from_secs(2), get())
+            .send_bodyless(
+                addr,
+                Duration::from_secs(2),
+                get(),
+                &ForwardedValues::none(),
+            )
             .await?;
         Ok(resp.into_body().collect().await.expect("body").to_bytes())
     }
@@ -780,7 +787,12 @@ mod tests {
         )
         .await;
         let resp = pool
-            .send_bodyless(addr, Duration::from_secs(2), get())
+            .send_bodyless(
+                addr,
+                Duration::from_secs(2),
+                get(),
+                &ForwardedValues::none(),
+            )
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
@@ -788,7 +800,12 @@ mod tests {
         assert_eq!(collected.trailers().unwrap()["x-check"], "1");
         assert_eq!(collected.to_bytes(), "abcde");
         let resp = pool
-            .send_bodyless(addr, Duration::from_secs(2), get())
+            .send_bodyless(
+                addr,
+                Duration::from_secs(2),
+                get(),
+                &ForwardedValues::none(),
+            )
             .await
             .unwrap();
         assert_eq!(resp.status(), 204);
@@ -823,7 +840,12 @@ mod tests {
         )
         .await;
         let resp = pool
-            .send_bodyless(addr, Duration::from_secs(2), get())
+            .send_bodyless(
+                addr,
+                Duration::from_secs(2),
+                get(),
+                &ForwardedValues::none(),
+            )
             .await
             .unwrap();
         assert!(resp.into_body().collect().await.is_err());
@@ -834,7 +856,12 @@ mod tests {
         )
         .await;
         let Err(err) = pool
-            .send_bodyless(addr, Duration::from_secs(2), get())
+            .send_bodyless(
+                addr,
+                Duration::from_secs(2),
+                get(),
+                &ForwardedValues::none(),
+            )
             .await
         else {
             panic!("conflicting Content-Length accepted");
@@ -860,7 +887,7 @@ mod tests {
             .body(crate::body::empty())
             .unwrap();
         let resp = pool
-            .send_bodyless(addr, Duration::from_secs(2), head)
+            .send_bodyless(addr, Duration::from_secs(2), head, &ForwardedValues::none())
             .await
             .unwrap();
         assert_eq!(resp.headers()["content-length"], "1000");
