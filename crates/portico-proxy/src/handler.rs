@@ -21,6 +21,7 @@ use crate::body::{self, LimitedBody, ProxyBody, Reclaimable, TimeoutBody};
 use crate::headers::{self, Forwarded};
 use crate::observe::{self, Observation, Protocol, ProxyMetrics, RequestFacts, Trace};
 use crate::pool::UpstreamBody;
+use crate::send_watch::{SendWatch, WatchedBody};
 use crate::upstream::{self, Clients, Health};
 
 /// State shared by every listener and connection of one proxy.
@@ -222,11 +223,17 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
 
     let exceeded = Arc::new(AtomicBool::new(false));
-    let mut body = match policy.max_body_bytes {
+    let body = match policy.max_body_bytes {
         Some(limit) if !body.is_end_stream() => {
             ProxyBody::new(LimitedBody::new(body, limit, exceeded.clone()))
         }
         _ => body,
+    };
+    // proxy-send-timeout: only a body can stall on its way upstream.
+    let send_watch = (!body.is_end_stream()).then(SendWatch::new);
+    let mut body = match &send_watch {
+        Some(watch) => ProxyBody::new(WatchedBody::new(body, watch.clone())),
+        None => body,
     };
 
     let upgrade_token = client_upgrade
@@ -386,7 +393,19 @@ async fn forward(
         };
         // Boxed: this is the largest state of the request future, and hyper reserves the
         // request future's full size for every connection, idle or not.
-        let outcome = tokio::time::timeout(deadline, Box::pin(sent)).await;
+        let sent = tokio::time::timeout(deadline, Box::pin(sent));
+        let outcome = match &send_watch {
+            None => sent.await,
+            Some(watch) => tokio::select! {
+                outcome = sent => outcome,
+                // Boxed too: only requests with a body pay for the watch's timer.
+                () = Box::pin(watch.stalled(policy.send_timeout)) => {
+                    shared.metrics.upstream_error();
+                    tracing::debug!("upstream stopped reading the request body");
+                    return error(StatusCode::GATEWAY_TIMEOUT, "upstream stopped reading the request");
+                }
+            },
+        };
         let endpoint = match target {
             Target::Endpoint(addr) => Some(addr),
             Target::External(_) => None,

@@ -23,6 +23,7 @@ mod headers;
 mod observe;
 mod pool;
 mod quic;
+mod send_watch;
 pub mod table_file;
 mod tcp;
 mod tls;

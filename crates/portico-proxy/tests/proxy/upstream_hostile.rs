@@ -294,3 +294,69 @@ async fn connections_are_reused_only_when_the_response_allows_it() {
     assert_next_is_good(&proxy).await;
     assert_eq!(backend.connections(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_reading_the_body_is_504_after_the_send_timeout() {
+    // The backend reads the request head, then neither reads nor answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _stall = TaskGuard(tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head).await;
+            held.push(stream);
+        }
+    }));
+    let yaml = service("stall", &[addr])
+        + &ingress(
+            "stall",
+            "stall.test",
+            "/",
+            "stall",
+            &[
+                ("proxy-send-timeout", "1"),
+                ("proxy-read-timeout", "30"),
+                ("proxy-body-size", "128m"),
+            ],
+        );
+    let proxy = TestProxy::start(&yaml).await;
+    let upload = TempFile::new("send-timeout-upload", &"x".repeat(64 << 20));
+    let url = format!("http://127.0.0.1:{}/upload", proxy.http().port());
+    let started = std::time::Instant::now();
+    let data = format!("@{}", upload.path());
+    let code = curl_status(&["-H", "Host: stall.test", "--data-binary", &data, &url]).await;
+    let took = started.elapsed();
+    // Not the 30 s read timeout: the upload stalled for longer than the send timeout.
+    assert_eq!(code, 504, "after {took:?}");
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_to_an_upstream_that_keeps_reading_is_not_a_send_timeout() {
+    let backend = Backend::start().await;
+    let yaml = service("echo", &[backend.addr])
+        + &ingress(
+            "slowup",
+            "slowup.test",
+            "/",
+            "echo",
+            &[("proxy-send-timeout", "1")],
+        );
+    let proxy = TestProxy::start(&yaml).await;
+    // 300 kB at 100 kB/s: three seconds of upload, far past the one-second send timeout.
+    let upload = TempFile::new("slow-upload", &"y".repeat(300_000));
+    let data = format!("@{}", upload.path());
+    let url = format!("http://127.0.0.1:{}/slow-upload", proxy.http().port());
+    let code = curl_status(&[
+        "-H",
+        "Host: slowup.test",
+        "--limit-rate",
+        "100K",
+        "--data-binary",
+        &data,
+        &url,
+    ])
+    .await;
+    assert_eq!(code, 200);
+}

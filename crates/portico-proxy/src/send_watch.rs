@@ -1,0 +1,133 @@
+//! `proxy-send-timeout`: an upstream that stops taking the request body.
+//!
+//! The client hop writes a body chunk and polls the body again only once it can write more;
+//! so a chunk handed over and not followed by another poll for the whole send timeout means
+//! the upstream stopped reading (its socket, or its HTTP/2 window, stayed full). A client
+//! that uploads slowly is not blamed: then the body is polled and answers `Pending`, which
+//! is not a stall of the upstream (the client's own timeouts apply to that).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::body::{BoxError, ProxyBody};
+
+/// Nothing handed over and waiting (the upstream is keeping up, or the body ended).
+const IDLE: u64 = u64::MAX;
+
+/// When the last chunk was handed to the upstream hop without it asking for more since.
+pub(crate) struct SendWatch {
+    origin: Instant,
+    /// Milliseconds since `origin`, or [`IDLE`].
+    handed_over_at: AtomicU64,
+}
+
+impl SendWatch {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            origin: Instant::now(),
+            handed_over_at: AtomicU64::new(IDLE),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(IDLE - 1)
+    }
+
+    /// Resolves once one chunk has waited longer than `timeout` for the upstream to take it.
+    pub(crate) async fn stalled(&self, timeout: Duration) {
+        let limit = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let tick = (timeout / 4).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(tick).await;
+            let at = self.handed_over_at.load(Ordering::Acquire);
+            if at != IDLE && self.now().saturating_sub(at) >= limit {
+                return;
+            }
+        }
+    }
+}
+
+/// The request body on its way upstream, reporting each hand-over to a [`SendWatch`].
+pub(crate) struct WatchedBody {
+    inner: ProxyBody,
+    watch: Arc<SendWatch>,
+}
+
+impl WatchedBody {
+    pub(crate) fn new(inner: ProxyBody, watch: Arc<SendWatch>) -> Self {
+        Self { inner, watch }
+    }
+}
+
+impl Body for WatchedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // Asked for more: whatever was handed over before has been taken.
+        self.watch.handed_over_at.store(IDLE, Ordering::Release);
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.is_data()
+            && !self.inner.is_end_stream()
+        {
+            let now = self.watch.now();
+            self.watch.handed_over_at.store(now, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn chunks(n: usize) -> ProxyBody {
+        let frames = (0..n).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"x"))));
+        crate::body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+    }
+
+    #[tokio::test]
+    async fn a_chunk_not_followed_by_another_poll_stalls_after_the_timeout() {
+        let watch = SendWatch::new();
+        let mut body = WatchedBody::new(chunks(3), watch.clone());
+        body.frame().await.unwrap().unwrap();
+        // The hop takes no more: stalled once the timeout has passed.
+        let started = std::time::Instant::now();
+        let stalled = watch.stalled(Duration::from_millis(50));
+        tokio::time::timeout(Duration::from_secs(10), stalled)
+            .await
+            .expect("a stall is reported");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_body_taken_to_its_end_never_stalls() {
+        let watch = SendWatch::new();
+        let mut body = WatchedBody::new(chunks(3), watch.clone());
+        while body.frame().await.is_some() {}
+        let stalled = watch.stalled(Duration::from_millis(20));
+        let waited = tokio::time::timeout(Duration::from_millis(300), stalled).await;
+        assert!(waited.is_err(), "an ended body is not a stall");
+    }
+}
