@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -176,22 +176,81 @@ where
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut conn = pin!(conn);
-    let idle = serve.limits.idle_timeout;
+    // The drain and force tokens and the idle check live in a watchdog task of their own:
+    // polled beside the connection they cost ~1k instructions per request, since every
+    // wake-up of the connection polled them all again.
+    let watch = Arc::new(Watch::default());
+    let _watchdog = AbortOnDrop(tokio::spawn(watchdog(
+        watch.clone(),
+        activity,
+        serve.limits.idle_timeout,
+        serve.draining.clone(),
+        serve.shared.force.clone(),
+    )));
+    let mut closing = false;
+    let result = std::future::poll_fn(|cx| {
+        watch.register(cx.waker());
+        let raised = watch.flags.load(Ordering::Acquire);
+        if raised & Watch::DROP != 0 {
+            return Poll::Ready(None);
+        }
+        if raised & Watch::CLOSE != 0 && !closing {
+            closing = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        conn.as_mut().poll(cx).map(Some)
+    })
+    .await;
+    if let Some(Err(e)) = result {
+        tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// What the watchdog asks of its connection, and how to wake the connection's task.
+#[derive(Default)]
+struct Watch {
+    flags: AtomicU8,
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl Watch {
+    /// Finish the request in flight, then close (drain, or idle for `idle_timeout`).
+    const CLOSE: u8 = 1;
+    /// Drop the connection now (drain deadline, or still silent after a close was asked).
+    const DROP: u8 = 2;
+
+    fn register(&self, waker: &std::task::Waker) {
+        if let Ok(mut slot) = self.waker.lock()
+            && !slot.as_ref().is_some_and(|w| w.will_wake(waker))
+        {
+            *slot = Some(waker.clone());
+        }
+    }
+
+    fn raise(&self, flag: u8) {
+        self.flags.fetch_or(flag, Ordering::AcqRel);
+        if let Some(waker) = self.waker.lock().ok().and_then(|mut w| w.take()) {
+            waker.wake();
+        }
+    }
+}
+
+async fn watchdog(
+    watch: Arc<Watch>,
+    activity: Arc<Activity>,
+    idle: Duration,
+    draining: CancellationToken,
+    force: CancellationToken,
+) {
     let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(250)));
     let mut closing = false;
     loop {
         tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            _ = serve.draining.cancelled(), if !closing => {
+            _ = draining.cancelled(), if !closing => {
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                watch.raise(Watch::CLOSE);
             }
-            _ = serve.shared.force.cancelled() => return,
+            _ = force.cancelled() => return watch.raise(Watch::DROP),
             _ = tick.tick() => {
                 if activity.has_pending() {
                     continue;
@@ -199,14 +258,23 @@ where
                 let quiet = activity.quiet_for();
                 if quiet >= idle * 2 {
                     // Asked to close a while ago and still silent: drop it.
-                    return;
+                    return watch.raise(Watch::DROP);
                 }
                 if quiet >= idle && !closing {
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    watch.raise(Watch::CLOSE);
                 }
             }
         }
+    }
+}
+
+/// Ends the watchdog with its connection, however the connection ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
