@@ -29,6 +29,7 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_HEADERS: usize = 128;
 const READ_CHUNK: usize = 8192;
+const MAX_READ_CHUNK: usize = 64 * 1024;
 
 /// What went wrong talking to the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,8 @@ pub(crate) enum ExchangeError {
 pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
     buf: BytesMut,
+    /// How much to reserve for the next read.
+    chunk: usize,
 }
 
 impl Conn {
@@ -54,6 +57,7 @@ impl Conn {
         Self {
             stream,
             buf: BytesMut::new(),
+            chunk: READ_CHUNK,
         }
     }
 
@@ -71,12 +75,26 @@ impl Conn {
         }
     }
 
-    /// Reads more into the buffer; `Ok(0)` is the peer's close.
+    /// Reads more into the buffer; `Ok(0)` is the peer's close. Reads start at 8 KB and
+    /// grow to 64 KB while each one fills what it was given (a large body streaming).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_CHUNK);
+            self.buf.reserve(self.chunk);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+        let room = self.buf.capacity() - self.buf.len();
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.stream),
+            cx,
+            &mut self.buf
+        ));
+        if let Ok(n) = read {
+            self.chunk = if n >= room {
+                (self.chunk * 2).min(MAX_READ_CHUNK)
+            } else {
+                READ_CHUNK
+            };
+        }
+        Poll::Ready(read)
     }
 }
 
@@ -341,6 +359,7 @@ impl RawBody {
         {
             // An idle connection keeps no buffer.
             conn.buf = BytesMut::new();
+            conn.chunk = READ_CHUNK;
             done(conn);
         }
     }
