@@ -28,7 +28,7 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// A chunk-size line (with extensions) or the trailer section larger than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_HEADERS: usize = 128;
-const READ_CHUNK: usize = 8192;
+const READ_CHUNK: usize = 4096;
 const MAX_READ_CHUNK: usize = 64 * 1024;
 
 /// What went wrong talking to the upstream.
@@ -75,7 +75,7 @@ impl Conn {
         }
     }
 
-    /// Reads more into the buffer; `Ok(0)` is the peer's close. Reads start at 8 KB and
+    /// Reads more into the buffer; `Ok(0)` is the peer's close. Reads start at 4 KB and
     /// grow to 64 KB while each one fills what it was given (a large body streaming).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < 1024 {
