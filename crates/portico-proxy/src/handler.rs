@@ -391,9 +391,8 @@ async fn forward(
                 (None, Target::External(_)) => unreachable!("external names use the legacy client"),
             }
         };
-        // Boxed: this is the largest state of the request future, and hyper reserves the
-        // request future's full size for every connection, idle or not.
-        let sent = tokio::time::timeout(deadline, Box::pin(sent));
+        // Not boxed on its own: the whole forwarding state already is (see route_and_forward).
+        let sent = tokio::time::timeout(deadline, sent);
         let outcome = match &send_watch {
             None => sent.await,
             Some(watch) => tokio::select! {
