@@ -21,6 +21,10 @@ mod state;
 
 use clap::{Parser, Subcommand};
 
+/// The data plane's allocator, as benchmarked (bench/proxy.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Portico: a highly available Kubernetes Ingress controller.
 ///
 /// Every flag can also be set with the environment variable shown in its help.
