@@ -609,7 +609,15 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             // What the replicas said, to judge a failure without rerunning.
-            for r in &self.replicas {
+            for r in &mut self.replicas {
+                // Whether it is still running, or how it ended (a crash leaves no log line).
+                let state = match r.proc.child.as_mut().map(|c| c.try_wait()) {
+                    Some(Ok(None)) => "running".to_owned(),
+                    Some(Ok(Some(status))) => format!("exited: {status}"),
+                    Some(Err(e)) => format!("unknown: {e}"),
+                    None => "stopped by the test".to_owned(),
+                };
+                eprintln!("---- {}: {state} ----", r.proc.name);
                 let text = r.proc.log_text();
                 let lines: Vec<&str> = text
                     .lines()
