@@ -210,13 +210,14 @@ impl Controller {
         replica: Replica,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Self {
+        let lease = LeaseValidity::default();
         Self {
             config: Arc::new(config),
             client,
             replica,
-            metrics: Metrics::new(registry),
+            metrics: Metrics::new(registry, lease.clone()),
             status: watch::channel(ControllerStatus::default()).0,
-            lease: LeaseValidity::default(),
+            lease,
         }
     }
 

@@ -1,11 +1,55 @@
 //! The controller's Prometheus metrics (prometheus-client), registered under `portico_controller_`.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+
+use crate::LeaseValidity;
+
+/// A gauge that reads 0 whenever this replica's lease is not valid at the moment of the
+/// scrape: a leader frozen (SIGSTOP) past its renew deadline reports 0 from its first scrape
+/// after waking, before its loop has noticed and stepped down.
+#[derive(Clone, Debug)]
+pub struct WhileLeaseValid {
+    gauge: Gauge,
+    lease: LeaseValidity,
+}
+
+impl WhileLeaseValid {
+    fn new(lease: LeaseValidity) -> Self {
+        Self {
+            gauge: Gauge::default(),
+            lease,
+        }
+    }
+
+    pub fn set(&self, value: i64) {
+        self.gauge.set(value);
+    }
+}
+
+impl TypedMetric for WhileLeaseValid {
+    const TYPE: MetricType = MetricType::Gauge;
+}
+
+impl EncodeMetric for WhileLeaseValid {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let value = if self.lease.is_valid() {
+            self.gauge.get()
+        } else {
+            0
+        };
+        ConstGauge::new(value).encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -21,8 +65,8 @@ pub struct KindLabel {
 /// Every metric of the controller. Cloning shares the same series.
 #[derive(Clone)]
 pub struct Metrics {
-    pub is_leader: Gauge,
-    pub epoch: Gauge,
+    pub is_leader: WhileLeaseValid,
+    pub epoch: WhileLeaseValid,
     pub lease_transitions: Counter,
     pub renew_failures: Counter,
     pub reconciles: Counter,
@@ -37,10 +81,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(registry: &mut Registry) -> Self {
+    /// `lease`: leadership gauges read 0 whenever it is not valid.
+    pub fn new(registry: &mut Registry, lease: LeaseValidity) -> Self {
         let metrics = Self {
-            is_leader: Gauge::default(),
-            epoch: Gauge::default(),
+            is_leader: WhileLeaseValid::new(lease.clone()),
+            epoch: WhileLeaseValid::new(lease),
             lease_transitions: Counter::default(),
             renew_failures: Counter::default(),
             reconciles: Counter::default(),
@@ -122,5 +167,34 @@ impl Metrics {
             metrics.events_emitted.clone(),
         );
         metrics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn scrape(lease: &LeaseValidity, value: i64) -> String {
+        let mut registry = Registry::default();
+        let gauge = WhileLeaseValid::new(lease.clone());
+        gauge.set(value);
+        registry.register("leader_gauge", "test", gauge);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn leadership_gauges_read_zero_once_the_lease_has_run_out() {
+        let lease = LeaseValidity::default();
+        lease.set(Some(Instant::now() + Duration::from_secs(60)));
+        assert!(scrape(&lease, 7).contains("leader_gauge 7\n"));
+        // As after SIGCONT: the loop has not run yet, the value is still set, the lease is over.
+        lease.set(Some(Instant::now() - Duration::from_millis(1)));
+        assert!(scrape(&lease, 7).contains("leader_gauge 0\n"));
+        lease.set(None);
+        assert!(scrape(&lease, 7).contains("leader_gauge 0\n"));
     }
 }
