@@ -550,17 +550,27 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// A raw HTTP/1.1 backend answering `ok` to each request head it reads; counts the
-    /// connections it accepted. `close_after`: hang up (without saying so) after that many
-    /// responses on a connection.
-    async fn backend(close_after: Option<usize>) -> (SocketAddr, Arc<AtomicUsize>) {
+    /// What a raw test backend does after reading one request head.
+    enum Reply {
+        Send(&'static [u8]),
+        SendThenClose(&'static [u8]),
+        Close,
+    }
+
+    /// A raw HTTP/1.1 backend: after each request head it reads, does what `reply` says
+    /// (given how many responses this connection has sent). Counts accepted connections.
+    async fn raw_backend(
+        reply: impl Fn(usize) -> Reply + Send + Sync + 'static,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
+        let reply = Arc::new(reply);
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
+                let reply = reply.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut served = 0;
@@ -575,20 +585,35 @@ mod tests {
                         buf.extend_from_slice(&chunk[..n]);
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             buf.drain(..end + 4);
-                            let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if s.write_all(resp).await.is_err() {
+                            let (resp, close) = match reply(served) {
+                                Reply::Send(resp) => (resp, false),
+                                Reply::SendThenClose(resp) => (resp, true),
+                                Reply::Close => return,
+                            };
+                            if s.write_all(resp).await.is_err() || close {
                                 return;
                             }
                             served += 1;
-                            if close_after == Some(served) {
-                                return;
-                            }
                         }
                     }
                 });
             }
         });
         (addr, accepted)
+    }
+
+    /// Answers `ok` to every request; `close_after`: hang up (without saying so) after that
+    /// many responses on a connection.
+    async fn backend(close_after: Option<usize>) -> (SocketAddr, Arc<AtomicUsize>) {
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        raw_backend(move |served| {
+            if close_after == Some(served + 1) {
+                Reply::SendThenClose(OK)
+            } else {
+                Reply::Send(OK)
+            }
+        })
+        .await
     }
 
     fn get() -> Request<ProxyBody> {
@@ -731,45 +756,19 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
-    /// A backend answering each request head with the next canned response, then closing
-    /// if `close` is set; counts connections.
+    /// Answers each request head (across connections) with the next canned response, then
+    /// closes if `close` is set; closes once the script is used up.
     async fn scripted(
         responses: Vec<&'static [u8]>,
         close: bool,
     ) -> (SocketAddr, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        let responses = Arc::new(std::sync::Mutex::new(responses.into_iter()));
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let responses = responses.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        let mut chunk = [0u8; 4096];
-                        let Ok(n) = s.read(&mut chunk).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            buf.drain(..end + 4);
-                            let next = responses.lock().unwrap().next();
-                            let Some(resp) = next else { return };
-                            if s.write_all(resp).await.is_err() || close {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        (addr, accepted)
+        let responses = std::sync::Mutex::new(responses.into_iter());
+        raw_backend(move |_| match responses.lock().unwrap().next() {
+            Some(resp) if close => Reply::SendThenClose(resp),
+            Some(resp) => Reply::Send(resp),
+            None => Reply::Close,
+        })
+        .await
     }
 
     #[tokio::test]
