@@ -16,6 +16,7 @@
 
 #[path = "failover/cluster.rs"]
 mod cluster;
+mod common;
 #[path = "failover/stream.rs"]
 mod stream;
 
@@ -24,7 +25,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, NAMESPACE, STATUS_ADDRESS, metric, serving_cert, wait_until};
+use cluster::{Cluster, NAMESPACE, STATUS_ADDRESS, metric, serving_cert};
+use common::wait_until;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Api;
@@ -645,7 +647,7 @@ fn api_server_gone_for_a_minute_every_replica_keeps_serving_then_the_leader_resy
                 );
             }
             assert_eq!(
-                cluster::get(&cluster.replicas[r].admin, "/readyz").map(|(c, _)| c),
+                common::get(&cluster.replicas[r].admin, "/readyz").map(|(c, _)| c),
                 Some(200),
                 "portico-{r} not ready during the outage"
             );

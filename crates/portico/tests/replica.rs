@@ -2,8 +2,12 @@
 //! endpoints, readiness (false until a committed table is applied, false while draining),
 //! and that SIGTERM releases the Lease before the process exits.
 
+mod common;
+
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::{free_port, get, wait_until, write_ca};
 
 const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
 
@@ -13,37 +17,6 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// (status code, body) of GET http://addr/path with curl, if it answered.
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "3", "-w", "\n%{http_code}"])
-        .arg(format!("http://{addr}{path}"))
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n')?;
-    Some((code.parse().ok()?, body.to_owned()))
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -152,7 +125,7 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
     handle.write_kubeconfig(&kubeconfig).unwrap();
 
     // A CA given as files; the replica signs its own certificate at first boot.
-    let ca = rcgen_ca(dir.path());
+    let ca = write_ca(dir.path());
     let (raft, admin, http) = (free_port(), free_port(), free_port());
     let admin_addr = format!("127.0.0.1:{admin}");
     let mut child = KillOnDrop(
@@ -287,16 +260,4 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
     assert_eq!(access[0]["protocol"], "HTTP/1.1", "{}", access[0]);
     assert!(!logs.contains("s3cr3t"), "query string logged:\n{logs}");
     runtime.block_on(handle.shutdown());
-}
-
-/// A CA written as PEM files (certificate, key).
-fn rcgen_ca(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let (c, k) = (dir.join("ca.crt"), dir.join("ca.key"));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
 }

@@ -23,6 +23,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::common::{free_port, get, wait_until, write_ca};
+
 pub const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
 pub const NAMESPACE: &str = "default";
 /// Every replica's data-plane address, and so the address published in Ingress status.
@@ -332,40 +334,6 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A CA as PEM files (certificate, key): each replica signs its own certificate at first boot.
-fn write_ca(dir: &Path) -> (PathBuf, PathBuf) {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let (c, k) = (dir.join("ca.crt"), dir.join("ca.key"));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
-}
-
 /// A self-signed serving certificate for `names`: (certificate PEM, key PEM).
 pub fn serving_cert(names: &[&str]) -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -631,18 +599,6 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-/// (status, body) of GET http://addr/path, if it answered.
-pub fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "3", "-w", "\n%{http_code}"])
-        .arg(format!("http://{addr}{path}"))
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n')?;
-    Some((code.parse().ok()?, body.to_owned()))
 }
 
 /// curl; (status, body as JSON or Null, the Location header or "").

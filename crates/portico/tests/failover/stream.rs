@@ -142,7 +142,7 @@ impl Sampler {
                 let mut samples = Vec::new();
                 while !stop.load(Ordering::SeqCst) {
                     for admin in &admins {
-                        let Some((200, body)) = crate::cluster::get(admin, "/debug/routes") else {
+                        let Some((200, body)) = crate::common::get(admin, "/debug/routes") else {
                             continue;
                         };
                         let Ok(view) = serde_json::from_str::<serde_json::Value>(&body) else {
