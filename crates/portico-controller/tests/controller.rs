@@ -237,13 +237,7 @@ async fn assert_stream_landed(cluster: &Cluster, count: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_leader_is_replaced_within_a_lease_and_no_change_is_lost() {
     let mut cluster = Cluster::start().await;
-    apply_class(&cluster.admin, "conformance").await;
-    apply(&cluster.admin, &ingress("before", "before.example", "/")).await;
-    cluster
-        .wait_tables("first Ingress", |t| {
-            t.lookup("before.example", "/").is_some()
-        })
-        .await;
+    cluster.apply_first_ingress().await;
     wait_ingress(&cluster.admin, "before", "given status", |i| {
         status_addresses(i) == [STATUS_ADDRESS]
     })
@@ -312,13 +306,7 @@ async fn killed_leader_is_replaced_within_a_lease_and_no_change_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelled_leader_hands_over_in_about_a_second() {
     let mut cluster = Cluster::start().await;
-    apply_class(&cluster.admin, "conformance").await;
-    apply(&cluster.admin, &ingress("before", "before.example", "/")).await;
-    cluster
-        .wait_tables("first Ingress", |t| {
-            t.lookup("before.example", "/").is_some()
-        })
-        .await;
+    cluster.apply_first_ingress().await;
     let old = cluster.wait_for_controller_leader().await;
     let client = cluster.admin.clone();
     let changes =
@@ -521,13 +509,7 @@ async fn leader_cut_off_from_the_api_server_only_hands_over_and_changes_keep_lan
     use std::sync::atomic::Ordering;
 
     let cluster = Cluster::start().await;
-    apply_class(&cluster.admin, "conformance").await;
-    apply(&cluster.admin, &ingress("before", "before.example", "/")).await;
-    cluster
-        .wait_tables("first Ingress", |t| {
-            t.lookup("before.example", "/").is_some()
-        })
-        .await;
+    cluster.apply_first_ingress().await;
     let old = cluster.wait_for_controller_leader().await;
     let mut old_status = cluster.nodes[old]
         .controller

@@ -293,6 +293,17 @@ impl Cluster {
         }
     }
 
+    /// The class `conformance` and the Ingress `before` (before.example, `/`), waited for
+    /// until every replica serves it: the starting point of the failover tests.
+    pub async fn apply_first_ingress(&self) {
+        apply_class(&self.admin, "conformance").await;
+        apply(&self.admin, &ingress("before", "before.example", "/")).await;
+        self.wait_tables("first Ingress", |t| {
+            t.lookup("before.example", "/").is_some()
+        })
+        .await;
+    }
+
     /// Waits until every running replica's applied table satisfies `check`.
     pub async fn wait_tables(&self, what: &str, check: impl Fn(&RoutingTable) -> bool) {
         let started = Instant::now();
