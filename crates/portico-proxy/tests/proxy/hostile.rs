@@ -27,6 +27,27 @@ async fn still_serving(proxy: &TestProxy) {
     );
 }
 
+/// A GET over HTTP/3 (aioquic) answered 200.
+async fn still_serving_http3(proxy: &TestProxy, path: &str) {
+    let out = run(
+        python().to_str().unwrap(),
+        &[
+            &script("h3client.py"),
+            "get",
+            &format!("127.0.0.1:{}", proxy.h3().port()),
+            "echo.test",
+            path,
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("status=200"), "{}", stdout(&out));
+}
+
 /// Sends raw bytes and returns what came back until the server closed or 10 s passed.
 async fn raw(proxy: &TestProxy, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(proxy.http()).await.unwrap();
@@ -213,18 +234,7 @@ async fn http3_rapid_reset_is_stopped() {
     assert!(sent < 3000, "{text}");
 
     // Others are still served, over HTTP/3 too.
-    let out = run(
-        python().to_str().unwrap(),
-        &[
-            &script("h3client.py"),
-            "get",
-            &format!("127.0.0.1:{}", proxy.h3().port()),
-            "echo.test",
-            "/after-rapid-reset",
-        ],
-    )
-    .await;
-    assert!(stdout(&out).contains("status=200"), "{}", stdout(&out));
+    still_serving_http3(&proxy, "/after-rapid-reset").await;
     still_serving(&proxy).await;
 }
 
@@ -255,22 +265,6 @@ async fn garbage_datagrams_do_not_disturb_quic() {
             proxy.h3(),
         )
         .await;
-    let out = run(
-        python().to_str().unwrap(),
-        &[
-            &script("h3client.py"),
-            "get",
-            &format!("127.0.0.1:{}", proxy.h3().port()),
-            "echo.test",
-            "/after-garbage",
-        ],
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout(&out).contains("status=200"), "{}", stdout(&out));
+    still_serving_http3(&proxy, "/after-garbage").await;
     still_serving(&proxy).await;
 }
