@@ -303,7 +303,7 @@ fn transfer_chunked(headers: &HeaderMap) -> Option<bool> {
 }
 
 /// One length, or a list of identical ones (RFC 9110 §8.6); anything else is invalid.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut found = None;
     for token in tokens(headers, &header::CONTENT_LENGTH) {
         if !token.bytes().all(|b| b.is_ascii_digit()) {

@@ -18,6 +18,7 @@
 mod body;
 mod config;
 mod h1conn;
+mod h1server;
 mod handler;
 mod headers;
 mod observe;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -25,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body;
 use crate::config::Limits;
+use crate::h1server::{self, LeanState, Prefixed};
 use crate::handler::{self, ConnInfo, Shared, Transport};
 
 /// Binds a TCP listener; IPv6 sockets are v6-only so `[::]` and `0.0.0.0` can share a port.
@@ -118,7 +120,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, serve: Arc<Serve>
                 local,
                 transport: Transport::Plain,
             };
-            drive(stream, info, &serve, activity).await
+            drive(stream, info, &serve, activity, true).await
         }
         // Boxed: the TLS state machine is several times the size of a plain connection's,
         // and every connection task would otherwise reserve room for it.
@@ -148,19 +150,41 @@ async fn serve_tls(
                 local,
                 transport: Transport::Tls,
             };
-            drive(tls, info, serve, activity).await
+            // ALPN h2 speaks HTTP/2 from the first byte: straight to hyper.
+            let lean = tls.get_ref().1.alpn_protocol() != Some(b"h2");
+            drive(tls, info, serve, activity, lean).await
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
-async fn drive<I>(io: I, info: ConnInfo, serve: &Serve, activity: Arc<Activity>)
+async fn drive<I>(io: I, info: ConnInfo, serve: &Serve, activity: Arc<Activity>, lean: bool)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The drain and force tokens and the idle check live in a watchdog task of their own:
+    // polled beside the connection they cost ~1k instructions per request, since every
+    // wake-up of the connection polled them all again.
+    let watch = Arc::new(Watch::default());
+    let _watchdog = AbortOnDrop(tokio::spawn(watchdog(
+        watch.clone(),
+        activity.clone(),
+        serve.limits.idle_timeout,
+        serve.draining.clone(),
+        serve.shared.force.clone(),
+    )));
+    let mut io = io;
+    let prefix = if lean {
+        match serve_lean(&mut io, info, serve, &activity, &watch).await {
+            Some(prefix) => prefix,
+            None => return,
+        }
+    } else {
+        Bytes::new()
+    };
     let shared = serve.shared.clone();
-    let waiting = activity.clone();
+    let waiting = activity;
     let service = service_fn(move |mut req: Request<Incoming>| {
         let shared = shared.clone();
         let waiting = waiting.clone();
@@ -174,19 +198,8 @@ where
     });
     let conn = serve
         .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
+        .serve_connection_with_upgrades(TokioIo::new(Prefixed::new(prefix, io)), service);
     let mut conn = pin!(conn);
-    // The drain and force tokens and the idle check live in a watchdog task of their own:
-    // polled beside the connection they cost ~1k instructions per request, since every
-    // wake-up of the connection polled them all again.
-    let watch = Arc::new(Watch::default());
-    let _watchdog = AbortOnDrop(tokio::spawn(watchdog(
-        watch.clone(),
-        activity,
-        serve.limits.idle_timeout,
-        serve.draining.clone(),
-        serve.shared.force.clone(),
-    )));
     let mut closing = false;
     let result = std::future::poll_fn(|cx| {
         watch.register(cx.waker());
@@ -203,6 +216,49 @@ where
     .await;
     if let Some(Err(e)) = result {
         tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Runs the lean HTTP/1.1 loop under the watchdog; `Some(bytes)` hands the connection (and
+/// what was read from it) to hyper, `None` means it is finished.
+async fn serve_lean<I>(
+    io: &mut I,
+    info: ConnInfo,
+    serve: &Serve,
+    activity: &Activity,
+    watch: &Watch,
+) -> Option<Bytes>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let state = LeanState::new();
+    let lean = h1server::serve(
+        io,
+        info,
+        &serve.shared,
+        serve.limits.max_header_bytes,
+        &state,
+        || activity.pending(),
+    );
+    let mut lean = pin!(lean);
+    let next = std::future::poll_fn(|cx| {
+        watch.register(cx.waker());
+        let raised = watch.flags.load(Ordering::Acquire);
+        if raised & Watch::DROP != 0 {
+            return Poll::Ready(h1server::Next::Closed);
+        }
+        if raised & Watch::CLOSE != 0 {
+            state.closing.store(true, Ordering::Release);
+            if state.idle.load(Ordering::Acquire) {
+                return Poll::Ready(h1server::Next::Closed);
+            }
+        }
+        lean.as_mut().poll(cx)
+    })
+    .await;
+    match next {
+        h1server::Next::Closed => None,
+        h1server::Next::HandOver(prefix) => Some(prefix),
     }
 }
 

@@ -5,6 +5,7 @@
 mod common;
 mod h3;
 mod hostile;
+mod http1_connection;
 mod http1_http2;
 mod observe;
 mod policy;
