@@ -4,7 +4,7 @@
 # generator and the two backends (127.0.0.1:18001/18002, round-robin, keep-alive) on CPU 1;
 # TLS session resumption off everywhere; the same test CA and leaf certificate.
 #
-# usage: bench/proxy.sh [-r RUNS] [-d SECS] [-T "TESTS"] [-w WORKERS] [-k] [-i]
+# usage: bench/proxy.sh [-r RUNS] [-d SECS] [-T "TESTS"] [-w WORKERS] [-k] [-i] [-s]
 #   RUNS, SECS, TESTS are passed to proxy-bench.sh (defaults 3, 10, "h1c64 h1c256 tls64 tlsnew h2 h3").
 #   WORKERS: Portico's Tokio worker threads (default 1, as the method says; 2 may be reported beside).
 #   -k: keep the anchors (nginx, HAProxy, backends) running afterwards.
@@ -12,6 +12,10 @@
 #       (valgrind callgrind, h2load --h1 -c 64, 2,000 warm-up requests then N=${IREQS:-6000}
 #       counted): repeatable to ~0.1 % on a busy machine, unlike requests/s. PORTICO_BIN=path
 #       measures another build of portico-proxy-standalone (e.g. an older commit's).
+#   -s: after the matrix, split each proxy's CPU per request into user space and kernel
+#       (/proc/PID/stat over one SECS-long run per test, nginx/HAProxy/Portico in turn): the
+#       kernel share is what no proxy can save with the same four syscalls per request, so it
+#       bounds the ratios reachable on one core.
 #   QUIET (env): proxy-bench.sh waits before each run until the machine is below QUIET % of one
 #   core (default 20); raise it on a shared, busy machine and quote the "other" column.
 # Also measures Portico's peak RSS with a 1,000-route table (idle and after load).
@@ -22,12 +26,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$ROOT/../shared/bench}
 ANCHORS_DIR=${ANCHORS_DIR:-/tmp/anchors}
 export ANCHORS_DIR
-RUNS=3; DUR=10; TESTS="h1c64 h1c256 tls64 tlsnew h2 h3"; WORKERS=1; KEEP=0; INSTR=0
-while getopts "r:d:T:w:kih" o; do
+RUNS=3; DUR=10; TESTS="h1c64 h1c256 tls64 tlsnew h2 h3"; WORKERS=1; KEEP=0; INSTR=0; SPLIT=0
+while getopts "r:d:T:w:kish" o; do
   case $o in
     r) RUNS=$OPTARG ;; d) DUR=$OPTARG ;; T) TESTS=$OPTARG ;; w) WORKERS=$OPTARG ;; k) KEEP=1 ;;
     i) INSTR=1 ;;
-    *) sed -n '2,18p' "$0"; exit 2 ;;
+    s) SPLIT=1 ;;
+    *) sed -n '2,22p' "$0"; exit 2 ;;
   esac
 done
 OUT=${OUT:-/tmp/portico-proxy-bench.$(date +%Y%m%d-%H%M%S)}
@@ -137,6 +142,45 @@ log "targets: ${targets[*]}"
 bash "$SHARED/proxy-bench.sh" -r "$RUNS" -d "$DUR" -T "$TESTS" -o "$OUT" -q "${QUIET:-20}" \
   -B "$(bash "$SHARED/anchors-setup.sh" backend-pids)" "${targets[@]}"
 hwm() { awk '/VmHWM/{print $2" "$3}' "/proc/$1/status"; }
+
+# User/kernel split: one run per test and proxy; the CPU of the process serving the traffic
+# (nginx's worker, HAProxy's only process, Portico) from /proc/PID/stat around it.
+cpu_split() { # name pid test http_port https_port
+  local name=$1 pid=$2 t=$3 n u0 s0 u1 s1 out
+  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  case $t in
+    h1c64) out=$(taskset -c 1 wrk -t1 -c64 -d"${DUR}s" "http://127.0.0.1:$4/" 2>&1) ;;
+    h1c256) out=$(taskset -c 1 wrk -t1 -c256 -d"${DUR}s" "http://127.0.0.1:$4/" 2>&1) ;;
+    tls64) out=$(taskset -c 1 wrk -t1 -c64 -d"${DUR}s" "https://127.0.0.1:$5/" 2>&1) ;;
+    h2) out=$(taskset -c 1 h2load -c64 -m10 -D"$DUR" "https://127.0.0.1:$5/" 2>&1) ;;
+  esac
+  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  case $t in
+    h2) n=$(echo "$out" | awk '/^requests:/{print $8}') ;;
+    *) n=$(echo "$out" | awk '/requests in/{print $1}') ;;
+  esac
+  python3 - "$name" "$t" "$n" "$DUR" "$((u1 - u0))" "$((s1 - s0))" "$(getconf CLK_TCK)" <<'PY'
+import sys
+name, test, n, dur, du, ds, tck = sys.argv[1], sys.argv[2], int(sys.argv[3] or 0), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+if n == 0:
+    print(f"| {test} | {name} | failed | | | |"); sys.exit()
+u, s = du / tck / n * 1e6, ds / tck / n * 1e6
+print(f"| {test} | {name} | {n / dur:,.0f} | {u:.2f} | {s:.2f} | {u + s:.2f} |")
+PY
+}
+if [ "$SPLIT" = 1 ]; then
+  ngx_worker=$(pgrep -P "$(cat "$ANCHORS_DIR/nginx/nginx.pid")" | head -1)
+  hap=$(cat "$ANCHORS_DIR/haproxy.started.pid")
+  {
+    echo "| test | proxy | req/s | user µs/req | kernel µs/req | total µs/req |"
+    echo "|---|---|---:|---:|---:|---:|"
+    for t in h1c64 h1c256 tls64 h2; do
+      cpu_split nginx "$ngx_worker" "$t" 18080 18443
+      cpu_split haproxy "$hap" "$t" 18180 18543
+      cpu_split portico "$(cat "$P/portico.pid")" "$t" 18480 18843
+    done
+  } | tee "$OUT/split.md"
+fi
 echo "portico (1 route) peak RSS after the whole matrix: $(hwm "$(cat "$P/portico.pid")")" | tee "$OUT/rss.txt"
 
 # RSS with a 1,000-route table: idle, then after 10 s of h1 load through it.

@@ -7,6 +7,7 @@
 //!
 //! Modules, in the order a request meets them:
 //! - `tcp` / `quic`: listeners, accept loops, per-connection limits and drain;
+//! - `h1server`: the lean HTTP/1.1 loop for plain requests, handing anything else to hyper;
 //! - `tls`: the certificate resolver shared by TCP and QUIC, reading the current table;
 //! - `handler`: routing, per-route policy, forwarding, retries, error pages, WebSockets;
 //! - `observe`: per-request counters and the optional access log;
