@@ -40,6 +40,10 @@ pub(crate) enum ExchangeError {
     Read(#[source] io::Error),
     #[error("upstream closed the connection before a complete response head")]
     ClosedBeforeHead,
+    /// Closed or reset without one byte of response: on a reused connection, the backend
+    /// most likely closed it as idle while our request was on its way.
+    #[error("upstream closed the connection without answering")]
+    Unanswered,
     #[error("invalid response from upstream: {0}")]
     Invalid(&'static str),
 }
@@ -161,10 +165,16 @@ pub(crate) async fn read_response(
     method: &Method,
     done: Box<dyn FnOnce(Conn) + Send>,
 ) -> Result<Response<RawBody>, ExchangeError> {
+    let mut interim = false;
     loop {
-        let parsed = std::future::poll_fn(|cx| poll_head(&mut conn, cx)).await?;
+        let parsed = match std::future::poll_fn(|cx| poll_head(&mut conn, cx)).await {
+            // An interim response was an answer: the request was processed.
+            Err(ExchangeError::Unanswered) if interim => Err(ExchangeError::ClosedBeforeHead),
+            parsed => parsed,
+        }?;
         let (status, version, headers) = parsed;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            interim = true;
             continue;
         }
         let mut headers = headers;
@@ -216,6 +226,15 @@ pub(crate) async fn read_response(
 
 type Head = (StatusCode, Version, HeaderMap);
 
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
 fn poll_head(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<Head, ExchangeError>> {
     loop {
         if !conn.buf.is_empty()
@@ -226,9 +245,14 @@ fn poll_head(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<Head, Exchang
         if conn.buf.len() >= MAX_HEAD_BYTES {
             return Poll::Ready(Err(ExchangeError::Invalid("response head too large")));
         }
+        let nothing_yet = conn.buf.is_empty();
         match ready!(conn.poll_fill(cx)) {
+            Ok(0) if nothing_yet => return Poll::Ready(Err(ExchangeError::Unanswered)),
             Ok(0) => return Poll::Ready(Err(ExchangeError::ClosedBeforeHead)),
             Ok(_) => {}
+            Err(e) if nothing_yet && is_reset(&e) => {
+                return Poll::Ready(Err(ExchangeError::Unanswered));
+            }
             Err(e) => return Poll::Ready(Err(ExchangeError::Read(e))),
         }
     }

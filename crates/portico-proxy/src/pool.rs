@@ -256,8 +256,9 @@ impl H1Pool {
     /// Sends a request without a body (and not asking for an upgrade) over the lean path:
     /// the head is written by us and the response read by its own body, no connection task.
     /// A pooled connection found closed, or failing the write, is replaced (the peer was
-    /// gone, so it processed nothing); a failure before anything was written hands the
-    /// request back.
+    /// gone, so it processed nothing), and so is one closed without a byte of answer when
+    /// the method is idempotent; a failure before anything was written hands the request
+    /// back.
     pub(crate) async fn send_bodyless(
         &self,
         addr: SocketAddr,
@@ -300,6 +301,15 @@ impl H1Pool {
             });
             return match h1conn::read_response(conn, req.method(), done).await {
                 Ok(resp) => Ok(resp.map(UpstreamBody::Raw)),
+                // The backend closed a reused connection as our request arrived (its idle
+                // timeout raced our reuse). An idempotent request may be sent again
+                // (RFC 9110 §9.2.2), on a fresh connection if no other idle one is open.
+                Err(ExchangeError::Unanswered)
+                    if reused && req.method().is_idempotent() && stale < MAX_STALE_RETRIES =>
+                {
+                    stale += 1;
+                    continue;
+                }
                 Err(e) => Err(PoolFailure {
                     error: e.into(),
                     request: None,

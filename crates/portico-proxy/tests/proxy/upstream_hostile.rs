@@ -39,6 +39,7 @@ fn then_close(bytes: &[u8]) -> Reply {
 struct Scripted {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
     _task: TaskGuard,
 }
 
@@ -50,25 +51,31 @@ impl Scripted {
         let requests = Arc::new(AtomicUsize::new(0));
         let script = Arc::new(script);
         let accepted = connections.clone();
+        let read = requests.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 accepted.fetch_add(1, Ordering::SeqCst);
-                let (requests, script) = (requests.clone(), script.clone());
-                tokio::spawn(serve(stream, requests, script));
+                let (read, script) = (read.clone(), script.clone());
+                tokio::spawn(serve(stream, read, script));
             }
         });
         Scripted {
             addr,
             connections,
+            requests,
             _task: TaskGuard(task),
         }
     }
 
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
     }
 }
 
@@ -110,8 +117,10 @@ async fn fetch(proxy: &TestProxy, method: &str) -> (i32, u16, String) {
         "--max-time",
         "10",
     ];
-    if method == "HEAD" {
-        args.push("-I");
+    match method {
+        "HEAD" => args.push("-I"),
+        "GET" => {}
+        other => args.extend(["-X", other]),
     }
     args.push(&url);
     let out = run("curl", &[&["-sS"], &args[..]].concat()).await;
@@ -293,6 +302,36 @@ async fn connections_are_reused_only_when_the_response_allows_it() {
     assert_eq!((exit, code), (0, 200));
     assert_next_is_good(&proxy).await;
     assert_eq!(backend.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_connection_closed_unanswered_is_retried_only_for_idempotent_methods() {
+    // The backend answers and keeps the connection, then closes it on the next request
+    // without a byte of answer: its idle timeout racing our reuse.
+    let (backend, proxy) = start(vec![keep(GOOD), then_close(b"")]).await;
+    assert_next_is_good(&proxy).await;
+    assert_next_is_good(&proxy).await;
+    assert_eq!(
+        (backend.connections(), backend.requests()),
+        (2, 3),
+        "the GET was sent again, on a fresh connection"
+    );
+    for method in ["HEAD", "PUT", "DELETE"] {
+        let (backend, proxy) = start(vec![keep(GOOD), then_close(b"")]).await;
+        assert_next_is_good(&proxy).await;
+        let (_, code, _) = fetch(&proxy, method).await;
+        assert_eq!((method, code, backend.requests()), (method, 200, 3));
+    }
+    // POST is not idempotent: 502, and the backend saw it once.
+    let (backend, proxy) = start(vec![keep(GOOD), then_close(b"")]).await;
+    assert_next_is_good(&proxy).await;
+    let (_, code, _) = fetch(&proxy, "POST").await;
+    assert_eq!((code, backend.requests()), (502, 2));
+    assert_next_is_good(&proxy).await;
+    // A fresh connection closed unanswered is a 502 whatever the method: no loop.
+    let (backend, proxy) = start(vec![then_close(b"")]).await;
+    let (_, code, _) = fetch(&proxy, "GET").await;
+    assert_eq!((code, backend.requests()), (502, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
