@@ -1,13 +1,13 @@
 //! Body adapters. Bodies always stream: nothing here buffers more than one frame.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -38,27 +38,53 @@ where
 
 /// The request body grew beyond `proxy-body-size`.
 #[derive(Debug, thiserror::Error)]
-#[error("request body larger than {limit} bytes")]
-pub(crate) struct BodyTooLarge {
-    limit: u64,
+#[error("request body larger than the route allows")]
+pub(crate) struct BodyTooLarge;
+
+/// What went wrong on the client's side of a request body, so the handler answers 413 or
+/// 400, and neither counts an upstream error nor ejects the endpoint: otherwise any client
+/// could steer traffic away from healthy endpoints with broken bodies.
+#[derive(Default)]
+pub(crate) struct ClientBodyFault(AtomicU8);
+
+impl ClientBodyFault {
+    const TOO_LARGE: u8 = 1;
+    const BROKEN: u8 = 2;
+
+    fn raise(&self, fault: u8) {
+        let _ = self
+            .0
+            .compare_exchange(0, fault, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The answer the client's own body earned, if it failed.
+    pub(crate) fn status(&self) -> Option<(StatusCode, &'static str)> {
+        match self.0.load(Ordering::Acquire) {
+            Self::TOO_LARGE => Some((StatusCode::PAYLOAD_TOO_LARGE, "request body too large")),
+            Self::BROKEN => Some((
+                StatusCode::BAD_REQUEST,
+                "request body malformed or cut short",
+            )),
+            _ => None,
+        }
+    }
 }
 
-/// Fails the stream once more than `limit` bytes went through, and raises `exceeded` so the
-/// handler can answer 413 instead of 502.
+/// The client's request body as it enters the proxy: fails the stream once more than
+/// `limit` bytes went through (when there is a limit), and records in `fault` whether the
+/// stream failed on the client's side (malformed chunking, a short body, a reset stream).
 pub(crate) struct LimitedBody {
     inner: ProxyBody,
-    remaining: u64,
-    limit: u64,
-    exceeded: Arc<AtomicBool>,
+    remaining: Option<u64>,
+    fault: Arc<ClientBodyFault>,
 }
 
 impl LimitedBody {
-    pub(crate) fn new(inner: ProxyBody, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(inner: ProxyBody, limit: Option<u64>, fault: Arc<ClientBodyFault>) -> Self {
         Self {
             inner,
             remaining: limit,
-            limit,
-            exceeded,
+            fault,
         }
     }
 }
@@ -73,15 +99,19 @@ impl Body for LimitedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let Some(Ok(frame)) = &frame
-            && let Some(data) = frame.data_ref()
-        {
-            let len = data.len() as u64;
-            if len > this.remaining {
-                this.exceeded.store(true, Ordering::Release);
-                return Poll::Ready(Some(Err(BodyTooLarge { limit: this.limit }.into())));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let (Some(remaining), Some(data)) = (&mut this.remaining, frame.data_ref()) {
+                    let len = data.len() as u64;
+                    if len > *remaining {
+                        this.fault.raise(ClientBodyFault::TOO_LARGE);
+                        return Poll::Ready(Some(Err(BodyTooLarge.into())));
+                    }
+                    *remaining -= len;
+                }
             }
-            this.remaining -= len;
+            Some(Err(_)) => this.fault.raise(ClientBodyFault::BROKEN),
+            None => {}
         }
         Poll::Ready(frame)
     }
@@ -306,13 +336,27 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn limited_body_rejects_overflow() {
-        let flag = Arc::new(AtomicBool::new(false));
-        let body = LimitedBody::new(full("0123456789"), 4, flag.clone());
+    async fn limited_body_rejects_overflow_and_records_client_faults() {
+        let fault = Arc::new(ClientBodyFault::default());
+        let body = LimitedBody::new(full("0123456789"), Some(4), fault.clone());
         assert!(body.collect().await.is_err());
-        assert!(flag.load(Ordering::Acquire));
-        let ok = LimitedBody::new(full("0123"), 4, Arc::new(AtomicBool::new(false)));
+        assert_eq!(
+            fault.status().map(|s| s.0),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        let fault = Arc::new(ClientBodyFault::default());
+        let ok = LimitedBody::new(full("0123"), Some(4), fault.clone());
         assert_eq!(ok.collect().await.unwrap().to_bytes(), "0123");
+        let unlimited = LimitedBody::new(full("0123456789"), None, fault.clone());
+        assert_eq!(unlimited.collect().await.unwrap().to_bytes(), "0123456789");
+        assert_eq!(fault.status(), None);
+        let failing = http_body_util::StreamBody::new(futures_util::stream::iter([
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Err::<Frame<Bytes>, BoxError>("client reset the stream".into()),
+        ]));
+        let broken = LimitedBody::new(boxed(failing), None, fault.clone());
+        assert!(broken.collect().await.is_err());
+        assert_eq!(fault.status().map(|s| s.0), Some(StatusCode::BAD_REQUEST));
     }
 
     #[tokio::test]

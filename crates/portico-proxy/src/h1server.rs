@@ -89,7 +89,9 @@ where
         let guard = pending();
         let resp = handler::handle(shared, conn, req, None).await;
         drop(guard);
-        let close = state.closing.load(Ordering::Acquire);
+        // After a 400 the client's framing is not to be trusted further (as nginx does).
+        let close =
+            state.closing.load(Ordering::Acquire) || resp.status() == StatusCode::BAD_REQUEST;
         match write_response(io, resp, is_head, close).await {
             Ok(true) if !close => {}
             _ => {

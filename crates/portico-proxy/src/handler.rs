@@ -2,7 +2,6 @@
 //! the route's policy, forward it to an endpoint and shape the response.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use portico_model::{Backend, BackendProtocol, BackendTarget, Route, RoutingTable
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::{self, LimitedBody, ProxyBody, Reclaimable, TimeoutBody};
+use crate::body::{self, ClientBodyFault, LimitedBody, ProxyBody, Reclaimable, TimeoutBody};
 use crate::headers::{self, Forwarded};
 use crate::observe::{self, Observation, Protocol, ProxyMetrics, RequestFacts, Trace};
 use crate::pool::UpstreamBody;
@@ -222,12 +221,15 @@ async fn forward(
     let protocol = policy.backend_protocol;
     let (mut parts, body) = req.into_parts();
 
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let body = match policy.max_body_bytes {
-        Some(limit) if !body.is_end_stream() => {
-            ProxyBody::new(LimitedBody::new(body, limit, exceeded.clone()))
-        }
-        _ => body,
+    let client_fault = Arc::new(ClientBodyFault::default());
+    let body = if body.is_end_stream() {
+        body
+    } else {
+        ProxyBody::new(LimitedBody::new(
+            body,
+            policy.max_body_bytes,
+            client_fault.clone(),
+        ))
     };
     // proxy-send-timeout: only a body can stall on its way upstream.
     let send_watch = (!body.is_end_stream()).then(SendWatch::new);
@@ -425,18 +427,18 @@ async fn forward(
                 return respond(shared, resp, client_upgrade, policy.read_timeout, cookie);
             }
             Ok(Err((err, handed_back))) => {
+                // The client's body failed, not the endpoint: answer the client, blame no one.
+                if let Some((status, message)) = client_fault.status() {
+                    tracing::debug!(upstream = ?endpoint, error = %ErrorChain(&err), "request body failed on the client's side");
+                    return error(status, message);
+                }
                 shared.metrics.upstream_error();
-                let status = if exceeded.load(Ordering::Acquire) {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                } else if is_timeout(&err) {
+                let status = if is_timeout(&err) {
                     StatusCode::GATEWAY_TIMEOUT
                 } else {
                     StatusCode::BAD_GATEWAY
                 };
                 tracing::debug!(upstream = ?endpoint, error = %ErrorChain(&err), "upstream request failed");
-                if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    return error(status, "request body too large");
-                }
                 if let Some(addr) = endpoint {
                     shared.health.failure(addr);
                     tried.push(addr);

@@ -203,6 +203,19 @@ async fn connection_close_and_drain_close_after_the_response() {
         .expect("closed after the response")
         .unwrap();
     assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
+    // A request answered 400 (no Host) closes the connection too: its framing is suspect.
+    let mut s = TcpStream::connect(proxy.http()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all))
+        .await
+        .expect("closed after the 400")
+        .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        text.starts_with("HTTP/1.1 400") && text.contains("connection: close"),
+        "{text}"
+    );
     // A drain while a request waits for its backend: the answer says close, then it closes.
     let mut s = TcpStream::connect(proxy.http()).await.unwrap();
     let mut buf = Vec::new();
