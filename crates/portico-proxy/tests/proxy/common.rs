@@ -460,3 +460,37 @@ fn rand_suffix() -> u64 {
 pub fn echoed(body: &str) -> serde_json::Value {
     serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("not echo JSON ({e}): {body}"))
 }
+
+/// A fixed xorshift sequence: the same mutations on every run, so a failure reproduces.
+pub fn xorshift(state: &mut u64) -> usize {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state as usize
+}
+
+/// One random edit of `bytes`: a byte changed, a control or separator byte inserted, a byte
+/// deleted, a span doubled, the end cut off, or a line break inserted.
+pub fn mutate(bytes: &mut Vec<u8>, rng: &mut u64) {
+    const INTERESTING: [u8; 10] = [b'\r', b'\n', 0, b' ', b':', b'\t', 0x7f, 0xff, b'/', b','];
+    if bytes.is_empty() {
+        bytes.push(b'G');
+    }
+    let at = xorshift(rng) % bytes.len();
+    match xorshift(rng) % 6 {
+        0 => bytes[at] = xorshift(rng) as u8,
+        1 => bytes.insert(at, INTERESTING[xorshift(rng) % INTERESTING.len()]),
+        2 => {
+            bytes.remove(at);
+        }
+        3 => {
+            let end = (at + 1 + xorshift(rng) % 24).min(bytes.len());
+            let span = bytes[at..end].to_vec();
+            bytes.splice(at..at, span);
+        }
+        4 => bytes.truncate(at),
+        _ => {
+            bytes.splice(at..at, *b"\r\n");
+        }
+    }
+}

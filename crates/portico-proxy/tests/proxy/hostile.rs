@@ -325,37 +325,6 @@ async fn mutated_request_heads_get_an_answer_or_a_close() {
     eprintln!("answers by status (0: closed without one): {statuses:?}");
 }
 
-fn xorshift(state: &mut u64) -> usize {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state as usize
-}
-
-fn mutate(bytes: &mut Vec<u8>, rng: &mut u64) {
-    const INTERESTING: [u8; 10] = [b'\r', b'\n', 0, b' ', b':', b'\t', 0x7f, 0xff, b'/', b','];
-    if bytes.is_empty() {
-        bytes.push(b'G');
-    }
-    let at = xorshift(rng) % bytes.len();
-    match xorshift(rng) % 6 {
-        0 => bytes[at] = xorshift(rng) as u8,
-        1 => bytes.insert(at, INTERESTING[xorshift(rng) % INTERESTING.len()]),
-        2 => {
-            bytes.remove(at);
-        }
-        3 => {
-            let end = (at + 1 + xorshift(rng) % 24).min(bytes.len());
-            let span = bytes[at..end].to_vec();
-            bytes.splice(at..at, span);
-        }
-        4 => bytes.truncate(at),
-        _ => {
-            bytes.splice(at..at, *b"\r\n");
-        }
-    }
-}
-
 /// Sends `bytes`, closes the sending half, and reads until the proxy closes: `None` when it
 /// neither answered nor closed within 10 s.
 async fn send_and_close(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {

@@ -399,3 +399,128 @@ async fn a_slow_upload_to_an_upstream_that_keeps_reading_is_not_a_send_timeout()
     .await;
     assert_eq!(code, 200);
 }
+
+/// Hundreds of mutated upstream responses (heads and bodies edited as in the client-side
+/// mutation test), the backend keeping its connection open after each: every client gets
+/// an answer (complete, 502/504, or visibly cut off) in time, and a request sent after each
+/// one gets exactly its own response, so no mutation leaves bytes that a reused connection
+/// would pass to the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_responses_never_leak_into_the_next_request() {
+    let seeds: [&[u8]; 5] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ngood\r\n0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil",
+    ];
+    let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
+    let cases: Vec<Vec<u8>> = (0..250)
+        .map(|i| {
+            let mut bytes = seeds[i % seeds.len()].to_vec();
+            for _ in 0..1 + xorshift(&mut rng) % 3 {
+                mutate(&mut bytes, &mut rng);
+            }
+            bytes
+        })
+        .collect();
+    let backend = ByPath::start(cases.clone()).await;
+    let yaml = service("raw", &[backend.addr])
+        + &ingress(
+            "raw",
+            "raw.test",
+            "/",
+            "raw",
+            &[("proxy-read-timeout", "1"), ("proxy-connect-timeout", "1")],
+        );
+    let proxy = Arc::new(TestProxy::start(&yaml).await);
+    let base = format!("http://127.0.0.1:{}", proxy.http().port());
+    for batch in (0..cases.len()).collect::<Vec<_>>().chunks(50) {
+        let tasks: Vec<_> = batch
+            .iter()
+            .map(|&n| {
+                let base = base.clone();
+                tokio::spawn(async move {
+                    let case = format!("{base}/case/{n}");
+                    let out = curl_raw(&["-H", "Host: raw.test", "--max-time", "8", &case]).await;
+                    // curl 28 is its own timeout: the proxy must have answered before.
+                    assert_ne!(out.status.code(), Some(28), "case {n}: no answer in time");
+                    let check = format!("{base}/check/{n}");
+                    let out = curl_raw(&["-H", "Host: raw.test", "--max-time", "8", &check]).await;
+                    (n, stdout(&out))
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (n, check) = task.await.unwrap();
+            assert_eq!(
+                check,
+                format!("check {n}"),
+                "the request after case {n} ({:?}) got another's bytes",
+                String::from_utf8_lossy(&cases[n])
+            );
+        }
+    }
+}
+
+/// `curl -sS` without failing on HTTP errors: the exit status is curl's own verdict.
+async fn curl_raw(args: &[&str]) -> std::process::Output {
+    run("curl", &[&["-sS"], args].concat()).await
+}
+
+/// A backend answering `/case/N` with `cases[N]` as raw bytes and `/check/N` with a
+/// well-formed `check N`, keeping every connection open whatever it sent.
+struct ByPath {
+    addr: SocketAddr,
+    _task: TaskGuard,
+}
+
+impl ByPath {
+    async fn start(cases: Vec<Vec<u8>>) -> ByPath {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cases = Arc::new(cases);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let cases = cases.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end);
+                        let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                        let reply = match path.strip_prefix("/case/") {
+                            Some(n) => cases[n.parse::<usize>().unwrap()].clone(),
+                            None => {
+                                let body = format!("check {}", path.trim_start_matches("/check/"));
+                                format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                                    body.len()
+                                )
+                                .into_bytes()
+                            }
+                        };
+                        if stream.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        ByPath {
+            addr,
+            _task: TaskGuard(task),
+        }
+    }
+}
