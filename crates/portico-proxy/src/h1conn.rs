@@ -172,13 +172,13 @@ pub(crate) async fn read_response(
             Err(ExchangeError::Unanswered) if interim => Err(ExchangeError::ClosedBeforeHead),
             parsed => parsed,
         }?;
-        let (status, version, headers) = parsed;
+        let (status, version, headers, facts) = parsed;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             interim = true;
             continue;
         }
         let mut headers = headers;
-        let mut reusable = version == Version::HTTP_11 && !connection_close(&headers);
+        let mut reusable = version == Version::HTTP_11 && !facts.close;
         let framing = if *method == Method::HEAD
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -189,7 +189,7 @@ pub(crate) async fn read_response(
                 reusable = false;
             }
             Framing::Empty
-        } else if let Some(chunked) = transfer_chunked(&headers) {
+        } else if let Some(chunked) = facts.transfer_chunked() {
             // Both framings: Transfer-Encoding wins and the connection is not trusted again.
             if headers.remove(header::CONTENT_LENGTH).is_some() {
                 reusable = false;
@@ -200,9 +200,11 @@ pub(crate) async fn read_response(
                 reusable = false;
                 Framing::UntilClose
             }
-        } else if headers.contains_key(header::CONTENT_LENGTH) {
+        } else if facts.length_present {
             Framing::Length(
-                content_length(&headers).ok_or(ExchangeError::Invalid("bad Content-Length"))?,
+                facts
+                    .content_length()
+                    .ok_or(ExchangeError::Invalid("bad Content-Length"))?,
             )
         } else {
             reusable = false;
@@ -213,6 +215,7 @@ pub(crate) async fn read_response(
             framing,
             chunk: ChunkState::Size,
             reusable,
+            stripped: facts.stripped,
             done: Some(done),
         });
         *resp.status_mut() = status;
@@ -224,7 +227,7 @@ pub(crate) async fn read_response(
     }
 }
 
-type Head = (StatusCode, Version, HeaderMap);
+type Head = (StatusCode, Version, HeaderMap, HeadFacts);
 
 fn is_reset(e: &io::Error) -> bool {
     matches!(
@@ -279,17 +282,23 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
         _ => Version::HTTP_10,
     };
     // Offsets first: the header values then become slices of the frozen head, not copies.
+    // The framing facts are read off the raw lines on the way, and hop-by-hop headers are
+    // left out of the map (all of them kept for a 101, whose upgrade needs them; kept too
+    // when `Connection` names other headers, for `strip_hop_by_hop` to find).
     let base = buf.as_ptr() as usize;
-    let spans: Vec<(HeaderName, usize, usize)> = parsed
-        .headers
-        .iter()
-        .map(|h| {
+    let keep_all = status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut facts = HeadFacts::default();
+    let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let kept = facts.note(h.name, h.value) || keep_all;
+        if kept {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| ExchangeError::Invalid("bad header name"))?;
             let start = h.value.as_ptr() as usize - base;
-            Ok((name, start, start + h.value.len()))
-        })
-        .collect::<Result<_, ExchangeError>>()?;
+            spans.push((name, start, start + h.value.len()));
+        }
+    }
+    facts.stripped = !keep_all && !facts.names_listed;
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(spans.len());
     for (name, start, end) in spans {
@@ -297,7 +306,115 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
             .map_err(|_| ExchangeError::Invalid("bad header value"))?;
         headers.append(name, value);
     }
-    Ok(Some((status, version, headers)))
+    Ok(Some((status, version, headers, facts)))
+}
+
+/// What framing and reuse depend on, read from a response head's raw lines.
+#[derive(Default, Debug)]
+struct HeadFacts {
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection` lists header names to drop (not just close or keep-alive).
+    names_listed: bool,
+    /// A Transfer-Encoding header was present.
+    transfer_encoding: bool,
+    /// The last transfer coding named is chunked.
+    chunked_last: bool,
+    /// A Content-Length header was present.
+    length_present: bool,
+    /// The one length all Content-Length values agree on; `None` if they do not.
+    length: Option<u64>,
+    length_bad: bool,
+    /// No hop-by-hop header is left in the map.
+    stripped: bool,
+}
+
+impl HeadFacts {
+    /// Records what one header line says; whether it belongs in the forwarded header map.
+    fn note(&mut self, name: &str, value: &[u8]) -> bool {
+        let name = name.as_bytes();
+        // By length first: most names are none of these.
+        match name.len() {
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                for token in ascii_tokens(value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                        self.names_listed = true;
+                    }
+                }
+                self.names_listed
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                self.length_present = true;
+                for token in ascii_tokens(value) {
+                    let n = std::str::from_utf8(token)
+                        .ok()
+                        .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|t| t.parse::<u64>().ok());
+                    match (n, self.length) {
+                        (None, _) => self.length_bad = true,
+                        (Some(n), Some(prev)) if prev != n => self.length_bad = true,
+                        (Some(n), _) => self.length = Some(n),
+                    }
+                }
+                // Non-ASCII bytes make the value say nothing, hence an invalid length.
+                if !is_visible_ascii(value) {
+                    self.length_bad = true;
+                }
+                true
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                self.transfer_encoding = true;
+                if let Some(last) = ascii_tokens(value).last() {
+                    self.chunked_last = last.eq_ignore_ascii_case(b"chunked");
+                }
+                false
+            }
+            2 | 7 | 10 | 16 | 18 => !HOP_BY_HOP_REST.iter().any(|h| name.eq_ignore_ascii_case(h)),
+            _ => true,
+        }
+    }
+
+    /// `None` without Transfer-Encoding; otherwise whether chunked is the final coding.
+    fn transfer_chunked(&self) -> Option<bool> {
+        self.transfer_encoding.then_some(self.chunked_last)
+    }
+
+    /// One length, or a list of identical ones (RFC 9110 §8.6); `None` when invalid.
+    fn content_length(&self) -> Option<u64> {
+        if self.length_bad { None } else { self.length }
+    }
+}
+
+/// The hop-by-hop names besides Connection, Transfer-Encoding (RFC 9110 §7.6.1).
+const HOP_BY_HOP_REST: [&[u8]; 6] = [
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+];
+
+fn is_visible_ascii(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+/// Comma-separated tokens of a value, trimmed, empty ones skipped; a value with bytes
+/// outside visible ASCII says nothing (as `HeaderValue::to_str` would refuse it).
+fn ascii_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let value = if is_visible_ascii(value) {
+        value
+    } else {
+        &[][..]
+    };
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
@@ -308,22 +425,6 @@ fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item =
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-}
-
-fn connection_close(headers: &HeaderMap) -> bool {
-    tokens(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case("close"))
-}
-
-/// `None` without Transfer-Encoding; otherwise whether chunked is the final coding.
-fn transfer_chunked(headers: &HeaderMap) -> Option<bool> {
-    if !headers.contains_key(header::TRANSFER_ENCODING) {
-        return None;
-    }
-    Some(
-        tokens(headers, &header::TRANSFER_ENCODING)
-            .last()
-            .is_some_and(|t| t.eq_ignore_ascii_case("chunked")),
-    )
 }
 
 /// One length, or a list of identical ones (RFC 9110 §8.6); anything else is invalid.
@@ -356,10 +457,16 @@ pub(crate) struct RawBody {
     framing: Framing,
     chunk: ChunkState,
     reusable: bool,
+    /// The head's hop-by-hop headers were left out of the response already.
+    stripped: bool,
     done: Option<Box<dyn FnOnce(Conn) + Send>>,
 }
 
 impl RawBody {
+    pub(crate) fn hop_by_hop_stripped(&self) -> bool {
+        self.stripped
+    }
+
     /// The connection will not serve another request: never hand it back.
     pub(crate) fn forget_connection(&mut self) {
         self.reusable = false;
@@ -617,34 +724,89 @@ mod tests {
         assert!(head.ends_with("\r\n\r\n"));
     }
 
+    fn parsed(head: &[u8]) -> (HeaderMap, HeadFacts) {
+        let mut buf = BytesMut::from(head);
+        let (_, _, headers, facts) = parse_head(&mut buf).unwrap().unwrap();
+        (headers, facts)
+    }
+
     #[test]
     fn head_parsing_and_framing_rules() {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nConnection: keep-alive\r\n\r\nabc"[..],
         );
-        let (status, version, headers) = parse_head(&mut buf).unwrap().unwrap();
+        let (status, version, headers, facts) = parse_head(&mut buf).unwrap().unwrap();
         assert_eq!(status, 200);
         assert_eq!(version, Version::HTTP_11);
+        assert_eq!(facts.content_length(), Some(3));
         assert_eq!(content_length(&headers), Some(3));
-        assert!(!connection_close(&headers));
+        assert!(!facts.close);
+        assert!(facts.stripped && !headers.contains_key(header::CONNECTION));
         assert_eq!(&buf[..], b"abc");
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Le"[..]);
         assert!(parse_head(&mut partial).unwrap().is_none());
-        let mut conflicting = HeaderMap::new();
-        conflicting.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
-        conflicting.append(header::CONTENT_LENGTH, HeaderValue::from_static("4"));
-        assert_eq!(content_length(&conflicting), None);
-        let mut te = HeaderMap::new();
-        te.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("gzip, chunked"),
+
+        let lengths = |h: &[u8]| parsed(h).1.content_length();
+        assert_eq!(
+            lengths(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            None
         );
-        assert_eq!(transfer_chunked(&te), Some(true));
-        te.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked, gzip"),
+        assert_eq!(
+            lengths(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"),
+            Some(3)
         );
-        assert_eq!(transfer_chunked(&te), Some(false));
-        assert_eq!(transfer_chunked(&HeaderMap::new()), None);
+        assert_eq!(
+            lengths(b"HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            lengths(b"HTTP/1.1 200 OK\r\nContent-Length: ,\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            lengths(b"HTTP/1.1 200 OK\r\nContent-Length: 3\xff\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            lengths(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n"),
+            None
+        );
+
+        let chunked = |h: &[u8]| parsed(h).1.transfer_chunked();
+        assert_eq!(
+            chunked(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Some(true)
+        );
+        assert_eq!(
+            chunked(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            Some(false)
+        );
+        assert_eq!(
+            chunked(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ),
+            Some(true)
+        );
+        // A value with non-ASCII bytes names no coding: not chunked, framed by the close.
+        assert_eq!(
+            chunked(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \xff, chunked\r\n\r\n"),
+            Some(false)
+        );
+        assert_eq!(chunked(b"HTTP/1.1 200 OK\r\n\r\n"), None);
+
+        // Hop-by-hop headers stay out of the map; Connection naming others keeps them for
+        // strip_hop_by_hop; a 101 keeps everything for the upgrade.
+        let (headers, f) = parsed(
+            b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: x\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nProxy-Authenticate: x\r\nConnection: Close\r\nX-Kept: 1\r\n\r\n",
+        );
+        assert!(f.close && f.stripped);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        let (headers, f) =
+            parsed(b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: s\r\n\r\n");
+        assert!(!f.stripped && headers.contains_key(header::CONNECTION));
+        let (headers, f) = parsed(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert!(!f.stripped && headers.contains_key(header::UPGRADE));
     }
 }

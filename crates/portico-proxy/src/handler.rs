@@ -536,8 +536,11 @@ fn respond(
         }
         return Response::from_parts(parts, body::empty());
     }
+    let stripped = resp.body().hop_by_hop_stripped();
     let (mut parts, incoming) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, false);
+    if !stripped {
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+    }
     parts.version = Version::HTTP_11;
     if let Some(cookie) = set_cookie
         && let Ok(v) = HeaderValue::from_str(&cookie)

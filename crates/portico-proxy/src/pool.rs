@@ -479,6 +479,12 @@ pub(crate) enum UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// Whether the response head came without hop-by-hop headers (the lean path leaves them
+    /// out while parsing), so the handler need not look for them again.
+    pub(crate) fn hop_by_hop_stripped(&self) -> bool {
+        matches!(self, UpstreamBody::Raw(body) if body.hop_by_hop_stripped())
+    }
+
     fn pooled(incoming: Incoming, lease: Lease) -> Self {
         UpstreamBody::Hyper {
             incoming,
