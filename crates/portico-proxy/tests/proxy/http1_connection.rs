@@ -244,33 +244,28 @@ async fn connection_close_and_drain_close_after_the_response() {
 async fn curl_reuses_one_connection_across_methods() {
     let (_backend, proxy) = start().await;
     let base = format!("http://127.0.0.1:{}", proxy.http().port());
-    let out = curl(&[
+    // One curl run, three transfers (`--next`): curl reuses its connection when it may.
+    let each = [
         "-H",
         "Host: echo.test",
         "-o",
         "/dev/null",
         "-w",
         "%{http_code}:%{num_connects} ",
-        &format!("{base}/get"),
-        "--next",
-        "-H",
-        "Host: echo.test",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}:%{num_connects} ",
-        "--data-binary",
-        "payload",
-        &format!("{base}/upload"),
-        "--next",
-        "-H",
-        "Host: echo.test",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}:%{num_connects} ",
-        &format!("{base}/bytes/300000"),
-    ])
-    .await;
+    ];
+    let (get, upload, download) = (
+        format!("{base}/get"),
+        format!("{base}/upload"),
+        format!("{base}/bytes/300000"),
+    );
+    let mut args: Vec<&str> = Vec::new();
+    args.extend(each);
+    args.push(&get);
+    args.push("--next");
+    args.extend(each);
+    args.extend(["--data-binary", "payload", &upload, "--next"]);
+    args.extend(each);
+    args.push(&download);
+    let out = curl(&args).await;
     assert_eq!(stdout(&out).trim(), "200:1 200:0 200:0", "{out:?}");
 }

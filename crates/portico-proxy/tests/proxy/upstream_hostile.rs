@@ -79,19 +79,25 @@ impl Scripted {
     }
 }
 
+/// The next request head on `stream` (requests through the proxy here have no body, so a
+/// head is the whole request); `None` once the peer is gone.
+async fn next_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head: Vec<u8> = buf.drain(..at + 4).collect();
+            return Some(String::from_utf8_lossy(&head).into_owned());
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 async fn serve(mut stream: TcpStream, requests: Arc<AtomicUsize>, script: Arc<Vec<Reply>>) {
     let mut buf = Vec::new();
-    loop {
-        // Requests through the proxy here have no body: a head ends the request.
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        buf.drain(..end);
+    while next_head(&mut stream, &mut buf).await.is_some() {
         let n = requests.fetch_add(1, Ordering::SeqCst);
         let reply = script.get(n).cloned().unwrap_or_else(|| keep(GOOD));
         if stream.write_all(&reply.bytes).await.is_err() || reply.close {
@@ -488,17 +494,7 @@ impl ByPath {
                 let cases = cases.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    loop {
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            let mut chunk = [0u8; 4096];
-                            match stream.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        buf.drain(..end);
+                    while let Some(head) = next_head(&mut stream, &mut buf).await {
                         let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
                         let reply = match path.strip_prefix("/case/") {
                             Some(n) => cases[n.parse::<usize>().unwrap()].clone(),
