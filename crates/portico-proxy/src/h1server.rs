@@ -40,31 +40,18 @@ pub(crate) enum Next {
     HandOver(Bytes),
 }
 
-/// What the connection's driver and the lean loop share.
-pub(crate) struct LeanState {
-    /// Between requests (nothing read, nothing owed): a close may end the connection now.
-    pub idle: AtomicBool,
-    /// Finish the request in flight with `Connection: close`, then close.
-    pub closing: AtomicBool,
-}
-
-impl LeanState {
-    pub(crate) fn new() -> Self {
-        Self {
-            idle: AtomicBool::new(true),
-            closing: AtomicBool::new(false),
-        }
-    }
-}
-
-/// Serves requests until one is not for the lean path or the connection ends. `pending` is
-/// held while a request waits for its response (the idle watchdog skips such connections).
+/// Serves requests until one is not for the lean path or the connection ends. `idle` is
+/// raised between requests (nothing read, nothing owed: a close may end the connection
+/// then); `closing` says a close was asked for (the request in flight is answered with
+/// `Connection: close`); `pending` is held while a request waits for its response (the idle
+/// watchdog skips such connections).
 pub(crate) async fn serve<I, G>(
     io: &mut I,
     conn: ConnInfo,
     shared: &Shared,
     max_header_bytes: usize,
-    state: &LeanState,
+    idle: &AtomicBool,
+    closing: impl Fn() -> bool,
     pending: impl Fn() -> G,
 ) -> Next
 where
@@ -72,8 +59,8 @@ where
 {
     let mut buf = BytesMut::new();
     loop {
-        state.idle.store(true, Ordering::Release);
-        if state.closing.load(Ordering::Acquire) {
+        idle.store(true, Ordering::Release);
+        if closing() {
             return Next::Closed;
         }
         buf.reserve(READ_BUF);
@@ -81,7 +68,7 @@ where
             Ok(0) | Err(_) => return Next::Closed,
             Ok(_) => {}
         }
-        state.idle.store(false, Ordering::Release);
+        idle.store(false, Ordering::Release);
         let Some(req) = parse_request(&mut buf, max_header_bytes) else {
             return Next::HandOver(buf.freeze());
         };
@@ -90,8 +77,7 @@ where
         let resp = handler::handle(shared, conn, req, None).await;
         drop(guard);
         // After a 400 the client's framing is not to be trusted further (as nginx does).
-        let close =
-            state.closing.load(Ordering::Acquire) || resp.status() == StatusCode::BAD_REQUEST;
+        let close = closing() || resp.status() == StatusCode::BAD_REQUEST;
         match write_response(io, resp, is_head, close).await {
             Ok(true) if !close => {}
             _ => {
@@ -241,39 +227,34 @@ where
         io.flush().await?;
         return Ok(true);
     }
+    // The first frame is usually ready (a small body read with the upstream head): it goes
+    // out with the head in one write. If not, the head goes out alone first.
+    let mut ready = match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await
+    {
+        Poll::Ready(frame) => Some(frame),
+        Poll::Pending => {
+            io.write_all(&out).await?;
+            io.flush().await?;
+            out.clear();
+            None
+        }
+    };
     let mut sent: u64 = 0;
-    let mut first = true;
     loop {
-        // The first frame is usually ready (a small body read with the upstream head): it
-        // goes out with the head in one write.
-        let frame = if first {
-            first = false;
-            match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
-                Poll::Ready(frame) => frame,
-                Poll::Pending => {
-                    io.write_all(&out).await?;
-                    io.flush().await?;
-                    out.clear();
-                    std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
-                }
-            }
-        } else {
-            std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+        let frame = match ready.take() {
+            Some(frame) => frame,
+            None => std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await,
         };
-        let data = match frame {
+        let mut data = match frame {
             None => break,
             Some(Err(_)) => return Err(io::Error::other("response body failed")),
             // Trailers: HTTP/1.1 sends them only to clients that ask (TE: trailers), and
             // those go to hyper.
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                Err(_) => continue,
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
             },
         };
-        if data.is_empty() {
-            continue;
-        }
-        let mut data = data;
         if let Framing::Length(len) = framing {
             let room = len - sent;
             if data.len() as u64 > room {
@@ -344,9 +325,7 @@ fn encode_head(
     match framing {
         Framing::None => {}
         Framing::Length(len) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(len.to_string().as_bytes());
-            out.extend_from_slice(b"\r\n");
+            let _ = write!(out, "content-length: {len}\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }

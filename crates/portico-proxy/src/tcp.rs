@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body;
 use crate::config::Limits;
-use crate::h1server::{self, LeanState, Prefixed};
+use crate::h1server::{self, Prefixed};
 use crate::handler::{self, ConnInfo, Shared, Transport};
 
 /// Binds a TCP listener; IPv6 sockets are v6-only so `[::]` and `0.0.0.0` can share a port.
@@ -202,8 +202,7 @@ where
     let mut conn = pin!(conn);
     let mut closing = false;
     let result = std::future::poll_fn(|cx| {
-        watch.register(cx.waker());
-        let raised = watch.flags.load(Ordering::Acquire);
+        let raised = watch.raised(cx);
         if raised & Watch::DROP != 0 {
             return Poll::Ready(None);
         }
@@ -231,27 +230,22 @@ async fn serve_lean<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let state = LeanState::new();
+    let idle = AtomicBool::new(true);
     let lean = h1server::serve(
         io,
         info,
         &serve.shared,
         serve.limits.max_header_bytes,
-        &state,
+        &idle,
+        || watch.flags.load(Ordering::Acquire) & Watch::CLOSE != 0,
         || activity.pending(),
     );
     let mut lean = pin!(lean);
     let next = std::future::poll_fn(|cx| {
-        watch.register(cx.waker());
-        let raised = watch.flags.load(Ordering::Acquire);
-        if raised & Watch::DROP != 0 {
+        let raised = watch.raised(cx);
+        if raised & Watch::DROP != 0 || (raised & Watch::CLOSE != 0 && idle.load(Ordering::Acquire))
+        {
             return Poll::Ready(h1server::Next::Closed);
-        }
-        if raised & Watch::CLOSE != 0 {
-            state.closing.store(true, Ordering::Release);
-            if state.idle.load(Ordering::Acquire) {
-                return Poll::Ready(h1server::Next::Closed);
-            }
         }
         lean.as_mut().poll(cx)
     })
@@ -275,12 +269,14 @@ impl Watch {
     /// Drop the connection now (drain deadline, or still silent after a close was asked).
     const DROP: u8 = 2;
 
-    fn register(&self, waker: &std::task::Waker) {
+    /// The flags raised so far; the connection's task is woken when more are.
+    fn raised(&self, cx: &Context<'_>) -> u8 {
         if let Ok(mut slot) = self.waker.lock()
-            && !slot.as_ref().is_some_and(|w| w.will_wake(waker))
+            && !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
         {
-            *slot = Some(waker.clone());
+            *slot = Some(cx.waker().clone());
         }
+        self.flags.load(Ordering::Acquire)
     }
 
     fn raise(&self, flag: u8) {
