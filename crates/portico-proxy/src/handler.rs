@@ -221,20 +221,15 @@ async fn forward(
     let protocol = policy.backend_protocol;
     let (mut parts, body) = req.into_parts();
 
+    // A body gets its client-side layer (size limit, client faults) inside the send watch
+    // (proxy-send-timeout: only a body can stall on its way upstream), in one box.
     let client_fault = Arc::new(ClientBodyFault::default());
-    let body = if body.is_end_stream() {
-        body
-    } else {
-        ProxyBody::new(LimitedBody::new(
-            body,
-            policy.max_body_bytes,
-            client_fault.clone(),
-        ))
-    };
-    // proxy-send-timeout: only a body can stall on its way upstream.
     let send_watch = (!body.is_end_stream()).then(SendWatch::new);
     let mut body = match &send_watch {
-        Some(watch) => ProxyBody::new(WatchedBody::new(body, watch.clone())),
+        Some(watch) => ProxyBody::new(WatchedBody::new(
+            LimitedBody::new(body, policy.max_body_bytes, client_fault.clone()),
+            watch.clone(),
+        )),
         None => body,
     };
 

@@ -54,18 +54,22 @@ impl SendWatch {
 }
 
 /// The request body on its way upstream, reporting each hand-over to a [`SendWatch`].
-pub(crate) struct WatchedBody {
-    inner: ProxyBody,
+/// Generic over the inner body so the client body's layers take one box, not one each.
+pub(crate) struct WatchedBody<B = ProxyBody> {
+    inner: B,
     watch: Arc<SendWatch>,
 }
 
-impl WatchedBody {
-    pub(crate) fn new(inner: ProxyBody, watch: Arc<SendWatch>) -> Self {
+impl<B> WatchedBody<B> {
+    pub(crate) fn new(inner: B, watch: Arc<SendWatch>) -> Self {
         Self { inner, watch }
     }
 }
 
-impl Body for WatchedBody {
+impl<B> Body for WatchedBody<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 
