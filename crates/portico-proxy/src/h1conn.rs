@@ -200,7 +200,7 @@ pub(crate) async fn read_response(
                 reusable = false;
                 Framing::UntilClose
             }
-        } else if facts.length_present {
+        } else if facts.length.present {
             Framing::Length(
                 facts
                     .content_length()
@@ -320,11 +320,8 @@ struct HeadFacts {
     transfer_encoding: bool,
     /// The last transfer coding named is chunked.
     chunked_last: bool,
-    /// A Content-Length header was present.
-    length_present: bool,
-    /// The one length all Content-Length values agree on; `None` if they do not.
-    length: Option<u64>,
-    length_bad: bool,
+    /// The Content-Length values.
+    length: Length,
     /// No hop-by-hop header is left in the map.
     stripped: bool,
 }
@@ -346,22 +343,7 @@ impl HeadFacts {
                 self.names_listed
             }
             14 if name.eq_ignore_ascii_case(b"content-length") => {
-                self.length_present = true;
-                for token in ascii_tokens(value) {
-                    let n = std::str::from_utf8(token)
-                        .ok()
-                        .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
-                        .and_then(|t| t.parse::<u64>().ok());
-                    match (n, self.length) {
-                        (None, _) => self.length_bad = true,
-                        (Some(n), Some(prev)) if prev != n => self.length_bad = true,
-                        (Some(n), _) => self.length = Some(n),
-                    }
-                }
-                // Non-ASCII bytes make the value say nothing, hence an invalid length.
-                if !is_visible_ascii(value) {
-                    self.length_bad = true;
-                }
+                self.length.add(value);
                 true
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
@@ -383,7 +365,7 @@ impl HeadFacts {
 
     /// One length, or a list of identical ones (RFC 9110 §8.6); `None` when invalid.
     fn content_length(&self) -> Option<u64> {
-        if self.length_bad { None } else { self.length }
+        self.length.value()
     }
 }
 
@@ -417,30 +399,46 @@ fn ascii_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
 /// One length, or a list of identical ones (RFC 9110 §8.6); anything else is invalid.
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut found = None;
-    for token in tokens(headers, &header::CONTENT_LENGTH) {
-        if !token.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
+    let mut length = Length::default();
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        length.add(value.as_bytes());
+    }
+    length.value()
+}
+
+/// Content-Length values folded together: the one length they agree on, or invalid.
+#[derive(Default, Debug)]
+struct Length {
+    present: bool,
+    found: Option<u64>,
+    bad: bool,
+}
+
+impl Length {
+    fn add(&mut self, value: &[u8]) {
+        self.present = true;
+        // Non-ASCII bytes make the value say nothing, hence an invalid length.
+        if !is_visible_ascii(value) {
+            self.bad = true;
         }
-        let n: u64 = token.parse().ok()?;
-        match found {
-            Some(prev) if prev != n => return None,
-            _ => found = Some(n),
+        for token in ascii_tokens(value) {
+            let n = std::str::from_utf8(token)
+                .ok()
+                .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|t| t.parse::<u64>().ok());
+            match (n, self.found) {
+                (Some(n), None) => self.found = Some(n),
+                (Some(n), Some(prev)) if prev == n => {}
+                _ => self.bad = true,
+            }
         }
     }
-    found
+
+    fn value(&self) -> Option<u64> {
+        if self.bad { None } else { self.found }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
