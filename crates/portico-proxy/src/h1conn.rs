@@ -508,20 +508,9 @@ impl RawBody {
                 return Poll::Ready(None);
             };
             match self.chunk {
-                ChunkState::Size => {
-                    if let Some(eol) = find_crlf(&conn.buf) {
-                        let line = &conn.buf[..eol];
-                        let hex = line.split(|&b| b == b';').next().unwrap_or(b"");
-                        let hex = std::str::from_utf8(hex).map(str::trim).unwrap_or("");
-                        let size = if hex.is_empty() || hex.len() > 16 {
-                            None
-                        } else {
-                            u64::from_str_radix(hex, 16).ok()
-                        };
-                        let Some(size) = size else {
-                            return self.fail(ExchangeError::Invalid("bad chunk size"));
-                        };
-                        conn.buf.advance(eol + 2);
+                ChunkState::Size => match chunk_size_line(&conn.buf) {
+                    Ok(Some((size, len))) => {
+                        conn.buf.advance(len);
                         self.chunk = if size == 0 {
                             ChunkState::Trailers
                         } else {
@@ -529,10 +518,12 @@ impl RawBody {
                         };
                         continue;
                     }
-                    if conn.buf.len() > MAX_CHUNK_LINE {
+                    Ok(None) if conn.buf.len() > MAX_CHUNK_LINE => {
                         return self.fail(ExchangeError::Invalid("chunk size line too long"));
                     }
-                }
+                    Ok(None) => {}
+                    Err(why) => return self.fail(ExchangeError::Invalid(why)),
+                },
                 ChunkState::Data(remaining) => {
                     if !conn.buf.is_empty() {
                         let n = remaining.min(conn.buf.len() as u64) as usize;
@@ -600,11 +591,41 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn find_crlf(buf: &[u8]) -> Option<usize> {
-    buf.iter()
-        .position(|&b| b == b'\n')
-        .filter(|&i| i > 0 && buf[i - 1] == b'\r')
-        .map(|i| i - 1)
+/// A chunk-size line at the start of `buf`, exactly as strictly as hyper reads one:
+/// `1*HEXDIG *(SP / HTAB) [";" extension] CRLF`, where the extension holds no CR or LF. Its
+/// size and length (CRLF included), `None` while incomplete, or an error at the first byte
+/// that cannot belong to one (no sign, no leading space, no bare LF, no overflow).
+fn chunk_size_line(buf: &[u8]) -> Result<Option<(u64, usize)>, &'static str> {
+    enum At {
+        Size,
+        Space,
+        Extension,
+        Lf,
+    }
+    let mut size: u64 = 0;
+    let mut at = At::Size;
+    for (i, &b) in buf.iter().enumerate() {
+        at = match (at, b) {
+            (At::Size, _) if b.is_ascii_hexdigit() => {
+                let digit = char::from(b).to_digit(16).unwrap_or(0);
+                size = size
+                    .checked_mul(16)
+                    .and_then(|s| s.checked_add(u64::from(digit)))
+                    .ok_or("chunk size overflows")?;
+                At::Size
+            }
+            (At::Size, _) if i == 0 => return Err("chunk size line without a size digit"),
+            (At::Size | At::Space, b' ' | b'\t') => At::Space,
+            (At::Size | At::Space, b';') => At::Extension,
+            (At::Size | At::Space | At::Extension, b'\r') => At::Lf,
+            (At::Extension, b'\n') => return Err("chunk extension with a bare LF"),
+            (At::Extension, _) => At::Extension,
+            (At::Lf, b'\n') => return Ok(Some((size, i + 1))),
+            (At::Lf, _) => return Err("chunk size line with CR not followed by LF"),
+            (At::Size | At::Space, _) => return Err("bad chunk size"),
+        };
+    }
+    Ok(None)
 }
 
 impl http_body::Body for RawBody {
@@ -806,5 +827,39 @@ mod tests {
             b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
         );
         assert!(!f.stripped && headers.contains_key(header::UPGRADE));
+    }
+
+    #[test]
+    fn chunk_size_lines_are_read_as_strictly_as_hyper_does() {
+        let ok: &[(&[u8], u64, usize)] = &[
+            (b"5\r\nhello", 5, 3),
+            (b"00aF\r\n", 0xaf, 6),
+            (b"5 \t ;name=value\r\n", 5, 17),
+            (b"5;a=\"b\"\r\n", 5, 9),
+            (b"0\r\n\r\n", 0, 3),
+        ];
+        for (line, size, len) in ok {
+            assert_eq!(chunk_size_line(line), Ok(Some((*size, *len))), "{line:?}");
+        }
+        for partial in [&b""[..], b"5", b"5 ", b"5;x", b"5\r"] {
+            assert_eq!(chunk_size_line(partial), Ok(None), "{partial:?}");
+        }
+        // Refused at the offending byte, without waiting for a line end.
+        for bad in [
+            &b"+5"[..],
+            b" 5",
+            b"\t5",
+            b"-5",
+            b"0x5",
+            b"5\n",
+            b"5;x\n",
+            b"5\rx",
+            b"5 6",
+            b"\r\n",
+            b"5\x00",
+            b"1ffffffffffffffff\r\n",
+        ] {
+            assert!(chunk_size_line(bad).is_err(), "{bad:?}");
+        }
     }
 }
