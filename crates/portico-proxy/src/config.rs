@@ -29,6 +29,10 @@ pub struct ProxyConfig {
     /// One `tracing` info event (target `portico::access`) per request: protocol, method,
     /// host, path without query, status, Ingress, upstream, time to response head, client.
     pub access_log: bool,
+    /// Peers whose `Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `X-Scheme`, `X-Original-URL`
+    /// and similar headers are believed (a load balancer in front). From anyone else those
+    /// headers are dropped and `X-Forwarded-For` starts afresh with the peer. Empty: nobody.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ProxyConfig {
@@ -43,6 +47,7 @@ impl Default for ProxyConfig {
             limits: Limits::default(),
             server_name: "portico".to_owned(),
             access_log: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One request, whatever protocol it came in on: route it through the current table, apply
 //! the route's policy, forward it to an endpoint and shape the response.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use crate::body::{self, ClientBodyFault, LimitedBody, ProxyBody, Reclaimable, Ti
 use crate::headers::{self, Forwarded};
 use crate::observe::{self, Observation, Protocol, ProxyMetrics, RequestFacts, Trace};
 use crate::pool::UpstreamBody;
+use crate::request_path;
 use crate::send_watch::{SendWatch, WatchedBody};
 use crate::upstream::{self, Clients, Health};
 
@@ -38,6 +40,18 @@ pub(crate) struct Shared {
     pub metrics: Arc<ProxyMetrics>,
     /// Emit one `portico::access` event per request.
     pub access_log: bool,
+    /// Peers whose forwarding headers are believed (`ProxyConfig::trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Shared {
+    /// Whether `peer` is a trusted proxy whose forwarding headers are believed.
+    fn trusts(&self, peer: SocketAddr) -> bool {
+        !self.trusted_proxies.is_empty() && {
+            let ip = headers::canonical_ip(peer.ip());
+            self.trusted_proxies.iter().any(|net| net.contains(&ip))
+        }
+    }
 }
 
 /// How the client reached us.
@@ -109,7 +123,7 @@ pub(crate) async fn handle(
 async fn route_and_forward(
     shared: &Shared,
     conn: ConnInfo,
-    req: Request<ProxyBody>,
+    mut req: Request<ProxyBody>,
     upgrade: Option<OnUpgrade>,
     trace: &mut Trace,
 ) -> Response<ProxyBody> {
@@ -119,10 +133,19 @@ async fn route_and_forward(
     if req.method() == Method::CONNECT {
         return error(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
     }
+    // Routing, policy and the upstream all see the canonical path (finding H4).
+    match request_path::normalize(req.uri().path()) {
+        Ok(Cow::Borrowed(_)) => {}
+        Ok(Cow::Owned(path)) => match with_path(req.uri(), &path) {
+            Some(uri) => *req.uri_mut() = uri,
+            None => return error(StatusCode::BAD_REQUEST, "invalid request target"),
+        },
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
     let request_host = headers::RequestHost::of(req.uri(), req.headers());
     let host = request_host.as_str();
     let table = shared.table.load_full();
-    let Some(route) = table.lookup(host, req.uri().path()) else {
+    let Some(route) = table.lookup(host, &request_path::without_params(req.uri().path())) else {
         return error(StatusCode::NOT_FOUND, "no route for this host and path");
     };
     if trace.enabled {
@@ -163,8 +186,14 @@ fn malformed(req: &Request<ProxyBody>) -> Option<Response<ProxyBody>> {
             "both Transfer-Encoding and Content-Length",
         ));
     }
+    // Two `Host` lines: which one a backend believes is anyone's guess (RFC 9112 §3.2).
+    let mut hosts = headers.get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Some(error(StatusCode::BAD_REQUEST, "more than one Host"));
+    }
     match headers::request_host(req.uri(), headers) {
-        Some(host) if !headers::valid_authority(host) => {
+        // userinfo in an authority is not a host (RFC 9110 §4.2.4).
+        Some(host) if !headers::valid_authority(host) || host.contains('@') => {
             Some(error(StatusCode::BAD_REQUEST, "invalid host"))
         }
         None if req.version() == Version::HTTP_11 => {
@@ -172,6 +201,17 @@ fn malformed(req: &Request<ProxyBody>) -> Option<Response<ProxyBody>> {
         }
         _ => None,
     }
+}
+
+/// `uri` with its path replaced by `path` (scheme, authority and query kept).
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(target).ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 fn declared_length(req: &Request<ProxyBody>) -> Option<u64> {
@@ -248,10 +288,15 @@ async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, token.clone());
     }
-    if !parts.headers.contains_key(header::HOST)
+    // The backend sees the host we routed by (finding M1): with an absolute-form target or
+    // `:authority`, a different `Host` from the client is replaced (RFC 9112 §3.2.2).
+    if (parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST))
         && let Ok(v) = HeaderValue::from_str(host)
     {
         parts.headers.insert(header::HOST, v);
+    }
+    if !shared.trusts(conn.peer) {
+        headers::strip_client_forwarding(&mut parts.headers);
     }
     let forwarded = headers::forwarded_values(
         &parts.headers,
@@ -272,9 +317,11 @@ async fn forward(
         Version::HTTP_11
     };
     // The original path and query are reused as they are (no re-parse) unless rewritten.
-    let upstream_path = match route.upstream_path(parts.uri.path()) {
-        std::borrow::Cow::Borrowed(_) => parts.uri.path_and_query().cloned(),
-        std::borrow::Cow::Owned(path) => {
+    // rewrite-target captures come from the path routes matched (canonical, no parameters).
+    let matched_path = request_path::without_params(parts.uri.path());
+    let upstream_path = match route.upstream_path(&matched_path) {
+        Cow::Borrowed(_) => parts.uri.path_and_query().cloned(),
+        Cow::Owned(path) => {
             let target = match parts.uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path,

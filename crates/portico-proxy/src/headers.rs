@@ -17,6 +17,8 @@ pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forw
 pub(crate) static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 pub(crate) static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_SCHEME: HeaderName = HeaderName::from_static("x-scheme");
+static X_FORWARDED_SCHEME: HeaderName = HeaderName::from_static("x-forwarded-scheme");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -84,6 +86,43 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) 
     }
 }
 
+/// Whether a client's header claims something only a proxy in front of us may say: where
+/// the request came from, its scheme, host or original URL (`Forwarded`, `X-Forwarded-*`,
+/// `X-Real-IP`, `True-Client-IP`, `X-Client-IP`, `X-Scheme`, `X-Original-URL`/`-URI`,
+/// `X-Rewrite-URL`). Names are lowercase in a `HeaderMap`.
+fn client_cannot_claim(name: &str) -> bool {
+    // By length first: most headers are none of these.
+    match name.len() {
+        8 => name == "x-scheme",
+        9 => name == "forwarded" || name == "x-real-ip",
+        12.. if name.starts_with("x-forwarded-") => true,
+        11 => name == "x-client-ip",
+        13 => name == "x-rewrite-url",
+        14 => name == "x-original-url" || name == "x-original-uri" || name == "true-client-ip",
+        _ => false,
+    }
+}
+
+/// Drops every header [`client_cannot_claim`]: the peer is not a trusted proxy, so what it
+/// says about an earlier hop is not believed (finding L1). One pass over the names; nothing
+/// is removed or allocated when there is none (most requests).
+pub(crate) fn strip_client_forwarding(headers: &mut HeaderMap) {
+    if !headers
+        .keys()
+        .any(|name| client_cannot_claim(name.as_str()))
+    {
+        return;
+    }
+    let claimed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| client_cannot_claim(name.as_str()))
+        .cloned()
+        .collect();
+    for name in claimed {
+        headers.remove(name);
+    }
+}
+
 /// What the backend is told about the client's connection.
 pub(crate) struct Forwarded<'a> {
     pub client: IpAddr,
@@ -119,20 +158,23 @@ where
 
 type OneEntry<K> = RefCell<Option<(K, HeaderValue)>>;
 
-/// The `X-Forwarded-*` family and `X-Real-IP` for one request, plus `X-Request-ID` when it
-/// has none: inserted into the header map, or written straight into the upstream request
-/// head by the lean HTTP/1.1 path (six hashed insertions saved).
+/// The `X-Forwarded-*` family, `X-Scheme` and `X-Real-IP` for one request, plus
+/// `X-Request-ID` when it has none: inserted into the header map, or written straight into
+/// the upstream request head by the lean HTTP/1.1 path (eight hashed insertions saved).
 pub(crate) struct ForwardedValues {
-    values: [Option<HeaderValue>; 6],
+    values: [Option<HeaderValue>; 8],
 }
 
-/// In the order of [`ForwardedValues::values`].
-static FORWARDED_NAMES: [&HeaderName; 6] = [
+/// In the order of [`ForwardedValues::values`]. `X-Scheme` and `X-Forwarded-Scheme` as
+/// ingress-nginx sets them, for applications that read those.
+static FORWARDED_NAMES: [&HeaderName; 8] = [
     &X_FORWARDED_FOR,
     &X_REAL_IP,
     &X_FORWARDED_PROTO,
     &X_FORWARDED_HOST,
     &X_FORWARDED_PORT,
+    &X_SCHEME,
+    &X_FORWARDED_SCHEME,
     &X_REQUEST_ID,
 ];
 
@@ -173,7 +215,8 @@ impl ForwardedValues {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` and sets the rest of the family.
+/// Appends the client to `X-Forwarded-For` (a client that is not a trusted proxy has had
+/// its own removed by [`strip_client_forwarding`]) and sets the rest of the family.
 #[cfg(test)]
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
     forwarded_values(headers, fwd).insert_into(headers);
@@ -206,6 +249,8 @@ pub(crate) fn forwarded_values(headers: &HeaderMap, fwd: &Forwarded<'_>) -> Forw
             Some(HeaderValue::from_static(fwd.proto)),
             one_entry_cached(&HOST, fwd.host, |h| HeaderValue::from_str(h).ok()),
             one_entry_cached(&PORT, &fwd.port, |p| Some(HeaderValue::from(*p))),
+            Some(HeaderValue::from_static(fwd.proto)),
+            Some(HeaderValue::from_static(fwd.proto)),
             (!headers.contains_key(&X_REQUEST_ID)).then(request_id),
         ],
     }
@@ -471,11 +516,50 @@ mod tests {
             .iter()
             .map(|(n, v)| (n.as_str(), v.clone()))
             .collect();
-        assert_eq!(sent.len(), 5);
+        assert_eq!(sent.len(), 7);
         assert!(sent.contains(&("x-real-ip", HeaderValue::from_static("192.0.2.1"))));
         let fresh = forwarded_values(&HeaderMap::new(), &fwd);
         assert!(fresh.replaces(&X_REQUEST_ID));
-        assert_eq!(fresh.iter().count(), 6);
+        assert_eq!(fresh.iter().count(), 8);
+    }
+
+    #[test]
+    fn claims_only_a_proxy_may_make_are_stripped() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-forwarded-scheme",
+            "x-forwarded-prefix",
+            "x-scheme",
+            "x-real-ip",
+            "x-client-ip",
+            "true-client-ip",
+            "x-original-url",
+            "x-original-uri",
+            "x-rewrite-url",
+        ] {
+            h.append(name, HeaderValue::from_static("spoofed"));
+        }
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(header::HOST, HeaderValue::from_static("a.test"));
+        strip_client_forwarding(&mut h);
+        let mut left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-kept"]);
+        let fwd = Forwarded {
+            client: "192.0.2.1".parse().unwrap(),
+            proto: "https",
+            host: "a.test",
+            port: 443,
+        };
+        add_forwarded(&mut h, &fwd);
+        assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.1");
+        assert_eq!(h["x-scheme"], "https");
+        assert_eq!(h["x-forwarded-scheme"], "https");
     }
 
     #[test]

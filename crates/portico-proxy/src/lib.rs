@@ -9,6 +9,7 @@
 //! - `tcp` / `quic`: listeners, accept loops, per-connection limits and drain;
 //! - `h1server`: the lean HTTP/1.1 loop for plain requests, handing anything else to hyper;
 //! - `tls`: the certificate resolver shared by TCP and QUIC, reading the current table;
+//! - `request_path`: the canonical request path that routing and policy see;
 //! - `handler`: routing, per-route policy, forwarding, retries, error pages, WebSockets;
 //! - `observe`: per-request counters and the optional access log;
 //! - `upstream`: backend clients, endpoint choice and passive ejection; `pool`: the
@@ -25,6 +26,7 @@ mod headers;
 mod observe;
 mod pool;
 mod quic;
+mod request_path;
 mod send_watch;
 pub mod table_file;
 mod tcp;
@@ -106,6 +108,7 @@ impl Proxy {
             force: CancellationToken::new(),
             metrics: Arc::default(),
             access_log: config.access_log,
+            trusted_proxies: config.trusted_proxies.clone(),
         });
         Ok(Self {
             config,
