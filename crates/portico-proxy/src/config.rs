@@ -59,7 +59,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// How long a client may take to send a complete request head (slowloris).
     pub header_read_timeout: Duration,
-    /// A connection with no request in flight and no bytes moving is closed after this.
+    /// A connection with no request activity for this long is closed: no request waiting
+    /// for its response and no body bytes moving. HTTP/2 PING, SETTINGS, WINDOW_UPDATE and
+    /// empty frames, and QUIC PINGs, do not count.
     pub idle_timeout: Duration,
     /// How long a TLS handshake may take.
     pub handshake_timeout: Duration,
@@ -69,6 +71,31 @@ pub struct Limits {
     pub max_pending_accept_reset_streams: usize,
     /// HTTP/2 streams the server may reset for protocol errors before it closes the connection.
     pub max_local_error_reset_streams: usize,
+    /// Client connections open at once over every listener, TCP and QUIC together (TLS and
+    /// QUIC handshakes included). Past it a TCP connection is closed at once and a QUIC
+    /// connection attempt refused, before any handshake work.
+    pub max_connections: usize,
+    /// Client connections open at once from one client: an IPv4 address, or an IPv6 /64.
+    pub max_connections_per_ip: usize,
+    /// A response that makes no progress towards the client for this long (flow-control
+    /// window withheld, or the client not reading its socket) closes the connection (HTTP/1.1,
+    /// HTTP/2) or resets the stream (HTTP/3): nginx's `send_timeout`.
+    pub send_timeout: Duration,
+    /// HTTP/2: response bytes buffered per stream beyond what the socket took (hyper's
+    /// `max_send_buf_size`). With `max_concurrent_streams` it bounds what a client that does
+    /// not read holds per connection (see ARCHITECTURE.md, portico-proxy).
+    pub h2_stream_send_buffer: usize,
+    /// QUIC: request body bytes a client may send ahead of us on one stream.
+    pub quic_stream_receive_window: u32,
+    /// QUIC: request body bytes a client may send ahead of us on all streams of a connection.
+    pub quic_receive_window: u32,
+    /// QUIC: response bytes buffered per connection, unsent or unacknowledged.
+    pub quic_send_window: u64,
+    /// QUIC address validation: with this many handshakes in progress on a listener, a
+    /// client whose address is not yet validated gets a Retry first (one round trip more;
+    /// a spoofed source never answers it, so a flood costs one stateless packet each).
+    /// 0: always.
+    pub quic_retry_above_handshakes: usize,
 }
 
 impl Default for Limits {
@@ -78,9 +105,17 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
             handshake_timeout: Duration::from_secs(10),
-            max_concurrent_streams: 128,
+            max_concurrent_streams: 100,
             max_pending_accept_reset_streams: 50,
             max_local_error_reset_streams: 256,
+            max_connections: 50_000,
+            max_connections_per_ip: 1_000,
+            send_timeout: Duration::from_secs(60),
+            h2_stream_send_buffer: 64 * 1024,
+            quic_stream_receive_window: 256 * 1024,
+            quic_receive_window: 1024 * 1024,
+            quic_send_window: 2 * 1024 * 1024,
+            quic_retry_above_handshakes: 128,
         }
     }
 }

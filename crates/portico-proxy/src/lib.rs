@@ -7,6 +7,8 @@
 //!
 //! Modules, in the order a request meets them:
 //! - `tcp` / `quic`: listeners, accept loops, per-connection limits and drain;
+//! - `limits`: connection limits, global and per client; `activity`: what keeps a TCP
+//!   connection from being idle, and when a response is stalled by its client;
 //! - `h1server`: the lean HTTP/1.1 loop for plain requests, handing anything else to hyper;
 //! - `tls`: the certificate resolver shared by TCP and QUIC, reading the current table;
 //! - `request_path`: the canonical request path that routing and policy see;
@@ -17,12 +19,14 @@
 //! - `headers`, `body`: the header rules of a proxy and streaming body adapters;
 //! - `table_file`: a routing table from a YAML manifest, for running standalone.
 
+mod activity;
 mod body;
 mod config;
 mod h1conn;
 mod h1server;
 mod handler;
 mod headers;
+mod limits;
 mod observe;
 mod pool;
 mod quic;
@@ -46,6 +50,7 @@ use tokio_util::task::TaskTracker;
 
 pub use body::ProxyBody;
 pub use config::{Limits, ProxyConfig};
+pub use limits::ConnectionsSnapshot;
 pub use observe::{LATENCY_BUCKETS, LatencySnapshot, MetricsSnapshot, Protocol, StatusClass};
 pub use quic::QuicError;
 pub use tls::{TlsError, certified_key_from_pem, generate_default_certificate};
@@ -168,6 +173,12 @@ impl Proxy {
                 .set(HeaderValue::from_str(&value).expect("digits and quotes"));
         }
         let builder = Arc::new(tcp::http_builder(limits));
+        // One count for every listener: the limits are the process's, not a port's.
+        let conns = Arc::new(limits::ConnLimits::new(
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            self.shared.metrics.connections.clone(),
+        ));
         for (listener, tls) in tcp_listeners {
             let serve = Arc::new(tcp::Serve {
                 shared: self.shared.clone(),
@@ -176,6 +187,7 @@ impl Proxy {
                 limits: limits.clone(),
                 draining: self.draining.clone(),
                 connections: self.connections.clone(),
+                conns: conns.clone(),
             });
             self.connections.spawn(tcp::accept_loop(listener, serve));
         }
@@ -185,6 +197,8 @@ impl Proxy {
                 limits: limits.clone(),
                 draining: self.draining.clone(),
                 connections: self.connections.clone(),
+                conns: conns.clone(),
+                handshakes: Default::default(),
             });
             self.connections
                 .spawn(quic::accept_loop(endpoint.clone(), serve));

@@ -73,6 +73,8 @@ pub(crate) struct ProxyMetrics {
     /// Per-bucket (not cumulative) counts; the last one is `+Inf`.
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_nanos: AtomicU64,
+    /// Connection limits, idle closes and send timeouts (`limits`).
+    pub(crate) connections: std::sync::Arc<crate::limits::ConnCounters>,
 }
 
 impl ProxyMetrics {
@@ -112,6 +114,7 @@ impl ProxyMetrics {
         MetricsSnapshot {
             requests,
             upstream_errors: self.upstream_errors.load(Relaxed),
+            connections: self.connections.snapshot(),
             latency: LatencySnapshot {
                 count: buckets.iter().map(|&(_, n)| n).sum(),
                 sum_seconds: self.latency_sum_nanos.load(Relaxed) as f64 / 1e9,
@@ -130,6 +133,7 @@ pub struct MetricsSnapshot {
     /// Upstream attempts that failed (connect error, reset, timeout).
     pub upstream_errors: u64,
     pub latency: LatencySnapshot,
+    pub connections: crate::limits::ConnectionsSnapshot,
 }
 
 impl MetricsSnapshot {

@@ -8,12 +8,18 @@
 //! on both sides), so cancelled streams cannot pile up work beyond that limit. Beyond it, a
 //! connection that cancels more requests than it lets finish, past an allowance, is closed
 //! with `H3_EXCESSIVE_LOAD` and the work of its open streams is dropped ([`CancelBudget`]).
+//!
+//! Exhaustion: an attempt past the connection limits (`limits`) is refused before its
+//! handshake; with many handshakes in progress an unvalidated client gets a Retry first. The
+//! flow-control windows are explicit (`Limits::quic_*`); a response stream the client gives
+//! no credit for the send timeout is reset; a connection with no request stream open for the
+//! idle timeout is closed, whatever PINGs keep quinn's own idle timer alive.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
@@ -25,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use crate::body::{H3RequestBody, ProxyBody};
 use crate::config::Limits;
 use crate::handler::{self, ConnInfo, Shared, Transport};
+use crate::limits::ConnLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuicError {
@@ -46,7 +53,11 @@ pub(crate) fn bind(
         .max_concurrent_bidi_streams(limits.max_concurrent_streams.into())
         .max_concurrent_uni_streams(16u32.into())
         .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok())
-        .keep_alive_interval(None);
+        .keep_alive_interval(None)
+        // quinn's defaults: an unbounded connection receive window and 10 MB to send.
+        .stream_receive_window(limits.quic_stream_receive_window.into())
+        .receive_window(limits.quic_receive_window.into())
+        .send_window(limits.quic_send_window);
     server.transport_config(Arc::new(transport));
     let bind_err = |source| QuicError::Bind { addr, source };
     let socket = udp_socket(addr).map_err(bind_err)?;
@@ -74,6 +85,25 @@ pub(crate) struct ServeQuic {
     pub limits: Limits,
     pub draining: CancellationToken,
     pub connections: TaskTracker,
+    pub conns: Arc<ConnLimits>,
+    /// Handshakes in progress on this listener.
+    pub handshakes: AtomicUsize,
+}
+
+/// Counts a handshake in progress until dropped.
+struct Handshake<'a>(&'a AtomicUsize);
+
+impl<'a> Handshake<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Handshake<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, serve: Arc<ServeQuic>) {
@@ -85,12 +115,34 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, serve: Arc<ServeQuic>
             incoming = endpoint.accept() => incoming,
             _ = serve.draining.cancelled() => break,
         };
-        let Some(incoming) = incoming else { break };
+        let Some(mut incoming) = incoming else { break };
+        if !incoming.remote_address_validated()
+            && serve.handshakes.load(Ordering::Relaxed) >= serve.limits.quic_retry_above_handshakes
+        {
+            // Stateless: a spoofed source never comes back with the token.
+            match incoming.retry() {
+                Ok(()) => {
+                    let counters = &serve.shared.metrics.connections;
+                    counters.quic_retries.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(e) => incoming = e.into_incoming(),
+            }
+        }
+        let peer = incoming.remote_address();
+        let Some(permit) = serve.conns.try_acquire(peer.ip()) else {
+            tracing::debug!(%peer, "connection limit reached; refusing a QUIC connection");
+            incoming.refuse();
+            continue;
+        };
         let serve2 = serve.clone();
         serve.connections.spawn(async move {
-            let peer = incoming.remote_address();
-            let handshake = tokio::time::timeout(serve2.limits.handshake_timeout, incoming);
-            match handshake.await {
+            let _permit = permit;
+            let handshake = Handshake::start(&serve2.handshakes);
+            let connecting = tokio::time::timeout(serve2.limits.handshake_timeout, incoming);
+            let connected = connecting.await;
+            drop(handshake);
+            match connected {
                 Ok(Ok(conn)) => {
                     serve_connection(
                         conn,
@@ -129,10 +181,15 @@ async fn serve_connection(conn: quinn::Connection, info: ConnInfo, serve: Arc<Se
         serve.limits.max_pending_accept_reset_streams,
     ));
     let mut draining = false;
+    let idle = serve.limits.idle_timeout;
+    let mut idle_tick = tokio::time::interval((idle / 4).max(Duration::from_millis(250)));
+    let mut busy_at = Instant::now();
     loop {
         tokio::select! {
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
+                    busy_at = Instant::now();
+                    let send_timeout = serve.limits.send_timeout;
                     let shared = serve.shared.clone();
                     let head_timeout = serve.limits.header_read_timeout;
                     let budget = budget.clone();
@@ -140,7 +197,7 @@ async fn serve_connection(conn: quinn::Connection, info: ConnInfo, serve: Arc<Se
                         let work = async {
                             // A stream that never completes its HEADERS frame is dropped (slowloris).
                             match tokio::time::timeout(head_timeout, resolver.resolve_request()).await {
-                                Ok(Ok((req, stream))) => serve_request(&shared, info, req, stream).await,
+                                Ok(Ok((req, stream))) => serve_request(&shared, info, req, stream, send_timeout).await,
                                 Ok(Err(e)) => {
                                     tracing::debug!(peer = %info.peer, error = %e, "bad HTTP/3 request");
                                     Outcome::Cancelled
@@ -178,6 +235,16 @@ async fn serve_connection(conn: quinn::Connection, info: ConnInfo, serve: Arc<Se
                 conn.close(H3_EXCESSIVE_LOAD, b"too many cancelled requests");
                 return;
             }
+            // PINGs keep quinn's idle timer alive; only request streams count here.
+            _ = idle_tick.tick() => {
+                if !streams.is_empty() {
+                    busy_at = Instant::now();
+                } else if busy_at.elapsed() >= idle {
+                    serve.shared.metrics.connections.idle_closes.fetch_add(1, Ordering::Relaxed);
+                    conn.close(H3_NO_ERROR, b"idle");
+                    return;
+                }
+            }
         }
     }
     streams.close();
@@ -191,6 +258,8 @@ async fn serve_connection(conn: quinn::Connection, info: ConnInfo, serve: Arc<Se
 
 /// HTTP/3's `H3_EXCESSIVE_LOAD` error code (RFC 9114, section 8.1).
 const H3_EXCESSIVE_LOAD: quinn::VarInt = quinn::VarInt::from_u32(0x0107);
+/// HTTP/3's `H3_NO_ERROR`.
+const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x0100);
 
 /// How a request stream ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,17 +310,28 @@ async fn serve_request(
     info: ConnInfo,
     req: Request<()>,
     stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    send_timeout: Duration,
 ) -> Outcome {
     let (mut send, recv) = stream.split();
     let req = req.map(|()| ProxyBody::new(H3RequestBody::new(recv)));
     let resp = handler::handle(shared, info, req, None).await;
     let (parts, mut body) = resp.into_parts();
-    if let Err(e) = send
-        .send_response(http::Response::from_parts(parts, ()))
-        .await
-    {
-        tracing::debug!(peer = %info.peer, error = %e, "HTTP/3 response head not sent");
-        return Outcome::Cancelled;
+    // Every write waits at most `send_timeout` for the client's flow-control credit.
+    let stalled = |send: &mut h3::server::RequestStream<_, Bytes>| {
+        tracing::debug!(peer = %info.peer, "HTTP/3 response stalled by the client; resetting the stream");
+        let counters = &shared.metrics.connections;
+        counters.send_timeouts.fetch_add(1, Ordering::Relaxed);
+        send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+        Outcome::Cancelled
+    };
+    let head = send.send_response(http::Response::from_parts(parts, ()));
+    match tokio::time::timeout(send_timeout, head).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %info.peer, error = %e, "HTTP/3 response head not sent");
+            return Outcome::Cancelled;
+        }
+        Err(_) => return stalled(&mut send),
     }
     while let Some(frame) = body.frame().await {
         let frame = match frame {
@@ -264,20 +344,27 @@ async fn serve_request(
             }
         };
         let sent = match frame.into_data() {
-            Ok(data) => send.send_data(data).await,
+            Ok(data) => tokio::time::timeout(send_timeout, send.send_data(data)).await,
             Err(frame) => match frame.into_trailers() {
-                Ok(trailers) => send.send_trailers(trailers).await,
-                Err(_) => Ok(()),
+                Ok(trailers) => {
+                    tokio::time::timeout(send_timeout, send.send_trailers(trailers)).await
+                }
+                Err(_) => Ok(Ok(())),
             },
         };
-        if let Err(e) = sent {
-            tracing::debug!(peer = %info.peer, error = %e, "HTTP/3 client went away");
-            return Outcome::Cancelled;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %info.peer, error = %e, "HTTP/3 client went away");
+                return Outcome::Cancelled;
+            }
+            Err(_) => return stalled(&mut send),
         }
     }
-    match send.finish().await {
-        Ok(()) => Outcome::Answered,
-        Err(_) => Outcome::Cancelled,
+    match tokio::time::timeout(send_timeout, send.finish()).await {
+        Ok(Ok(())) => Outcome::Answered,
+        Ok(Err(_)) => Outcome::Cancelled,
+        Err(_) => stalled(&mut send),
     }
 }
 

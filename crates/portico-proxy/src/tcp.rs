@@ -1,16 +1,19 @@
 //! TCP listeners: plain (HTTP/1.1 and h2c prior knowledge) and TLS (ALPN h2, http/1.1).
 //!
 //! The accept loop never exits on a per-connection error; when the process runs out of file
-//! descriptors it backs off briefly instead of spinning. Every connection watches two
-//! tokens: `draining` (finish what is in flight, then close) and `force` (drop now).
+//! descriptors it backs off briefly instead of spinning. A connection past the global or
+//! per-client limit (`limits`) is closed at once, before its TLS handshake. Every connection
+//! has a watchdog for two tokens, `draining` (finish what is in flight, then close) and
+//! `force` (drop now), and for two clocks (`activity`): no request activity for the idle
+//! timeout closes it, a response waiting for the client for the send timeout drops it.
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -18,16 +21,18 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activity::{Activity, FromClient, ToClient, Tracked};
 use crate::body;
 use crate::config::Limits;
 use crate::h1server::{self, Prefixed};
 use crate::handler::{self, ConnInfo, Shared, Transport};
+use crate::limits::{ConnCounters, ConnLimits};
 
 /// Binds a TCP listener; IPv6 sockets are v6-only so `[::]` and `0.0.0.0` can share a port.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -51,7 +56,12 @@ pub(crate) struct Serve {
     pub limits: Limits,
     pub draining: CancellationToken,
     pub connections: TaskTracker,
+    pub conns: Arc<ConnLimits>,
 }
+
+/// Both HTTP/2 receive windows (per stream and per connection): at most this much request
+/// body from one client sits in our buffers, whatever the number of streams.
+const H2_RECEIVE_WINDOW: u32 = 1024 * 1024;
 
 pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -68,6 +78,12 @@ pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
         .max_local_error_reset_streams(limits.max_local_error_reset_streams)
         .max_header_list_size(limits.max_header_bytes as u32)
+        // Explicit, so the per-connection bound in ARCHITECTURE.md holds whatever hyper's
+        // defaults become: request bodies by the connection window, responses to a client
+        // that does not read by streams x (send buffer + upstream read chunks).
+        .initial_stream_window_size(H2_RECEIVE_WINDOW)
+        .initial_connection_window_size(H2_RECEIVE_WINDOW)
+        .max_send_buf_size(limits.h2_stream_send_buffer)
         // No PINGs: a PING and its PONG are traffic, so they would keep an idle connection
         // alive forever; the idle watchdog in `drive` also catches dead peers.
         .keep_alive_interval(None)
@@ -84,10 +100,16 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Arc<Serve>) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Past a limit: closed before anything is spent on it (counted).
+                let Some(permit) = serve.conns.try_acquire(peer.ip()) else {
+                    tracing::debug!(%peer, "connection limit reached; closing");
+                    continue;
+                };
                 let serve2 = serve.clone();
-                serve
-                    .connections
-                    .spawn(async move { serve_connection(stream, peer, serve2).await });
+                serve.connections.spawn(async move {
+                    serve_connection(stream, peer, serve2).await;
+                    drop(permit);
+                });
             }
             Err(e) if is_resource_exhaustion(&e) => {
                 tracing::warn!(listener = ?local, error = %e, "accept: out of resources; backing off");
@@ -152,6 +174,9 @@ async fn serve_tls(
             };
             // ALPN h2 speaks HTTP/2 from the first byte: straight to hyper.
             let lean = tls.get_ref().1.alpn_protocol() != Some(b"h2");
+            if !lean {
+                activity.set_frames_only();
+            }
             drive(tls, info, serve, activity, lean).await
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -170,9 +195,13 @@ where
     let _watchdog = AbortOnDrop(tokio::spawn(watchdog(
         watch.clone(),
         activity.clone(),
-        serve.limits.idle_timeout,
+        Clocks {
+            idle: serve.limits.idle_timeout,
+            send: serve.limits.send_timeout,
+        },
         serve.draining.clone(),
         serve.shared.force.clone(),
+        serve.shared.metrics.connections.clone(),
     )));
     let mut io = io;
     let prefix = if lean {
@@ -183,17 +212,25 @@ where
     } else {
         Bytes::new()
     };
+    // h2c with prior knowledge: HTTP/2 from the first byte after the preface.
+    if prefix.starts_with(b"PRI * HTTP/2.0") {
+        activity.set_frames_only();
+    }
     let shared = serve.shared.clone();
-    let waiting = activity;
     let service = service_fn(move |mut req: Request<Incoming>| {
         let shared = shared.clone();
-        let waiting = waiting.clone();
+        let activity = activity.clone();
         async move {
-            // A request waiting for its backend is not idle, however quiet the socket is.
-            let _pending = waiting.pending();
+            if req.version() == http::Version::HTTP_2 {
+                activity.set_frames_only();
+            }
             let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-            let req = req.map(body::boxed);
-            Ok::<_, std::convert::Infallible>(handler::handle(&shared, info, req, upgrade).await)
+            let req = req.map(|b| body::boxed(FromClient::new(b, activity.clone())));
+            // A request waiting for its backend is not idle, however quiet the socket is.
+            let pending = activity.pending();
+            let resp = handler::handle(&shared, info, req, upgrade).await;
+            drop(pending);
+            Ok::<_, std::convert::Infallible>(resp.map(|b| ToClient::new(b, activity)))
         }
     });
     let conn = serve
@@ -287,14 +324,23 @@ impl Watch {
     }
 }
 
+/// The watchdog's two timeouts.
+#[derive(Clone, Copy)]
+struct Clocks {
+    idle: Duration,
+    send: Duration,
+}
+
 async fn watchdog(
     watch: Arc<Watch>,
     activity: Arc<Activity>,
-    idle: Duration,
+    clocks: Clocks,
     draining: CancellationToken,
     force: CancellationToken,
+    counters: Arc<ConnCounters>,
 ) {
-    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(250)));
+    let period = (clocks.idle.min(clocks.send) / 4).max(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(period);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -304,16 +350,22 @@ async fn watchdog(
             }
             _ = force.cancelled() => return watch.raise(Watch::DROP),
             _ = tick.tick() => {
+                if activity.stalled_for() >= clocks.send {
+                    // The client takes nothing of a response: what is buffered for it goes.
+                    counters.send_timeouts.fetch_add(1, Ordering::Relaxed);
+                    return watch.raise(Watch::DROP);
+                }
                 if activity.has_pending() {
                     continue;
                 }
                 let quiet = activity.quiet_for();
-                if quiet >= idle * 2 {
+                if quiet >= clocks.idle * 2 {
                     // Asked to close a while ago and still silent: drop it.
                     return watch.raise(Watch::DROP);
                 }
-                if quiet >= idle && !closing {
+                if quiet >= clocks.idle && !closing {
                     closing = true;
+                    counters.idle_closes.fetch_add(1, Ordering::Relaxed);
                     watch.raise(Watch::CLOSE);
                 }
             }
@@ -347,112 +399,4 @@ fn wants_upgrade(req: &Request<Incoming>) -> bool {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
-}
-
-/// When bytes last moved on a connection (in milliseconds since it was accepted), and how
-/// many of its requests wait for a response head.
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-    pending: AtomicUsize,
-}
-
-struct Pending<'a>(&'a Activity);
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
-    }
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            pending: AtomicUsize::new(0),
-        }
-    }
-
-    fn pending(&self) -> Pending<'_> {
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        Pending(self)
-    }
-
-    fn has_pending(&self) -> bool {
-        self.pending.load(Ordering::Relaxed) > 0
-    }
-
-    fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        // Relaxed and racy by design: a few milliseconds of error do not matter here.
-        if ms > self.last_ms.load(Ordering::Relaxed) {
-            self.last_ms.store(ms, Ordering::Relaxed);
-        }
-    }
-
-    fn quiet_for(&self) -> Duration {
-        let now = self.start.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
-    }
-}
-
-/// A stream that records activity on every successful read or write.
-struct Tracked<S> {
-    inner: S,
-    activity: Arc<Activity>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
