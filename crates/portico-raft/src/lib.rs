@@ -21,6 +21,16 @@
 //! replica. An entry whose epoch is below the highest epoch already applied is refused by
 //! every replica (the decision depends only on the log) and counted in
 //! [`ReplicaMetrics::refused_stale_entries`]; the proposer gets [`ProposeError::StaleEpoch`].
+//! A new leader first claims its epoch ([`Replica::claim_epoch`]), which commits only when
+//! the epoch is above every epoch applied: two leaderships never share an epoch, and the
+//! claim fences the deposed leader at once. No epoch above [`MAX_EPOCH`] is accepted.
+//!
+//! # Who may call
+//! Peers authenticate with certificates from the cluster CA, and are authorized by the
+//! names in them: a caller is member `n` when its certificate names the host of `n`'s
+//! address; Raft RPCs, proposals, removals and elections come from members only, a join
+//! from the joining replica itself (or a member forwarding it) at a replica host
+//! ([`ReplicaConfig::peer_hosts`]). See the `authorize` module.
 //!
 //! # Procedures
 //! **First boot.** Start every replica with the same `initial_members` list (the
@@ -52,8 +62,10 @@
 //! own encoding plus the highest epoch), stored, and the log purged up to it, keeping
 //! `entries_kept_after_snapshot` entries so briefly lagging peers still catch up by log.
 
+mod authorize;
 mod identity;
 mod metrics;
+mod peer;
 mod replica;
 mod store;
 mod tls;
@@ -69,4 +81,4 @@ pub use replica::{
 pub use store::{STORE_FILE, StoreError};
 pub use tls::{TlsError, TlsMaterial};
 pub use transport::TransportSettings;
-pub use types::{ApplyOutcome, NodeId, Proposal};
+pub use types::{ApplyOutcome, MAX_EPOCH, NodeId, Proposal};

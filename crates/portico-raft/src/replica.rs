@@ -16,8 +16,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::authorize::{self, Members};
 use crate::identity::{self, IdentityError};
 use crate::metrics::{Counters, Leadership, ReplicaMetrics};
+use crate::peer::{PeerIdentity, PeerPolicy};
 use crate::store::log::LogStore;
 use crate::store::state_machine::{StateMachine, check_snapshot};
 use crate::store::{Db, StoreError};
@@ -28,7 +30,7 @@ use crate::transport::network::NetworkFactory;
 use crate::transport::server::{self, RpcHandler, RpcRejection};
 use crate::transport::wire::{self, Committed, ForwardError, JoinRequest, LeaderHint, NodeStatus};
 use crate::types::{ApplyOutcome, ClientWriteError, NodeId, Proposal, Raft, RaftError, TypeConfig};
-use openraft::raft::InstallSnapshotRequest;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
 /// Raft timing and log-compaction settings.
 #[derive(Clone, Debug)]
@@ -72,6 +74,11 @@ pub struct ReplicaConfig {
     /// first). The first one bootstraps the cluster on first boot; every replica also uses
     /// them as contact points to join an existing cluster.
     pub initial_members: Vec<String>,
+    /// Hosts, besides the initial members', of replicas that may join (scale-up): exact
+    /// names or IP addresses, or `name-*.rest` for any ordinal (a StatefulSet's Pods:
+    /// `portico-*.portico-peers.portico-system.svc.cluster.local`). A peer is trusted only
+    /// when its certificate names one of these hosts or a current member's host.
+    pub peer_hosts: Vec<String>,
     pub tls: TlsMaterial,
     pub raft: RaftSettings,
     pub transport: TransportSettings,
@@ -103,8 +110,11 @@ pub struct CommittedChange {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
-    #[error("refused: epoch {epoch} is older than epoch {highest_epoch} already applied")]
+    /// A change's epoch below the highest applied, or a claim's not above it.
+    #[error("refused: epoch {epoch} is stale (epoch {highest_epoch} already applied)")]
     StaleEpoch { epoch: u64, highest_epoch: u64 },
+    #[error("refused: epoch {epoch} is above the largest allowed, {max}", max = crate::types::MAX_EPOCH)]
+    EpochOutOfRange { epoch: u64 },
     #[error("no leader could take the write in time: {0}")]
     Unavailable(String),
     /// The change does not fit in one replication RPC (`max_body_bytes`, with room for
@@ -149,6 +159,8 @@ struct Inner {
     id: NodeId,
     advertise: String,
     initial_members: Vec<String>,
+    /// Which certificate names are replicas (see [`ReplicaConfig::peer_hosts`]).
+    policy: PeerPolicy,
     raft: Raft,
     /// Followers refuse votes for this long after the leader's last heartbeat (openraft's
     /// leader lease is the maximum election timeout).
@@ -211,6 +223,7 @@ impl Replica {
             id,
             advertise: config.advertise.clone(),
             initial_members: config.initial_members.clone(),
+            policy: PeerPolicy::new(&config.initial_members, &config.peer_hosts),
             raft,
             leader_lease: config.raft.election_timeout_max,
             retired: AtomicBool::new(false),
@@ -340,7 +353,30 @@ impl Replica {
         epoch: u64,
         change: Change,
     ) -> Result<CommittedChange, ProposeError> {
-        let proposal = Proposal { epoch, change };
+        self.submit(Proposal {
+            epoch,
+            change: Some(change),
+        })
+        .await
+    }
+
+    /// Claims `epoch` for a new leadership, before its first change: committed only when
+    /// `epoch` is above every epoch applied, so no other leadership can have used it or use
+    /// it later, and from then on every change with a lower epoch (a deposed leader's) is
+    /// refused. A refused claim is [`ProposeError::StaleEpoch`].
+    pub async fn claim_epoch(&self, epoch: u64) -> Result<CommittedChange, ProposeError> {
+        self.submit(Proposal {
+            epoch,
+            change: None,
+        })
+        .await
+    }
+
+    async fn submit(&self, proposal: Proposal) -> Result<CommittedChange, ProposeError> {
+        let epoch = proposal.epoch;
+        if epoch > crate::types::MAX_EPOCH {
+            return Err(ProposeError::EpochOutOfRange { epoch });
+        }
         let size = wire::encode(&proposal).len();
         let limit = self.inner.peers.settings().max_body_bytes / 2;
         if size > limit {
@@ -368,6 +404,9 @@ impl Replica {
                 epoch,
                 highest_epoch,
             }),
+            ApplyOutcome::RefusedEpochOutOfRange { epoch } => {
+                Err(ProposeError::EpochOutOfRange { epoch })
+            }
             ApplyOutcome::Applied { .. } | ApplyOutcome::NotAChange => Ok(CommittedChange {
                 version: committed.index,
             }),
@@ -621,6 +660,11 @@ impl Inner {
         Ok(())
     }
 
+    /// The current membership, for authorizing a caller.
+    fn members(&self) -> Members {
+        Members::of(self.raft.metrics().borrow().membership_config.membership())
+    }
+
     fn leader_hint(&self) -> Option<LeaderHint> {
         let metrics = self.raft.metrics().borrow().clone();
         let leader = metrics.current_leader?;
@@ -849,13 +893,11 @@ fn bad_request(e: postcard::Error) -> RpcRejection {
 }
 
 /// Answers a forwarded leader-only operation: run here if leader, else say who leads.
-async fn answer_forwarded<Req, Resp>(inner: &Inner, body: &[u8]) -> Result<Vec<u8>, RpcRejection>
+async fn answer_forwarded<Req, Resp>(inner: &Inner, request: Req) -> Result<Vec<u8>, RpcRejection>
 where
-    Req: DeserializeOwned,
     Resp: Serialize,
     Inner: LocalOp<Req, Resp>,
 {
-    let request: Req = wire::decode(body).map_err(bad_request)?;
     let answer: Result<Resp, ForwardError> = match inner.run_local(request).await {
         LocalOutcome::Done(value) => Ok(value),
         LocalOutcome::NotLeader(leader) => Err(ForwardError::NotLeader { leader }),
@@ -872,6 +914,7 @@ impl RpcHandler for Inner {
         &self,
         path: &str,
         target: Option<NodeId>,
+        caller: &PeerIdentity,
         body: Bytes,
     ) -> Result<Vec<u8>, RpcRejection> {
         let raft_rpc = matches!(
@@ -893,23 +936,61 @@ impl RpcHandler for Inner {
             }
             _ => {}
         }
+        // Who may call what is decided before a body is decoded, except the checks that
+        // need the request itself (the node a Raft RPC speaks for, the joiner's address).
+        match path {
+            wire::APPEND_ENTRIES | wire::VOTE | wire::INSTALL_SNAPSHOT => {
+                authorize::raft_peer(&self.members(), &self.policy, caller)?
+            }
+            wire::PROPOSE => authorize::member(&self.members(), caller, false)?,
+            wire::REMOVE | wire::ELECT => authorize::member(&self.members(), caller, true)?,
+            wire::STATUS | wire::JOIN => authorize::replica(&self.members(), &self.policy, caller)?,
+            _ => {}
+        }
         match path {
             wire::APPEND_ENTRIES => {
-                let request = wire::decode(&body).map_err(bad_request)?;
+                let request: AppendEntriesRequest<TypeConfig> =
+                    wire::decode(&body).map_err(bad_request)?;
+                authorize::speaker(
+                    &self.members(),
+                    caller,
+                    request.vote.leader_id().voted_for(),
+                )?;
                 Ok(wire::encode(&self.raft.append_entries(request).await))
             }
             wire::VOTE => {
-                let request = wire::decode(&body).map_err(bad_request)?;
+                let request: VoteRequest<NodeId> = wire::decode(&body).map_err(bad_request)?;
+                authorize::speaker(
+                    &self.members(),
+                    caller,
+                    request.vote.leader_id().voted_for(),
+                )?;
                 Ok(wire::encode(&self.raft.vote(request).await))
             }
             wire::INSTALL_SNAPSHOT => {
-                let request = wire::decode(&body).map_err(bad_request)?;
+                let request: InstallSnapshotRequest<TypeConfig> =
+                    wire::decode(&body).map_err(bad_request)?;
+                authorize::speaker(
+                    &self.members(),
+                    caller,
+                    request.vote.leader_id().voted_for(),
+                )?;
                 self.check_snapshot_chunk(&request).await?;
                 Ok(wire::encode(&self.raft.install_snapshot(request).await))
             }
-            wire::PROPOSE => answer_forwarded::<Proposal, Committed>(self, &body).await,
-            wire::JOIN => answer_forwarded::<JoinRequest, ()>(self, &body).await,
-            wire::REMOVE => answer_forwarded::<NodeId, ()>(self, &body).await,
+            wire::PROPOSE => {
+                let request: Proposal = wire::decode(&body).map_err(bad_request)?;
+                answer_forwarded::<Proposal, Committed>(self, request).await
+            }
+            wire::JOIN => {
+                let request: JoinRequest = wire::decode(&body).map_err(bad_request)?;
+                authorize::join(&self.members(), &self.policy, caller, &request)?;
+                answer_forwarded::<JoinRequest, ()>(self, request).await
+            }
+            wire::REMOVE => {
+                let request: NodeId = wire::decode(&body).map_err(bad_request)?;
+                answer_forwarded::<NodeId, ()>(self, request).await
+            }
             wire::STATUS => Ok(wire::encode(&self.status())),
             wire::ELECT => {
                 // A stepping-down leader asks us to stand; a no-op if we already lead.

@@ -11,13 +11,21 @@ use serde::{Deserialize, Serialize};
 /// A Raft node's identity. Random, 64-bit, never reused (see the `identity` module).
 pub type NodeId = u64;
 
-/// One routing change as it travels through the log, stamped with the proposer's fencing
-/// epoch (for example the controller's Lease generation). The state machine refuses any
-/// proposal whose epoch is lower than the highest epoch it has already applied.
+/// The largest fencing epoch a proposal may carry: the largest `leaseTransitions` a
+/// Kubernetes Lease can hold (an `int32`). Anything above is refused, so no epoch can fence
+/// every later leader for good, and `epoch + 1` never overflows.
+pub const MAX_EPOCH: u64 = i32::MAX as u64;
+
+/// One log entry, stamped with the proposer's fencing epoch (for example the controller's
+/// Lease generation). A routing change is refused when its epoch is lower than the highest
+/// epoch already applied; a claim (no change: a new leader's first entry) only when its
+/// epoch is above every epoch applied, so two leaderships never share an epoch. Either is
+/// refused above [`MAX_EPOCH`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub epoch: u64,
-    pub change: Change,
+    /// The routing change; `None` claims `epoch` for a new leadership.
+    pub change: Option<Change>,
 }
 
 /// What applying one log entry did to the routing table.
@@ -25,9 +33,12 @@ pub struct Proposal {
 pub enum ApplyOutcome {
     /// The change was applied; the table's version is now `version` (its log index).
     Applied { version: u64 },
-    /// The proposal's epoch was lower than `highest_epoch`, already applied: refused.
+    /// The proposal's epoch was lower than `highest_epoch`, already applied (for a claim:
+    /// not above it): refused.
     RefusedStaleEpoch { epoch: u64, highest_epoch: u64 },
-    /// A blank or membership entry: the table is unchanged.
+    /// The proposal's epoch was above [`MAX_EPOCH`]: refused.
+    RefusedEpochOutOfRange { epoch: u64 },
+    /// A blank or membership entry, or an accepted claim: the table is unchanged.
     NotAChange,
 }
 

@@ -1,173 +1,12 @@
-//! Three replicas in one process, over the real mTLS transport on 127.0.0.1.
+//! Three replicas in one process, over the real mTLS transport on loopback addresses.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::cluster::{Cluster, PATIENCE, test_settings};
 use common::{Pki, client_config, raw_post, raw_post_to, service_change};
-use portico_raft::{
-    Proposal, ProposeError, RaftSettings, Replica, ReplicaConfig, StepDown, TlsMaterial,
-    TransportSettings,
-};
-use tempfile::TempDir;
-use tokio::net::TcpListener;
-
-const PATIENCE: Duration = Duration::from_secs(30);
-
-fn test_settings() -> RaftSettings {
-    RaftSettings {
-        heartbeat_interval: Duration::from_millis(100),
-        election_timeout_min: Duration::from_millis(600),
-        election_timeout_max: Duration::from_millis(1200),
-        ..RaftSettings::default()
-    }
-}
-
-struct Node {
-    dir: TempDir,
-    addr: String,
-    tls: TlsMaterial,
-    replica: Option<Replica>,
-}
-
-struct Cluster {
-    pki: Pki,
-    nodes: Vec<Node>,
-    addrs: Vec<String>,
-    raft: RaftSettings,
-    transport: TransportSettings,
-}
-
-impl Cluster {
-    async fn start(size: usize, raft: RaftSettings) -> Self {
-        Self::start_with(size, raft, TransportSettings::default()).await
-    }
-
-    async fn start_with(size: usize, raft: RaftSettings, transport: TransportSettings) -> Self {
-        let pki = Pki::new("portico-test-ca");
-        let mut listeners = Vec::new();
-        for _ in 0..size {
-            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-        }
-        let addrs: Vec<String> = listeners
-            .iter()
-            .map(|l| l.local_addr().unwrap().to_string())
-            .collect();
-        let mut cluster = Self {
-            nodes: Vec::new(),
-            addrs: addrs.clone(),
-            raft,
-            transport,
-            pki,
-        };
-        for (i, listener) in listeners.into_iter().enumerate() {
-            let node = Node {
-                dir: tempfile::tempdir().unwrap(),
-                addr: addrs[i].clone(),
-                tls: cluster.pki.node(&format!("portico-{i}")),
-                replica: None,
-            };
-            cluster.nodes.push(node);
-            cluster.launch(i, listener).await;
-        }
-        cluster
-    }
-
-    async fn launch(&mut self, i: usize, listener: TcpListener) {
-        let node = &mut self.nodes[i];
-        let config = ReplicaConfig {
-            data_dir: node.dir.path().to_owned(),
-            advertise: node.addr.clone(),
-            initial_members: self.addrs.clone(),
-            tls: node.tls.clone(),
-            raft: self.raft.clone(),
-            transport: self.transport.clone(),
-        };
-        node.replica = Some(Replica::start(config, listener).await.unwrap());
-    }
-
-    /// Starts one more replica that is not an initial member (scale-up); it uses the
-    /// initial members as contacts to join.
-    async fn add_node(&mut self) -> usize {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let i = self.nodes.len();
-        self.nodes.push(Node {
-            dir: tempfile::tempdir().unwrap(),
-            addr: listener.local_addr().unwrap().to_string(),
-            tls: self.pki.node(&format!("portico-{i}")),
-            replica: None,
-        });
-        self.launch(i, listener).await;
-        i
-    }
-
-    async fn stop(&mut self, i: usize) {
-        let replica = self.nodes[i].replica.take().expect("running");
-        replica.shutdown().await;
-        drop(replica);
-        // Let the store's last blocking tasks finish and release the file.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    async fn restart(&mut self, i: usize) {
-        let listener = TcpListener::bind(&self.nodes[i].addr).await.unwrap();
-        self.launch(i, listener).await;
-    }
-
-    fn replica(&self, i: usize) -> &Replica {
-        self.nodes[i].replica.as_ref().expect("running")
-    }
-
-    fn running(&self) -> impl Iterator<Item = (usize, &Replica)> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| n.replica.as_ref().map(|r| (i, r)))
-    }
-
-    /// Waits until every running replica sees `voters` voters and the same leader, which is
-    /// running; returns the leader's index.
-    async fn wait_for_leader(&self, voters: usize) -> usize {
-        let started = Instant::now();
-        loop {
-            let views: Vec<_> = self.running().map(|(i, r)| (i, r.metrics())).collect();
-            let leader = views[0].1.leader;
-            let agreed = views
-                .iter()
-                .all(|(_, m)| m.leader == leader && m.voters.len() == voters);
-            if let (true, Some(leader)) = (agreed, leader)
-                && let Some((i, _)) = views
-                    .iter()
-                    .find(|(_, m)| m.node_id == leader && m.is_leader)
-            {
-                return *i;
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "no agreed leader with {voters} voters: {views:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until every running replica applied `version` and holds identical table bytes.
-    async fn wait_converged(&self, version: u64) -> Vec<u8> {
-        let mut bytes = None;
-        for (i, replica) in self.running() {
-            let reached = replica.wait_for_version(version, PATIENCE).await;
-            assert!(
-                reached.is_ok(),
-                "replica {i} stuck at {reached:?}, wanted {version}"
-            );
-            let table = replica.table().borrow().to_bytes();
-            match &bytes {
-                None => bytes = Some(table),
-                Some(expected) => assert_eq!(&table, expected, "replica {i} diverged"),
-            }
-        }
-        bytes.unwrap()
-    }
-}
+use portico_raft::{Proposal, ProposeError, RaftSettings, StepDown, TransportSettings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_proposed_on_any_replica_is_applied_on_all() {
@@ -426,7 +265,7 @@ async fn garbled_or_truncated_rpc_body_is_rejected_without_harm() {
     let tls = client_config(&ca, Some(&cluster.pki.node("portico-9")));
     let encoded = postcard::to_stdvec(&Proposal {
         epoch: 1,
-        change: service_change(7),
+        change: Some(service_change(7)),
     })
     .unwrap();
 

@@ -90,6 +90,12 @@ pub struct RunArgs {
     /// Default with --peer-service: derived from --replicas and the StatefulSet name.
     #[arg(long, env = "PORTICO_INITIAL_MEMBERS", value_delimiter = ',')]
     pub initial_members: Vec<String>,
+    /// Hosts of further replicas that may join (beyond the initial members and, with
+    /// --peer-service, the StatefulSet's Pods): exact names or IPs, or `name-*.rest` for
+    /// any ordinal; comma-separated. A peer is trusted only when its certificate names a
+    /// member's host or one of these.
+    #[arg(long, env = "PORTICO_RAFT_PEER_HOSTS", value_delimiter = ',')]
+    pub raft_peer_host: Vec<String>,
     /// The headless Service that gives each replica a DNS name.
     #[arg(long, env = "PORTICO_PEER_SERVICE")]
     pub peer_service: Option<String>,
@@ -217,6 +223,19 @@ impl RunArgs {
                 )
             })
             .collect())
+    }
+
+    /// Hosts of replicas that may join beyond the initial members: with --peer-service,
+    /// every ordinal of the StatefulSet (scale-up), plus --raft-peer-host.
+    fn peer_hosts(&self) -> Vec<String> {
+        let mut hosts = self.raft_peer_host.clone();
+        if let (Some(peers), Some((set, _))) = (&self.peer_service, self.ordinal()) {
+            hosts.push(format!(
+                "{set}-*.{peers}.{}.svc.{}",
+                self.namespace, self.cluster_domain
+            ));
+        }
+        hosts
     }
 
     fn settings(&self) -> anyhow::Result<Settings> {
@@ -347,6 +366,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             data_dir: args.data_dir.clone(),
             advertise: advertise.clone(),
             initial_members: initial_members.clone(),
+            peer_hosts: args.peer_hosts(),
             tls,
             raft: RaftSettings {
                 heartbeat_interval: Duration::from_millis(args.raft_heartbeat_ms),

@@ -175,6 +175,7 @@ impl Cluster {
                 data_dir: dir.path().to_owned(),
                 advertise: addrs[i].clone(),
                 initial_members: addrs.clone(),
+                peer_hosts: Vec::new(),
                 tls: pki.node(&format!("portico-{i}")),
                 raft: RaftSettings {
                     heartbeat_interval: Duration::from_millis(100),

@@ -37,6 +37,10 @@ struct Args {
     /// Comma-separated advertised addresses of the initial members, in ordinal order.
     #[arg(long, value_delimiter = ',')]
     initial_members: Vec<String>,
+    /// Hosts of replicas, besides the initial members', that may join (`name-*.rest`
+    /// for any ordinal); comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    peer_hosts: Vec<String>,
     #[arg(long)]
     ca: PathBuf,
     #[arg(long)]
@@ -212,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         advertise,
         initial_members: args.initial_members,
+        peer_hosts: args.peer_hosts,
         tls,
         raft: RaftSettings {
             heartbeat_interval: Duration::from_millis(args.heartbeat_ms),

@@ -23,7 +23,8 @@ use tokio::sync::watch;
 use super::{Db, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, META, StoreError, encode, io_error};
 use crate::metrics::Counters;
 use crate::types::{
-    ApplyOutcome, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    ApplyOutcome, Entry, LogId, MAX_EPOCH, Proposal, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
 };
 
 /// Version tag of the snapshot encoding, so a future format can be told apart.
@@ -60,6 +61,28 @@ pub(crate) fn check_snapshot(data: &[u8]) -> Result<(), &'static str> {
         return Err("snapshot digest mismatch");
     }
     Ok(())
+}
+
+/// Whether an entry's epoch lets it apply, given the highest epoch applied so far: a
+/// change needs at least that epoch, a claim more; nothing above [`MAX_EPOCH`]. Depends
+/// only on the log, so every replica decides alike.
+fn judge(proposal: &Proposal, highest_epoch: u64) -> Result<(), ApplyOutcome> {
+    let epoch = proposal.epoch;
+    if epoch > MAX_EPOCH {
+        return Err(ApplyOutcome::RefusedEpochOutOfRange { epoch });
+    }
+    let fresh = match proposal.change {
+        Some(_) => epoch >= highest_epoch,
+        None => epoch > highest_epoch,
+    };
+    if fresh {
+        Ok(())
+    } else {
+        Err(ApplyOutcome::RefusedStaleEpoch {
+            epoch,
+            highest_epoch,
+        })
+    }
 }
 
 /// Everything the state machine has applied so far.
@@ -256,23 +279,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     ApplyOutcome::NotAChange
                 }
                 EntryPayload::Normal(proposal) => {
-                    if proposal.epoch < self.state.highest_epoch {
-                        self.counters.refused_stale_entry();
-                        tracing::warn!(
-                            index = entry.log_id.index,
-                            epoch = proposal.epoch,
-                            highest_epoch = self.state.highest_epoch,
-                            "refused a change with a stale fencing epoch"
-                        );
-                        ApplyOutcome::RefusedStaleEpoch {
-                            epoch: proposal.epoch,
-                            highest_epoch: self.state.highest_epoch,
+                    match judge(&proposal, self.state.highest_epoch) {
+                        Err(refused) => {
+                            self.counters.refused_stale_entry();
+                            tracing::warn!(
+                                index = entry.log_id.index,
+                                epoch = proposal.epoch,
+                                highest_epoch = self.state.highest_epoch,
+                                claim = proposal.change.is_none(),
+                                "refused an entry: its fencing epoch is stale or out of range"
+                            );
+                            refused
                         }
-                    } else {
-                        self.state.highest_epoch = proposal.epoch;
-                        self.state.table.apply(entry.log_id.index, &proposal.change);
-                        ApplyOutcome::Applied {
-                            version: entry.log_id.index,
+                        Ok(()) => {
+                            self.state.highest_epoch = proposal.epoch;
+                            match &proposal.change {
+                                Some(change) => {
+                                    self.state.table.apply(entry.log_id.index, change);
+                                    ApplyOutcome::Applied {
+                                        version: entry.log_id.index,
+                                    }
+                                }
+                                None => ApplyOutcome::NotAChange,
+                            }
                         }
                     }
                 }
@@ -329,5 +358,52 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(epoch: u64) -> Proposal {
+        Proposal {
+            epoch,
+            change: Some(portico_model::Change::Batch(Vec::new())),
+        }
+    }
+
+    fn claim(epoch: u64) -> Proposal {
+        Proposal {
+            epoch,
+            change: None,
+        }
+    }
+
+    #[test]
+    fn changes_need_the_highest_epoch_and_claims_a_higher_one() {
+        assert_eq!(judge(&change(5), 5), Ok(()));
+        assert_eq!(judge(&change(6), 5), Ok(()));
+        assert!(matches!(
+            judge(&change(4), 5),
+            Err(ApplyOutcome::RefusedStaleEpoch {
+                epoch: 4,
+                highest_epoch: 5
+            })
+        ));
+        // A second leadership may not reuse the epoch another one claimed.
+        assert!(judge(&claim(5), 5).is_err());
+        assert_eq!(judge(&claim(6), 5), Ok(()));
+    }
+
+    #[test]
+    fn epochs_above_the_maximum_are_refused_without_overflow() {
+        for proposal in [change(u64::MAX), claim(u64::MAX), change(MAX_EPOCH + 1)] {
+            assert!(matches!(
+                judge(&proposal, 0),
+                Err(ApplyOutcome::RefusedEpochOutOfRange { .. })
+            ));
+        }
+        assert_eq!(judge(&claim(MAX_EPOCH), MAX_EPOCH - 1), Ok(()));
+        assert!(judge(&claim(MAX_EPOCH), MAX_EPOCH).is_err());
     }
 }

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::TransportSettings;
+use crate::peer::PeerIdentity;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -30,15 +31,20 @@ pub(crate) enum RpcRejection {
     /// The RPC names another node than this one.
     #[error("this is node {this}, not node {target}")]
     Misdirected { this: u64, target: u64 },
+    /// The caller's certificate does not name a replica allowed to make this call.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 /// The replica behind the transport: answers one decoded-path RPC with an encoded body.
 pub(crate) trait RpcHandler: Send + Sync + 'static {
-    /// `target` is the node ID the caller meant (the Raft RPCs name one).
+    /// `target` is the node ID the caller meant (the Raft RPCs name one); `caller` is who
+    /// the caller's verified certificate says it is.
     fn handle(
         &self,
         path: &str,
         target: Option<u64>,
+        caller: &PeerIdentity,
         body: Bytes,
     ) -> impl Future<Output = Result<Vec<u8>, RpcRejection>> + Send;
 }
@@ -81,7 +87,20 @@ pub(crate) fn spawn<H: RpcHandler>(
                                 return;
                             }
                         };
-                        serve_connection(tls, handler, settings).await;
+                        // Whom the certificate names; one that cannot be read is refused.
+                        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                        let caller = match leaf.map(|der| PeerIdentity::from_certificate(der)) {
+                            Some(Ok(caller)) => Arc::new(caller),
+                            Some(Err(e)) => {
+                                tracing::warn!(%remote, error = %e, "refused a replica connection");
+                                return;
+                            }
+                            None => {
+                                tracing::warn!(%remote, "refused a replica connection: no certificate");
+                                return;
+                            }
+                        };
+                        serve_connection(tls, handler, caller, settings).await;
                     });
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -93,12 +112,16 @@ pub(crate) fn spawn<H: RpcHandler>(
 async fn serve_connection<H: RpcHandler>(
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     handler: Arc<H>,
+    caller: Arc<PeerIdentity>,
     settings: TransportSettings,
 ) {
     let max_body = settings.max_body_bytes;
     let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
         let handler = handler.clone();
-        async move { Ok::<_, std::convert::Infallible>(answer(&*handler, request, max_body).await) }
+        let caller = caller.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(answer(&*handler, &caller, request, max_body).await)
+        }
     });
     let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -122,6 +145,7 @@ fn plain(status: StatusCode, message: String) -> Response<Full<Bytes>> {
 
 async fn answer<H: RpcHandler>(
     handler: &H,
+    caller: &PeerIdentity,
     request: http::Request<Incoming>,
     max_body: usize,
 ) -> Response<Full<Bytes>> {
@@ -147,7 +171,7 @@ async fn answer<H: RpcHandler>(
             return plain(status, format!("reading the body: {e}\n"));
         }
     };
-    match handler.handle(&path, target, body).await {
+    match handler.handle(&path, target, caller, body).await {
         Ok(bytes) => Response::builder()
             .header(http::header::CONTENT_TYPE, "application/x-postcard")
             .body(Full::new(Bytes::from(bytes)))
@@ -158,8 +182,9 @@ async fn answer<H: RpcHandler>(
                 RpcRejection::BadRequest(_) => StatusCode::BAD_REQUEST,
                 RpcRejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 RpcRejection::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+                RpcRejection::Forbidden(_) => StatusCode::FORBIDDEN,
             };
-            tracing::warn!(%path, %rejection, "rejected a replica RPC");
+            tracing::warn!(%path, %caller, %rejection, "rejected a replica RPC");
             plain(status, format!("{rejection}\n"))
         }
     }

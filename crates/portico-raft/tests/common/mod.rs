@@ -1,6 +1,7 @@
 //! Shared test helpers: a cluster CA with rcgen, small changes, and a raw mTLS client.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod processes;
 
 use std::sync::Arc;
@@ -36,10 +37,14 @@ impl Pki {
         self.issuer.pem()
     }
 
-    /// A node certificate signed by this CA, trusting this CA.
+    /// A node certificate for 127.0.0.1 and localhost signed by this CA, trusting this CA.
     pub fn node(&self, name: &str) -> TlsMaterial {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        self.node_for(name, &["localhost".to_owned(), "127.0.0.1".to_owned()])
+    }
+
+    /// A certificate with common name `name` for `names` (DNS names or IP addresses).
+    pub fn node_for(&self, name: &str, names: &[String]) -> TlsMaterial {
+        let mut params = CertificateParams::new(names.to_vec()).unwrap();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
@@ -110,12 +115,13 @@ pub async fn raw_post_to(
     target: Option<u64>,
     body: Vec<u8>,
 ) -> Result<(http::StatusCode, Bytes), String> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned();
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let tls = tokio_rustls::TlsConnector::from(tls)
-            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .connect(ServerName::try_from(host.clone()).unwrap(), tcp)
             .await
             .map_err(|e| format!("TLS: {e}"))?;
         let (mut sender, connection) =
