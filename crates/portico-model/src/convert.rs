@@ -451,11 +451,20 @@ impl From<&Secret> for SecretSource {
                 .map(|s| s.as_bytes().to_vec())
                 .or_else(|| data.map(|b| b.0.clone()))
         };
+        let (tls_crt, tls_key) = (entry("tls.crt"), entry("tls.key"));
+        let size = [&tls_crt, &tls_key]
+            .into_iter()
+            .flatten()
+            .map(|b| b.len() as u64)
+            .sum::<u64>();
+        // Bound what one Secret can put in the Raft log: keep only its size when too large.
+        let keep = size <= crate::MAX_TLS_SECRET_BYTES as u64;
         SecretSource {
             key: namespaced_key(&secret.metadata),
             type_: secret.type_.clone(),
-            tls_crt: entry("tls.crt"),
-            tls_key: entry("tls.key"),
+            tls_crt: tls_crt.filter(|_| keep),
+            tls_key: tls_key.filter(|_| keep),
+            oversize: (!keep).then_some(size),
         }
     }
 }

@@ -23,10 +23,12 @@ pub(crate) struct HostRoutes {
     /// Which lengths the prefix keys have (bit 63: 63 or longer), so that most candidate
     /// cuts of a request path are skipped without hashing or touching the map.
     prefix_lengths: u64,
-    /// `use-regex` routes, longest pattern first, then by Ingress precedence.
+    /// `use-regex` routes, longest literal prefix first, then by Ingress precedence.
     regex: Vec<usize>,
     /// Paths that lost to an older route with the same host, path and type.
     pub(crate) conflicts: Vec<(ObjectKey, Problem)>,
+    /// The namespace that owns the host: its default backend answers unmatched paths.
+    pub(crate) owner: Option<Arc<str>>,
 }
 
 /// Which rule wrote a route: for conflict messages.

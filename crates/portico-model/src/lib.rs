@@ -16,6 +16,7 @@ mod key;
 mod path;
 mod plan;
 mod problem;
+mod referenced;
 mod resolve;
 mod route;
 mod settings;
@@ -27,7 +28,9 @@ pub mod validate;
 pub use annotations::{INGRESS_CLASS_ANNOTATION, NGINX_PREFIX, PORTICO_PREFIX};
 pub use change::Change;
 pub use key::ObjectKey;
+pub use plan::{MAX_REGEX_PATHS_PER_INGRESS, MAX_REGEX_PATTERN_BYTES};
 pub use problem::{Problem, ProblemReason};
+pub use referenced::referenced_secrets;
 pub use route::{
     Backend, BackendKey, BackendProtocol, BackendTarget, CookieAffinity, Endpoint, PathMatch,
     RewriteTarget, Route, RoutePolicy, ServicePortRef, Unavailable,
@@ -35,7 +38,7 @@ pub use route::{
 pub use settings::{CONTROLLER_NAME, Settings};
 pub use source::*;
 pub use table::{IngressVerdict, RoutingTable};
-pub use tls::{CertificateError, SECRET_TYPE_TLS, TlsCertificate};
+pub use tls::{CertificateError, MAX_TLS_SECRET_BYTES, SECRET_TYPE_TLS, TlsCertificate};
 
 /// A table or change could not be decoded from bytes.
 #[derive(Debug, thiserror::Error)]

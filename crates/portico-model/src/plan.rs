@@ -62,8 +62,11 @@ pub(crate) struct PlannedTls {
     pub field: String,
 }
 
-/// Regexes come from users' Ingresses: bound their compiled size.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Regexes come from tenants' Ingresses and are compiled on every replica: bound their
+/// compiled size, their length as written, and how many one Ingress may have.
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+pub const MAX_REGEX_PATTERN_BYTES: usize = 1024;
+pub const MAX_REGEX_PATHS_PER_INGRESS: usize = 100;
 
 impl IngressPlan {
     pub(crate) fn new(
@@ -98,7 +101,12 @@ impl IngressPlan {
         plan.policy = Arc::new(annotations.policy);
 
         let namespace = &src.key.namespace;
+        let mut regex_count = 0;
         for (i, rule) in src.rules.iter().enumerate() {
+            if let Some(host) = rule.host.as_deref().filter(|h| too_broad(h)) {
+                plan.problems
+                    .push(too_broad_problem(format!("spec.rules[{i}].host"), host));
+            }
             let host = HostKey::from_rule(rule.host.as_deref());
             let host_as_written: Option<Arc<str>> = rule
                 .host
@@ -114,21 +122,20 @@ impl IngressPlan {
                 };
                 let written = path.path.as_deref().unwrap_or("");
                 let matcher = if annotations.use_regex {
-                    match RegexBuilder::new(&format!("^(?:{written})"))
-                        .case_insensitive(true)
-                        .size_limit(REGEX_SIZE_LIMIT)
-                        .build()
-                    {
-                        Ok(regex) => PathMatch::Regex {
-                            pattern: written.into(),
-                            regex,
-                        },
-                        Err(e) => {
-                            plan.problems.push(Problem::new(
-                                format!("{field}.path"),
-                                ProblemReason::InvalidPathRegex,
-                                format!("path {written:?} is not a valid regular expression (use-regex is set): {e}"),
-                            ));
+                    regex_count += 1;
+                    if regex_count > MAX_REGEX_PATHS_PER_INGRESS {
+                        plan.problems.push(Problem::new(
+                            format!("{field}.path"),
+                            ProblemReason::RegexLimitExceeded,
+                            format!("more than {MAX_REGEX_PATHS_PER_INGRESS} use-regex paths in one Ingress"),
+                        ));
+                        continue;
+                    }
+                    match compile_regex(written) {
+                        Ok(matcher) => matcher,
+                        Err((reason, why)) => {
+                            plan.problems
+                                .push(Problem::new(format!("{field}.path"), reason, why));
                             continue;
                         }
                     }
@@ -156,6 +163,12 @@ impl IngressPlan {
             );
         }
         for (i, tls) in src.tls.iter().enumerate() {
+            for (j, host) in tls.hosts.iter().enumerate() {
+                if too_broad(host) {
+                    plan.problems
+                        .push(too_broad_problem(format!("spec.tls[{i}].hosts[{j}]"), host));
+                }
+            }
             plan.tls.push(PlannedTls {
                 hosts: tls
                     .hosts
@@ -183,8 +196,76 @@ impl IngressPlan {
     }
 }
 
+/// A `use-regex` path compiled: anchored at the start, case-insensitive (as ingress-nginx).
+/// The pattern must be a complete expression on its own, so it cannot close the anchoring
+/// group (`a)|(.*` would otherwise match anywhere).
+fn compile_regex(written: &str) -> Result<PathMatch, (ProblemReason, String)> {
+    if written.len() > MAX_REGEX_PATTERN_BYTES {
+        return Err((
+            ProblemReason::RegexLimitExceeded,
+            format!(
+                "use-regex path is {} bytes, over the limit of {MAX_REGEX_PATTERN_BYTES}",
+                written.len()
+            ),
+        ));
+    }
+    let invalid = |e: &dyn std::fmt::Display| {
+        (
+            ProblemReason::InvalidPathRegex,
+            format!("path {written:?} is not a valid regular expression (use-regex is set): {e}"),
+        )
+    };
+    let ast = regex_syntax::ast::parse::Parser::new()
+        .parse(written)
+        .map_err(|e| invalid(&e))?;
+    let regex = RegexBuilder::new(&format!("^(?:{written})"))
+        .case_insensitive(true)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| invalid(&e))?;
+    Ok(PathMatch::Regex {
+        pattern: written.into(),
+        regex,
+        literal_len: literal_prefix_len(&ast),
+    })
+}
+
+/// How many bytes every match of the expression starts with literally: a regex ranks by
+/// this (not by its length as written), so padding a pattern gains it nothing.
+fn literal_prefix_len(ast: &regex_syntax::ast::Ast) -> usize {
+    use regex_syntax::ast::Ast;
+    let items = match ast {
+        Ast::Concat(concat) => &concat.asts[..],
+        Ast::Literal(_) => std::slice::from_ref(ast),
+        _ => &[],
+    };
+    items
+        .iter()
+        .map_while(|item| match item {
+            Ast::Literal(literal) => Some(literal.c.len_utf8()),
+            _ => None,
+        })
+        .sum()
+}
+
+/// `*.com`: a wildcard with fewer than two labels after `*.` would claim every name under a
+/// top-level domain.
+fn too_broad(host: &str) -> bool {
+    host.trim_end_matches('.')
+        .strip_prefix("*.")
+        .is_some_and(|suffix| !suffix.contains('.'))
+}
+
+fn too_broad_problem(field: String, host: &str) -> Problem {
+    Problem::new(
+        field,
+        ProblemReason::WildcardTooBroad,
+        format!("wildcard host {host:?} needs at least two labels after \"*.\""),
+    )
+}
+
 /// Whether the Ingress belongs to one of our IngressClasses.
-fn is_ours(
+pub(crate) fn is_ours(
     classes: &OrdMap<ObjectKey, Arc<IngressClassSource>>,
     settings: &Settings,
     src: &IngressSource,

@@ -66,6 +66,19 @@ pub enum ProblemReason {
     /// Another Ingress (or an earlier rule) already routes the same host, path and type;
     /// the older one wins and this path is skipped.
     ConflictingRule,
+    /// The host belongs to another namespace (the one of its oldest Ingress, or of an older
+    /// wildcard covering it); this Ingress's rules for it are skipped.
+    HostOwnedByAnotherNamespace,
+    /// A wildcard host with fewer than two labels after `*.` (`*.com`); the Ingress is
+    /// rejected.
+    WildcardTooBroad,
+    /// More `use-regex` paths, or longer patterns, than the limits; the Ingress is rejected.
+    RegexLimitExceeded,
+    /// The backend is an `ExternalName` Service, which the settings do not allow (or whose
+    /// `externalName` is an IP address): the path answers 503.
+    ExternalNameNotAllowed,
+    /// The TLS Secret is larger than the limit; it is not stored or served.
+    SecretTooLarge,
 }
 
 impl ProblemReason {
@@ -75,6 +88,8 @@ impl ProblemReason {
             ProblemReason::InvalidSpec
                 | ProblemReason::InvalidAnnotation
                 | ProblemReason::InvalidPathRegex
+                | ProblemReason::WildcardTooBroad
+                | ProblemReason::RegexLimitExceeded
         )
     }
 
@@ -92,6 +107,11 @@ impl ProblemReason {
             ProblemReason::CertificateHostMismatch => "CertificateHostMismatch",
             ProblemReason::CertificateNotValidNow => "CertificateNotValidNow",
             ProblemReason::ConflictingRule => "ConflictingRule",
+            ProblemReason::HostOwnedByAnotherNamespace => "HostOwnedByAnotherNamespace",
+            ProblemReason::WildcardTooBroad => "WildcardTooBroad",
+            ProblemReason::RegexLimitExceeded => "RegexLimitExceeded",
+            ProblemReason::ExternalNameNotAllowed => "ExternalNameNotAllowed",
+            ProblemReason::SecretTooLarge => "SecretTooLarge",
         }
     }
 }

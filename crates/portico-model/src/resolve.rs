@@ -14,9 +14,14 @@ use crate::source::{EndpointSliceSource, ServicePortSource, ServiceSource};
 /// ones still serving while terminating do, as kube-proxy does, so that a rolling update of
 /// the last Pods does not turn into 503s. Addresses are deduplicated and sorted so every
 /// replica balances over the same list.
+///
+/// `ExternalName` Services resolve only when `allow_external_name` is set, and only to a DNS
+/// name: an IP literal is refused, because the proxy checks where a name resolves to at
+/// connect time and a literal would skip that check.
 pub(crate) fn backend_target<'a>(
     service: Option<&ServiceSource>,
     port: &ServicePortRef,
+    allow_external_name: bool,
     slices: impl Iterator<Item = &'a EndpointSliceSource>,
 ) -> BackendTarget {
     let Some(service) = service else {
@@ -31,6 +36,9 @@ pub(crate) fn backend_target<'a>(
         let Some(host) = service.external_name.as_deref().filter(|h| !h.is_empty()) else {
             return BackendTarget::Unavailable(Unavailable::ServiceNotFound);
         };
+        if !allow_external_name || external_name_is_address(host) {
+            return BackendTarget::Unavailable(Unavailable::ExternalNameNotAllowed);
+        }
         // An ExternalName Service needs no ports; a port number in the Ingress is the port.
         let port = match (service_port, port) {
             (Some(p), _) => u16::try_from(p.port).ok(),
@@ -83,6 +91,17 @@ pub(crate) fn backend_target<'a>(
     endpoints.sort();
     endpoints.dedup_by(|a, b| a.addr == b.addr);
     BackendTarget::Endpoints(endpoints.into())
+}
+
+/// Whether an `externalName` is an IP address (`127.0.0.1`, `::1`, `[::1]`) rather than a
+/// DNS name.
+pub(crate) fn external_name_is_address(name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    let bare = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    bare.parse::<IpAddr>().is_ok()
 }
 
 /// The slice's port number for a Service port: matched by name (both unnamed for a

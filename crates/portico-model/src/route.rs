@@ -107,16 +107,23 @@ pub enum PathMatch {
     /// Element-wise prefix on `/`; stored without its trailing slash (`/` is stored as ``).
     Prefix(Arc<str>),
     /// `use-regex`: the pattern anchored at the start, case-insensitive (as ingress-nginx).
-    Regex { pattern: Arc<str>, regex: Regex },
+    /// `literal_len` is how many bytes every match starts with literally: its precedence.
+    Regex {
+        pattern: Arc<str>,
+        regex: Regex,
+        literal_len: usize,
+    },
 }
 
 impl PathMatch {
-    /// The precedence length: the path's length with any trailing slash stripped.
+    /// The precedence length: the path's length with any trailing slash stripped; for a
+    /// regex, the length of its literal prefix (`/api/v[0-9]+` ranks as `/api/v`), so a
+    /// long pattern cannot outrank the paths it overlaps.
     pub fn precedence_len(&self) -> usize {
         match self {
             PathMatch::Exact(p) => p.strip_suffix('/').unwrap_or(p).len(),
             PathMatch::Prefix(p) => p.len(),
-            PathMatch::Regex { pattern, .. } => pattern.len(),
+            PathMatch::Regex { literal_len, .. } => *literal_len,
         }
     }
 
@@ -325,6 +332,9 @@ pub enum BackendTarget {
 pub enum Unavailable {
     ServiceNotFound,
     PortNotFound,
+    /// An `ExternalName` Service while they are not allowed (the default), or one whose
+    /// `externalName` is an IP address.
+    ExternalNameNotAllowed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

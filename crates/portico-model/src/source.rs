@@ -187,6 +187,10 @@ pub struct SecretSource {
     pub type_: Option<String>,
     pub tls_crt: Option<Vec<u8>>,
     pub tls_key: Option<Vec<u8>>,
+    /// The size of `tls.crt` plus `tls.key` when it was over
+    /// [`MAX_TLS_SECRET_BYTES`](crate::MAX_TLS_SECRET_BYTES): the data was dropped at
+    /// conversion, so it never reaches the Raft log, and the Secret is reported as too large.
+    pub oversize: Option<u64>,
 }
 
 impl fmt::Debug for SecretSource {
@@ -196,6 +200,7 @@ impl fmt::Debug for SecretSource {
             .field("type_", &self.type_)
             .field("tls_crt", &self.tls_crt.as_ref().map(|c| c.len()))
             .field("tls_key", &self.tls_key.as_ref().map(|_| "<redacted>"))
+            .field("oversize", &self.oversize)
             .finish()
     }
 }

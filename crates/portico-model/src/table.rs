@@ -75,13 +75,21 @@ struct Derived {
     backend_refs: OrdMap<BackendKey, usize>,
     backends: HashMap<BackendKey, Arc<Backend>>,
     slices_by_service: OrdMap<ObjectKey, OrdSet<ObjectKey>>,
+    /// Rules refused because their host belongs to another namespace, by host.
+    refused_hosts: OrdMap<HostKey, Arc<Vec<(ObjectKey, Problem)>>>,
     /// Accepted Ingresses that set `spec.defaultBackend`, oldest first.
     default_backend_members: OrdSet<Precedence>,
-    default_route: Option<Arc<Route>>,
+    /// The oldest default backend of each namespace: it answers unmatched paths on the
+    /// hosts that namespace owns.
+    default_routes: OrdMap<Arc<str>, Arc<Route>>,
+    /// The oldest default backend of all, for requests whose host no rule claims; only
+    /// when the settings allow a catch-all.
+    catch_all: Option<Arc<Route>>,
     /// Accepted Ingresses that reference each TLS Secret, oldest first.
     tls_refs: OrdMap<ObjectKey, OrdSet<Precedence>>,
-    /// Host names listed in `tls.hosts` of accepted Ingresses, with how many list each.
-    tls_hosts: OrdMap<Arc<str>, usize>,
+    /// Host names listed in `tls.hosts` of accepted Ingresses, with the Ingresses that list
+    /// each, oldest first.
+    tls_hosts: OrdMap<Arc<str>, OrdSet<Precedence>>,
     certificates: OrdMap<ObjectKey, CertificateState>,
     sni_exact: HashMap<Arc<str>, Arc<TlsCertificate>>,
     sni_wildcard: HashMap<Arc<str>, Arc<TlsCertificate>>,
@@ -190,16 +198,22 @@ impl RoutingTable {
         Ok(table)
     }
 
-    /// The route for a request, falling back to the default backend; `None` means 404.
+    /// The route for a request, falling back to a default backend; `None` means 404.
     ///
     /// `host` is the `Host` header or `:authority` (case, port and a trailing dot are
     /// ignored); `path` is the request path without the query string. A request goes to the
     /// most specific host that has rules (exact, then wildcard, then rules without host) and
-    /// only that host's paths are considered, as in nginx's server blocks.
+    /// only that host's paths are considered, as in nginx's server blocks. An unmatched path
+    /// goes to the default backend of the namespace that owns the host (never another
+    /// namespace's); a host no rule names goes to the catch-all, when the settings allow one.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Route> {
-        self.select_host(host)
-            .and_then(|routes| routes.find(path))
-            .or(self.derived.default_route.as_deref())
+        match self.select_host(host) {
+            Some(routes) => routes.find(path).or_else(|| {
+                let owner = routes.owner.as_ref()?;
+                self.derived.default_routes.get(owner).map(|r| &**r)
+            }),
+            None => self.derived.catch_all.as_deref(),
+        }
     }
 
     fn select_host(&self, host: &str) -> Option<&HostRoutes> {
@@ -222,9 +236,10 @@ impl RoutingTable {
         self.derived.backends.get(key)
     }
 
-    /// The certificate for a TLS client hello: by SAN (exact, then wildcard) among the
-    /// Secrets of our Ingresses (the oldest Ingress wins a name two Secrets cover), then the
-    /// configured default certificate. `None` means the caller's own default.
+    /// The certificate for a TLS client hello: the Secret of the oldest Ingress that lists the
+    /// name (exact, then wildcard) in `tls.hosts`, is in the namespace that owns the host,
+    /// and whose certificate covers it; then the configured default certificate. A SAN alone
+    /// claims nothing. `None` means the caller's own default.
     pub fn certificate_for(&self, server_name: Option<&str>) -> Option<&Arc<TlsCertificate>> {
         let mut buf = [0; MAX_HOST_LEN];
         if let Some(name) = server_name.and_then(|n| host::normalize_request_host(n, &mut buf)) {
@@ -242,7 +257,8 @@ impl RoutingTable {
     }
 
     /// Every route, by host (exact hosts sorted, then wildcards, then rules without host),
-    /// then by path precedence as written; the default backend's route last.
+    /// then by path precedence as written; the default backends' routes (one per namespace)
+    /// last.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         let mut hosts: Vec<(&HostKey, &HostRoutes)> = Vec::new();
         for key in self.derived.host_members.keys() {
@@ -258,7 +274,7 @@ impl RoutingTable {
         hosts
             .into_iter()
             .flat_map(|(_, routes)| routes.routes().iter())
-            .chain(self.derived.default_route.as_deref())
+            .chain(self.derived.default_routes.values().map(|r| &**r))
     }
 
     /// Whether an Ingress is served; `None` if the table has no such Ingress.
@@ -303,6 +319,14 @@ impl RoutingTable {
                         .map(|(_, p)| p.clone()),
                 );
             }
+            if let Some(refused) = self.derived.refused_hosts.get(host) {
+                problems.extend(
+                    refused
+                        .iter()
+                        .filter(|(ingress, _)| ingress == key)
+                        .map(|(_, p)| p.clone()),
+                );
+            }
         }
         // Backends that cannot take requests.
         let mut seen = BTreeSet::new();
@@ -337,6 +361,13 @@ impl RoutingTable {
                             backend.service, backend.port
                         ),
                     ),
+                    Unavailable::ExternalNameNotAllowed => (
+                        ProblemReason::ExternalNameNotAllowed,
+                        format!(
+                            "Service {} is an ExternalName Service, which is not allowed (it must name a DNS name, and `portico run --allow-external-name-services` must be set); requests get 503",
+                            backend.service
+                        ),
+                    ),
                 };
                 problems.push(Problem::new(
                     format!("{field}.backend.service"),
@@ -364,7 +395,10 @@ impl RoutingTable {
                 )),
                 Some(Some(SecretError::Invalid(e))) => problems.push(Problem::new(
                     field,
-                    ProblemReason::InvalidSecret,
+                    match e {
+                        CertificateError::TooLarge { .. } => ProblemReason::SecretTooLarge,
+                        _ => ProblemReason::InvalidSecret,
+                    },
                     format!("Secret {secret}: {e}{keeping}"),
                 )),
                 Some(None) => {}
@@ -564,6 +598,8 @@ impl RoutingTable {
             hosts.extend(self.add_contributions(new));
             self.derived.plans.insert(key.clone(), new.clone());
         }
+        let dependents = self.hosts_under_wildcards(&hosts);
+        hosts.extend(dependents);
         for host in &hosts {
             self.rebuild_host(host);
         }
@@ -572,8 +608,13 @@ impl RoutingTable {
         if default_changed {
             self.rebuild_default_route();
         }
+        // Who owns a host decides which certificates serve it.
         let tls_changed = old.as_ref().is_some_and(|p| !p.tls.is_empty())
-            || new.as_ref().is_some_and(|p| !p.tls.is_empty());
+            || new.as_ref().is_some_and(|p| !p.tls.is_empty())
+            || hosts.iter().any(|h| {
+                h.tls_name()
+                    .is_some_and(|n| self.derived.tls_hosts.contains_key(n.as_str()))
+            });
         if tls_changed {
             self.collect_unused_certificates();
             self.rebuild_sni();
@@ -614,7 +655,11 @@ impl RoutingTable {
                 }
             }
             for host in &tls.hosts {
-                *self.derived.tls_hosts.entry(host.clone()).or_default() += 1;
+                self.derived
+                    .tls_hosts
+                    .entry(host.clone())
+                    .or_default()
+                    .insert(plan.precedence.clone());
                 // The host's default ssl-redirect depends on whether it has TLS.
                 hosts.insert(HostKey::from_rule(Some(host)));
             }
@@ -643,12 +688,7 @@ impl RoutingTable {
                 remove_from_set(&mut self.derived.tls_refs, secret, &plan.precedence);
             }
             for host in &tls.hosts {
-                if let Some(count) = self.derived.tls_hosts.get_mut(host) {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.derived.tls_hosts.remove(host);
-                    }
-                }
+                remove_from_set(&mut self.derived.tls_hosts, host, &plan.precedence);
                 hosts.insert(HostKey::from_rule(Some(host)));
             }
         }
@@ -685,7 +725,12 @@ impl RoutingTable {
         let service = self.inputs.services.get(&key.service).map(|s| &**s);
         Arc::new(Backend::new(
             key.clone(),
-            resolve::backend_target(service, &key.port, slices),
+            resolve::backend_target(
+                service,
+                &key.port,
+                self.inputs.settings.allow_external_name_services,
+                slices,
+            ),
         ))
     }
 
@@ -713,14 +758,84 @@ impl RoutingTable {
         }
     }
 
+    /// The namespace a host belongs to: that of the oldest accepted Ingress with rules for
+    /// it or, for an exact name, for the wildcard covering it (`*.example.com` claimed first
+    /// owns `shop.example.com` too). `None` when no rule names it.
+    fn host_owner(&self, host: &HostKey) -> Option<Arc<str>> {
+        let oldest = |key: &HostKey| self.derived.host_members.get(key).and_then(|m| m.get_min());
+        let parent = match host {
+            HostKey::Exact(name) => host::wildcard_suffix(name)
+                .and_then(|suffix| oldest(&HostKey::Wildcard(suffix.into()))),
+            _ => None,
+        };
+        [oldest(host), parent]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|p| p.key.namespace.clone())
+    }
+
+    /// Whether an Ingress in `namespace` may add rules or certificates to a host `owner` owns.
+    fn may_use(&self, owner: Option<&Arc<str>>, namespace: &Arc<str>) -> bool {
+        self.inputs.settings.allow_cross_namespace_hosts || owner.is_none_or(|o| o == namespace)
+    }
+
+    /// The exact hosts whose owner may change with a change of these wildcard hosts.
+    fn hosts_under_wildcards(&self, hosts: &BTreeSet<HostKey>) -> Vec<HostKey> {
+        let suffixes: BTreeSet<&Arc<str>> = hosts
+            .iter()
+            .filter_map(|h| match h {
+                HostKey::Wildcard(suffix) => Some(suffix),
+                _ => None,
+            })
+            .collect();
+        if suffixes.is_empty() {
+            return Vec::new();
+        }
+        self.derived
+            .host_members
+            .keys()
+            .filter(|key| match key {
+                HostKey::Exact(name) => host::wildcard_suffix(name)
+                    .is_some_and(|suffix| suffixes.contains(&Arc::<str>::from(suffix))),
+                _ => false,
+            })
+            .cloned()
+            .collect()
+    }
+
     fn rebuild_host(&mut self, host: &HostKey) {
         let mut routes = HostRoutes::default();
-        let tls = host
-            .tls_name()
-            .is_some_and(|name| self.derived.tls_hosts.contains_key(name.as_str()));
+        let owner = self.host_owner(host);
+        let tls = host.tls_name().is_some_and(|name| {
+            self.derived
+                .tls_hosts
+                .get(name.as_str())
+                .is_some_and(|listers| {
+                    listers
+                        .iter()
+                        .any(|p| self.may_use(owner.as_ref(), &p.key.namespace))
+                })
+        });
+        let mut refused = Vec::new();
         for member in self.derived.host_members.get(host).into_iter().flatten() {
             let plan = &self.derived.plans[&member.key];
+            let allowed = self.may_use(owner.as_ref(), &member.key.namespace);
             for path in plan.paths.iter().filter(|p| p.host == *host) {
+                if !allowed {
+                    let name = path.host_as_written.as_deref().unwrap_or("*");
+                    refused.push((
+                        member.key.clone(),
+                        Problem::new(
+                            path.field.as_str(),
+                            ProblemReason::HostOwnedByAnotherNamespace,
+                            format!(
+                                "host {name:?} belongs to another namespace (the one whose Ingress claimed it first); this path is skipped"
+                            ),
+                        ),
+                    ));
+                    continue;
+                }
                 let route = Route {
                     ingress: member.key.clone(),
                     host: path.host_as_written.clone(),
@@ -740,8 +855,14 @@ impl RoutingTable {
             }
         }
         routes.finish();
+        routes.owner = owner;
         let routes = (!routes.is_empty()).then(|| Arc::new(routes));
         let d = &mut self.derived;
+        if refused.is_empty() {
+            d.refused_hosts.remove(host);
+        } else {
+            d.refused_hosts.insert(host.clone(), Arc::new(refused));
+        }
         match (host, routes) {
             (HostKey::Exact(h), Some(r)) => drop(d.exact_hosts.insert(h.clone(), r)),
             (HostKey::Exact(h), None) => drop(d.exact_hosts.remove(h)),
@@ -752,24 +873,30 @@ impl RoutingTable {
     }
 
     fn rebuild_default_route(&mut self) {
-        self.derived.default_route = self
-            .derived
-            .default_backend_members
-            .get_min()
-            .map(|member| {
-                let plan = &self.derived.plans[&member.key];
-                Arc::new(Route {
-                    ingress: member.key.clone(),
-                    host: None,
-                    path: PathMatch::Prefix("".into()),
-                    backend: plan
-                        .default_backend
-                        .clone()
-                        .expect("member has a default backend"),
-                    policy: plan.policy.clone(),
-                    redirect_to_https: plan.policy.force_ssl_redirect,
-                })
+        let mut per_namespace: OrdMap<Arc<str>, Arc<Route>> = OrdMap::new();
+        let mut catch_all = None;
+        for member in &self.derived.default_backend_members {
+            let plan = &self.derived.plans[&member.key];
+            let route = Arc::new(Route {
+                ingress: member.key.clone(),
+                host: None,
+                path: PathMatch::Prefix("".into()),
+                backend: plan
+                    .default_backend
+                    .clone()
+                    .expect("member has a default backend"),
+                policy: plan.policy.clone(),
+                redirect_to_https: plan.policy.force_ssl_redirect,
             });
+            if catch_all.is_none() && self.inputs.settings.allow_catch_all {
+                catch_all = Some(route.clone());
+            }
+            per_namespace
+                .entry(member.key.namespace.clone())
+                .or_insert(route);
+        }
+        self.derived.default_routes = per_namespace;
+        self.derived.catch_all = catch_all;
     }
 
     // ---- certificates ----
@@ -830,31 +957,44 @@ impl RoutingTable {
         }
     }
 
+    /// Indexes, for each name in some `tls.hosts`, the certificate of the oldest Ingress
+    /// that lists it, may use the host (its namespace owns it), and has a certificate that
+    /// covers it (a wildcard entry needs the same wildcard SAN). Names only in a SAN are not
+    /// indexed: a certificate claims nothing by itself.
     fn rebuild_sni(&mut self) {
-        let mut order: Vec<(&Precedence, &ObjectKey)> = self
-            .derived
-            .tls_refs
-            .iter()
-            .filter_map(|(secret, refs)| refs.get_min().map(|oldest| (oldest, secret)))
-            .collect();
-        order.sort();
         let mut exact = HashMap::default();
         let mut wildcard = HashMap::default();
-        for (_, secret) in order {
-            let Some(cert) = self
-                .derived
-                .certificates
-                .get(secret)
-                .and_then(|s| s.served.as_ref())
-            else {
-                continue;
-            };
-            for name in &cert.dns_names {
-                let (map, name) = match name.strip_prefix("*.") {
-                    Some(suffix) => (&mut wildcard, Arc::from(suffix)),
-                    None => (&mut exact, name.clone()),
-                };
-                map.entry(name).or_insert_with(|| cert.clone());
+        for (name, listers) in &self.derived.tls_hosts {
+            let key = HostKey::from_rule(Some(name));
+            let owner = self.host_owner(&key);
+            let cert = listers
+                .iter()
+                .filter(|p| self.may_use(owner.as_ref(), &p.key.namespace))
+                .find_map(|p| {
+                    let plan = self.derived.plans.get(&p.key)?;
+                    plan.tls
+                        .iter()
+                        .filter(|t| t.hosts.contains(name))
+                        .find_map(|t| {
+                            let cert = self
+                                .derived
+                                .certificates
+                                .get(t.secret.as_ref()?)?
+                                .served
+                                .as_ref()?;
+                            let covered = if name.starts_with("*.") {
+                                cert.dns_names.iter().any(|san| san == name)
+                            } else {
+                                cert.covers(name)
+                            };
+                            covered.then(|| cert.clone())
+                        })
+                });
+            let Some(cert) = cert else { continue };
+            match key {
+                HostKey::Exact(h) => drop(exact.insert(h, cert)),
+                HostKey::Wildcard(suffix) => drop(wildcard.insert(suffix, cert)),
+                HostKey::Any => {}
             }
         }
         self.derived.sni_exact = exact;

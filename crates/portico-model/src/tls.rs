@@ -15,6 +15,10 @@ use crate::source::{SecretSource, UnixSeconds};
 
 pub const SECRET_TYPE_TLS: &str = "kubernetes.io/tls";
 
+/// The largest `tls.crt` plus `tls.key` served (a long chain with an RSA-4096 key is under
+/// 16 KiB): one tenant's Secret cannot fill the Raft log or the volumes.
+pub const MAX_TLS_SECRET_BYTES: usize = 64 * 1024;
+
 /// A certificate chain with its private key, ready to serve.
 pub struct TlsCertificate {
     pub secret: ObjectKey,
@@ -34,6 +38,17 @@ impl TlsCertificate {
             && type_ != SECRET_TYPE_TLS
         {
             return Err(CertificateError::WrongType(type_.clone()));
+        }
+        let size = [&secret.tls_crt, &secret.tls_key]
+            .into_iter()
+            .flatten()
+            .map(|b| b.len() as u64)
+            .sum::<u64>();
+        if let Some(bytes) = secret
+            .oversize
+            .or((size > MAX_TLS_SECRET_BYTES as u64).then_some(size))
+        {
+            return Err(CertificateError::TooLarge { bytes });
         }
         let crt = secret
             .tls_crt
@@ -140,4 +155,9 @@ pub enum CertificateError {
     Key,
     #[error("tls.key does not match the public key of the first certificate in tls.crt")]
     KeyMismatch,
+    #[error(
+        "tls.crt and tls.key are {bytes} bytes, over the limit of {} bytes; the Secret is not stored or served",
+        MAX_TLS_SECRET_BYTES
+    )]
+    TooLarge { bytes: u64 },
 }

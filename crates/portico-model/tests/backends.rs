@@ -239,15 +239,19 @@ fn a_slice_moving_to_another_service_updates_both() {
 }
 
 #[test]
-fn external_name_services_resolve_to_their_dns_name() {
+fn external_name_services_resolve_to_their_dns_name_when_allowed() {
     let service = Resource::Service(Arc::new(ServiceSource {
         key: key("web"),
         type_: Some("ExternalName".into()),
         external_name: Some("api.partner.example".into()),
         ports: vec![],
     }));
+    let allowed = Settings {
+        allow_external_name_services: true,
+        ..settings()
+    };
     let table = RoutingTable::compile(
-        settings(),
+        allowed,
         vec![our_class(), service, web_ingress(by_number(443))],
     );
     let route = table.lookup("web.example", "/").unwrap();

@@ -168,7 +168,14 @@ fn conformance_table(manifest: &str) -> RoutingTable {
         resources.extend(objects);
     }
     resources.push(tls_secret("conformance-tls", &["foo.bar.com"]));
-    RoutingTable::compile(settings(), resources)
+    // The default_backend feature (C01-C06) sends requests for hosts no rule names to an
+    // Ingress that has only a defaultBackend: a catch-all, which Portico serves only when
+    // allowed (`portico run --allow-catch-all`). No scenario merges hosts across namespaces.
+    let settings = Settings {
+        allow_catch_all: true,
+        ..settings()
+    };
+    RoutingTable::compile(settings, resources)
 }
 
 #[test]
@@ -551,16 +558,21 @@ fn class_selection() {
 
 #[test]
 fn default_backend_comes_from_the_oldest_ingress_that_sets_one() {
-    let table = RoutingTable::compile(
-        settings(),
-        vec![
-            our_class(),
-            ingress("new", 9).default_backend("new-default").build(),
-            ingress("old", 1).default_backend("old-default").build(),
-        ],
-    );
+    let resources = vec![
+        our_class(),
+        ingress("new", 9).default_backend("new-default").build(),
+        ingress("old", 1).default_backend("old-default").build(),
+    ];
+    let catch_all = Settings {
+        allow_catch_all: true,
+        ..settings()
+    };
+    let table = RoutingTable::compile(catch_all, resources.clone());
     assert_eq!(
         service_for(&table, "whatever", "/x").as_deref(),
         Some("old-default")
     );
+    // By default a default backend is no catch-all: a host no rule names is 404.
+    let table = RoutingTable::compile(settings(), resources);
+    assert_eq!(service_for(&table, "whatever", "/x"), None);
 }

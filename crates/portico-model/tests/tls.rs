@@ -174,6 +174,7 @@ fn broken_secrets_are_reported_and_the_last_good_certificate_stays() {
                 type_: Some("Opaque".into()),
                 tls_crt: None,
                 tls_key: None,
+                oversize: None,
             })),
             ProblemReason::InvalidSecret,
             "Opaque",

@@ -67,6 +67,9 @@ impl TableView {
                     Some(BackendTarget::Unavailable(Unavailable::PortNotFound)) => {
                         (Vec::new(), Some("service port not found".to_owned()))
                     }
+                    Some(BackendTarget::Unavailable(Unavailable::ExternalNameNotAllowed)) => {
+                        (Vec::new(), Some("ExternalName not allowed".to_owned()))
+                    }
                 };
                 let tls = route
                     .host

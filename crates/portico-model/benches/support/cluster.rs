@@ -170,6 +170,7 @@ pub fn certificates() -> &'static [Resource] {
                     type_: Some(SECRET_TYPE_TLS.into()),
                     tls_crt: Some(cert.cert.pem().into_bytes()),
                     tls_key: Some(cert.signing_key.serialize_pem().into_bytes()),
+                    oversize: None,
                 }))
             })
             .collect()

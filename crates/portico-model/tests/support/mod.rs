@@ -214,6 +214,7 @@ pub fn secret(name: &str, crt: Option<Vec<u8>>, key: Option<Vec<u8>>) -> Resourc
         type_: Some(SECRET_TYPE_TLS.to_owned()),
         tls_crt: crt,
         tls_key: key,
+        oversize: None,
     }))
 }
 

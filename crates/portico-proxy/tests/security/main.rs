@@ -1,0 +1,15 @@
+//! Attack tests for the data plane, one module per finding of the security review
+//! (`../shared/reviews/security.md`): each shows the attack over real sockets, with clients
+//! we did not write (curl, nghttp2, Python's h2 and aioquic), and that it now fails.
+//! Run `tests/setup` first to install them.
+
+// The proxy tests' support (echo backends, manifests, the proxy under test, client runners);
+// this target uses only part of it.
+#[allow(dead_code)]
+#[path = "../proxy/common.rs"]
+mod common;
+
+mod chunk_size_strictness;
+mod h4_path_normalisation;
+mod l1_forwarding_headers;
+mod m1_host_authority;
