@@ -336,8 +336,11 @@ pub fn tls_secret(name: &str, cert: &TestCert) -> String {
 }
 
 pub fn table(yaml: &str) -> Arc<RoutingTable> {
+    // The data plane's tests: a defaultBackend-only Ingress is the catch-all here (the
+    // tenant rules that keep it off by default are portico-model's tests).
     let settings = Settings {
         watch_ingress_without_class: true,
+        allow_catch_all: true,
         ..Settings::default()
     };
     Arc::new(table_file::from_yaml(yaml, settings).expect("test manifest compiles"))
