@@ -38,10 +38,14 @@
 //!   server does not keep everyone from leading.
 //!
 //! Status writes check [`LeaseValidity`] (valid until `renew_deadline` after the start of
-//! the last successful renew, by the monotonic clock) just before each write. Others wait
-//! `lease_duration` from when they saw that renew, and `retry_period + renew_deadline <
-//! lease_duration` is enforced, so a deposed leader has stopped writing before anyone else
-//! may start.
+//! the last successful renew, by the monotonic clock) just before each write, and a write
+//! (with every retry the kube client makes of it) is abandoned when the lease runs out, so
+//! no request leaves after that instant. Others wait `lease_duration` from when they saw
+//! that renew, and `retry_period + renew_deadline < lease_duration` is enforced, so a
+//! deposed leader's last request was sent at least `lease_duration - renew_deadline`
+//! before anyone else may start. Each status write also carries the Ingress's
+//! resourceVersion as a precondition: a write that arrives after anyone else changed the
+//! Ingress (a newer leader's status, a new spec) is refused with 409.
 //!
 //! A handover (SIGTERM, or a Lease lost) takes about one Raft leader lease (the maximum
 //! election timeout): followers refuse to elect anyone before it has run out. Every replica
@@ -178,10 +182,14 @@ impl LeaseValidity {
 
     /// Whether the lease is still valid now.
     pub fn is_valid(&self) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|until| Instant::now() < until)
+        self.valid_until().is_some()
+    }
+
+    /// Until when the lease is valid, if it is valid now: a leader's API call must be done
+    /// (or abandoned) by then.
+    pub fn valid_until(&self) -> Option<Instant> {
+        let until = (*self.0.lock().unwrap_or_else(|e| e.into_inner()))?;
+        (Instant::now() < until).then_some(until)
     }
 }
 

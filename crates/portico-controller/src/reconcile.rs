@@ -66,6 +66,8 @@ const KINDS: [ResourceKind; 5] = [
 struct Seen {
     resource: Resource,
     load_balancer: Vec<LbAddress>,
+    /// An Ingress's resourceVersion: the precondition of our status writes.
+    resource_version: Option<String>,
 }
 
 #[derive(Debug)]
@@ -320,6 +322,9 @@ impl State {
                         .ingress_status
                         .retain(|key, _| keep.contains(key));
                     self.inputs.ingress_uids.retain(|key, _| keep.contains(key));
+                    self.inputs
+                        .ingress_versions
+                        .retain(|key, _| keep.contains(key));
                 }
                 self.objects.insert(kind, objects);
                 self.listed.insert(kind);
@@ -342,6 +347,7 @@ impl State {
                 if kind == ResourceKind::Ingress {
                     self.inputs.ingress_status.remove(&key);
                     self.inputs.ingress_uids.remove(&key);
+                    self.inputs.ingress_versions.remove(&key);
                 }
                 if self.objects.entry(kind).or_default().remove(&key).is_none() {
                     return;
@@ -373,7 +379,15 @@ impl State {
                     .inputs
                     .ingress_status
                     .insert(key.clone(), seen.load_balancer.clone());
-                if previous.as_ref() != Some(&seen.load_balancer) {
+                let previous_version = self
+                    .inputs
+                    .ingress_versions
+                    .insert(key.clone(), seen.resource_version.clone());
+                // A new resourceVersion alone matters too: it is the precondition of the
+                // next status write, and a write refused with 409 waits for it.
+                if previous.as_ref() != Some(&seen.load_balancer)
+                    || previous_version.as_ref() != Some(&seen.resource_version)
+                {
                     let _ = status.send(StatusWork::Observed {
                         inputs: self.inputs.clone(),
                         changed: Some(key.clone()),
@@ -468,6 +482,7 @@ async fn watch_all(client: Client, tx: mpsc::UnboundedSender<Observation>) {
             |c| Seen {
                 resource: Resource::IngressClass(Arc::new(IngressClassSource::from(c))),
                 load_balancer: Vec::new(),
+                resource_version: None,
             },
         ),
         watch_kind::<Service>(
@@ -483,12 +498,14 @@ async fn watch_all(client: Client, tx: mpsc::UnboundedSender<Observation>) {
             |s| Seen {
                 resource: Resource::EndpointSlice(Arc::new(EndpointSliceSource::from(s))),
                 load_balancer: Vec::new(),
+                resource_version: None,
             },
         ),
         watch_kind::<Secret>(Api::all(client), tls_secrets, ResourceKind::Secret, |s| {
             Seen {
                 resource: Resource::Secret(Arc::new(SecretSource::from(s))),
                 load_balancer: Vec::new(),
+                resource_version: None,
             }
         }),
     ];
@@ -585,6 +602,7 @@ fn seen_ingress(ingress: &Ingress) -> Seen {
     Seen {
         resource: Resource::Ingress(Arc::new(IngressSource::from(ingress))),
         load_balancer,
+        resource_version: ingress.metadata.resource_version.clone(),
     }
 }
 
@@ -599,11 +617,21 @@ fn seen_service(service: &Service) -> Seen {
     Seen {
         resource: Resource::Service(Arc::new(ServiceSource::from(service))),
         load_balancer,
+        resource_version: None,
     }
 }
 
-/// The JSON merge patch that sets (or clears, when empty) an Ingress's load-balancer status.
-pub(crate) fn status_patch(addresses: &[LbAddress]) -> Value {
+/// The JSON merge patch that sets (or clears, when empty) an Ingress's load-balancer status;
+/// with `resource_version`, only if the Ingress still has that version (else 409).
+pub(crate) fn status_patch(addresses: &[LbAddress], resource_version: Option<&str>) -> Value {
+    let mut patch = load_balancer_patch(addresses);
+    if let Some(version) = resource_version {
+        patch["metadata"] = serde_json::json!({"resourceVersion": version});
+    }
+    patch
+}
+
+fn load_balancer_patch(addresses: &[LbAddress]) -> Value {
     if addresses.is_empty() {
         return serde_json::json!({"status": {"loadBalancer": {"ingress": null}}});
     }

@@ -12,8 +12,12 @@
 //!   Ingresses. It is cleared only for an Ingress the table says is not ours (left our
 //!   class) or rejected, and only when the addresses it shows are ours (the configured
 //!   ones, or ones this leader wrote), so another controller's status is left alone.
-//! * Before each write the worker checks that the Lease is still valid by our monotonic
-//!   clock ([`crate::LeaseValidity`]); an expired lease stops every write.
+//! * Every write runs [`while_leading`]: only while the Lease is valid by our monotonic
+//!   clock ([`crate::LeaseValidity`]), and abandoned, with every retry the kube client would
+//!   still make of it (it retries 429/503/504 on its own), the moment the lease runs out: no
+//!   request of ours leaves after that. A status write also carries the resourceVersion we
+//!   last saw as a precondition, so one that arrives after the Ingress changed (a newer
+//!   leader's write, a new spec) is refused with 409 instead of overwriting it.
 //! * Problems of our Ingresses become Kubernetes Events (reason = the problem's reason,
 //!   note naming the field) and a log line, each time an Ingress's problem set changes
 //!   (so once per problem per leadership).
@@ -66,6 +70,8 @@ pub(crate) struct StatusInputs {
     pub ingress_status: imbl::HashMap<ObjectKey, Vec<LbAddress>>,
     /// Each Ingress's UID, for the Events that point at it.
     pub ingress_uids: imbl::HashMap<ObjectKey, Option<String>>,
+    /// Each Ingress's resourceVersion as last seen: the precondition of a status write.
+    pub ingress_versions: imbl::HashMap<ObjectKey, Option<String>>,
     pub publish_service_addresses: Option<Vec<LbAddress>>,
 }
 
@@ -94,6 +100,33 @@ pub(crate) struct StatusContext {
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Why a leader's API call was not made or has no answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LeaderCallError {
+    #[error("the lease is no longer valid")]
+    LeaseExpired,
+    #[error("no answer within {CALL_TIMEOUT:?}")]
+    TimedOut,
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+}
+
+/// Runs `call` (not yet polled, so nothing is sent before the check) only while `lease` is
+/// valid, bounded by [`CALL_TIMEOUT`] and by the lease's end: dropping the future at that
+/// instant also drops the retries the kube client would otherwise keep sending.
+pub(crate) async fn while_leading<T>(
+    lease: &LeaseValidity,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, LeaderCallError> {
+    let until = lease.valid_until().ok_or(LeaderCallError::LeaseExpired)?;
+    let deadline = until.min(std::time::Instant::now() + CALL_TIMEOUT);
+    match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), call).await {
+        Ok(result) => Ok(result?),
+        Err(_) if deadline == until => Err(LeaderCallError::LeaseExpired),
+        Err(_) => Err(LeaderCallError::TimedOut),
+    }
+}
 
 /// Runs until `ctx.token` is cancelled.
 pub(crate) async fn run(ctx: StatusContext, mut rx: mpsc::UnboundedReceiver<StatusWork>) {
@@ -266,30 +299,32 @@ impl Worker<'_> {
         {
             return true; // our write has not come back through the watch yet
         }
-        if !self.ctx.lease.is_valid() {
-            tracing::warn!(ingress = %key, "not writing status: the lease is no longer valid");
-            return false;
-        }
         let api: Api<Ingress> = Api::namespaced(self.ctx.client.clone(), &key.namespace);
-        let patch = reconcile::status_patch(&target);
+        let version = self.inputs.ingress_versions.get(key).cloned().flatten();
+        let patch = reconcile::status_patch(&target, version.as_deref());
         let params = PatchParams::default();
         let patch = Patch::Merge(&patch);
         let call = api.patch_status(&key.name, &params, &patch);
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(_)) => {
+        match while_leading(&self.ctx.lease, call).await {
+            Ok(_) => {
                 tracing::info!(ingress = %key, addresses = ?target, "status written");
                 self.ctx.metrics.status_writes.inc();
                 self.written.insert(key.clone(), (target, current));
                 true
             }
-            Ok(Err(kube::Error::Api(e))) if e.code == 404 => true,
-            Ok(Err(e)) => {
-                tracing::warn!(ingress = %key, error = %e, "status write failed; will retry");
+            Err(LeaderCallError::Api(kube::Error::Api(e))) if e.code == 404 => true,
+            Err(LeaderCallError::LeaseExpired) => {
+                tracing::warn!(ingress = %key, "not writing status: the lease is no longer valid");
+                false
+            }
+            Err(LeaderCallError::Api(kube::Error::Api(e))) if e.code == 409 => {
+                // Retried once the watch shows the Ingress as it is now.
+                tracing::info!(ingress = %key, "status write refused: the Ingress changed since we read it");
                 self.ctx.metrics.status_write_errors.inc();
                 false
             }
-            Err(_) => {
-                tracing::warn!(ingress = %key, "status write timed out; will retry");
+            Err(e) => {
+                tracing::warn!(ingress = %key, error = %e, "status write failed; will retry");
                 self.ctx.metrics.status_write_errors.inc();
                 false
             }
@@ -322,9 +357,6 @@ impl Worker<'_> {
                 "{}",
                 problem.message
             );
-            if !self.ctx.lease.is_valid() {
-                continue;
-            }
             let event = Event {
                 type_: EventType::Warning,
                 reason: problem.reason.as_str().to_owned(),
@@ -340,16 +372,14 @@ impl Worker<'_> {
                 uid: uid.clone(),
                 ..Default::default()
             };
-            match tokio::time::timeout(CALL_TIMEOUT, self.recorder.publish(&event, &reference))
-                .await
-            {
-                Ok(Ok(())) => {
+            match while_leading(&self.ctx.lease, self.recorder.publish(&event, &reference)).await {
+                Ok(()) => {
                     self.ctx.metrics.events_emitted.inc();
                 }
-                Ok(Err(e)) => {
+                Err(LeaderCallError::LeaseExpired) => {}
+                Err(e) => {
                     tracing::warn!(ingress = %key, error = %e, "recording an Event failed")
                 }
-                Err(_) => tracing::warn!(ingress = %key, "recording an Event timed out"),
             }
         }
         if problems.is_empty() {
@@ -397,4 +427,147 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use kube::client::retry::RetryPolicy;
+    use portico_apiserver::{ApiServer, Availability};
+    use tokio::time::Instant;
+    use tower::ServiceBuilder;
+    use tower::retry::RetryLayer;
+
+    use super::*;
+
+    /// Every request a leader's client sends for one status write, with when it arrived and
+    /// its answer: through kube's retry layer as `portico run` builds its client, while the
+    /// API server answers 503 (with `Retry-After: 1`, as kube-apiserver does) for 1.5 s and
+    /// the lease runs out after 300 ms. `bounded`: the call runs in [`while_leading`]; else
+    /// as before that existed, in a plain 5 s timeout after checking the lease once.
+    async fn one_write_through_an_outage(bounded: bool) -> (Vec<(Instant, u16)>, Instant) {
+        let api = ApiServer::builder().build().unwrap();
+        let admin: Api<Ingress> = Api::namespaced(Client::new(api.service(), "default"), "default");
+        let ingress: Ingress = serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "a", "namespace": "default"},
+            "spec": {"defaultBackend": {"service": {"name": "s", "port": {"number": 80}}}},
+        }))
+        .unwrap();
+        admin.create(&Default::default(), &ingress).await.unwrap();
+
+        let arrivals: Arc<Mutex<Vec<(Instant, u16)>>> = Arc::default();
+        let inner = api.service();
+        let seen = arrivals.clone();
+        let recording = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let mut inner = inner.clone();
+            let seen = seen.clone();
+            async move {
+                let arrived = Instant::now();
+                let response = tower::Service::call(&mut inner, request).await?;
+                seen.lock()
+                    .unwrap()
+                    .push((arrived, response.status().as_u16()));
+                Ok::<_, tower::BoxError>(response)
+            }
+        });
+        let service = ServiceBuilder::new()
+            .layer(RetryLayer::new(RetryPolicy::server_retry()))
+            .service(recording);
+        let leader: Api<Ingress> = Api::namespaced(Client::new(service, "default"), "default");
+
+        let lease = LeaseValidity::default();
+        let until = std::time::Instant::now() + Duration::from_millis(300);
+        lease.set(Some(until));
+        api.faults().set_availability(Availability::Unavailable);
+        let faults = api.faults().clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            faults.set_availability(Availability::Up);
+        });
+
+        let patch = reconcile::status_patch(&[LbAddress::parse("203.0.113.7")], None);
+        let params = PatchParams::default();
+        let patch = Patch::Merge(&patch);
+        let call = leader.patch_status("a", &params, &patch);
+        if bounded {
+            let outcome = while_leading(&lease, call).await;
+            assert!(
+                matches!(outcome, Err(LeaderCallError::LeaseExpired)),
+                "{outcome:?}"
+            );
+        } else {
+            assert!(lease.is_valid());
+            let _ = tokio::time::timeout(CALL_TIMEOUT, call).await;
+        }
+        // Past the outage and the call's own timeout: whatever was going to arrive has.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let arrivals = arrivals.lock().unwrap().clone();
+        (arrivals, Instant::from_std(until))
+    }
+
+    /// The chaos harness saw a status write land after its writer's lease had run out, at the
+    /// end of an API-server outage: the kube client resends a 503'd request on its own, so
+    /// a write checked while the lease was valid kept being resent and landed once the API
+    /// server was back. Now no request leaves after the lease's end (give or take the
+    /// timer's millisecond: the call is polled before its deadline in the same tick).
+    /// Real time, as the lease is judged by the real monotonic clock.
+    #[tokio::test]
+    async fn no_status_write_leaves_after_the_lease_runs_out() {
+        // The interleaving, as it was: a retry lands, successfully, after the lease ended.
+        let (before, until) = one_write_through_an_outage(false).await;
+        assert!(
+            before
+                .iter()
+                .any(|(at, status)| *at > until && *status == 200),
+            "the unbounded call should show the late write: {before:?}"
+        );
+        let (arrivals, until) = one_write_through_an_outage(true).await;
+        let end = until + Duration::from_millis(20);
+        assert!(
+            arrivals
+                .iter()
+                .all(|(at, status)| *at <= end && *status == 503),
+            "a request left after the lease ran out: {arrivals:?} (lease until {until:?})"
+        );
+    }
+
+    /// A write computed from an Ingress as it was is refused once the Ingress changed (here
+    /// by another writer's status), instead of overwriting the newer state.
+    #[tokio::test]
+    async fn a_status_write_from_a_stale_version_is_refused() {
+        let api = ApiServer::builder().build().unwrap();
+        let client = Client::new(api.service(), "default");
+        let ingresses: Api<Ingress> = Api::namespaced(client, "default");
+        let ingress: Ingress = serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "a", "namespace": "default"},
+            "spec": {"defaultBackend": {"service": {"name": "s", "port": {"number": 80}}}},
+        }))
+        .unwrap();
+        let created = ingresses
+            .create(&Default::default(), &ingress)
+            .await
+            .unwrap();
+        let seen = created.metadata.resource_version.as_deref();
+        let newer = reconcile::status_patch(&[LbAddress::parse("198.51.100.1")], seen);
+        ingresses
+            .patch_status("a", &PatchParams::default(), &Patch::Merge(&newer))
+            .await
+            .unwrap();
+        let stale = reconcile::status_patch(&[LbAddress::parse("203.0.113.7")], seen);
+        let refused = ingresses
+            .patch_status("a", &PatchParams::default(), &Patch::Merge(&stale))
+            .await;
+        assert!(
+            matches!(&refused, Err(kube::Error::Api(e)) if e.code == 409),
+            "{refused:?}"
+        );
+        let now = ingresses.get("a").await.unwrap();
+        let ip = now.status.unwrap().load_balancer.unwrap().ingress.unwrap()[0]
+            .ip
+            .clone();
+        assert_eq!(ip.as_deref(), Some("198.51.100.1"));
+    }
 }
