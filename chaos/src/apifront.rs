@@ -2,7 +2,8 @@
 //!
 //! Each replica has its own address, so the connection's source address names the writer:
 //! every non-GET request (Lease renewals, Ingress status, Events) is recorded with the
-//! replica it came from and the status it got. The one-writer check reads that log.
+//! replica it came from, when it arrived, and the status it got. The one-writer check reads
+//! that log.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -53,6 +54,9 @@ pub fn serve(
                         let service = server.service();
                         let recorder = recorder.clone();
                         async move {
+                            // A write counts from when it arrived: that is when the API
+                            // server acts on it, whenever the answer goes out.
+                            let t = recorder.now();
                             let method = req.method().clone();
                             let path = req.uri().path().to_string();
                             let result = service.oneshot(req).await;
@@ -61,7 +65,6 @@ pub fn serve(
                                     Ok(resp) => resp.status().as_u16(),
                                     Err(_) => 0,
                                 };
-                                let t = recorder.now();
                                 recorder.with(|o| o.api_writes.push(ApiWrite {
                                     t,
                                     replica,

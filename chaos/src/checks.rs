@@ -298,6 +298,47 @@ pub fn new_leader_after(leaderships: &[Leadership], t: f64, except: Option<usize
         .min_by(f64::total_cmp)
 }
 
+/// Changes that some replica never showed (and no later change undid), each with the fault
+/// windows it was written in or that began while its probes still waited.
+pub fn unseen_changes(obs: &Observations) -> Vec<String> {
+    obs.changes
+        .iter()
+        .filter(|c| !c.superseded && c.seen_after.iter().any(Option::is_none))
+        .map(|c| {
+            let replicas: Vec<usize> = c
+                .seen_after
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.is_none())
+                .map(|(r, _)| r)
+                .collect();
+            let faults: Vec<String> = obs
+                .faults
+                .iter()
+                .filter(|f| {
+                    let healed = f.end + f.converged_after.unwrap_or(0.0);
+                    f.start <= c.written_at + PROBE_PATIENCE && c.written_at <= healed
+                })
+                .map(|f| format!("{} {:.1}s-{:.1}s", f.name, f.start, f.end))
+                .collect();
+            format!(
+                "change {} ({}, written at {:.1}s) never seen on replicas {replicas:?}; faults: {}",
+                c.id,
+                c.what,
+                c.written_at,
+                if faults.is_empty() {
+                    "none".to_string()
+                } else {
+                    faults.join(", ")
+                }
+            )
+        })
+        .collect()
+}
+
+/// How long the writer's probes wait for a change to show on a replica.
+pub const PROBE_PATIENCE: f64 = 120.0;
+
 /// Percentile (0..=100) of `values` by nearest rank; `None` when empty.
 pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
     if values.is_empty() {
@@ -491,6 +532,46 @@ mod tests {
             ..Default::default()
         });
         assert!(failures_on_untargeted(&obs, 1.0).is_empty());
+    }
+
+    #[test]
+    fn unseen_changes_name_their_fault_windows() {
+        use crate::record::ChangeRecord;
+        let mut obs = Observations::new(3);
+        obs.faults.push(FaultWindow {
+            name: "wipe-follower".into(),
+            targets: vec![1],
+            start: 160.0,
+            end: 161.0,
+            converged_after: Some(1.0),
+            ..Default::default()
+        });
+        let change = |id, what: &str, seen: Vec<Option<f64>>, superseded| ChangeRecord {
+            id,
+            what: what.into(),
+            written_at: 161.5,
+            seen_after: seen,
+            superseded,
+        };
+        obs.changes = vec![
+            change(
+                1,
+                "EndpointSlice echo-chaos lists backends [0, 1]",
+                vec![None; 3],
+                true,
+            ),
+            change(
+                2,
+                "EndpointSlice echo-chaos lists backends [0, 2]",
+                vec![Some(0.1), None, Some(0.1)],
+                false,
+            ),
+            change(3, "create Ingress w-3", vec![Some(0.1); 3], false),
+        ];
+        let v = unseen_changes(&obs);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("change 2") && v[0].contains("[1]"), "{v:?}");
+        assert!(v[0].contains("wipe-follower 160.0s-161.0s"), "{v:?}");
     }
 
     #[test]

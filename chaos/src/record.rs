@@ -79,6 +79,7 @@ pub struct FaultWindow {
 /// One write the API server answered, attributed by the writer's source address.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiWrite {
+    /// When it arrived at the API server.
     pub t: f64,
     /// The replica it came from, or `None` for the harness's own writer.
     pub replica: Option<usize>,

@@ -195,30 +195,9 @@ impl Report {
             client_failures,
         ));
         let times = propagation_times(&obs);
-        let unseen: Vec<String> = obs
-            .changes
-            .iter()
-            .filter(|c| {
-                c.what.contains("Ingress")
-                    && !c.superseded
-                    && c.seen_after.iter().any(Option::is_none)
-            })
-            .map(|c| {
-                format!(
-                    "change {} ({}) never seen on replicas {:?}",
-                    c.id,
-                    c.what,
-                    c.seen_after
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, s)| s.is_none())
-                        .map(|(r, _)| r)
-                        .collect::<Vec<_>>()
-                )
-            })
-            .collect();
+        let unseen = checks::unseen_changes(&obs);
         list.push(Check::from_violations(
-            "propagation: every Ingress change reached every replica",
+            "propagation: every change (Ingress and EndpointSlice) reached every replica",
             unseen,
         ));
         list.append(&mut extra);

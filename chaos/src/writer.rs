@@ -3,12 +3,17 @@
 //! outside) and the echo Service's EndpointSlice (rotating which backends are listed; all of
 //! them stay up, so no rotation may cost a request).
 //!
-//! Every change is recorded with the time its write succeeded; for Ingress changes a probe
-//! asks each replica (plain HTTP/1.1, the change's Host) until it answers as the change
-//! says — 200 once created, 404 once deleted — and records how long that took.
+//! Every change is recorded with the time its write succeeded, and probed on each replica
+//! until it shows there, recording how long that took: an Ingress change by a request
+//! (plain HTTP/1.1, the change's Host) that must answer as the change says — 200 once
+//! created, 404 once deleted —, an EndpointSlice change through the committed table
+//! (`/debug/routes`), whose load route must list exactly the new endpoints. A probe of a
+//! change that a later one undid (an Ingress deleted, the slice rewritten) may stop early:
+//! the change is then marked superseded.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -21,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{ECHO_PORT, http_addr};
+use crate::cluster::{ECHO_PORT, admin_addr, http_addr};
 use crate::load::get_h1;
 use crate::net::BACKEND_ADDRS;
 use crate::record::{ChangeRecord, Recorder};
@@ -160,6 +165,20 @@ pub struct WriterOutcome {
     pub deleted_hosts: Vec<String>,
     pub slice_changes: u64,
     pub failed_attempts: u64,
+    /// When the last change was written (seconds since the run started).
+    pub last_written_at: Option<f64>,
+}
+
+/// How a change shows on a replica.
+enum Probe {
+    /// A request for the host answers this status.
+    Host(String, u16),
+    /// The load route lists exactly these endpoints, unless a later slice change (a newer
+    /// generation) was written first.
+    Endpoints {
+        want: BTreeSet<String>,
+        generation: u64,
+    },
 }
 
 /// The writer: one change every `interval` until `stop`.
@@ -178,6 +197,7 @@ pub async fn run(
     let mut outcome = WriterOutcome::default();
     let mut probes = tokio::task::JoinSet::new();
     let mut next_id = 0u64;
+    let slice_generation = Arc::new(AtomicU64::new(0));
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -197,7 +217,7 @@ pub async fn run(
             (
                 format!("create Ingress {name}"),
                 Write::Apply(api, value),
-                Some((host, 200u16)),
+                Probe::Host(host, 200),
             )
         } else if roll < 0.70 {
             let host = live.pop_front().expect("at least 3 live");
@@ -206,17 +226,24 @@ pub async fn run(
             (
                 format!("delete Ingress {name}"),
                 Write::Delete(ingresses.clone(), name),
-                Some((host, 404)),
+                Probe::Host(host, 404),
             )
         } else {
             // Two of the three backends, rotating; never none.
             let skip = rng.random_range(0..3usize);
             let listed: Vec<usize> = (0..3).filter(|&k| k != skip).collect();
             outcome.slice_changes += 1;
+            let want = listed
+                .iter()
+                .map(|&k| format!("{}:{ECHO_PORT}", BACKEND_ADDRS[k]))
+                .collect();
             (
                 format!("EndpointSlice echo-chaos lists backends {listed:?}"),
                 Write::Slice(slices.clone(), slice(&listed)),
-                None,
+                Probe::Endpoints {
+                    want,
+                    generation: 0,
+                },
             )
         };
         // Retry through API faults until it lands (or the run ends).
@@ -233,12 +260,27 @@ pub async fn run(
             }
         };
         let Some(written_at) = written_at else { break };
+        outcome.last_written_at = Some(written_at);
+        let mut probe = probe;
+        if let Probe::Endpoints { generation, .. } = &mut probe {
+            // Probes of the previous slice change stop: it cannot show any more.
+            *generation = slice_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        }
         let index = recorder.with(|o| {
             if let Some(deleted) = what.strip_prefix("delete Ingress ") {
                 let created = format!("create Ingress {deleted}");
                 if let Some(c) = o.changes.iter_mut().rev().find(|c| c.what == created) {
                     c.superseded = true;
                 }
+            }
+            if what.starts_with(SLICE_CHANGE)
+                && let Some(c) = o
+                    .changes
+                    .iter_mut()
+                    .rev()
+                    .find(|c| c.what.starts_with(SLICE_CHANGE))
+            {
+                c.superseded = true;
             }
             o.changes.push(ChangeRecord {
                 id,
@@ -249,17 +291,18 @@ pub async fn run(
             });
             o.changes.len() - 1
         });
-        if let Some((host, expect)) = probe {
-            for r in 0..replicas {
-                let recorder = recorder.clone();
-                let host = host.clone();
-                probes.spawn(async move {
-                    if let Some(after) = probe_until(r, &host, expect, written_at, &recorder).await
-                    {
-                        recorder.with(|o| o.changes[index].seen_after[r] = Some(after));
-                    }
-                });
-            }
+        let probe = Arc::new(probe);
+        for r in 0..replicas {
+            let recorder = recorder.clone();
+            let probe = probe.clone();
+            let generation = slice_generation.clone();
+            probes.spawn(async move {
+                if let Some(after) =
+                    probe_until(r, &probe, &generation, written_at, &recorder).await
+                {
+                    recorder.with(|o| o.changes[index].seen_after[r] = Some(after));
+                }
+            });
         }
         while probes.try_join_next().is_some() {}
     }
@@ -303,19 +346,35 @@ impl Write {
     }
 }
 
-/// Polls replica `r` until `host` answers `expect`; seconds after `written_at`.
+/// The writer's record of an EndpointSlice change starts with this.
+pub const SLICE_CHANGE: &str = "EndpointSlice ";
+
+/// Polls replica `r` until it shows `probe`; seconds after `written_at`. None when it did
+/// not within two minutes, or when a later slice change superseded this one first.
 async fn probe_until(
     r: usize,
-    host: &str,
-    expect: u16,
+    probe: &Probe,
+    slice_generation: &AtomicU64,
     written_at: f64,
     recorder: &Recorder,
 ) -> Option<f64> {
-    let deadline = written_at + 120.0;
+    let deadline = written_at + crate::checks::PROBE_PATIENCE;
     loop {
-        if let Ok((status, _)) = get_h1(http_addr(r), host, "/", Duration::from_secs(1)).await
-            && status.as_u16() == expect
-        {
+        let shows = match probe {
+            Probe::Host(host, expect) => {
+                matches!(get_h1(http_addr(r), host, "/", Duration::from_secs(1)).await,
+                    Ok((status, _)) if status.as_u16() == *expect)
+            }
+            Probe::Endpoints { want, generation } => {
+                if slice_generation.load(Ordering::SeqCst) != *generation {
+                    return None;
+                }
+                crate::observe::routes(admin_addr(r), Duration::from_secs(1))
+                    .await
+                    .is_some_and(|view| load_route_endpoints(&view).as_ref() == Some(want))
+            }
+        };
+        if shows {
             return Some(recorder.now() - written_at);
         }
         if recorder.now() > deadline {
@@ -323,4 +382,19 @@ async fn probe_until(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The endpoints of the load route in a `/debug/routes` answer.
+fn load_route_endpoints(view: &Value) -> Option<BTreeSet<String>> {
+    let route = view["routes"]
+        .as_array()?
+        .iter()
+        .find(|r| r["host"].as_str() == Some(LOAD_HOST))?;
+    Some(
+        route["endpoints"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| e.as_str().map(str::to_owned))
+            .collect(),
+    )
 }
