@@ -7,10 +7,10 @@ import (
 	"net/url"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
+	"k8s.io/apiserver/pkg/storage/etcd3"
 )
 
 // testEtcd is a single-member etcd embedded in this process, with its data in a temp dir.
@@ -51,20 +51,35 @@ func startEtcd(dir string, clientPort, peerPort int) (*testEtcd, error) {
 	return &testEtcd{server: server, client: v3client.New(server.Server), clientURL: clientURL.String()}, nil
 }
 
-// compact compacts the whole keyspace at the current revision, physically, so every older
-// resourceVersion is gone: a watch or list from one must get 410 Gone from the API server.
+// compactRevKey is where kube-apiserver's compactors record the last compacted revision; the
+// API server watches it to learn of a compaction (and then drops older watch-cache snapshots).
+const compactRevKey = "compact_rev_key"
+
+// compact compacts etcd at its current revision exactly as kube-apiserver's own periodic
+// compactor does (etcd3.Compact: compare-and-swap on compact_rev_key, then compact), so the
+// running API server learns of it: afterwards a list or watch from an older resourceVersion
+// gets 410 Gone, from etcd at once and from the watch cache within its poll period (15 s).
 func (e *testEtcd) compact(ctx context.Context) (int64, error) {
-	resp, err := e.client.Get(ctx, "kube-testenv/compact-probe")
-	if err != nil {
-		return 0, err
+	for attempt := 0; attempt < 5; attempt++ {
+		resp, err := e.client.Get(ctx, compactRevKey)
+		if err != nil {
+			return 0, err
+		}
+		var version int64
+		if len(resp.Kvs) > 0 {
+			version = resp.Kvs[0].Version
+		}
+		revision := resp.Header.Revision
+		_, _, compacted, err := etcd3.Compact(ctx, e.client, version, revision)
+		if err != nil {
+			return 0, err
+		}
+		if compacted == revision {
+			return revision, nil
+		}
+		// The API server's compactor took its turn in between; read again.
 	}
-	revision := resp.Header.Revision
-	_, err = e.client.Compact(ctx, revision, clientv3.WithCompactPhysical())
-	if errors.Is(err, rpctypes.ErrCompacted) {
-		// Nothing was written since the last compaction at this revision.
-		err = nil
-	}
-	return revision, err
+	return 0, errors.New("lost the compact_rev_key race five times")
 }
 
 func (e *testEtcd) close() {
