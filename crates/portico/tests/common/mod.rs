@@ -2,6 +2,8 @@
 //! uses what it needs).
 #![allow(dead_code)]
 
+pub mod real_apiserver;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
