@@ -11,5 +11,11 @@ mod common;
 
 mod chunk_size_strictness;
 mod h4_path_normalisation;
+mod h5_connection_limits;
+mod h5_idle_and_send_timeouts;
+mod h5_memory_bound;
+mod h5_quic_retry;
 mod l1_forwarding_headers;
 mod m1_host_authority;
+// A raw HTTP/2 client for the H5 tests.
+mod raw_h2;

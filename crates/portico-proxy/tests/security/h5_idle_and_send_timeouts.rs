@@ -1,0 +1,123 @@
+//! H5 (slow readers and PINGs): every byte read counted as activity, so one client PING a
+//! minute kept an HTTP/2 connection, and whatever it buffered, open for ever; and nothing
+//! timed a response the client never takes (a zero flow-control window, or a socket it
+//! does not read). What must hold: PINGs do not keep an idle connection (it gets GOAWAY and
+//! is closed after the idle timeout), and a response that makes no progress towards the
+//! client for the send timeout closes the connection, over HTTP/2 and HTTP/1.1, counted.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+use crate::raw_h2;
+
+async fn start(idle: Duration, send: Duration) -> (Backend, TestProxy) {
+    let backend = Backend::start().await;
+    let yaml = service("echo", &[backend.addr]) + &ingress("e", "slow.test", "/", "echo", &[]);
+    let proxy = TestProxy::start_with(&yaml, |c| {
+        c.limits.idle_timeout = idle;
+        c.limits.send_timeout = send;
+    })
+    .await;
+    (backend, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_pings_do_not_keep_an_idle_connection_open() {
+    let (_backend, proxy) = start(Duration::from_secs(1), Duration::from_secs(60)).await;
+    let mut h2 = raw_h2::connect(proxy.http(), 65_535).await;
+    let (resp, _) = h2
+        .send
+        .send_request(raw_h2::get("slow.test", "/"), true)
+        .unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+
+    // A PING every 200 ms, answered each time, until the server closes the connection.
+    let start = Instant::now();
+    let mut pongs = 0;
+    while !h2.driver.is_finished() && start.elapsed() < Duration::from_secs(10) {
+        if h2.ping.ping(h2::Ping::opaque()).await.is_ok() {
+            pongs += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lasted = start.elapsed();
+    assert!(
+        h2.driver.is_finished(),
+        "still open after {lasted:?} of PINGs"
+    );
+    assert!(pongs >= 3, "the client was pinging ({pongs} PONGs)");
+    assert!(lasted < Duration::from_secs(5), "closed after {lasted:?}");
+    let m = proxy.proxy.metrics().connections;
+    assert!(m.idle_closes >= 1, "{m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_response_stalled_by_a_zero_window_is_cut_after_the_send_timeout() {
+    let (_backend, proxy) = start(Duration::from_secs(30), Duration::from_secs(1)).await;
+    let mut h2 = raw_h2::connect(proxy.http(), 0).await;
+    let (resp, _) = h2
+        .send
+        .send_request(raw_h2::get("slow.test", "/bytes/4194304"), true)
+        .unwrap();
+    // The head is not flow-controlled; the body gets no window.
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Kept, not read: dropping it would cancel the stream (RST_STREAM).
+    let _body = resp.into_body();
+    let start = Instant::now();
+    while !h2.driver.is_finished() && start.elapsed() < Duration::from_secs(10) {
+        let _ = h2.ping.ping(h2::Ping::opaque()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lasted = start.elapsed();
+    let m = proxy.proxy.metrics().connections;
+    assert!(
+        h2.driver.is_finished(),
+        "still open after {lasted:?}: {m:?}"
+    );
+    assert!(lasted < Duration::from_secs(4), "closed after {lasted:?}");
+    let m = proxy.proxy.metrics().connections;
+    assert!(m.send_timeouts >= 1, "{m:?}");
+    assert_eq!(
+        m.idle_closes, 0,
+        "the send timeout, not the idle one: {m:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    let (_backend, proxy) = start(Duration::from_secs(30), Duration::from_secs(1)).await;
+    const SIZE: usize = 256 << 20;
+    for request in [
+        // The lean loop.
+        format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: slow.test\r\n\r\n"),
+        // hyper's HTTP/1.1 (a request with a body is never lean).
+        format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: slow.test\r\nContent-Length: 1\r\n\r\nx"),
+    ] {
+        let before = proxy.proxy.metrics().connections.send_timeouts;
+        let mut s = TcpStream::connect(proxy.http()).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        // Read nothing until the proxy gives up on us, then take what is left.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proxy.proxy.metrics().connections.send_timeouts == before {
+            assert!(Instant::now() < deadline, "no send timeout for {request:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 1 << 20];
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+        .await;
+        assert!(drained.is_ok(), "connection still open for {request:?}");
+        assert!(total < SIZE, "{total} bytes: the response was cut");
+    }
+}
