@@ -15,7 +15,10 @@
 //! **Fencing epoch.** `leaseTransitions` after our acquisition is the epoch carried by every
 //! proposal. If the Lease was deleted and recreated, its counter restarts; so the acquiring
 //! write sets it to at least `min_epoch` (Raft's highest applied epoch + 1), and epochs only
-//! ever grow.
+//! ever grow. A Lease that still names us with an epoch below `min_epoch` (our own earlier
+//! leadership, already claimed in Raft) is taken anew with a higher epoch, never reused. An
+//! epoch above `portico_raft::MAX_EPOCH` (the largest `leaseTransitions`) is an error, never
+//! saturated into a reused one.
 //!
 //! **Validity.** A holder treats its own lease as valid until `renew_deadline` after the
 //! start of its last successful renew request. Others wait `lease_duration` (> renew
@@ -42,6 +45,10 @@ pub enum ElectionError {
     Timeout,
     #[error("lost a race for the Lease (409 Conflict)")]
     Conflict,
+    /// The next epoch would not fit in `leaseTransitions`: someone set it near `i32::MAX`.
+    /// Delete the Lease (and, if Raft holds such epochs, see SECURITY.md) to recover.
+    #[error("the next fencing epoch {epoch} is above the largest allowed")]
+    EpochExhausted { epoch: u64 },
 }
 
 /// The outcome of one attempt.
@@ -122,7 +129,7 @@ impl Elector {
         let now = MicroTime(Timestamp::now());
         let current = self.call(budget, self.api.get_opt(&self.name)).await?;
         let Some(mut lease) = current else {
-            let epoch = min_epoch;
+            let epoch = bounded(min_epoch)?;
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
@@ -169,10 +176,14 @@ impl Elector {
         }
 
         let transitions = u64::try_from(spec.lease_transitions.unwrap_or(0)).unwrap_or(0);
-        let (epoch, acquire_time) = if ours {
+        let renewal = ours && transitions >= min_epoch;
+        let (epoch, acquire_time) = if renewal {
             (transitions, spec.acquire_time.clone().or(Some(now.clone())))
         } else {
-            ((transitions + 1).max(min_epoch), Some(now.clone()))
+            (
+                bounded(transitions.saturating_add(1).max(min_epoch))?,
+                Some(now.clone()),
+            )
         };
         lease.spec = Some(LeaseSpec {
             holder_identity: Some(self.identity.clone()),
@@ -192,7 +203,7 @@ impl Elector {
         self.remember(&updated, Instant::now());
         Ok(Attempt::Held {
             epoch,
-            acquired: !ours,
+            acquired: !renewal,
         })
     }
 
@@ -265,6 +276,14 @@ fn observed(lease: &Lease) -> Observed {
     }
 }
 
+fn bounded(epoch: u64) -> Result<u64, ElectionError> {
+    if epoch > portico_raft::MAX_EPOCH {
+        return Err(ElectionError::EpochExhausted { epoch });
+    }
+    Ok(epoch)
+}
+
+/// `epoch` as `leaseTransitions`; every epoch we write went through [`bounded`].
 fn to_i32(epoch: u64) -> i32 {
     i32::try_from(epoch).unwrap_or(i32::MAX)
 }

@@ -51,9 +51,11 @@
 //! election timeout): followers refuse to elect anyone before it has run out. Every replica
 //! keeps serving the last committed table meanwhile.
 
+mod claim;
 pub mod election;
 pub mod metrics;
 mod reconcile;
+mod secrets;
 mod status;
 
 use std::sync::{Arc, Mutex};
@@ -277,7 +279,7 @@ impl Controller {
     }
 
     fn min_epoch(&self) -> u64 {
-        self.replica.metrics().highest_epoch + 1
+        self.replica.metrics().highest_epoch.saturating_add(1)
     }
 
     /// Tries to acquire the Lease every retry period while Raft leader; None on shutdown.
@@ -379,17 +381,20 @@ impl Controller {
 
         let token = CancellationToken::new();
         let (status_tx, status_rx) = mpsc::unbounded_channel();
-        let mut reconcile = tokio::spawn(reconcile::run(
-            reconcile::LeaderContext {
-                client: self.client.clone(),
-                replica: self.replica.clone(),
-                epoch,
-                config: config.clone(),
-                metrics: self.metrics.clone(),
-                token: token.clone(),
-            },
-            status_tx,
-        ));
+        let context = reconcile::LeaderContext {
+            client: self.client.clone(),
+            replica: self.replica.clone(),
+            epoch,
+            config: config.clone(),
+            metrics: self.metrics.clone(),
+            token: token.clone(),
+        };
+        let (replica, claim_token) = (self.replica.clone(), token.clone());
+        let mut reconcile = tokio::spawn(async move {
+            // Nothing is proposed before the epoch is ours alone.
+            claim::claim_epoch(&replica, epoch, &claim_token).await?;
+            reconcile::run(context, status_tx).await
+        });
         let mut status = tokio::spawn(status::run(
             status::StatusContext {
                 client: self.client.clone(),
@@ -440,7 +445,8 @@ impl Controller {
                     }
                     let attempt = tokio::select! {
                         () = shutdown.cancelled() => break Exit::Shutdown,
-                        attempt = elector.try_acquire_or_renew(self.min_epoch(), deadline - started) => attempt,
+                        // Our own epoch: already claimed in Raft, so not below it.
+                        attempt = elector.try_acquire_or_renew(epoch, deadline - started) => attempt,
                     };
                     match attempt {
                         Ok(Attempt::Held { epoch: now, acquired: false }) if now == epoch => {

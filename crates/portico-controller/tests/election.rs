@@ -155,3 +155,49 @@ async fn a_lost_race_is_a_conflict_and_an_unreachable_server_an_error() {
         }
     );
 }
+
+/// M5: an epoch is never reused or saturated. A Lease still naming us below Raft's highest
+/// epoch (our earlier leadership, claimed) is taken anew with a higher epoch; a
+/// `leaseTransitions` pushed to `i32::MAX` by whoever can write the Lease is an error, not
+/// an epoch shared with the previous leader.
+#[tokio::test]
+async fn epochs_are_never_reused_nor_saturated() {
+    let server = ApiServer::builder().build().unwrap();
+    let client = Client::new(server.service(), "default");
+    let mut a = elector(&client, "a");
+    assert_eq!(
+        a.try_acquire_or_renew(3, BUDGET).await.unwrap(),
+        Attempt::Held {
+            epoch: 3,
+            acquired: true
+        }
+    );
+    // Raft has applied epoch 3 since (our claim): holding on is a new leadership.
+    assert_eq!(
+        a.try_acquire_or_renew(4, BUDGET).await.unwrap(),
+        Attempt::Held {
+            epoch: 4,
+            acquired: true
+        }
+    );
+    assert_eq!(
+        lease(&client).await.spec.unwrap().lease_transitions,
+        Some(4)
+    );
+
+    let api = Api::<Lease>::namespaced(client.clone(), "default");
+    let mut pushed = lease(&client).await;
+    let spec = pushed.spec.as_mut().unwrap();
+    spec.lease_transitions = Some(i32::MAX);
+    spec.holder_identity = None;
+    api.replace("portico-leader", &Default::default(), &pushed)
+        .await
+        .unwrap();
+    let mut b = elector(&client, "b");
+    assert!(matches!(
+        b.try_acquire_or_renew(5, BUDGET).await,
+        Err(ElectionError::EpochExhausted { epoch }) if epoch == i32::MAX as u64 + 1
+    ));
+    let spec = lease(&client).await.spec.unwrap();
+    assert_eq!(spec.holder_identity, None, "nobody took the Lease");
+}

@@ -1,0 +1,50 @@
+//! A new leadership's first act: claim its fencing epoch in Raft (review finding M5).
+//!
+//! The claim commits only when the epoch is above every epoch applied, so two leaderships
+//! never share one (a Lease deleted and recreated while a leader was frozen would otherwise
+//! hand its epoch out again), and from the moment it commits every change still carrying
+//! the deposed leader's lower epoch is refused by the state machine.
+
+use std::time::Duration;
+
+use portico_raft::{ProposeError, Replica};
+use tokio_util::sync::CancellationToken;
+
+use crate::LeaderWorkError;
+
+/// Claims `epoch`, retrying while no leader can take the write, until `token` is cancelled.
+pub(crate) async fn claim_epoch(
+    replica: &Replica,
+    epoch: u64,
+    token: &CancellationToken,
+) -> Result<(), LeaderWorkError> {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let outcome = tokio::select! {
+            () = token.cancelled() => return Err(LeaderWorkError::Cancelled),
+            outcome = replica.claim_epoch(epoch) => outcome,
+        };
+        match outcome {
+            Ok(_) => return Ok(()),
+            Err(ProposeError::StaleEpoch {
+                epoch,
+                highest_epoch,
+            }) => {
+                return Err(LeaderWorkError::Fenced {
+                    epoch,
+                    highest_epoch,
+                });
+            }
+            Err(ProposeError::ShuttingDown) => return Err(LeaderWorkError::ReplicaShuttingDown),
+            Err(ProposeError::Unavailable(why)) => {
+                tracing::warn!(error = %why, epoch, "claiming the epoch did not commit; retrying");
+                tokio::select! {
+                    () = token.cancelled() => return Err(LeaderWorkError::Cancelled),
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(other) => return Err(LeaderWorkError::Refused(other.to_string())),
+        }
+    }
+}
