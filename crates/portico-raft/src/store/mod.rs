@@ -14,6 +14,8 @@
 pub(crate) mod log;
 pub(crate) mod state_machine;
 
+use std::fs::{OpenOptions, Permissions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -61,11 +63,33 @@ pub(crate) struct Db(Arc<Database>);
 
 impl Db {
     pub(crate) fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
-            path: data_dir.display().to_string(),
-            source,
-        })?;
-        let db = Database::create(data_dir.join(STORE_FILE)).map_err(redb::Error::from)?;
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| StoreError::Io { path, source }
+        };
+        // The log and snapshots hold TLS private keys: the directory 0700, the file 0600.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(io(data_dir))?;
+        // An existing directory (a volume's root we do not own) may refuse; the file's own
+        // mode is what keeps the keys private.
+        if let Err(error) = std::fs::set_permissions(data_dir, Permissions::from_mode(0o700)) {
+            tracing::warn!(dir = %data_dir.display(), %error, "cannot make the data directory private (0700)");
+        }
+        let path = data_dir.join(STORE_FILE);
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path))?;
+        // A file made by an older version (0644) is narrowed too.
+        std::fs::set_permissions(&path, Permissions::from_mode(0o600)).map_err(io(&path))?;
+        let db = Database::create(&path).map_err(redb::Error::from)?;
         // Create both tables up front so readers never see "table does not exist".
         let tx = db.begin_write().map_err(redb::Error::from)?;
         tx.open_table(LOG).map_err(redb::Error::from)?;
@@ -144,3 +168,36 @@ pub(crate) fn io_error(
 
 #[cfg(test)]
 mod suite_test;
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_store_is_private_to_its_owner() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let db = Db::open(&dir).unwrap();
+        drop(db);
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(STORE_FILE)), 0o600);
+    }
+
+    #[test]
+    fn a_store_left_readable_by_an_older_version_is_narrowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(dir.path(), Permissions::from_mode(0o755)).unwrap();
+        drop(Db::open(dir.path()).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(dir.path()), 0o700);
+    }
+}
