@@ -50,6 +50,8 @@ use tokio_util::task::TaskTracker;
 
 pub use body::ProxyBody;
 pub use config::{Limits, ProxyConfig};
+/// The type of [`ProxyConfig::trusted_proxies`].
+pub use ipnet::IpNet;
 pub use limits::ConnectionsSnapshot;
 pub use observe::{LATENCY_BUCKETS, LatencySnapshot, MetricsSnapshot, Protocol, StatusClass};
 pub use quic::QuicError;

@@ -159,6 +159,11 @@ pub struct RunArgs {
     /// stop sending new connections first.
     #[arg(long, env = "PORTICO_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
     pub shutdown_delay_seconds: u64,
+    /// Peers (CIDRs, comma-separated) whose `Forwarded`, `X-Forwarded-*`, `X-Real-IP` and
+    /// similar headers are believed, e.g. an L7 load balancer in front. Default: nobody, so a
+    /// client's own such headers are dropped and `X-Forwarded-For` is the peer alone.
+    #[arg(long, env = "PORTICO_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<portico_proxy::IpNet>,
 
     // --- Operations ---
     /// The admin listener: /metrics, /healthz, /readyz, /debug/routes.
@@ -391,6 +396,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             h3: args.http3.clone(),
             alt_svc_port: args.alt_svc_port,
             access_log: args.access_log,
+            trusted_proxies: args.trusted_proxies.clone(),
             ..ProxyConfig::default()
         },
         replica.table().borrow().clone(),
@@ -549,6 +555,19 @@ mod tests {
         assert_eq!(explicit.initial_members().unwrap(), vec!["a:1", "b:2"]);
         assert_eq!(host_of("[::1]:9444"), "::1");
         assert_eq!(host_of("portico-0.x:9444"), "portico-0.x");
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_and_none_by_default() {
+        assert!(args(&[]).trusted_proxies.is_empty());
+        let a = args(&["--trusted-proxies", "10.0.0.0/8,2001:db8::/32"]);
+        assert_eq!(a.trusted_proxies.len(), 2);
+        let mut argv = vec!["portico", "--pod-name", "p-0", "--raft-ca", "/ca.crt"];
+        argv.extend(["--trusted-proxies", "10.0.0.1"]);
+        assert!(
+            Cli::try_parse_from(argv).is_err(),
+            "a bare address is not a CIDR"
+        );
     }
 
     #[test]
