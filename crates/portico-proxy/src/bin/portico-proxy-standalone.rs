@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use portico_model::Settings;
-use portico_proxy::{Proxy, ProxyConfig, table_file};
+use portico_proxy::{Limits, Proxy, ProxyConfig, table_file};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser, Debug)]
@@ -54,6 +54,23 @@ struct Args {
     /// Graceful drain deadline on SIGTERM, in seconds.
     #[arg(long, default_value_t = 10)]
     drain_seconds: u64,
+    /// Client connections open at once over every listener (as `portico run`).
+    #[arg(long, value_parser = at_least_one(), default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Client connections open at once from one IPv4 address or IPv6 /64.
+    #[arg(long, value_parser = at_least_one(), default_value_t = Limits::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Seconds a response may make no progress towards its client.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value_t = Limits::default().send_timeout.as_secs())]
+    send_timeout_seconds: u64,
+    /// QUIC handshakes in progress at which unvalidated clients get a Retry first; 0: always.
+    #[arg(long, default_value_t = Limits::default().quic_retry_above_handshakes)]
+    quic_retry_above_handshakes: usize,
+}
+
+/// A limit where 0 would refuse everything.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 #[global_allocator]
@@ -108,6 +125,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         default_certificate,
         session_resumption: !args.no_session_resumption,
         access_log: args.access_log,
+        limits: Limits {
+            max_connections: args.max_connections,
+            max_connections_per_ip: args.max_connections_per_ip,
+            send_timeout: Duration::from_secs(args.send_timeout_seconds),
+            quic_retry_above_handshakes: args.quic_retry_above_handshakes,
+            ..Limits::default()
+        },
         ..ProxyConfig::default()
     };
     let mut proxy = Proxy::new(config, Arc::new(table))?;
