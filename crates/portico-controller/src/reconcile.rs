@@ -4,6 +4,8 @@
 //! TLS Secrets) feeds one loop that keeps the converted objects (`Resource`s, not the API
 //! objects: this is the controller's reflector store, holding only what routing needs).
 //!
+//! * Only the TLS Secrets that Ingresses of our class name (and the default certificate)
+//!   are proposed ([`crate::secrets`]); the others are held in memory only.
 //! * Every object change becomes a `Change::Upsert` or `Change::Delete`; changes arriving
 //!   within `debounce` of the first are proposed together as one `Change::Batch`, one at a
 //!   time and in order, so the log has them in the order the API server sent them.
@@ -49,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::metrics::{KindLabel, Metrics};
+use crate::secrets::{self, SecretFilter};
 use crate::status::{LbAddress, StatusInputs, StatusWork};
 use crate::{ControllerConfig, LeaderWorkError};
 
@@ -269,6 +272,8 @@ struct State {
     pending_scope: (BTreeSet<ObjectKey>, bool),
     publish_service: Option<ObjectKey>,
     inputs: StatusInputs,
+    /// Which TLS Secrets go into the table; the others stay in `objects` only.
+    secrets: SecretFilter,
 }
 
 impl State {
@@ -285,6 +290,7 @@ impl State {
                 .as_ref()
                 .map(|(ns, name)| ObjectKey::new(ns.as_str(), name.as_str())),
             inputs: StatusInputs::default(),
+            secrets: SecretFilter::new(config.settings.clone()),
         }
     }
 
@@ -338,8 +344,17 @@ impl State {
                 if objects.get(&key) == Some(&seen.resource) {
                     return; // only the status (or something routing ignores) changed
                 }
-                objects.insert(key.clone(), seen.resource.clone());
+                let previous = objects.insert(key.clone(), seen.resource.clone());
+                if kind == ResourceKind::Secret {
+                    if let Some(change) = self.secrets.applied(&seen.resource) {
+                        self.push(change, kind, key);
+                    }
+                    return;
+                }
+                let references =
+                    secrets::may_change_references(previous.as_ref(), Some(&seen.resource));
                 self.push(Change::Upsert(seen.resource), kind, key);
+                self.after_references(kind, references);
             }
             Observation::Deleted(seen) => {
                 let kind = seen.resource.kind();
@@ -349,9 +364,16 @@ impl State {
                     self.inputs.ingress_uids.remove(&key);
                     self.inputs.ingress_versions.remove(&key);
                 }
-                if self.objects.entry(kind).or_default().remove(&key).is_none() {
+                let Some(previous) = self.objects.entry(kind).or_default().remove(&key) else {
+                    return;
+                };
+                if kind == ResourceKind::Secret {
+                    if let Some(change) = self.secrets.deleted(&key) {
+                        self.push(change, kind, key);
+                    }
                     return;
                 }
+                let references = secrets::may_change_references(Some(&previous), None);
                 self.push(
                     Change::Delete {
                         kind,
@@ -360,7 +382,24 @@ impl State {
                     kind,
                     key,
                 );
+                self.after_references(kind, references);
             }
+        }
+    }
+
+    /// After an Ingress or IngressClass change that may change which Secrets are needed:
+    /// proposes the Secrets that became needed and deletes those no longer needed.
+    fn after_references(&mut self, kind: ResourceKind, ingress_changed: bool) {
+        if kind != ResourceKind::IngressClass && !ingress_changed {
+            return;
+        }
+        for change in self.secrets.references_changed(&self.objects) {
+            let key = match &change {
+                Change::Upsert(r) => r.key().clone(),
+                Change::Delete { key, .. } => key.clone(),
+                _ => continue,
+            };
+            self.push(change, ResourceKind::Secret, key);
         }
     }
 
@@ -431,11 +470,14 @@ impl State {
             self.resync_needed = false;
             self.pending.clear();
             self.pending_scope = (BTreeSet::new(), false);
-            let resources: Vec<Resource> = self
+            // Every object but the Secrets, and of those only the ones Ingresses use.
+            let mut resources: Vec<Resource> = self
                 .objects
-                .values()
-                .flat_map(|objects| objects.values().cloned())
+                .iter()
+                .filter(|(kind, _)| **kind != ResourceKind::Secret)
+                .flat_map(|(_, objects)| objects.values().cloned())
                 .collect();
+            resources.extend(self.secrets.resync(&self.objects));
             tracing::info!(objects = resources.len(), "proposing a full resync");
             return Some((
                 Change::Resync {

@@ -242,6 +242,11 @@ impl Cluster {
         });
     }
 
+    /// Replica `i`'s data directory (its `raft.redb`).
+    pub fn data_dir(&self, i: usize) -> &std::path::Path {
+        self.nodes[i]._dir.path()
+    }
+
     pub fn replica(&self, i: usize) -> &Replica {
         self.nodes[i].replica.as_ref().expect("replica running")
     }

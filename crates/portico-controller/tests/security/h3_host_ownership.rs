@@ -1,0 +1,89 @@
+//! H3 end to end: a tenant in namespace `tenant-b` creates an Ingress for a host that an
+//! older Ingress in `tenant-a` serves, plus a Secret whose SAN names that host. What must
+//! hold: every replica keeps routing the host to tenant A's backend with tenant A's
+//! certificate, and tenant B's Ingress gets a `HostOwnedByAnotherNamespace` Event.
+
+use portico_model::ObjectKey;
+
+use crate::support::*;
+use crate::{ingress, namespace, wait_event};
+
+fn shop(
+    namespace: &str,
+    name: &str,
+    path: &str,
+    secret: &str,
+) -> k8s_openapi::api::networking::v1::Ingress {
+    ingress(
+        namespace,
+        name,
+        serde_json::json!({
+            "ingressClassName": "conformance",
+            "tls": [{"hosts": ["shop.example"], "secretName": secret}],
+            "rules": [{"host": "shop.example", "http": {"paths": [{
+                "path": path, "pathType": "Prefix",
+                "backend": {"service": {"name": "svc", "port": {"number": 80}}}
+            }]}}]
+        }),
+    )
+}
+
+fn secret_in(namespace: &str, name: &str) -> k8s_openapi::api::core::v1::Secret {
+    let certified = rcgen::generate_simple_self_signed(vec!["shop.example".to_owned()]).unwrap();
+    let mut secret = tls_secret(
+        name,
+        certified.cert.pem().as_bytes(),
+        certified.signing_key.serialize_pem().as_bytes(),
+    );
+    secret.metadata.namespace = Some(namespace.to_owned());
+    secret
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_namespace_cannot_take_over_a_host_or_its_certificate() {
+    let cluster = Cluster::start().await;
+    apply_class(&cluster.admin, "conformance").await;
+    namespace(&cluster.admin, "tenant-a").await;
+    namespace(&cluster.admin, "tenant-b").await;
+    apply(&cluster.admin, &secret_in("tenant-a", "shop-tls")).await;
+    apply(&cluster.admin, &shop("tenant-a", "shop", "/", "shop-tls")).await;
+    let a = ObjectKey::new("tenant-a", "shop");
+    cluster
+        .wait_tables("tenant A's host", |t| {
+            t.lookup("shop.example", "/")
+                .is_some_and(|r| r.ingress == a)
+        })
+        .await;
+    // creationTimestamp has a one-second resolution: make B's Ingress clearly newer.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    apply(&cluster.admin, &secret_in("tenant-b", "evil")).await;
+    apply(
+        &cluster.admin,
+        &shop("tenant-b", "grab", "/checkout", "evil"),
+    )
+    .await;
+    let note = wait_event(
+        &cluster.admin,
+        "tenant-b",
+        "grab",
+        "HostOwnedByAnotherNamespace",
+    )
+    .await;
+    assert!(note.contains("shop.example"), "{note}");
+    assert!(
+        !note.contains("tenant-a"),
+        "the owner is not disclosed: {note}"
+    );
+    for (i, replica) in cluster.running() {
+        let table = replica.table().borrow().clone();
+        let route = table.lookup("shop.example", "/checkout/pay").unwrap();
+        assert_eq!(route.ingress, a, "replica {i}: still tenant A's route");
+        let cert = table.certificate_for(Some("shop.example")).unwrap();
+        assert_eq!(
+            cert.secret,
+            ObjectKey::new("tenant-a", "shop-tls"),
+            "replica {i}: still tenant A's certificate"
+        );
+    }
+}
