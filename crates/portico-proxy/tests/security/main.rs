@@ -12,6 +12,7 @@ mod common;
 mod chunk_size_strictness;
 mod h4_path_normalisation;
 mod h5_connection_limits;
+mod h5_http3;
 mod h5_idle_and_send_timeouts;
 mod h5_memory_bound;
 mod h5_quic_retry;
