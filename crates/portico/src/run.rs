@@ -65,6 +65,20 @@ pub struct RunArgs {
     /// `namespace/name` of a kubernetes.io/tls Secret served when SNI matches no Ingress.
     #[arg(long, env = "PORTICO_DEFAULT_CERTIFICATE")]
     pub default_certificate: Option<String>,
+    /// Let Ingresses of other namespaces add rules to a host (the Ingress spec's merge
+    /// semantics). Off: a host belongs to the namespace of its oldest Ingress, and other
+    /// namespaces' rules for it are refused (HostOwnedByAnotherNamespace).
+    #[arg(long, env = "PORTICO_ALLOW_CROSS_NAMESPACE_HOSTS")]
+    pub allow_cross_namespace_hosts: bool,
+    /// Route to ExternalName Services (they can name anything the proxy reaches: off by
+    /// default, as in Contour after CVE-2021-32783).
+    #[arg(long, env = "PORTICO_ALLOW_EXTERNAL_NAME_SERVICES")]
+    pub allow_external_name_services: bool,
+    /// Let the oldest defaultBackend of any namespace answer requests whose host no rule
+    /// names (the Ingress spec's catch-all). Off: a defaultBackend answers only for hosts its
+    /// namespace owns.
+    #[arg(long, env = "PORTICO_ALLOW_CATCH_ALL")]
+    pub allow_catch_all: bool,
     /// `namespace/name` of the LoadBalancer Service whose addresses are written to the
     /// status of every Ingress we serve.
     #[arg(long, env = "PORTICO_PUBLISH_SERVICE")]
@@ -252,6 +266,9 @@ impl RunArgs {
             controller_name: self.controller_name.clone(),
             watch_ingress_without_class: self.watch_ingress_without_class,
             default_certificate,
+            allow_cross_namespace_hosts: self.allow_cross_namespace_hosts,
+            allow_external_name_services: self.allow_external_name_services,
+            allow_catch_all: self.allow_catch_all,
         })
     }
 }
