@@ -1,6 +1,10 @@
 //! `portico local`: a whole Portico cluster on one machine, in one command.
 //!
-//! In this process: the in-process Kubernetes API server (state in `STATE_DIR/apiserver`).
+//! In this process: the in-process Kubernetes API server (state in `STATE_DIR/apiserver`),
+//! unless `--kubeconfig` points the cluster at another API server (e.g. a real
+//! kube-apiserver). That one refuses loopback addresses in EndpointSlices, so there the demo
+//! backends listen on a non-loopback address of this machine, each on its own port, with one
+//! EndpointSlice per port.
 //! As child processes of this one: three `portico run` replicas (each with its own Raft
 //! data directory and ports) and four `portico echo` backends (two Services, two endpoints
 //! each, every endpoint on its own loopback address since one EndpointSlice port serves
@@ -53,6 +57,16 @@ pub struct LocalArgs {
     /// Log format of this process (the children log to STATE_DIR/logs/).
     #[arg(long, env = "PORTICO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Run against the API server of this kubeconfig instead of starting the in-process one
+    /// (the demo objects go to its `default` namespace). Not read from $KUBECONFIG, so the
+    /// default stays the self-contained cluster.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// With --kubeconfig: the non-loopback IPv4 address the demo backends listen on and their
+    /// EndpointSlices name (a real API server refuses loopback ones). Default: this machine's
+    /// first non-loopback IPv4 address.
+    #[arg(long, requires = "kubeconfig")]
+    pub backend_address: Option<Ipv4Addr>,
 }
 
 const NAMESPACE: &str = "default";
@@ -161,8 +175,34 @@ fn free_port_on(ips: &[Ipv4Addr], held: &mut Vec<TcpListener>) -> anyhow::Result
     bail!("no port free on {ips:?}")
 }
 
+/// Where the demo backends listen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Backends {
+    /// Two loopback addresses per Service sharing one port (the in-process API server).
+    Loopback,
+    /// One non-loopback address, a port per backend (an API server that refuses loopback).
+    On(Ipv4Addr),
+}
+
+/// This machine's first non-loopback IPv4 address: the local host routes of the kernel's
+/// routing trie (`/proc/net/fib_trie`, an address line followed by `/32 host LOCAL`).
+fn first_non_loopback_ipv4() -> anyhow::Result<Ipv4Addr> {
+    let trie = fs::read_to_string("/proc/net/fib_trie").context("reading /proc/net/fib_trie")?;
+    let mut previous: Option<Ipv4Addr> = None;
+    for line in trie.lines() {
+        let line = line.trim();
+        if line == "/32 host LOCAL"
+            && let Some(ip) = previous.filter(|ip| !ip.is_loopback())
+        {
+            return Ok(ip);
+        }
+        previous = line.strip_prefix("|-- ").and_then(|ip| ip.parse().ok());
+    }
+    bail!("this machine has no non-loopback IPv4 address; pass --backend-address")
+}
+
 impl Layout {
-    fn choose(replicas: u32) -> anyhow::Result<Self> {
+    fn choose(replicas: u32, backends_on: Backends) -> anyhow::Result<Self> {
         let (mut held, mut udp) = (Vec::new(), Vec::new());
         let apiserver_port = free_tcp_port(LOOPBACK, &mut held)?;
         let mut ports = Vec::new();
@@ -175,7 +215,22 @@ impl Layout {
             });
         }
         let mut backends = Vec::new();
+        if let Backends::On(ip) = backends_on {
+            for service in ["test", "web"] {
+                for i in 0..2 {
+                    let port = free_tcp_port(ip, &mut held)?;
+                    backends.push(BackendLayout {
+                        service: service.to_owned(),
+                        pod: format!("{service}-{i}"),
+                        addr: SocketAddr::V4(SocketAddrV4::new(ip, port)),
+                    });
+                }
+            }
+        }
         for (service, first_ip) in [("test", 2u8), ("web", 4u8)] {
+            if backends_on != Backends::Loopback {
+                break;
+            }
             let ips = [
                 Ipv4Addr::new(127, 0, 0, first_ip),
                 Ipv4Addr::new(127, 0, 0, first_ip + 1),
@@ -196,7 +251,14 @@ impl Layout {
         })
     }
 
-    fn load_or_choose(path: &Path, replicas: u32) -> anyhow::Result<Self> {
+    fn backends(&self) -> Backends {
+        match self.backends.first().map(|b| b.addr.ip()) {
+            Some(std::net::IpAddr::V4(ip)) if !ip.is_loopback() => Backends::On(ip),
+            _ => Backends::Loopback,
+        }
+    }
+
+    fn load_or_choose(path: &Path, replicas: u32, backends: Backends) -> anyhow::Result<Self> {
         if let Ok(text) = fs::read_to_string(path) {
             let layout: Layout = serde_json::from_str(&text).with_context(|| {
                 format!(
@@ -212,9 +274,17 @@ impl Layout {
                     layout.replicas.len()
                 );
             }
+            if layout.backends() != backends {
+                bail!(
+                    "{} has the demo backends at {:?}, not {backends:?} (the in-process API \
+                     server and --kubeconfig need different ones); use a new --state-dir",
+                    path.display(),
+                    layout.backends()
+                );
+            }
             return Ok(layout);
         }
-        let layout = Self::choose(replicas)?;
+        let layout = Self::choose(replicas, backends)?;
         fs::write(path, serde_json::to_vec_pretty(&layout)?)?;
         Ok(layout)
     }
@@ -363,28 +433,41 @@ async fn apply_demo(client: &kube::Client, layout: &Layout, tls: &pki::Leaf) -> 
             "metadata": {"name": service, "namespace": NAMESPACE},
             "spec": {"selector": {"app": service}, "ports": [{"name": "http", "port": 80, "targetPort": port, "protocol": "TCP"}]},
         })).await?;
-        let slice_endpoints: Vec<serde_json::Value> = endpoints
-            .iter()
-            .map(|b| {
-                json!({
-                    "addresses": [b.addr.ip().to_string()],
-                    "conditions": {"ready": true, "serving": true, "terminating": false},
-                    "targetRef": {"kind": "Pod", "namespace": NAMESPACE, "name": b.pod},
+        // One EndpointSlice per backend port (a slice's port applies to all its endpoints):
+        // one slice on loopback, one per backend on a single non-loopback address.
+        let mut ports: Vec<u16> = endpoints.iter().map(|b| b.addr.port()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        for (i, port) in ports.iter().enumerate() {
+            let slice_endpoints: Vec<serde_json::Value> = endpoints
+                .iter()
+                .filter(|b| b.addr.port() == *port)
+                .map(|b| {
+                    json!({
+                        "addresses": [b.addr.ip().to_string()],
+                        "conditions": {"ready": true, "serving": true, "terminating": false},
+                        "targetRef": {"kind": "Pod", "namespace": NAMESPACE, "name": b.pod},
+                    })
                 })
-            })
-            .collect();
-        apply(
-            &slices,
-            json!({
-                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": format!("{service}-local"), "namespace": NAMESPACE,
-                             "labels": {"kubernetes.io/service-name": service}},
-                "addressType": "IPv4",
-                "endpoints": slice_endpoints,
-                "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-            }),
-        )
-        .await?;
+                .collect();
+            let name = if i == 0 {
+                format!("{service}-local")
+            } else {
+                format!("{service}-local-{i}")
+            };
+            apply(
+                &slices,
+                json!({
+                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": name, "namespace": NAMESPACE,
+                                 "labels": {"kubernetes.io/service-name": service}},
+                    "addressType": "IPv4",
+                    "endpoints": slice_endpoints,
+                    "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+                }),
+            )
+            .await?;
+        }
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
     apply(
@@ -496,10 +579,15 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let _lock = lock_state_dir(&state)?;
     let cluster_json = state.join("cluster.json");
     let _ = fs::remove_file(&cluster_json);
-    for dir in ["logs", "replicas", "raft-ca", "apiserver"] {
+    for dir in ["logs", "replicas", "raft-ca"] {
         fs::create_dir_all(state.join(dir))?;
     }
-    let layout = Layout::load_or_choose(&state.join("layout.json"), args.replicas)?;
+    let backends = match (&args.kubeconfig, args.backend_address) {
+        (None, _) => Backends::Loopback,
+        (Some(_), Some(ip)) => Backends::On(ip),
+        (Some(_), None) => Backends::On(first_non_loopback_ipv4()?),
+    };
+    let layout = Layout::load_or_choose(&state.join("layout.json"), args.replicas, backends)?;
 
     // Certificates: the demo CA (its certificate is what curl --cacert needs) and the
     // cluster CA for replica-to-replica mTLS; each replica signs its own certificate from
@@ -511,24 +599,16 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let raft_ca_key = state.join("raft-ca/ca.key");
     Ca::load_or_create(&raft_ca_cert, &raft_ca_key, "portico local cluster CA")?;
 
-    // The API server, in this process.
-    let apiserver = ApiServer::builder()
-        .data_dir(state.join("apiserver"))
-        .minor_version(33)
-        .build()
-        .context("opening the API server's state")?;
-    let listener = match tokio::net::TcpListener::bind((LOOPBACK, layout.apiserver_port)).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            tracing::warn!(port = layout.apiserver_port, error = %e, "API server port taken; using another");
-            tokio::net::TcpListener::bind((LOOPBACK, 0)).await?
+    let (client, kubeconfig, apiserver_url, handle) = match &args.kubeconfig {
+        Some(path) => {
+            let (client, kubeconfig, url) = external_api_server(path).await?;
+            (client, kubeconfig, url, None)
+        }
+        None => {
+            let (client, kubeconfig, handle) = in_process_api_server(&state, &layout).await?;
+            (client, kubeconfig, handle.url(), Some(handle))
         }
     };
-    let handle = apiserver.serve(listener)?;
-    let kubeconfig = state.join("kubeconfig");
-    handle.write_kubeconfig(&kubeconfig)?;
-    tracing::info!(url = %handle.url(), "API server listening");
-    let client = kube::Client::new(apiserver.service(), NAMESPACE);
 
     // Children.
     let mut cluster = Cluster {
@@ -600,7 +680,6 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         )?);
     }
 
-    let apiserver_url = handle.url();
     let result = tokio::select! {
         result = bring_up(&args, &state, &client, &layout, &tls_leaf, &mut cluster, &apiserver_url, &kubeconfig, &ca_cert) => result,
         signal = crate::signals::terminated() => {
@@ -612,7 +691,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         Ok(keep_running) => keep_running,
         Err(e) => {
             cluster.stop(Duration::from_secs(10)).await;
-            handle.shutdown().await;
+            if let Some(handle) = handle {
+                handle.shutdown().await;
+            }
             return Err(e);
         }
     };
@@ -622,9 +703,60 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let _ = fs::remove_file(&cluster_json);
     tracing::info!("stopping the replicas and backends");
     cluster.stop(Duration::from_secs(15)).await;
-    handle.shutdown().await;
+    if let Some(handle) = handle {
+        handle.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The in-process API server (state in STATE_DIR/apiserver) and its kubeconfig.
+async fn in_process_api_server(
+    state: &Path,
+    layout: &Layout,
+) -> anyhow::Result<(kube::Client, PathBuf, portico_apiserver::ServerHandle)> {
+    let apiserver = ApiServer::builder()
+        .data_dir(state.join("apiserver"))
+        .minor_version(33)
+        .build()
+        .context("opening the API server's state")?;
+    let listener = match tokio::net::TcpListener::bind((LOOPBACK, layout.apiserver_port)).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!(port = layout.apiserver_port, error = %e, "API server port taken; using another");
+            tokio::net::TcpListener::bind((LOOPBACK, 0)).await?
+        }
+    };
+    let handle = apiserver.serve(listener)?;
+    let kubeconfig = state.join("kubeconfig");
+    handle.write_kubeconfig(&kubeconfig)?;
+    tracing::info!(url = %handle.url(), "API server listening");
+    Ok((
+        kube::Client::new(apiserver.service(), NAMESPACE),
+        kubeconfig,
+        handle,
+    ))
+}
+
+/// A client for the API server of `kubeconfig` (its current context), the kubeconfig's
+/// absolute path for the replicas, and the server's URL.
+async fn external_api_server(kubeconfig: &Path) -> anyhow::Result<(kube::Client, PathBuf, String)> {
+    let path = fs::canonicalize(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let parsed = kube::config::Kubeconfig::read_from(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let config =
+        kube::Config::from_custom_kubeconfig(parsed, &kube::config::KubeConfigOptions::default())
+            .await
+            .with_context(|| format!("loading {}", path.display()))?;
+    let url = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config).context("building the API client")?;
+    let version = client
+        .apiserver_version()
+        .await
+        .with_context(|| format!("reaching the API server at {url}"))?;
+    tracing::info!(url = %url, version = %version.git_version, "using the API server of {}", path.display());
+    Ok((client, path, url))
 }
 
 /// Applies the demo objects, waits for every replica to serve them, writes cluster.json
