@@ -2,14 +2,18 @@
 //! (round-robin, cookie affinity) and passive ejection of failing endpoints.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portico_model::{Backend, BackendProtocol, Endpoint};
 
@@ -17,8 +21,9 @@ use crate::body::ProxyBody;
 use crate::pool::{H1Pool, PoolError, UpstreamBody};
 use crate::tls::upstream_client_config;
 
-type PlainClient = Client<HttpConnector, ProxyBody>;
-type TlsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+type Connector = HttpConnector<GuardedResolver>;
+type PlainClient = Client<Connector, ProxyBody>;
+type TlsClient = Client<HttpsConnector<Connector>, ProxyBody>;
 
 /// A pooled client for one backend protocol and connect timeout.
 #[derive(Clone)]
@@ -99,7 +104,7 @@ impl Clients {
 }
 
 fn build_client(protocol: BackendProtocol, connect_timeout: Duration) -> UpstreamClient {
-    let mut http = HttpConnector::new();
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver::default());
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
@@ -130,6 +135,82 @@ fn build_client(protocol: BackendProtocol, connect_timeout: Duration) -> Upstrea
             UpstreamClient::Tls(builder.http2_only(true).build(tls))
         }
     }
+}
+
+/// The resolver of the pooled clients. Only `ExternalName` Services reach it: endpoints are
+/// IP addresses, which hyper-util connects to without resolving (and the model refuses an
+/// IP-literal `externalName`). A name that resolves to an address a tenant must not reach
+/// through the proxy (`forbidden`) is refused before any connection is made: the request
+/// gets a 502 and a warning is logged. Every address is checked, so a name mixing a public
+/// address with a forbidden one is refused too.
+#[derive(Clone)]
+pub(crate) struct GuardedResolver {
+    inner: GaiResolver,
+    /// The API server's Service address, from `KUBERNETES_SERVICE_HOST` (set in every pod).
+    api_server: Option<IpAddr>,
+}
+
+impl Default for GuardedResolver {
+    fn default() -> Self {
+        Self {
+            inner: GaiResolver::new(),
+            api_server: std::env::var("KUBERNETES_SERVICE_HOST")
+                .ok()
+                .and_then(|h| h.trim_matches(|c| c == '[' || c == ']').parse().ok()),
+        }
+    }
+}
+
+type Resolving = Pin<Box<dyn Future<Output = io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = io::Error;
+    type Future = Resolving;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        tower_service::Service::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let api_server = self.api_server;
+        let host = name.as_str().to_owned();
+        let resolving = tower_service::Service::call(&mut self.inner, name);
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = resolving.await?.collect();
+            if let Some(why) = addrs.iter().find_map(|a| forbidden(a.ip(), api_server)) {
+                tracing::warn!(%host, %why, "ExternalName refused: it resolves to an address the proxy must not reach");
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("ExternalName {host} resolves to {why}"),
+                ));
+            }
+            Ok(addrs.into_iter())
+        })
+    }
+}
+
+/// Why a tenant's `ExternalName` must not lead to `ip`: this host (loopback, any address of
+/// this pod, where the admin port listens), link-local (cloud metadata at 169.254.169.254),
+/// unspecified, broadcast or multicast, or the API server.
+fn forbidden(ip: IpAddr, api_server: Option<IpAddr>) -> Option<String> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    let what = match ip {
+        _ if ip.is_loopback() => "a loopback address",
+        _ if ip.is_unspecified() => "an unspecified address",
+        _ if ip.is_multicast() => "a multicast address",
+        IpAddr::V4(v4) if v4.is_link_local() => "a link-local address",
+        IpAddr::V4(v4) if v4.is_broadcast() || v4.octets()[0] == 0 => "a reserved address",
+        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => "a link-local address",
+        _ if Some(ip) == api_server => "the API server",
+        // Binding succeeds only for an address of one of this host's interfaces.
+        _ if std::net::UdpSocket::bind((ip, 0)).is_ok() => "an address of this pod",
+        _ => return None,
+    };
+    Some(format!("{ip} ({what})"))
 }
 
 /// Passive health: endpoints that fail are skipped for a while, doubling each time in a row.
@@ -241,6 +322,66 @@ pub(crate) fn endpoint_for_token(backend: &Backend, token: &str) -> Option<Socke
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_a_tenant_must_not_reach_are_forbidden() {
+        let api = Some("10.96.0.1".parse().unwrap());
+        for ip in [
+            "127.0.0.1",
+            "127.5.6.7",
+            "::1",
+            "::ffff:127.0.0.1",
+            "169.254.169.254",
+            "fe80::1",
+            "0.0.0.0",
+            "::",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "10.96.0.1",
+        ] {
+            assert!(forbidden(ip.parse().unwrap(), api).is_some(), "{ip}");
+        }
+        for ip in ["10.1.2.3", "192.0.2.10", "2001:db8::1", "8.8.8.8"] {
+            assert!(forbidden(ip.parse().unwrap(), api).is_none(), "{ip}");
+        }
+    }
+
+    #[test]
+    fn this_hosts_own_addresses_are_forbidden() {
+        // A UDP "connection" picks the address this host sends from: one of its own.
+        let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        if probe.connect("192.0.2.1:9").is_ok() {
+            let own = probe.local_addr().unwrap().ip();
+            assert!(forbidden(own, None).is_some(), "{own}");
+        }
+    }
+
+    /// `externalName: localhost` with Portico's admin port: the name is refused before any
+    /// connection is made, and the request fails (the handler's 502).
+    #[tokio::test]
+    async fn an_external_name_resolving_to_this_host_is_never_connected() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for protocol in [BackendProtocol::Http, BackendProtocol::Https] {
+            let scheme = if protocol == BackendProtocol::Http {
+                "http"
+            } else {
+                "https"
+            };
+            let client = build_client(protocol, Duration::from_secs(2));
+            let request = http::Request::get(format!("{scheme}://localhost:{port}/debug/routes"))
+                .body(crate::body::empty())
+                .unwrap();
+            let err = match client.request(request).await {
+                Err(e) => e,
+                Ok(resp) => panic!("{protocol:?}: answered {}", resp.status()),
+            };
+            assert!(err.nothing_sent(), "{protocol:?}: {err:?}");
+        }
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepted.is_err(), "no connection reached the listener");
+    }
 
     #[test]
     fn ejection_backs_off_and_clears() {
