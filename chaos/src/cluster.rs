@@ -169,10 +169,16 @@ impl Cluster {
             format!("{addr}:{HTTPS_PORT}"),
             "--admin".into(),
             format!("{addr}:{ADMIN_PORT}"),
+            // The harness reads /debug/routes from outside the replica's namespace.
+            "--admin-debug-routes".into(),
+            "any".into(),
             "--publish-status-address".into(),
             STATUS_ADDRESS.into(),
             "--drain-seconds".into(),
             "2".into(),
+            // The conformance rows C01-C06 need a defaultBackend-only Ingress to catch every
+            // host, which Portico refuses unless asked (issue 14, H3).
+            "--allow-catch-all".into(),
         ]
     }
 
