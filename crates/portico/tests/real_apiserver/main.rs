@@ -1,0 +1,72 @@
+//! Against a real kube-apiserver and etcd (tests/kube's kube-testenv, built by
+//! tests/kube/build.sh; see common/real_apiserver.rs), one module per subject: kubectl's
+//! protobuf bodies, deploy/ applied client-side, server-side and as a server dry run, the test
+//! tool's own stop/restart and compaction, a `portico run` replica running as deploy/'s
+//! ServiceAccount (each RBAC rule shown to be needed), and `portico local --kubeconfig`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod control;
+mod deploy;
+mod kubectl_create;
+mod local;
+mod replica;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::real_apiserver::RealApiServer;
+
+const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
+
+pub fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// stdout of a command that must succeed.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The first non-loopback IPv4 address of this machine. The real API server refuses loopback
+/// addresses in EndpointSlices (and in status), so the backend listens on this one.
+pub fn host_ip() -> String {
+    let out = ok(Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]));
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .unwrap_or_else(|| panic!("no global IPv4 address on this machine:\n{out}"))
+        .to_owned()
+}
+
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn apply_yaml(api: &RealApiServer, dir: &Path, name: &str, yaml: &str) {
+    let file = dir.join(name);
+    std::fs::write(&file, yaml).unwrap();
+    ok(api
+        .kubectl()
+        .args(["apply", "--server-side", "-f"])
+        .arg(&file));
+}
