@@ -2,7 +2,8 @@
 # Builds kube-testenv (a real etcd + kube-apiserver for the tests, see main.go) and prints the
 # path of the binary. Built once per version of the sources: the binary is cached under
 # $PORTICO_KUBE_CACHE (default /var/tmp/portico-kube) by a hash of go.mod, go.sum, the Go
-# sources and the Go version, so a second call is instant. Go's own build and module caches
+# sources, this script and the Go version, so a second call is instant. Go's own build and
+# module caches
 # (GOCACHE, GOMODCACHE) stay at their defaults and persist on the machine; a cold build takes
 # several minutes on two cores.
 set -euo pipefail
@@ -11,7 +12,7 @@ cache=${PORTICO_KUBE_CACHE:-/var/tmp/portico-kube}
 go=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 [ -x "$go" ] || { echo "build.sh: Go not found (set GO or PATH); /usr/local/go/bin/go expected" >&2; exit 1; }
 
-hash=$(cd "$here" && { "$go" version; cat go.mod go.sum ./*.go; } | sha256sum | cut -c1-16)
+hash=$(cd "$here" && { "$go" version; cat build.sh go.mod go.sum ./*.go; } | sha256sum | cut -c1-16)
 bin="$cache/kube-testenv-$hash"
 link="$cache/kube-testenv"
 mkdir -p "$cache"
@@ -27,7 +28,8 @@ if [ ! -x "$bin" ]; then
   ldflags="-X $pkg.gitVersion=$k8s -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
   echo "build.sh: building kube-testenv ($k8s) into $bin; the first build takes minutes" >&2
   start=$(date +%s)
-  (cd "$here" && GOFLAGS=-mod=mod "$go" build -ldflags "$ldflags" -o "$bin.tmp" .)
+  # go.sum is complete and committed: a build never edits the checkout (-mod=readonly).
+  (cd "$here" && GOFLAGS="-mod=readonly -buildvcs=false" "$go" build -ldflags "$ldflags" -o "$bin.tmp" .)
   mv "$bin.tmp" "$bin"
   echo "build.sh: built in $(( $(date +%s) - start )) s" >&2
   # Older builds are not needed any more.
