@@ -3,9 +3,8 @@
 # path of the binary. Built once per version of the sources: the binary is cached under
 # $PORTICO_KUBE_CACHE (default /var/tmp/portico-kube) by a hash of go.mod, go.sum, the Go
 # sources, this script and the Go version, so a second call is instant. Go's own build and
-# module caches
-# (GOCACHE, GOMODCACHE) stay at their defaults and persist on the machine; a cold build takes
-# several minutes on two cores.
+# module caches (GOCACHE, GOMODCACHE) stay at their defaults and persist on the machine; a cold
+# build takes several minutes on two cores.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${PORTICO_KUBE_CACHE:-/var/tmp/portico-kube}
