@@ -28,7 +28,9 @@ pub mod validate;
 pub use annotations::{INGRESS_CLASS_ANNOTATION, NGINX_PREFIX, PORTICO_PREFIX};
 pub use change::Change;
 pub use key::ObjectKey;
-pub use plan::{MAX_REGEX_PATHS_PER_INGRESS, MAX_REGEX_PATTERN_BYTES};
+pub use plan::{
+    MAX_REGEX_PATHS_PER_INGRESS, MAX_REGEX_PATHS_PER_NAMESPACE, MAX_REGEX_PATTERN_BYTES,
+};
 pub use problem::{Problem, ProblemReason};
 pub use referenced::referenced_secrets;
 pub use route::{

@@ -67,6 +67,8 @@ pub(crate) struct PlannedTls {
 const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 pub const MAX_REGEX_PATTERN_BYTES: usize = 1024;
 pub const MAX_REGEX_PATHS_PER_INGRESS: usize = 100;
+/// Over this, the newest Ingresses of a namespace have their regex paths skipped.
+pub const MAX_REGEX_PATHS_PER_NAMESPACE: usize = 500;
 
 impl IngressPlan {
     pub(crate) fn new(
@@ -193,6 +195,16 @@ impl IngressPlan {
             plan.admission = Admission::Accepted;
         }
         plan
+    }
+}
+
+impl IngressPlan {
+    /// How many `use-regex` paths the plan has.
+    pub(crate) fn regex_count(&self) -> usize {
+        self.paths
+            .iter()
+            .filter(|p| matches!(p.path, PathMatch::Regex { .. }))
+            .count()
     }
 }
 

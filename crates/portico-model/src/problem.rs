@@ -72,7 +72,9 @@ pub enum ProblemReason {
     /// A wildcard host with fewer than two labels after `*.` (`*.com`); the Ingress is
     /// rejected.
     WildcardTooBroad,
-    /// More `use-regex` paths, or longer patterns, than the limits; the Ingress is rejected.
+    /// More `use-regex` paths, or longer patterns, than one Ingress may have (the Ingress is
+    /// rejected), or more regex paths than its namespace may have (this Ingress's regex paths
+    /// are skipped).
     RegexLimitExceeded,
     /// The backend is an `ExternalName` Service, which the settings do not allow (or whose
     /// `externalName` is an IP address): the path answers 503.

@@ -18,7 +18,7 @@ use crate::change::Change;
 use crate::host::{self, HostKey, MAX_HOST_LEN};
 use crate::host_routes::{HostRoutes, Origin};
 use crate::key::ObjectKey;
-use crate::plan::{Admission, IngressPlan, Precedence};
+use crate::plan::{Admission, IngressPlan, MAX_REGEX_PATHS_PER_NAMESPACE, Precedence};
 use crate::problem::{Problem, ProblemReason};
 use crate::resolve;
 use crate::route::{Backend, BackendKey, BackendTarget, PathMatch, Route, Unavailable};
@@ -75,8 +75,15 @@ struct Derived {
     backend_refs: OrdMap<BackendKey, usize>,
     backends: HashMap<BackendKey, Arc<Backend>>,
     slices_by_service: OrdMap<ObjectKey, OrdSet<ObjectKey>>,
-    /// Rules refused because their host belongs to another namespace, by host.
+    /// Rules refused because their host belongs to another namespace, or their regexes are
+    /// over their namespace's budget, by host.
     refused_hosts: OrdMap<HostKey, Arc<Vec<(ObjectKey, Problem)>>>,
+    /// Accepted Ingresses with `use-regex` paths, by namespace, oldest first, with how many
+    /// regex paths each has.
+    regex_plans: OrdMap<Arc<str>, OrdMap<Precedence, usize>>,
+    /// Ingresses whose regex paths would take their namespace over
+    /// `MAX_REGEX_PATHS_PER_NAMESPACE`: those paths are skipped.
+    regex_over_budget: OrdSet<ObjectKey>,
     /// Accepted Ingresses that set `spec.defaultBackend`, oldest first.
     default_backend_members: OrdSet<Precedence>,
     /// The oldest default backend of each namespace: it answers unmatched paths on the
@@ -567,6 +574,10 @@ impl RoutingTable {
             hosts.extend(self.add_contributions(&plan));
             self.derived.plans.insert(key.clone(), plan);
         }
+        let namespaces: Vec<Arc<str>> = self.derived.regex_plans.keys().cloned().collect();
+        for namespace in &namespaces {
+            self.refresh_regex_budget(namespace);
+        }
         for host in hosts {
             self.rebuild_host(&host);
         }
@@ -598,6 +609,11 @@ impl RoutingTable {
             hosts.extend(self.add_contributions(new));
             self.derived.plans.insert(key.clone(), new.clone());
         }
+        if old.as_ref().is_some_and(|p| p.regex_count() > 0)
+            || new.as_ref().is_some_and(|p| p.regex_count() > 0)
+        {
+            hosts.extend(self.refresh_regex_budget(&key.namespace));
+        }
         let dependents = self.hosts_under_wildcards(&hosts);
         hosts.extend(dependents);
         for host in &hosts {
@@ -627,6 +643,14 @@ impl RoutingTable {
         let mut hosts = BTreeSet::new();
         if plan.admission != Admission::Accepted {
             return hosts;
+        }
+        let regexes = plan.regex_count();
+        if regexes > 0 {
+            self.derived
+                .regex_plans
+                .entry(plan.precedence.key.namespace.clone())
+                .or_default()
+                .insert(plan.precedence.clone(), regexes);
         }
         for path in &plan.paths {
             self.derived
@@ -671,6 +695,13 @@ impl RoutingTable {
         let mut hosts = BTreeSet::new();
         if plan.admission != Admission::Accepted {
             return hosts;
+        }
+        let namespace = &plan.precedence.key.namespace;
+        if let Some(plans) = self.derived.regex_plans.get_mut(namespace) {
+            plans.remove(&plan.precedence);
+            if plans.is_empty() {
+                self.derived.regex_plans.remove(namespace);
+            }
         }
         for path in &plan.paths {
             remove_from_set(&mut self.derived.host_members, &path.host, &plan.precedence);
@@ -804,6 +835,45 @@ impl RoutingTable {
             .collect()
     }
 
+    /// Recomputes which Ingresses of a namespace are over its regex budget: oldest first,
+    /// an Ingress whose regex paths do not fit in what is left has them all skipped. Returns
+    /// the hosts of the Ingresses whose standing changed.
+    fn refresh_regex_budget(&mut self, namespace: &Arc<str>) -> BTreeSet<HostKey> {
+        let mut over = BTreeSet::new();
+        let mut used = 0;
+        for (member, &count) in self
+            .derived
+            .regex_plans
+            .get(namespace)
+            .into_iter()
+            .flatten()
+        {
+            if used + count > MAX_REGEX_PATHS_PER_NAMESPACE {
+                over.insert(member.key.clone());
+            } else {
+                used += count;
+            }
+        }
+        let before: BTreeSet<ObjectKey> = self
+            .derived
+            .regex_over_budget
+            .iter()
+            .filter(|k| k.namespace == *namespace)
+            .cloned()
+            .collect();
+        let mut hosts = BTreeSet::new();
+        for key in before.symmetric_difference(&over) {
+            if let Some(plan) = self.derived.plans.get(key) {
+                hosts.extend(plan.paths.iter().map(|p| p.host.clone()));
+            }
+        }
+        for key in &before {
+            self.derived.regex_over_budget.remove(key);
+        }
+        self.derived.regex_over_budget.extend(over);
+        hosts
+    }
+
     fn rebuild_host(&mut self, host: &HostKey) {
         let mut routes = HostRoutes::default();
         let owner = self.host_owner(host);
@@ -821,7 +891,21 @@ impl RoutingTable {
         for member in self.derived.host_members.get(host).into_iter().flatten() {
             let plan = &self.derived.plans[&member.key];
             let allowed = self.may_use(owner.as_ref(), &member.key.namespace);
+            let over_budget = self.derived.regex_over_budget.contains(&member.key);
             for path in plan.paths.iter().filter(|p| p.host == *host) {
+                if over_budget && matches!(path.path, PathMatch::Regex { .. }) {
+                    refused.push((
+                        member.key.clone(),
+                        Problem::new(
+                            format!("{}.path", path.field),
+                            ProblemReason::RegexLimitExceeded,
+                            format!(
+                                "the namespace's older Ingresses already have close to {MAX_REGEX_PATHS_PER_NAMESPACE} use-regex paths, the most one namespace may have; this path is skipped"
+                            ),
+                        ),
+                    ));
+                    continue;
+                }
                 if !allowed {
                     let name = path.host_as_written.as_deref().unwrap_or("*");
                     refused.push((

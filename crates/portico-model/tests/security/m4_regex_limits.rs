@@ -1,7 +1,9 @@
 //! M4 (regex cost): a tenant's regexes are compiled on every replica and scanned per
 //! request. What must hold: one Ingress may have at most `MAX_REGEX_PATHS_PER_INGRESS`
 //! `use-regex` paths of at most `MAX_REGEX_PATTERN_BYTES` each, with a bounded compiled size;
-//! beyond that the Ingress is rejected with `RegexLimitExceeded` and others keep working.
+//! beyond that the Ingress is rejected with `RegexLimitExceeded` and others keep working. A
+//! namespace may have `MAX_REGEX_PATHS_PER_NAMESPACE` regex paths: its newest Ingresses over
+//! that have their regex paths skipped (`RegexLimitExceeded`), other namespaces unaffected.
 
 use portico_model::*;
 
@@ -83,4 +85,69 @@ fn a_pattern_that_compiles_too_large_is_refused() {
         vec![path("ImplementationSpecific", r"/\w{1000}\w{1000}", "web")],
     ));
     assert_refused(&table, "huge", ProblemReason::InvalidPathRegex);
+}
+
+fn regex_paths(prefix: &str, n: usize) -> Vec<HttpPathSource> {
+    (0..n)
+        .map(|i| path("ImplementationSpecific", &format!("/{prefix}{i}/.*"), "web"))
+        .collect()
+}
+
+#[test]
+fn a_namespace_has_a_regex_budget_the_newest_ingresses_go_over() {
+    let per = MAX_REGEX_PATHS_PER_INGRESS;
+    let fitting = MAX_REGEX_PATHS_PER_NAMESPACE / per;
+    let mut resources = vec![our_class()];
+    for i in 0..=fitting {
+        resources.push(
+            ingress(&format!("r{i}"), i as i64)
+                .nginx("use-regex", "true")
+                .rule(Some(&format!("r{i}.example.com")), regex_paths("p", per))
+                .build(),
+        );
+    }
+    // Another namespace has its own budget.
+    resources.push(
+        ingress("other", 0)
+            .namespace("elsewhere")
+            .nginx("use-regex", "true")
+            .rule(Some("other.example.com"), regex_paths("p", per))
+            .build(),
+    );
+    resources.extend(service_with_endpoints("web", 1));
+    resources.extend(service_in("elsewhere", "web", 1));
+    let mut table = RoutingTable::compile(settings(), resources);
+    for table in [&table, &crate::restored(&table)] {
+        let last = format!("r{fitting}");
+        assert_eq!(
+            service_for(table, &format!("{last}.example.com"), "/p0/x"),
+            None
+        );
+        assert!(
+            table
+                .problems(&key(&last), 0)
+                .iter()
+                .all(|p| p.reason == ProblemReason::RegexLimitExceeded)
+        );
+        assert_eq!(table.problems(&key(&last), 0).len(), per);
+        assert_eq!(
+            service_for(table, "r0.example.com", "/p0/x").as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            service_for(table, "other.example.com", "/p0/x").as_deref(),
+            Some("web")
+        );
+    }
+    // An older Ingress goes: the newest fits again.
+    table.apply(
+        1,
+        &Change::Delete {
+            kind: ResourceKind::Ingress,
+            key: key("r0"),
+        },
+    );
+    let last = format!("r{fitting}.example.com");
+    assert_eq!(service_for(&table, &last, "/p0/x").as_deref(), Some("web"));
+    assert!(table.problems(&key(&format!("r{fitting}")), 0).is_empty());
 }
