@@ -21,7 +21,7 @@ use crate::identity::{self, IdentityError};
 use crate::metrics::{Counters, Leadership, ReplicaMetrics};
 use crate::peer::{PeerIdentity, PeerPolicy};
 use crate::store::log::LogStore;
-use crate::store::state_machine::{StateMachine, check_snapshot};
+use crate::store::state_machine::{SnapshotCheck, StateMachine};
 use crate::store::{Db, StoreError};
 use crate::tls::{TlsError, TlsMaterial};
 use crate::transport::TransportSettings;
@@ -170,13 +170,17 @@ struct Inner {
     peers: Arc<Peers>,
     counters: Arc<Counters>,
     leadership: Mutex<LeadershipTrack>,
-    /// A copy of the snapshot being received, checked before its last chunk reaches Raft.
+    /// The check of the snapshot being received, done before its last chunk reaches Raft.
     receiving_snapshot: tokio::sync::Mutex<Option<ReceivingSnapshot>>,
 }
 
 struct ReceivingSnapshot {
     id: String,
-    data: Vec<u8>,
+    /// The digest streamed so far: no copy of the snapshot is kept besides openraft's own.
+    check: SnapshotCheck,
+    /// Offset and SHA-256 of the last chunk, so the same chunk sent again after a lost
+    /// answer is recognised (the streamed digest cannot rewind).
+    last_chunk: Option<(u64, [u8; 32])>,
 }
 
 /// A running replica. Cloning gives another handle to the same replica.
@@ -607,6 +611,14 @@ fn raft_config(settings: &RaftSettings) -> Result<Arc<openraft::Config>, StartEr
     Ok(Arc::new(config))
 }
 
+/// A snapshot chunk's SHA-256, to recognise it when sent again.
+fn chunk_digest(data: &[u8]) -> [u8; 32] {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 digests are 32 bytes")
+}
+
 /// Why a leader-only operation failed after following leader hints.
 enum ForwardFailure {
     ShuttingDown,
@@ -625,7 +637,7 @@ enum LocalOutcome<T> {
 }
 
 impl Inner {
-    /// Keeps a copy of the incoming snapshot and checks it whole before its last chunk is
+    /// Checks the incoming snapshot as it streams in, and refuses it before its last chunk is
     /// handed to Raft (which treats a snapshot that fails to install as fatal).
     async fn check_snapshot_chunk(
         &self,
@@ -635,26 +647,36 @@ impl Inner {
         if request.offset == 0 {
             *receiving = Some(ReceivingSnapshot {
                 id: request.meta.snapshot_id.clone(),
-                data: Vec::new(),
+                check: SnapshotCheck::new(),
+                last_chunk: None,
             });
         }
-        let offset = usize::try_from(request.offset).unwrap_or(usize::MAX);
-        match receiving.as_mut() {
-            // In sequence, or a chunk sent again after a lost answer.
-            Some(s) if s.id == request.meta.snapshot_id && offset <= s.data.len() => {
-                s.data.truncate(offset);
-                s.data.extend_from_slice(&request.data);
+        let refuse = |receiving: &mut Option<ReceivingSnapshot>, why: &str| {
+            *receiving = None;
+            Err(RpcRejection::BadRequest(format!("refused snapshot: {why}")))
+        };
+        let Some(s) = receiving
+            .as_mut()
+            .filter(|s| s.id == request.meta.snapshot_id)
+        else {
+            return refuse(&mut receiving, "chunk out of sequence");
+        };
+        let digest = chunk_digest(&request.data);
+        if s.last_chunk == Some((request.offset, digest)) {
+            // The same chunk again (its answer was lost): already counted.
+        } else if request.offset == s.check.received() {
+            if let Err(e) = s.check.feed(&request.data) {
+                return refuse(&mut receiving, e);
             }
-            _ => {
-                *receiving = None;
-                return Err(RpcRejection::BadRequest(
-                    "snapshot chunk out of sequence".into(),
-                ));
-            }
+            s.last_chunk = Some((request.offset, digest));
+        } else {
+            return refuse(&mut receiving, "chunk out of sequence");
         }
         if request.done {
-            let received = receiving.take().expect("set above");
-            check_snapshot(&received.data)
+            let received = receiving.take().expect("checked above");
+            received
+                .check
+                .finish()
                 .map_err(|e| RpcRejection::BadRequest(format!("refused snapshot: {e}")))?;
         }
         Ok(())

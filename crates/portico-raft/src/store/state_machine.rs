@@ -31,15 +31,37 @@ use crate::types::{
 const SNAPSHOT_FORMAT: u8 = 1;
 
 /// The bytes of a snapshot as they are stored and sent to lagging replicas. The digest
-/// lets a replica check a received snapshot cheaply before installing it (see
-/// [`check_snapshot`]).
-#[derive(Serialize, Deserialize)]
+/// lets a replica check a received snapshot as it streams in (see [`SnapshotCheck`]).
+#[derive(Serialize)]
 struct SnapshotPayload {
     format: u8,
     highest_epoch: u64,
     table_sha256: [u8; 32],
     table: Vec<u8>,
 }
+
+/// [`SnapshotPayload`] read in place: the table is a slice of the snapshot's bytes, not a
+/// second copy of them (postcard encodes bytes and a `Vec<u8>` alike).
+#[derive(Deserialize)]
+struct SnapshotPayloadRef<'a> {
+    format: u8,
+    highest_epoch: u64,
+    _table_sha256: [u8; 32],
+    #[serde(borrow)]
+    table: &'a [u8],
+}
+
+/// Everything of a [`SnapshotPayload`] before the table's bytes.
+#[derive(Deserialize)]
+struct SnapshotHeader {
+    format: u8,
+    _highest_epoch: u64,
+    table_sha256: [u8; 32],
+    table_len: u64,
+}
+
+/// Postcard's bound on an encoded header: a byte, two 10-byte varints and the digest.
+const MAX_HEADER_BYTES: usize = 1 + 10 + 32 + 10;
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     ring::digest::digest(&ring::digest::SHA256, bytes)
@@ -48,19 +70,94 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
         .expect("SHA-256 digests are 32 bytes")
 }
 
-/// Checks that snapshot bytes are whole and unaltered, without decoding the table: a
-/// snapshot that fails to install is fatal to openraft, so a garbled one is refused at the
-/// RPC layer instead.
-pub(crate) fn check_snapshot(data: &[u8]) -> Result<(), &'static str> {
-    let payload: SnapshotPayload =
-        crate::transport::wire::decode(data).map_err(|_| "undecodable snapshot")?;
-    if payload.format != SNAPSHOT_FORMAT {
-        return Err("unknown snapshot format");
+/// Checks a snapshot's bytes as they arrive, chunk by chunk, keeping none of them: the
+/// header, then a running SHA-256 of the table, then at the end that exactly the announced
+/// length came and the digest matches. A snapshot that fails to install is fatal to
+/// openraft, so a garbled one is refused at the RPC layer; streaming the digest means that
+/// check costs no copy of the snapshot (openraft keeps the one copy it installs from).
+pub(crate) struct SnapshotCheck {
+    /// The header's bytes until it can be decoded.
+    header: Vec<u8>,
+    table: Option<TableDigest>,
+    received: u64,
+}
+
+struct TableDigest {
+    expected: [u8; 32],
+    remaining: u64,
+    digest: ring::digest::Context,
+}
+
+impl SnapshotCheck {
+    pub(crate) fn new() -> Self {
+        Self {
+            header: Vec::new(),
+            table: None,
+            received: 0,
+        }
     }
-    if sha256(&payload.table) != payload.table_sha256 {
-        return Err("snapshot digest mismatch");
+
+    /// The bytes fed so far (the offset the next chunk must start at).
+    pub(crate) fn received(&self) -> u64 {
+        self.received
     }
-    Ok(())
+
+    /// Takes the next chunk.
+    pub(crate) fn feed(&mut self, mut chunk: &[u8]) -> Result<(), &'static str> {
+        self.received += chunk.len() as u64;
+        if self.table.is_none() {
+            let take = chunk.len().min(MAX_HEADER_BYTES - self.header.len());
+            self.header.extend_from_slice(&chunk[..take]);
+            let (header, rest) = match postcard::take_from_bytes::<SnapshotHeader>(&self.header) {
+                Ok(decoded) => decoded,
+                Err(postcard::Error::DeserializeUnexpectedEnd)
+                    if self.header.len() < MAX_HEADER_BYTES =>
+                {
+                    return Ok(());
+                }
+                Err(_) => return Err("undecodable snapshot"),
+            };
+            if header.format != SNAPSHOT_FORMAT {
+                return Err("unknown snapshot format");
+            }
+            // Bytes of this chunk past the header: those the header buffer took beyond it,
+            // then those it did not take.
+            let consumed_here = take - rest.len();
+            let mut table = TableDigest {
+                expected: header.table_sha256,
+                remaining: header.table_len,
+                digest: ring::digest::Context::new(&ring::digest::SHA256),
+            };
+            table.take(&chunk[consumed_here..take])?;
+            chunk = &chunk[take..];
+            self.table = Some(table);
+            self.header = Vec::new();
+        }
+        self.table.as_mut().expect("set above").take(chunk)
+    }
+
+    /// The snapshot is complete: whole and unaltered, or why not.
+    pub(crate) fn finish(self) -> Result<(), &'static str> {
+        let table = self.table.ok_or("truncated snapshot")?;
+        if table.remaining != 0 {
+            return Err("truncated snapshot");
+        }
+        if table.digest.finish().as_ref() != table.expected {
+            return Err("snapshot digest mismatch");
+        }
+        Ok(())
+    }
+}
+
+impl TableDigest {
+    fn take(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
+        if bytes.len() as u64 > self.remaining {
+            return Err("snapshot longer than its table");
+        }
+        self.remaining -= bytes.len() as u64;
+        self.digest.update(bytes);
+        Ok(())
+    }
 }
 
 /// Whether an entry's epoch lets it apply, given the highest epoch applied so far: a
@@ -96,7 +193,7 @@ struct Applied {
 
 impl Applied {
     fn from_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<Self, StoreError> {
-        let payload: SnapshotPayload =
+        let payload: SnapshotPayloadRef<'_> =
             postcard::from_bytes(data).map_err(|source| StoreError::Corrupt {
                 key: KEY_SNAPSHOT_DATA,
                 source,
@@ -107,7 +204,7 @@ impl Applied {
                 source: postcard::Error::DeserializeBadEncoding,
             });
         }
-        let table = RoutingTable::from_bytes(&payload.table).map_err(|_| StoreError::Corrupt {
+        let table = RoutingTable::from_bytes(payload.table).map_err(|_| StoreError::Corrupt {
             key: KEY_SNAPSHOT_DATA,
             source: postcard::Error::DeserializeBadEncoding,
         })?;
@@ -377,6 +474,80 @@ mod tests {
             epoch,
             change: None,
         }
+    }
+
+    /// A snapshot's bytes as `build_snapshot` encodes them, around `table`.
+    fn snapshot_bytes(table: Vec<u8>, highest_epoch: u64) -> Vec<u8> {
+        postcard::to_stdvec(&SnapshotPayload {
+            format: SNAPSHOT_FORMAT,
+            highest_epoch,
+            table_sha256: sha256(&table),
+            table,
+        })
+        .unwrap()
+    }
+
+    fn check_in_chunks(bytes: &[u8], chunk: usize) -> Result<(), &'static str> {
+        let mut check = SnapshotCheck::new();
+        for piece in bytes.chunks(chunk) {
+            check.feed(piece)?;
+        }
+        assert_eq!(check.received(), bytes.len() as u64);
+        check.finish()
+    }
+
+    #[test]
+    fn a_snapshot_streamed_in_any_chunk_size_checks_whole() {
+        let table: Vec<u8> = (0..5_000u32).map(|i| (i * 7) as u8).collect();
+        // Epochs of one and of ten varint bytes move where the table starts.
+        for epoch in [3, u64::MAX] {
+            let bytes = snapshot_bytes(table.clone(), epoch);
+            for chunk in [1, 2, 7, 40, 53, 54, 1_000, bytes.len()] {
+                assert_eq!(check_in_chunks(&bytes, chunk), Ok(()), "chunks of {chunk}");
+            }
+            // The borrowed reading sees the same table and epoch as were written.
+            let payload: SnapshotPayloadRef<'_> = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!((payload.table, payload.highest_epoch), (&table[..], epoch));
+        }
+        assert_eq!(check_in_chunks(&snapshot_bytes(Vec::new(), 0), 1), Ok(()));
+    }
+
+    #[test]
+    fn a_garbled_truncated_or_extended_snapshot_is_refused_as_it_streams() {
+        let table: Vec<u8> = (0..3_000u32).map(|i| i as u8).collect();
+        let bytes = snapshot_bytes(table, 9);
+        let mut flipped = bytes.clone();
+        let at = flipped.len() - 100;
+        flipped[at] ^= 1;
+        assert_eq!(
+            check_in_chunks(&flipped, 64),
+            Err("snapshot digest mismatch")
+        );
+        let mut digest_flipped = bytes.clone();
+        digest_flipped[5] ^= 1;
+        assert_eq!(
+            check_in_chunks(&digest_flipped, 64),
+            Err("snapshot digest mismatch")
+        );
+        assert_eq!(
+            check_in_chunks(&bytes[..bytes.len() - 1], 64),
+            Err("truncated snapshot")
+        );
+        assert_eq!(check_in_chunks(&bytes[..20], 64), Err("truncated snapshot"));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(
+            check_in_chunks(&longer, 64),
+            Err("snapshot longer than its table")
+        );
+        let mut format = bytes.clone();
+        format[0] = SNAPSHOT_FORMAT + 1;
+        assert_eq!(check_in_chunks(&format, 64), Err("unknown snapshot format"));
+        // A header that never ends (varints of 0xff bytes) is refused, not buffered for ever.
+        assert_eq!(
+            check_in_chunks(&[0xff; 200], 1),
+            Err("undecodable snapshot")
+        );
     }
 
     #[test]

@@ -7,3 +7,4 @@ mod common;
 
 mod c1_peer_identity;
 mod m5_fencing_epochs;
+mod m7_snapshot_memory;
