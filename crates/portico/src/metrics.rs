@@ -168,6 +168,48 @@ impl prometheus_client::collector::Collector for ProxyCollector {
             "Upstream attempts that failed (connect error, reset or timeout)",
             m.upstream_errors,
         )?;
+        let c = &m.connections;
+        let e = &mut encoder;
+        gauge(
+            e,
+            "portico_proxy_connections_open",
+            "Client connections open (TCP and QUIC, handshakes included)",
+            c.open as i64,
+        )?;
+        {
+            let mut family = e.encode_descriptor(
+                "portico_proxy_connections_refused",
+                "Client connections closed or refused at once by a connection limit",
+                None,
+                MetricType::Counter,
+            )?;
+            for (limit, count) in [
+                ("total", c.refused_total_limit),
+                ("per_ip", c.refused_per_ip_limit),
+            ] {
+                let labels = [("limit", limit)];
+                let metric = family.encode_family(&labels)?;
+                ConstCounter::new(count).encode(metric)?;
+            }
+        }
+        counter(
+            e,
+            "portico_proxy_send_timeouts",
+            "Connections closed (HTTP/3: streams reset) for a response the client took nothing of for the send timeout",
+            c.send_timeouts,
+        )?;
+        counter(
+            e,
+            "portico_proxy_idle_closes",
+            "Connections closed after the idle timeout without request activity",
+            c.idle_closes,
+        )?;
+        counter(
+            e,
+            "portico_proxy_quic_retries",
+            "QUIC Retry packets sent to validate client addresses",
+            c.quic_retries,
+        )?;
         let mut metric = encoder.encode_descriptor(
             "portico_proxy_request_duration_seconds",
             "Time from request to response head",

@@ -166,6 +166,25 @@ pub struct RunArgs {
     /// default: the first QUIC listener's port.
     #[arg(long, env = "PORTICO_ALT_SVC_PORT")]
     pub alt_svc_port: Option<u16>,
+    /// Client connections open at once over every listener, TCP and QUIC together; past it
+    /// a new connection is closed at once (TCP) or refused (QUIC), and counted.
+    #[arg(long, env = "PORTICO_MAX_CONNECTIONS", value_parser = at_least_one(),
+          default_value_t = portico_proxy::Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// Client connections open at once from one IPv4 address or IPv6 /64.
+    #[arg(long, env = "PORTICO_MAX_CONNECTIONS_PER_IP", value_parser = at_least_one(),
+          default_value_t = portico_proxy::Limits::default().max_connections_per_ip)]
+    pub max_connections_per_ip: usize,
+    /// Seconds a response may make no progress towards its client (window withheld, socket
+    /// not read) before its connection (HTTP/1.1, HTTP/2) or stream (HTTP/3) is closed.
+    #[arg(long, env = "PORTICO_SEND_TIMEOUT_SECONDS", value_parser = at_least_one(),
+          default_value_t = portico_proxy::Limits::default().send_timeout.as_secs() as usize)]
+    pub send_timeout_seconds: usize,
+    /// QUIC handshakes in progress on a listener at which a client whose address is not yet
+    /// validated gets a Retry first (address validation against spoofed floods); 0: always.
+    #[arg(long, env = "PORTICO_QUIC_RETRY_ABOVE_HANDSHAKES",
+          default_value_t = portico_proxy::Limits::default().quic_retry_above_handshakes)]
+    pub quic_retry_above_handshakes: usize,
     /// How long connections may take to finish on shutdown, in seconds.
     #[arg(long, env = "PORTICO_DRAIN_SECONDS", default_value_t = 20)]
     pub drain_seconds: u64,
@@ -195,7 +214,23 @@ pub struct RunArgs {
     pub die_with_parent: bool,
 }
 
+/// A count or number of seconds where 0 would refuse everything.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
 impl RunArgs {
+    /// The data plane's limits: the defaults, with what the flags set.
+    fn proxy_limits(&self) -> portico_proxy::Limits {
+        portico_proxy::Limits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            send_timeout: Duration::from_secs(self.send_timeout_seconds as u64),
+            quic_retry_above_handshakes: self.quic_retry_above_handshakes,
+            ..portico_proxy::Limits::default()
+        }
+    }
+
     /// The StatefulSet name and ordinal from the Pod name (`portico-2` → `portico`, 2).
     fn ordinal(&self) -> Option<(&str, u32)> {
         let (set, ordinal) = self.pod_name.rsplit_once('-')?;
@@ -408,6 +443,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // registry, bound only once the admin listener is up.
     let mut proxy = Proxy::new(
         ProxyConfig {
+            limits: args.proxy_limits(),
             http: args.http.clone(),
             https: args.https.clone(),
             h3: args.http3.clone(),
@@ -592,6 +628,46 @@ mod tests {
         assert!(parse_key("ns/name").is_ok());
         for bad in ["name", "/name", "ns/", "a/b/c"] {
             assert!(parse_key(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn connection_limit_flags_reach_the_proxy_limits_and_zero_is_refused() {
+        let defaults = portico_proxy::Limits::default();
+        let l = args(&[]).proxy_limits();
+        assert_eq!(
+            (l.max_connections, l.max_connections_per_ip, l.send_timeout),
+            (50_000, 1_000, Duration::from_secs(60))
+        );
+        assert_eq!(
+            l.quic_retry_above_handshakes,
+            defaults.quic_retry_above_handshakes
+        );
+        let l = args(&[
+            "--max-connections",
+            "10",
+            "--max-connections-per-ip",
+            "2",
+            "--send-timeout-seconds",
+            "5",
+            "--quic-retry-above-handshakes",
+            "0",
+        ])
+        .proxy_limits();
+        assert_eq!(
+            (l.max_connections, l.max_connections_per_ip, l.send_timeout),
+            (10, 2, Duration::from_secs(5))
+        );
+        assert_eq!(l.quic_retry_above_handshakes, 0);
+        let flags = [
+            "--max-connections",
+            "--max-connections-per-ip",
+            "--send-timeout-seconds",
+        ];
+        for flag in flags {
+            let mut argv = vec!["portico", "--pod-name", "p-0", "--raft-ca", "/ca.crt"];
+            argv.extend([flag, "0"]);
+            assert!(Cli::try_parse_from(argv).is_err(), "{flag} 0");
         }
     }
 }
