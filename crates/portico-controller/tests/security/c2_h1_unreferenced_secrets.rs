@@ -15,7 +15,7 @@ use kube::api::DeleteParams;
 use portico_model::{MAX_TLS_SECRET_BYTES, ObjectKey, ProblemReason};
 
 use crate::support::*;
-use crate::{ingress, wait_event};
+use crate::{Kubectl, ingress, wait_event};
 
 fn certificate(name: &str) -> (Vec<u8>, Vec<u8>) {
     let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
@@ -78,8 +78,12 @@ async fn an_unreferenced_secret_never_reaches_the_log_a_snapshot_or_a_peer() {
     apply_class(&cluster.admin, "conformance").await;
     let (used_crt, used_key) = certificate("used.example");
     let (spare_crt, spare_key) = certificate("spare.example");
-    // The spare Secret first, so that it is there in every list and resync.
-    apply(&cluster.admin, &tls_secret("spare", &spare_crt, &spare_key)).await;
+    // The spare Secret first, so that it is there in every list and resync; made with
+    // kubectl, as a tenant would.
+    let kubectl = Kubectl::start(&cluster.api).await;
+    kubectl
+        .create_tls_secret(NAMESPACE, "spare", &spare_crt, &spare_key)
+        .await;
     apply(&cluster.admin, &tls_secret("used", &used_crt, &used_key)).await;
     apply(&cluster.admin, &web(&[("used.example", "used")])).await;
     cluster

@@ -1,12 +1,13 @@
-//! H3 end to end: a tenant in namespace `tenant-b` creates an Ingress for a host that an
-//! older Ingress in `tenant-a` serves, plus a Secret whose SAN names that host. What must
+//! H3 end to end: a tenant in namespace `tenant-b` creates, with kubectl, an Ingress for a
+//! host that an older Ingress in `tenant-a` serves, plus a Secret whose SAN names that host
+//! (`kubectl create secret tls`). What must
 //! hold: every replica keeps routing the host to tenant A's backend with tenant A's
 //! certificate, and tenant B's Ingress gets a `HostOwnedByAnotherNamespace` Event.
 
 use portico_model::ObjectKey;
 
 use crate::support::*;
-use crate::{ingress, namespace, wait_event};
+use crate::{Kubectl, ingress, namespace, wait_event};
 
 fn shop(
     namespace: &str,
@@ -57,12 +58,21 @@ async fn another_namespace_cannot_take_over_a_host_or_its_certificate() {
     // creationTimestamp has a one-second resolution: make B's Ingress clearly newer.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
 
-    apply(&cluster.admin, &secret_in("tenant-b", "evil")).await;
-    apply(
-        &cluster.admin,
-        &shop("tenant-b", "grab", "/checkout", "evil"),
-    )
-    .await;
+    // Tenant B, with kubectl: a certificate naming A's host, and an Ingress for it.
+    let kubectl = Kubectl::start(&cluster.api).await;
+    let certified = rcgen::generate_simple_self_signed(vec!["shop.example".to_owned()]).unwrap();
+    kubectl
+        .create_tls_secret(
+            "tenant-b",
+            "evil",
+            certified.cert.pem().as_bytes(),
+            certified.signing_key.serialize_pem().as_bytes(),
+        )
+        .await;
+    let manifest = serde_json::to_string(&shop("tenant-b", "grab", "/checkout", "evil")).unwrap();
+    kubectl
+        .run(&["-n", "tenant-b", "apply", "-f", "-"], &manifest)
+        .await;
     let note = wait_event(
         &cluster.admin,
         "tenant-b",
@@ -74,6 +84,13 @@ async fn another_namespace_cannot_take_over_a_host_or_its_certificate() {
     assert!(
         !note.contains("tenant-a"),
         "the owner is not disclosed: {note}"
+    );
+    let described = kubectl
+        .run(&["-n", "tenant-b", "get", "events", "-o", "json"], "")
+        .await;
+    assert!(
+        described.contains("HostOwnedByAnotherNamespace"),
+        "the tenant sees why: {described}"
     );
     for (i, replica) in cluster.running() {
         let table = replica.table().borrow().clone();
