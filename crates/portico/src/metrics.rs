@@ -228,3 +228,29 @@ impl prometheus_client::collector::Collector for ProxyCollector {
 pub fn register_proxy(registry: &mut Registry, metrics: MetricsHandle) {
     registry.register_collector(Box::new(ProxyCollector(metrics)));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_connection_counters_are_exported() {
+        let table = Arc::new(portico_model::RoutingTable::default());
+        let proxy =
+            portico_proxy::Proxy::new(portico_proxy::ProxyConfig::default(), table).unwrap();
+        let mut registry = Registry::default();
+        register_proxy(&mut registry, proxy.metrics_handle());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "portico_proxy_connections_open 0",
+            "portico_proxy_connections_refused_total{limit=\"total\"} 0",
+            "portico_proxy_connections_refused_total{limit=\"per_ip\"} 0",
+            "portico_proxy_send_timeouts_total 0",
+            "portico_proxy_idle_closes_total 0",
+            "portico_proxy_quic_retries_total 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
+}
