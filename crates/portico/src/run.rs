@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, Admin};
+use crate::admin::{self, Admin, DebugRoutes};
 use crate::logging::LogFormat;
 use crate::pki;
 use crate::state::ReplicaState;
@@ -199,9 +199,26 @@ pub struct RunArgs {
     pub trusted_proxies: Vec<portico_proxy::IpNet>,
 
     // --- Operations ---
-    /// The admin listener: /metrics, /healthz, /readyz, /debug/routes.
-    #[arg(long, env = "PORTICO_ADMIN", default_value = "0.0.0.0:9090")]
-    pub admin: SocketAddr,
+    /// The admin listeners (/metrics, /healthz, /readyz, /debug/routes); comma-separated.
+    /// Default: loopback and the Pod IP (--pod-ip), port --admin-port; never every
+    /// interface unless you say so.
+    #[arg(
+        long,
+        alias = "admin-address",
+        env = "PORTICO_ADMIN",
+        value_delimiter = ','
+    )]
+    pub admin: Vec<SocketAddr>,
+    /// The port of the default admin listeners.
+    #[arg(long, env = "PORTICO_ADMIN_PORT", default_value_t = 9090)]
+    pub admin_port: u16,
+    /// This Pod's IP (the downward API's status.podIP): the admin listener binds it
+    /// besides loopback, for the kubelet's probes and Prometheus.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
+    /// Who may read /debug/routes (every namespace's hosts, Services and endpoints).
+    #[arg(long, env = "PORTICO_ADMIN_DEBUG_ROUTES", value_enum, default_value_t = DebugRoutes::Loopback)]
+    pub admin_debug_routes: DebugRoutes,
     /// Log one line per request (target `portico::access`): protocol, method, host, path
     /// without the query string, status, Ingress, upstream, time to response head, client.
     #[arg(long, env = "PORTICO_ACCESS_LOG")]
@@ -277,6 +294,18 @@ impl RunArgs {
                 )
             })
             .collect())
+    }
+
+    /// The admin addresses: as given, else loopback and the Pod IP.
+    fn admin_addresses(&self) -> Vec<SocketAddr> {
+        if !self.admin.is_empty() {
+            return self.admin.clone();
+        }
+        let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+        std::iter::once(loopback)
+            .chain(self.pod_ip.filter(|ip| !ip.is_loopback()))
+            .map(|ip| SocketAddr::new(ip, self.admin_port))
+            .collect()
     }
 
     /// Hosts of replicas that may join beyond the initial members: with --peer-service,
@@ -414,7 +443,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let state = Arc::new(ReplicaState::default());
     let stop_admin = CancellationToken::new();
-    let admin_listener = bind(args.admin, "admin").await?;
+    let mut admin_listeners = Vec::new();
+    for addr in args.admin_addresses() {
+        admin_listeners.push(bind(addr, "admin").await?);
+    }
 
     // Raft.
     let raft_listener = bind(args.raft_listen, "Raft").await?;
@@ -466,11 +498,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry,
         state: state.clone(),
         table: replica.table(),
+        debug_routes: args.admin_debug_routes,
+        connections: Arc::new(tokio::sync::Semaphore::new(admin::MAX_CONNECTIONS)),
     });
-    let admin_task = tokio::spawn(admin::serve(admin_listener, admin, stop_admin.clone()));
+    let admin_task = tokio::spawn(admin::serve_all(admin_listeners, admin, stop_admin.clone()));
 
     let bound = proxy.spawn_listeners()?;
-    tracing::info!(http = ?bound.http, https = ?bound.https, http3 = ?bound.h3, admin = %args.admin, "serving");
+    tracing::info!(http = ?bound.http, https = ?bound.https, http3 = ?bound.h3, admin = ?args.admin_addresses(), "serving");
     let table_task = {
         let handle = proxy.table_handle();
         let state = state.clone();
