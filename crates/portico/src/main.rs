@@ -4,6 +4,7 @@
 //! * `local`: a whole local cluster in one command — [`local`].
 //! * `routes`: print a running replica's committed table — [`routes`].
 //! * `echo`: a backend that describes each request it gets — [`echo`].
+//! * `pki issue`: sign this replica's Raft certificate (an init container) — [`pki_issue`].
 
 mod admin;
 mod controller;
@@ -13,6 +14,7 @@ mod logging;
 mod metrics;
 mod parent;
 mod pki;
+mod pki_issue;
 mod routes;
 mod routes_view;
 mod run;
@@ -47,6 +49,9 @@ enum Command {
     Routes(routes::RoutesArgs),
     /// An echo backend: answers every request with JSON describing it.
     Echo(echo::EchoArgs),
+    /// Certificates: `pki issue` signs this replica's Raft certificate (the StatefulSet's
+    /// init container, the only one that mounts the CA key).
+    Pki(pki_issue::PkiArgs),
 }
 
 fn runtime(multi_thread: bool) -> std::io::Result<tokio::runtime::Runtime> {
@@ -80,6 +85,10 @@ fn main() -> anyhow::Result<()> {
         Command::Routes(args) => {
             logging::init(logging::LogFormat::Human, "warn");
             runtime(false)?.block_on(routes::run(args))
+        }
+        Command::Pki(args) => {
+            logging::init(logging::LogFormat::Human, "info");
+            pki_issue::run(args)
         }
         Command::Echo(args) => {
             if args.die_with_parent {

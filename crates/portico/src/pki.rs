@@ -74,8 +74,28 @@ impl Ca {
         Ok(ca)
     }
 
-    /// A leaf for `names` (DNS names or IP addresses), usable as TLS server and client.
+    /// A leaf for `names` (DNS names or IP addresses), usable as TLS server and client,
+    /// valid until 2044 (the local cluster's demo and first-boot certificates).
     pub fn sign(&self, common_name: &str, names: &[String]) -> anyhow::Result<Leaf> {
+        self.sign_with(common_name, names, None)
+    }
+
+    /// Like [`Ca::sign`], valid from an hour ago (clock skew between nodes) for `lifetime`.
+    pub fn sign_for(
+        &self,
+        common_name: &str,
+        names: &[String],
+        lifetime: std::time::Duration,
+    ) -> anyhow::Result<Leaf> {
+        self.sign_with(common_name, names, Some(lifetime))
+    }
+
+    fn sign_with(
+        &self,
+        common_name: &str,
+        names: &[String],
+        lifetime: Option<std::time::Duration>,
+    ) -> anyhow::Result<Leaf> {
         let mut params = CertificateParams::new(names.to_vec())?;
         params
             .distinguished_name
@@ -88,8 +108,21 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        params.not_before = rcgen::date_time_ymd(2025, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2044, 1, 1);
+        match lifetime {
+            None => {
+                params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2044, 1, 1);
+            }
+            Some(lifetime) => {
+                let since_epoch = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .context("the clock is before 1970")?;
+                let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
+                let skew = std::time::Duration::from_secs(3600);
+                params.not_before = now - skew;
+                params.not_after = now + lifetime;
+            }
+        }
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Leaf {
@@ -103,19 +136,36 @@ pub fn read_string(path: &Path) -> anyhow::Result<String> {
     fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// Writes a certificate (world-readable) atomically: a temporary file, synced, renamed.
+pub fn write_public(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    write_atomically(path, contents, 0o644)
+}
+
 /// Writes a private key readable by its owner only.
 pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
+    write_atomically(path, contents, 0o600)
+}
+
+fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
     file.write_all(contents)?;
     file.sync_all()?;
     fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    // The rename itself survives a power loss only once the directory is synced.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
     Ok(())
 }
 
