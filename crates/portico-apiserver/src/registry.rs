@@ -225,6 +225,18 @@ pub static RESOURCES: &[ResourceInfo] = &[
         apps::v1::StatefulSet
     ),
     resource!(
+        "networking.k8s.io",
+        "v1",
+        "NetworkPolicy",
+        "networkpolicies",
+        "networkpolicy",
+        ns = true,
+        status = false,
+        short = &["netpol"],
+        cat = &[],
+        networking::v1::NetworkPolicy
+    ),
+    resource!(
         "policy",
         "v1",
         "PodDisruptionBudget",
