@@ -17,6 +17,7 @@ use crate::{KillOnDrop, PORTICO, host_ip, ok};
 fn portico_local_runs_its_replicas_against_a_real_api_server() {
     let api = RealApiServer::start();
     let dir = tempfile::tempdir().unwrap();
+    let ip = host_ip();
     let state = dir.path().join("state");
     let log = dir.path().join("local.log");
     let mut local = KillOnDrop(
@@ -25,6 +26,9 @@ fn portico_local_runs_its_replicas_against_a_real_api_server() {
             .arg(&state)
             .arg("--kubeconfig")
             .arg(&api.kubeconfig)
+            // The default is the first non-loopback address; on a machine where other tests
+            // (the chaos harness) add and remove bridges, name the lasting one.
+            .args(["--backend-address", &ip])
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::create(dir.path().join("local.err")).unwrap())
@@ -52,7 +56,6 @@ fn portico_local_runs_its_replicas_against_a_real_api_server() {
         !state.join("apiserver").exists(),
         "an in-process API server was started"
     );
-    let ip = host_ip();
     let backends = info["backends"].as_array().unwrap();
     assert_eq!(backends.len(), 4);
     for backend in backends {

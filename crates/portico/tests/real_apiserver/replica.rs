@@ -178,6 +178,10 @@ struct Replica {
 
 impl Replica {
     fn start(dir: &Path, kubeconfig: &Path, status_address: &str) -> Self {
+        Self::start_with(dir, kubeconfig, status_address, &[])
+    }
+
+    fn start_with(dir: &Path, kubeconfig: &Path, status_address: &str, extra: &[&str]) -> Self {
         let ca = write_ca(dir);
         let (raft, admin, http) = (free_port(), free_port(), free_port());
         let log = dir.join("replica.log");
@@ -204,6 +208,7 @@ impl Replica {
                 .args(["--admin", &format!("127.0.0.1:{admin}")])
                 .args(["--log-format", "json"])
                 .args(["--publish-status-address", status_address])
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
@@ -232,6 +237,116 @@ impl Replica {
 /// reason (`Forbidden`). Not the digits, which a timestamp can hold.
 fn met_forbidden(logs: &str) -> bool {
     logs.to_ascii_lowercase().contains("forbidden")
+}
+
+/// An API server outage, then etcd compacted: the data plane serves throughout, the replica
+/// loses the Lease past its renew deadline, retakes it, lists again, and an Ingress made after
+/// the outage is served and gets its status, all as deploy/'s ServiceAccount.
+///
+/// A restarted kube-apiserver answers before it is ready, and until its RBAC caches are filled
+/// it denies: the replica may meet a 403 in that window (as any controller does) and must
+/// retry through it. Outside the window, no 403.
+#[test]
+fn a_replica_rides_out_an_api_server_outage_and_an_etcd_compaction() {
+    let api = RealApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = deploy_and_service_account(&api, dir.path(), None);
+    let (_echo, ip) = backend_and_ingresses(&api, dir.path());
+    let lease = [
+        "--lease-duration-seconds",
+        "4",
+        "--renew-deadline-seconds",
+        "3",
+        "--retry-period-seconds",
+        "0.5",
+    ];
+    let mut replica = Replica::start_with(dir.path(), &kubeconfig, &ip, &lease);
+    wait_until("/testpath served", Duration::from_secs(60), || {
+        replica.logs();
+        get(&replica.http, "/testpath").filter(|(code, _)| *code == 200)
+    });
+
+    let before_outage = replica.logs().len();
+    api.stop_apiserver();
+    // Past the renew deadline the replica stops leading, and keeps serving the table it has.
+    wait_until("leadership lost", Duration::from_secs(20), || {
+        get(&replica.admin, "/readyz").filter(|(_, body)| !body.contains("controller: leader"))
+    });
+    assert_eq!(get(&replica.http, "/testpath").unwrap().0, 200);
+    api.start_apiserver();
+    let ready_again = replica.logs().len();
+    let revision = api.compact_etcd();
+
+    apply_yaml(
+        &api,
+        dir.path(),
+        "after.yaml",
+        r#"apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: after-outage
+  namespace: default
+spec:
+  ingressClassName: nginx-example
+  rules:
+  - host: after.example
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend:
+          service:
+            name: test
+            port:
+              number: 80
+"#,
+    );
+    let created: i64 = ok(api.kubectl().args([
+        "get",
+        "ingress",
+        "after-outage",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]))
+    .parse()
+    .unwrap();
+    assert!(created > revision);
+    wait_until("the new Ingress served", Duration::from_secs(60), || {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "3",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(["-H", "Host: after.example"])
+            .arg(format!("http://{}/", replica.http))
+            .output()
+            .ok()?;
+        (out.stdout == b"200").then_some(())
+    });
+    wait_until("its status", Duration::from_secs(30), || {
+        let status = ok(api.kubectl().args([
+            "get",
+            "ingress",
+            "after-outage",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ]));
+        (status == ip).then_some(())
+    });
+    let logs = replica.logs();
+    assert!(
+        !met_forbidden(&logs[..before_outage]),
+        "403 before the outage:\n{logs}"
+    );
+    assert!(
+        !met_forbidden(&logs[ready_again..]),
+        "403 after the API server was ready again:\n{logs}"
+    );
 }
 
 /// One replica with deploy/'s ServiceAccount token (so deploy/'s ClusterRole and Role, not the
