@@ -23,6 +23,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::limits::ConnPermit;
+
 /// One connection's activity clocks, in milliseconds since it was accepted. Relaxed and racy
 /// by design: a few milliseconds of error do not matter to timeouts of seconds.
 pub(crate) struct Activity {
@@ -243,10 +245,12 @@ impl<B: Body<Data = Bytes> + Unpin> Body for FromClient<B> {
     }
 }
 
-/// The client socket, reporting reads, writes and blocked writes to [`Activity`].
+/// The client socket, reporting reads, writes and blocked writes to [`Activity`], and
+/// holding the connection's place in the limits for as long as the socket lives.
 pub(crate) struct Tracked<S> {
     pub(crate) inner: S,
     pub(crate) activity: Arc<Activity>,
+    pub(crate) _permit: ConnPermit,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {

@@ -32,7 +32,7 @@ use crate::body;
 use crate::config::Limits;
 use crate::h1server::{self, Prefixed};
 use crate::handler::{self, ConnInfo, Shared, Transport};
-use crate::limits::{ConnCounters, ConnLimits};
+use crate::limits::{ConnCounters, ConnLimits, ConnPermit};
 
 /// Binds a TCP listener; IPv6 sockets are v6-only so `[::]` and `0.0.0.0` can share a port.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -106,10 +106,9 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Arc<Serve>) {
                     continue;
                 };
                 let serve2 = serve.clone();
-                serve.connections.spawn(async move {
-                    serve_connection(stream, peer, serve2).await;
-                    drop(permit);
-                });
+                serve
+                    .connections
+                    .spawn(async move { serve_connection(stream, peer, permit, serve2).await });
             }
             Err(e) if is_resource_exhaustion(&e) => {
                 tracing::warn!(listener = ?local, error = %e, "accept: out of resources; backing off");
@@ -125,15 +124,23 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, serve: Arc<Serve>) {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: ConnPermit,
+    serve: Arc<Serve>,
+) {
     let Ok(local) = stream.local_addr() else {
         return;
     };
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());
+    // The permit lives with the socket: an upgraded (WebSocket) connection outlives this
+    // task and keeps its place in the limits.
     let stream = Tracked {
         inner: stream,
         activity: activity.clone(),
+        _permit: permit,
     };
     match &serve.tls {
         None => {

@@ -116,3 +116,34 @@ async fn past_the_global_limit_every_client_is_closed_at_once_until_a_slot_frees
     wait_open(&proxy, 3).await;
     assert_eq!(curl_status(&other).await, 200, "served once a slot is free");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnels_keep_their_place_in_the_limit_after_the_upgrade() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let (_backend, proxy) = start(|c| c.limits.max_connections_per_ip = 2).await;
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let url = format!("ws://{}/ws", proxy.http());
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("host", "limits.test".parse().unwrap());
+        let (ws, resp) = tokio_tungstenite::connect_async(request).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        tunnels.push(ws);
+    }
+    // The upgraded connections have left hyper; they still count.
+    wait_open(&proxy, 2).await;
+    assert!(closed_at_once(proxy.http()).await, "a third from 127.0.0.1");
+    let mut ws = tunnels.pop().unwrap();
+    ws.send(Message::text("still here")).await.unwrap();
+    let echoed = ws.next().await.unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "still here");
+    drop(ws);
+    wait_open(&proxy, 1).await;
+    let url = format!("http://{}/", proxy.http());
+    assert_eq!(curl_status(&["-H", "Host: limits.test", &url]).await, 200);
+}

@@ -121,3 +121,50 @@ async fn http1_client_that_stops_reading_is_cut_after_the_send_timeout() {
         assert!(total < SIZE, "{total} bytes: the response was cut");
     }
 }
+
+/// The send timeout counts only responses waiting for the client: a connection whose
+/// responses are all delivered stays open past it (until the idle timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_responses_never_count_as_stalled() {
+    let (_backend, proxy) = start(Duration::from_secs(30), Duration::from_secs(1)).await;
+    // HTTP/2.
+    let mut h2 = raw_h2::connect(proxy.http(), 65_535).await;
+    for _ in 0..2 {
+        let (resp, _) = h2
+            .send
+            .send_request(raw_h2::get("slow.test", "/bytes/100000"), true)
+            .unwrap();
+        let mut body = resp.await.unwrap().into_body();
+        let mut got = 0;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            got += chunk.len();
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        assert_eq!(got, 100_000);
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+    }
+    assert!(!h2.driver.is_finished());
+    // HTTP/1.1 through hyper (a request body is never lean), kept alive across the wait.
+    let mut s = TcpStream::connect(proxy.http()).await.unwrap();
+    for _ in 0..2 {
+        let request =
+            "POST /bytes/100000 HTTP/1.1\r\nHost: slow.test\r\nContent-Length: 1\r\n\r\nx";
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let whole = |got: &[u8]| {
+            let head = got.windows(4).position(|w| w == b"\r\n\r\n");
+            head.is_some_and(|h| got.len() >= h + 4 + 100_000)
+        };
+        while !whole(&got) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+    }
+    let m = proxy.proxy.metrics().connections;
+    assert_eq!(m.send_timeouts, 0, "{m:?}");
+}
