@@ -624,12 +624,14 @@ impl RoutingTable {
         if default_changed {
             self.rebuild_default_route();
         }
-        // Who owns a host decides which certificates serve it.
+        // Who owns a host decides which certificates serve it; a wildcard's owner also owns
+        // the names under it, which may be listed in tls.hosts without rules of their own.
         let tls_changed = old.as_ref().is_some_and(|p| !p.tls.is_empty())
             || new.as_ref().is_some_and(|p| !p.tls.is_empty())
             || hosts.iter().any(|h| {
-                h.tls_name()
-                    .is_some_and(|n| self.derived.tls_hosts.contains_key(n.as_str()))
+                matches!(h, HostKey::Wildcard(_))
+                    || h.tls_name()
+                        .is_some_and(|n| self.derived.tls_hosts.contains_key(n.as_str()))
             });
         if tls_changed {
             self.collect_unused_certificates();

@@ -179,15 +179,15 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => (0..4u8, 0..5i64, 0..4u8, prop::collection::vec((any::<bool>(), 0..3u8, 0..3u8), 0..4), any::<bool>(), any::<bool>(), prop::bool::weighted(0.15))
+        4 => (0..4u8, 0..5i64, 0..5u8, prop::collection::vec((any::<bool>(), 0..3u8, 0..3u8), 0..4), any::<bool>(), any::<bool>(), prop::bool::weighted(0.15))
             .prop_map(|(id, created, host, paths, tls, default, bad)| Step::Ingress { id, created, host, paths, tls, default, bad }),
         1 => (0..4u8).prop_map(Step::DeleteIngress),
         2 => (0..3u8, prop_oneof![Just(80), Just(81)]).prop_map(|(id, port)| Step::Service { id, port }),
         1 => (0..3u8).prop_map(Step::DeleteService),
         3 => (0..4u8, 0..3u8, prop::collection::vec(any::<bool>(), 0..4)).prop_map(|(id, service, ready)| Step::Slice { id, service, ready }),
         1 => (0..4u8).prop_map(Step::DeleteSlice),
-        2 => (0..2u8, any::<bool>()).prop_map(|(id, good)| Step::Secret { id, good }),
-        1 => (0..2u8).prop_map(Step::DeleteSecret),
+        2 => (0..4u8, any::<bool>()).prop_map(|(id, good)| Step::Secret { id, good }),
+        1 => (0..4u8).prop_map(Step::DeleteSecret),
         1 => any::<bool>().prop_map(|default| Step::Class { default }),
     ]
 }
@@ -203,8 +203,14 @@ fn certs() -> &'static [(String, String); 2] {
     })
 }
 
+/// Objects with ids 0 and 1 are in one namespace, 2 and 3 in another (a second tenant), so
+/// that host ownership and certificates across namespaces change incrementally too.
+fn namespace_of(id: u8) -> &'static str {
+    if id < 2 { NS } else { "tenant" }
+}
+
 fn to_change(step: &Step) -> Change {
-    let hosts = ["h0.test", "h1.test", "*.h2.test", ""];
+    let hosts = ["h0.test", "h1.test", "*.h2.test", "x.h2.test", ""];
     let paths = ["/", "/a", "/a/b"];
     match step {
         Step::Ingress {
@@ -217,7 +223,9 @@ fn to_change(step: &Step) -> Change {
             bad,
         } => {
             let host = hosts[*host as usize];
-            let mut ing = ingress(&format!("ing-{id}"), *created).class(None);
+            let mut ing = ingress(&format!("ing-{id}"), *created)
+                .namespace(namespace_of(*id))
+                .class(None);
             let rule_paths = ps
                 .iter()
                 .map(|(exact, p, svc)| {
@@ -242,7 +250,7 @@ fn to_change(step: &Step) -> Change {
         }
         Step::DeleteIngress(id) => Change::Delete {
             kind: ResourceKind::Ingress,
-            key: key(&format!("ing-{id}")),
+            key: ObjectKey::new(namespace_of(*id), format!("ing-{id}")),
         },
         Step::Service { id, port } => {
             let mut objects = service_with_endpoints(&format!("svc-{id}"), 0);
@@ -277,21 +285,23 @@ fn to_change(step: &Step) -> Change {
             key: key(&format!("slice-{id}")),
         },
         Step::Secret { id, good } => {
-            let (crt, k) = &certs()[*id as usize];
+            let (crt, k) = &certs()[(*id % 2) as usize];
             let key_bytes = if *good {
                 k.clone().into_bytes()
             } else {
                 b"broken".to_vec()
             };
-            Change::Upsert(secret(
-                &format!("secret-{id}"),
-                Some(crt.clone().into_bytes()),
-                Some(key_bytes),
-            ))
+            Change::Upsert(Resource::Secret(Arc::new(SecretSource {
+                key: ObjectKey::new(namespace_of(*id), format!("secret-{}", id % 2)),
+                type_: Some(SECRET_TYPE_TLS.to_owned()),
+                tls_crt: Some(crt.clone().into_bytes()),
+                tls_key: Some(key_bytes),
+                oversize: None,
+            })))
         }
         Step::DeleteSecret(id) => Change::Delete {
             kind: ResourceKind::Secret,
-            key: key(&format!("secret-{id}")),
+            key: ObjectKey::new(namespace_of(*id), format!("secret-{}", id % 2)),
         },
         Step::Class { default } => Change::Upsert(class(CLASS, CONTROLLER_NAME, *default)),
     }

@@ -152,3 +152,40 @@ fn the_certificate_follows_ownership_incrementally() {
         );
     }
 }
+
+#[test]
+fn a_name_listed_without_rules_follows_the_wildcard_owner_incrementally() {
+    // B lists pay.example.com in tls.hosts (no rule for it); A's wildcard then claims it.
+    let mut resources = vec![
+        our_class(),
+        ingress("list", 1)
+            .namespace("tenant-b")
+            .rule(Some("b.example.org"), vec![path("Prefix", "/", "b")])
+            .tls(&["pay.example.com"], Some("evil"))
+            .build(),
+        tls_secret_in("tenant-b", "evil", &["pay.example.com"]),
+    ];
+    resources.extend(service_in("tenant-b", "b", 1));
+    let mut table = RoutingTable::compile(settings(), resources);
+    assert_eq!(
+        cert_secret(&table, "pay.example.com").as_deref(),
+        Some("tenant-b/evil"),
+        "nobody routes the name yet"
+    );
+    table.apply(
+        1,
+        &Change::Upsert(
+            ingress("wild", 0)
+                .namespace("tenant-a")
+                .rule(Some("*.example.com"), vec![path("Prefix", "/", "shop")])
+                .build(),
+        ),
+    );
+    for table in [&table, &restored(&table)] {
+        assert_eq!(
+            cert_secret(table, "pay.example.com"),
+            None,
+            "A's wildcard owns the name now; B's certificate is no longer served for it"
+        );
+    }
+}
