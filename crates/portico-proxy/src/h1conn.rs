@@ -720,6 +720,7 @@ mod tests {
         );
         // The forwarded values replace the client's, except a request ID it chose.
         let fwd = crate::headers::Forwarded {
+            trusted: false,
             client: "192.0.2.1".parse().unwrap(),
             proto: "https",
             host: "x.test",

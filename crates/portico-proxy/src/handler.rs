@@ -188,12 +188,17 @@ fn malformed(req: &Request<ProxyBody>) -> Option<Response<ProxyBody>> {
     }
     // Two `Host` lines: which one a backend believes is anyone's guess (RFC 9112 §3.2).
     let mut hosts = headers.get_all(header::HOST).iter();
-    if hosts.next().is_some() && hosts.next().is_some() {
+    let first_host = hosts.next();
+    if hosts.next().is_some() {
         return Some(error(StatusCode::BAD_REQUEST, "more than one Host"));
     }
-    match headers::request_host(req.uri(), headers) {
-        // userinfo in an authority is not a host (RFC 9110 §4.2.4).
-        Some(host) if !headers::valid_authority(host) || host.contains('@') => {
+    // As `headers::request_host`, without a second lookup of `Host`.
+    let host = match req.uri().authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => first_host.and_then(|v| v.to_str().ok()),
+    };
+    match host {
+        Some(host) if !headers::valid_authority(host) => {
             Some(error(StatusCode::BAD_REQUEST, "invalid host"))
         }
         None if req.version() == Version::HTTP_11 => {
@@ -295,12 +300,10 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, v);
     }
-    if !shared.trusts(conn.peer) {
-        headers::strip_client_forwarding(&mut parts.headers);
-    }
     let forwarded = headers::forwarded_values(
         &parts.headers,
         &Forwarded {
+            trusted: shared.trusts(conn.peer),
             client: conn.peer.ip(),
             proto: if conn.transport == Transport::Plain {
                 "http"
@@ -318,10 +321,14 @@ async fn forward(
     };
     // The original path and query are reused as they are (no re-parse) unless rewritten.
     // rewrite-target captures come from the path routes matched (canonical, no parameters).
-    let matched_path = request_path::without_params(parts.uri.path());
-    let upstream_path = match route.upstream_path(&matched_path) {
-        Cow::Borrowed(_) => parts.uri.path_and_query().cloned(),
-        Cow::Owned(path) => {
+    let rewritten = policy.rewrite_target.as_ref().map(|_| {
+        route
+            .upstream_path(&request_path::without_params(parts.uri.path()))
+            .into_owned()
+    });
+    let upstream_path = match rewritten {
+        None => parts.uri.path_and_query().cloned(),
+        Some(path) => {
             let target = match parts.uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path,

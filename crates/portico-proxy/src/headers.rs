@@ -105,8 +105,9 @@ fn client_cannot_claim(name: &str) -> bool {
 
 /// Drops every header [`client_cannot_claim`]: the peer is not a trusted proxy, so what it
 /// says about an earlier hop is not believed (finding L1). One pass over the names; nothing
-/// is removed or allocated when there is none (most requests).
-pub(crate) fn strip_client_forwarding(headers: &mut HeaderMap) {
+/// is removed or allocated when there is none (most requests). The lean upstream path
+/// leaves them out while writing the head instead ([`ForwardedValues::replaces`]).
+fn strip_client_forwarding(headers: &mut HeaderMap) {
     if !headers
         .keys()
         .any(|name| client_cannot_claim(name.as_str()))
@@ -125,6 +126,8 @@ pub(crate) fn strip_client_forwarding(headers: &mut HeaderMap) {
 
 /// What the backend is told about the client's connection.
 pub(crate) struct Forwarded<'a> {
+    /// The peer is a trusted proxy: its forwarding headers are believed and appended to.
+    pub trusted: bool,
     pub client: IpAddr,
     pub proto: &'static str,
     pub host: &'a str,
@@ -163,6 +166,8 @@ type OneEntry<K> = RefCell<Option<(K, HeaderValue)>>;
 /// the upstream request head by the lean HTTP/1.1 path (eight hashed insertions saved).
 pub(crate) struct ForwardedValues {
     values: [Option<HeaderValue>; 8],
+    /// The client's forwarding claims are believed (else they are left out).
+    trusted: bool,
 }
 
 /// In the order of [`ForwardedValues::values`]. `X-Scheme` and `X-Forwarded-Scheme` as
@@ -184,11 +189,16 @@ impl ForwardedValues {
     pub(crate) fn none() -> Self {
         Self {
             values: Default::default(),
+            trusted: true,
         }
     }
 
-    /// Sets them in `headers`, replacing what the client sent.
+    /// Sets them in `headers`, replacing what the client sent (and, from a peer that is not
+    /// trusted, dropping every forwarding claim it made).
     pub(crate) fn insert_into(self, headers: &mut HeaderMap) {
+        if !self.trusted {
+            strip_client_forwarding(headers);
+        }
         headers.reserve(self.values.len());
         for (name, value) in FORWARDED_NAMES.iter().zip(self.values) {
             if let Some(value) = value {
@@ -205,9 +215,14 @@ impl ForwardedValues {
             .filter_map(|(name, value)| Some((&**name, value.as_ref()?)))
     }
 
-    /// Whether the client's header `name` is superseded by these values (the request ID
-    /// only when the client sent none, and then there is nothing to supersede).
+    /// Whether the client's header `name` is left out: superseded by these values (the
+    /// request ID only when the client sent none, and then there is nothing to supersede),
+    /// or a forwarding claim from a peer that is not trusted (which covers every name here
+    /// but the request ID, so one cheap test suffices).
     pub(crate) fn replaces(&self, name: &HeaderName) -> bool {
+        if !self.trusted {
+            return client_cannot_claim(name.as_str());
+        }
         FORWARDED_NAMES
             .iter()
             .zip(&self.values)
@@ -215,8 +230,8 @@ impl ForwardedValues {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` (a client that is not a trusted proxy has had
-/// its own removed by [`strip_client_forwarding`]) and sets the rest of the family.
+/// Appends the client to a trusted proxy's `X-Forwarded-For` (anyone else's is dropped) and
+/// sets the rest of the family.
 #[cfg(test)]
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
     forwarded_values(headers, fwd).insert_into(headers);
@@ -233,26 +248,33 @@ pub(crate) fn forwarded_values(headers: &HeaderMap, fwd: &Forwarded<'_>) -> Forw
     let client = one_entry_cached(&CLIENT, &canonical_ip(fwd.client), |ip| {
         HeaderValue::from_str(&ip.to_string()).ok()
     });
-    let xff = client.as_ref().and_then(|client| {
-        match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    let prior = if fwd.trusted {
+        headers.get(&X_FORWARDED_FOR)
+    } else {
+        None
+    };
+    let xff = client
+        .as_ref()
+        .and_then(|client| match prior.and_then(|v| v.to_str().ok()) {
             Some(prior) if !prior.trim().is_empty() => {
                 let joined = format!("{prior}, {}", client.to_str().unwrap_or_default());
                 HeaderValue::from_str(&joined).ok()
             }
             _ => Some(client.clone()),
-        }
-    });
+        });
+    let proto = HeaderValue::from_static(fwd.proto);
     ForwardedValues {
         values: [
             xff,
             client,
-            Some(HeaderValue::from_static(fwd.proto)),
+            Some(proto.clone()),
             one_entry_cached(&HOST, fwd.host, |h| HeaderValue::from_str(h).ok()),
             one_entry_cached(&PORT, &fwd.port, |p| Some(HeaderValue::from(*p))),
-            Some(HeaderValue::from_static(fwd.proto)),
-            Some(HeaderValue::from_static(fwd.proto)),
+            Some(proto.clone()),
+            Some(proto),
             (!headers.contains_key(&X_REQUEST_ID)).then(request_id),
         ],
+        trusted: fwd.trusted,
     }
 }
 
@@ -370,8 +392,9 @@ impl RequestHost {
     }
 }
 
-/// Whether `host` parses as a URI authority. The last valid value is remembered per thread:
-/// keep-alive clients repeat their `Host`, and parsing copies it into a new allocation.
+/// Whether `host` parses as a URI authority without userinfo (`user@` names no host, RFC 9110
+/// §4.2.4). The last valid value is remembered per thread: keep-alive clients repeat their
+/// `Host`, and parsing copies it into a new allocation.
 pub(crate) fn valid_authority(host: &str) -> bool {
     thread_local! {
         static LAST_VALID: RefCell<String> = const { RefCell::new(String::new()) };
@@ -381,7 +404,7 @@ pub(crate) fn valid_authority(host: &str) -> bool {
         if !last.is_empty() && *last == host {
             return true;
         }
-        let valid = host.parse::<http::uri::Authority>().is_ok();
+        let valid = !host.contains('@') && host.parse::<http::uri::Authority>().is_ok();
         if valid {
             last.clear();
             last.push_str(host);
@@ -465,6 +488,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
         let fwd = Forwarded {
+            trusted: true,
             client: "::ffff:192.0.2.1".parse().unwrap(),
             proto: "https",
             host: "example.com",
@@ -477,6 +501,7 @@ mod tests {
         add_forwarded(
             &mut other,
             &Forwarded {
+                trusted: true,
                 client: "198.51.100.9".parse().unwrap(),
                 proto: "http",
                 host: "other.example",
@@ -502,6 +527,7 @@ mod tests {
         h.insert(&X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc"));
         let fwd = Forwarded {
+            trusted: true,
             client: "192.0.2.1".parse().unwrap(),
             proto: "http",
             host: "a.test",
@@ -546,20 +572,51 @@ mod tests {
         }
         h.insert("x-kept", HeaderValue::from_static("1"));
         h.insert(header::HOST, HeaderValue::from_static("a.test"));
-        strip_client_forwarding(&mut h);
-        let mut left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["host", "x-kept"]);
         let fwd = Forwarded {
+            trusted: false,
             client: "192.0.2.1".parse().unwrap(),
             proto: "https",
             host: "a.test",
             port: 443,
         };
-        add_forwarded(&mut h, &fwd);
-        assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.1");
-        assert_eq!(h["x-scheme"], "https");
-        assert_eq!(h["x-forwarded-scheme"], "https");
+        // The lean path leaves them out while writing the head...
+        let values = forwarded_values(&h, &fwd);
+        for name in h.keys() {
+            let kept = ["host", "x-kept"].contains(&name.as_str());
+            assert_eq!(values.replaces(name), !kept, "{name}");
+        }
+        // ...the others drop them from the map before ours go in.
+        let mut inserted = h.clone();
+        values.insert_into(&mut inserted);
+        let mut mine: Vec<_> = inserted.keys().map(HeaderName::as_str).collect();
+        mine.sort_unstable();
+        assert_eq!(
+            mine,
+            [
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-port",
+                "x-forwarded-proto",
+                "x-forwarded-scheme",
+                "x-kept",
+                "x-real-ip",
+                "x-request-id",
+                "x-scheme"
+            ]
+        );
+        assert_eq!(inserted[&X_FORWARDED_FOR], "192.0.2.1");
+        assert_eq!(inserted["x-scheme"], "https");
+        assert_eq!(inserted["x-forwarded-scheme"], "https");
+        assert!(inserted.get_all("x-forwarded-for").iter().count() == 1);
+        // A trusted proxy's claims pass, and its X-Forwarded-For is appended to.
+        let trusted = Forwarded {
+            trusted: true,
+            ..fwd
+        };
+        add_forwarded(&mut h, &trusted);
+        assert_eq!(h[&X_FORWARDED_FOR], "spoofed, 192.0.2.1");
+        assert_eq!(h["forwarded"], "spoofed");
     }
 
     #[test]
@@ -575,6 +632,7 @@ mod tests {
         assert!(!valid_authority("example.com:8080/"));
         assert!(valid_authority("[::1]:443"));
         assert!(!valid_authority(""));
+        assert!(!valid_authority("user@example.com"));
     }
 
     #[test]
