@@ -163,6 +163,13 @@ impl IngressPlan {
                 "spec.defaultBackend",
                 &mut plan.problems,
             );
+            if src.rules.is_empty() && !settings.allow_catch_all {
+                plan.problems.push(Problem::new(
+                    "spec.defaultBackend",
+                    ProblemReason::CatchAllNotAllowed,
+                    "this Ingress has only a defaultBackend, which answers only for hosts its namespace owns: the cluster-wide catch-all is off (portico run --allow-catch-all)",
+                ));
+            }
         }
         for (i, tls) in src.tls.iter().enumerate() {
             for (j, host) in tls.hosts.iter().enumerate() {

@@ -81,6 +81,9 @@ pub enum ProblemReason {
     ExternalNameNotAllowed,
     /// The TLS Secret is larger than the limit; it is not stored or served.
     SecretTooLarge,
+    /// An Ingress with only a `defaultBackend` while the catch-all is off: it answers only
+    /// for hosts its namespace owns.
+    CatchAllNotAllowed,
 }
 
 impl ProblemReason {
@@ -114,6 +117,7 @@ impl ProblemReason {
             ProblemReason::RegexLimitExceeded => "RegexLimitExceeded",
             ProblemReason::ExternalNameNotAllowed => "ExternalNameNotAllowed",
             ProblemReason::SecretTooLarge => "SecretTooLarge",
+            ProblemReason::CatchAllNotAllowed => "CatchAllNotAllowed",
         }
     }
 }

@@ -40,6 +40,11 @@ fn another_namespaces_default_backend_never_answers_for_an_owned_host() {
         );
         // Nor for a host no rule names: there is no catch-all by default.
         assert_eq!(service_for(table, "unclaimed.example.com", "/"), None);
+        // The tenant is told why its defaultBackend-only Ingress answers nothing.
+        let problems = table.problems(&ObjectKey::new("tenant-b", "catch"), 0);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].reason, ProblemReason::CatchAllNotAllowed);
+        assert!(problems[0].message.contains("--allow-catch-all"));
     }
 }
 
@@ -78,6 +83,11 @@ fn the_catch_all_is_an_explicit_setting() {
     assert_eq!(
         service_for(&table, "unclaimed.example.com", "/").as_deref(),
         Some("thief")
+    );
+    assert!(
+        table
+            .problems(&ObjectKey::new("tenant-b", "catch"), 0)
+            .is_empty()
     );
 }
 

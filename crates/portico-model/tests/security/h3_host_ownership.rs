@@ -182,3 +182,29 @@ fn wildcards_over_a_top_level_domain_are_refused() {
         assert_eq!(reasons(&table, &key), [ProblemReason::WildcardTooBroad]);
     }
 }
+
+#[test]
+fn rules_without_host_belong_to_one_namespace_too() {
+    let mut resources = vec![
+        our_class(),
+        ingress("any", 1)
+            .namespace("tenant-a")
+            .rule(None, vec![path("Prefix", "/", "shop")])
+            .build(),
+        ingress("any", 5)
+            .namespace("tenant-b")
+            .rule(None, vec![path("Prefix", "/admin", "thief")])
+            .build(),
+    ];
+    resources.extend(service_in("tenant-a", "shop", 1));
+    resources.extend(service_in("tenant-b", "thief", 1));
+    let table = RoutingTable::compile(settings(), resources);
+    assert_eq!(
+        service_for(&table, "anything.example", "/admin").as_deref(),
+        Some("shop")
+    );
+    assert_eq!(
+        reasons(&table, &ObjectKey::new("tenant-b", "any")),
+        [ProblemReason::HostOwnedByAnotherNamespace]
+    );
+}
