@@ -111,6 +111,13 @@ async fn encoded_separators_and_bad_escapes_are_400() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // A target that is not a path matches no route's rules and is not forwarded.
+    let answer = raw(
+        &proxy,
+        "OPTIONS * HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
