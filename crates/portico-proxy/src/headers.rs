@@ -248,20 +248,26 @@ pub(crate) fn forwarded_values(headers: &HeaderMap, fwd: &Forwarded<'_>) -> Forw
     let client = one_entry_cached(&CLIENT, &canonical_ip(fwd.client), |ip| {
         HeaderValue::from_str(&ip.to_string()).ok()
     });
-    let prior = if fwd.trusted {
-        headers.get(&X_FORWARDED_FOR)
-    } else {
-        None
-    };
-    let xff = client
-        .as_ref()
-        .and_then(|client| match prior.and_then(|v| v.to_str().ok()) {
-            Some(prior) if !prior.trim().is_empty() => {
-                let joined = format!("{prior}, {}", client.to_str().unwrap_or_default());
-                HeaderValue::from_str(&joined).ok()
+    // A trusted proxy's list, every line of it (several lines are one comma-joined list,
+    // RFC 9110 §5.3), with the peer appended; anyone else's is not believed.
+    let xff = client.as_ref().and_then(|client| {
+        let mut joined = String::new();
+        if fwd.trusted {
+            for prior in headers.get_all(&X_FORWARDED_FOR) {
+                // A line that is not text names no address: left out.
+                let prior = prior.to_str().unwrap_or_default().trim();
+                if !prior.is_empty() {
+                    joined.push_str(prior);
+                    joined.push_str(", ");
+                }
             }
-            _ => Some(client.clone()),
-        });
+        }
+        if joined.is_empty() {
+            return Some(client.clone());
+        }
+        joined.push_str(client.to_str().unwrap_or_default());
+        HeaderValue::from_str(&joined).ok()
+    });
     let proto = HeaderValue::from_static(fwd.proto);
     ForwardedValues {
         values: [
@@ -614,8 +620,9 @@ mod tests {
             trusted: true,
             ..fwd
         };
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.1"));
         add_forwarded(&mut h, &trusted);
-        assert_eq!(h[&X_FORWARDED_FOR], "spoofed, 192.0.2.1");
+        assert_eq!(h[&X_FORWARDED_FOR], "spoofed, 198.51.100.1, 192.0.2.1");
         assert_eq!(h["forwarded"], "spoofed");
     }
 

@@ -101,6 +101,22 @@ async fn a_trusted_proxy_is_believed_and_appended_to() {
         assert_eq!(h["x-real-ip"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
     }
+    // Several X-Forwarded-For lines from a trusted proxy are one list.
+    let url = format!("http://127.0.0.1:{}/", proxy.http().port());
+    let out = curl(&[
+        "-H",
+        "Host: app.test",
+        "-H",
+        "X-Forwarded-For: 6.6.6.6",
+        "-H",
+        "X-Forwarded-For: 7.7.7.7, 8.8.8.8",
+        &url,
+    ])
+    .await;
+    assert_eq!(
+        echoed(&stdout(&out))["headers"]["x-forwarded-for"],
+        "6.6.6.6, 7.7.7.7, 8.8.8.8, 127.0.0.1"
+    );
     // A trusted list that does not hold the peer trusts nobody here.
     let other = TestProxy::start_with(&yaml, |c| {
         c.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
