@@ -5,6 +5,9 @@
 # sources, this script and the Go version, so a second call is instant. Go's own build and
 # module caches (GOCACHE, GOMODCACHE) stay at their defaults and persist on the machine; a cold
 # build takes several minutes on two cores.
+#
+# build.sh --check builds nothing: it prints the path if the cached binary matches the sources,
+# else says what to run and fails (the tests use it, so they never run a stale build).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${PORTICO_KUBE_CACHE:-/var/tmp/portico-kube}
@@ -14,8 +17,17 @@ go=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 hash=$(cd "$here" && { "$go" version; cat build.sh go.mod go.sum ./*.go; } | sha256sum | cut -c1-16)
 bin="$cache/kube-testenv-$hash"
 link="$cache/kube-testenv"
-mkdir -p "$cache"
 
+if [ "${1:-}" = "--check" ]; then
+  if [ -x "$bin" ]; then
+    echo "$bin"
+    exit 0
+  fi
+  echo "kube-testenv is missing or older than tests/kube/: run tests/kube/build.sh (tests/setup does)" >&2
+  exit 1
+fi
+
+mkdir -p "$cache"
 # One build at a time (tests/setup and a developer may both ask).
 exec 9>"$cache/.lock"
 flock 9

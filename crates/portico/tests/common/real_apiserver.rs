@@ -1,6 +1,6 @@
 //! A real kube-apiserver and etcd for a test: `tests/kube/`'s kube-testenv, built by
-//! `tests/kube/build.sh` (tests/setup runs it). A missing binary fails the test with that
-//! instruction; nothing is skipped. Self-contained (std, serde_json, tempfile, rustix) so other
+//! `tests/kube/build.sh` (tests/setup runs it). A missing or stale binary fails the test with
+//! that instruction; nothing is skipped. Self-contained (std, serde_json, tempfile, rustix) so other
 //! crates' tests can include it with `#[path]`.
 
 use std::io::{BufRead, BufReader};
@@ -13,14 +13,30 @@ use std::time::Duration;
 /// idle machine, more when two cores are shared with a cargo build).
 const START_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// The built kube-testenv: `$PORTICO_KUBE_TESTENV`, else build.sh's cache path.
+/// The built kube-testenv: `$PORTICO_KUBE_TESTENV` as given, else the build of the current
+/// sources in build.sh's cache (`build.sh --check`), so a stale build is never used: a missing
+/// or stale one fails the test with the command that builds it.
 pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("PORTICO_KUBE_TESTENV") {
         return PathBuf::from(path);
     }
-    let cache = std::env::var_os("PORTICO_KUBE_CACHE")
-        .map_or_else(|| PathBuf::from("/var/tmp/portico-kube"), PathBuf::from);
-    cache.join("kube-testenv")
+    // The checkout's root holds tests/kube/; the including crate sits somewhere below it.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = manifest
+        .ancestors()
+        .map(|dir| dir.join("tests/kube/build.sh"))
+        .find(|script| script.exists())
+        .unwrap_or_else(|| panic!("no tests/kube/build.sh above {}", manifest.display()));
+    let out = Command::new(&script)
+        .arg("--check")
+        .output()
+        .unwrap_or_else(|e| panic!("running {} --check: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 /// One running control plane. Dropping it stops both servers (SIGTERM) and waits; its temp
