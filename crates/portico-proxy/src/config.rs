@@ -33,6 +33,11 @@ pub struct ProxyConfig {
     /// and similar headers are believed (a load balancer in front). From anyone else those
     /// headers are dropped and `X-Forwarded-For` starts afresh with the peer. Empty: nobody.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Forward the path as the client sent it rather than its canonical form (routing and
+    /// policy still use the canonical one). For backends that need the exact bytes, such as
+    /// signed URLs; such a backend must read paths as the canonical rule does, or a path
+    /// trick may reach it under another route's policy (ARCHITECTURE.md, Request paths).
+    pub forward_original_path: bool,
 }
 
 impl Default for ProxyConfig {
@@ -48,6 +53,7 @@ impl Default for ProxyConfig {
             server_name: "portico".to_owned(),
             access_log: false,
             trusted_proxies: Vec::new(),
+            forward_original_path: false,
         }
     }
 }

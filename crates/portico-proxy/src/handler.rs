@@ -42,7 +42,14 @@ pub(crate) struct Shared {
     pub access_log: bool,
     /// Peers whose forwarding headers are believed (`ProxyConfig::trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `ProxyConfig::forward_original_path`.
+    pub forward_original_path: bool,
 }
+
+/// The request target as the client sent it, kept (only with `forward_original_path`)
+/// when its path was made canonical.
+#[derive(Clone)]
+struct OriginalTarget(PathAndQuery);
 
 impl Shared {
     /// Whether `peer` is a trusted proxy whose forwarding headers are believed.
@@ -137,7 +144,14 @@ async fn route_and_forward(
     match request_path::normalize(req.uri().path()) {
         Ok(Cow::Borrowed(_)) => {}
         Ok(Cow::Owned(path)) => match with_path(req.uri(), &path) {
-            Some(uri) => *req.uri_mut() = uri,
+            Some(uri) => {
+                if shared.forward_original_path
+                    && let Some(original) = req.uri().path_and_query().cloned()
+                {
+                    req.extensions_mut().insert(OriginalTarget(original));
+                }
+                *req.uri_mut() = uri;
+            }
             None => return error(StatusCode::BAD_REQUEST, "invalid request target"),
         },
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -327,6 +341,11 @@ async fn forward(
             .into_owned()
     });
     let upstream_path = match rewritten {
+        None if shared.forward_original_path => parts
+            .extensions
+            .remove::<OriginalTarget>()
+            .map(|original| original.0)
+            .or_else(|| parts.uri.path_and_query().cloned()),
         None => parts.uri.path_and_query().cloned(),
         Some(path) => {
             let target = match parts.uri.query() {

@@ -116,6 +116,7 @@ impl Proxy {
             metrics: Arc::default(),
             access_log: config.access_log,
             trusted_proxies: config.trusted_proxies.clone(),
+            forward_original_path: config.forward_original_path,
         });
         Ok(Self {
             config,

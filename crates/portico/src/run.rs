@@ -197,6 +197,11 @@ pub struct RunArgs {
     /// client's own such headers are dropped and `X-Forwarded-For` is the peer alone.
     #[arg(long, env = "PORTICO_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<portico_proxy::IpNet>,
+    /// Forward request paths as the client sent them instead of their canonical form
+    /// (routing and policy still use the canonical path). Only for backends that need the
+    /// exact bytes and read paths as Portico does; see ARCHITECTURE.md, Request paths.
+    #[arg(long, env = "PORTICO_FORWARD_ORIGINAL_PATH")]
+    pub forward_original_path: bool,
 
     // --- Operations ---
     /// The admin listeners (/metrics, /healthz, /readyz, /debug/routes); comma-separated.
@@ -482,6 +487,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             alt_svc_port: args.alt_svc_port,
             access_log: args.access_log,
             trusted_proxies: args.trusted_proxies.clone(),
+            forward_original_path: args.forward_original_path,
             ..ProxyConfig::default()
         },
         replica.table().borrow().clone(),

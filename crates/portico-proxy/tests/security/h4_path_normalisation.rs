@@ -187,6 +187,30 @@ async fn the_upstream_sees_the_canonical_path_with_query_and_parameters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_original_path_changes_what_is_forwarded_not_what_is_matched() {
+    let backend = Backend::start().await;
+    let yaml = service("app", &[backend.addr])
+        + &ingress(
+            "admin",
+            "app.test",
+            "/admin",
+            "app",
+            &[("whitelist-source-range", "10.0.0.0/8")],
+        )
+        + &ingress("public", "app.test", "/", "app", &[]);
+    let proxy = TestProxy::start_with(&yaml, |c| c.forward_original_path = true).await;
+    for path in BYPASSES {
+        assert_eq!(get(&proxy, &[], path).await.0, 403, "{path}");
+    }
+    for sent in ["/x/%2e/y/../z?q=1", "//a//b/", "/%7euser"] {
+        let (code, body) = get(&proxy, &[], sent).await;
+        assert_eq!(code, 200, "{sent}: {body}");
+        assert_eq!(echoed(&body)["path"], sent);
+    }
+    assert_eq!(get(&proxy, &[], "/admin%2Fx").await.0, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrite_target_captures_come_from_the_canonical_path() {
     let backend = Backend::start().await;
     // Only /api/... is routed on this host; it is rewritten to /v1/...
