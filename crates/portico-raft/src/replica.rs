@@ -23,7 +23,7 @@ use crate::peer::{PeerIdentity, PeerPolicy};
 use crate::store::log::LogStore;
 use crate::store::state_machine::{SnapshotCheck, StateMachine};
 use crate::store::{Db, StoreError};
-use crate::tls::{TlsError, TlsMaterial};
+use crate::tls::{OwnCertificate, TlsError, TlsMaterial};
 use crate::transport::TransportSettings;
 use crate::transport::client::{CallError, Peers};
 use crate::transport::network::NetworkFactory;
@@ -170,6 +170,8 @@ struct Inner {
     peers: Arc<Peers>,
     counters: Arc<Counters>,
     leadership: Mutex<LeadershipTrack>,
+    /// This replica's certificate, replaceable while running.
+    own_certificate: Arc<OwnCertificate>,
     /// The check of the snapshot being received, done before its last chunk reaches Raft.
     receiving_snapshot: tokio::sync::Mutex<Option<ReceivingSnapshot>>,
 }
@@ -234,6 +236,7 @@ impl Replica {
             peers,
             counters,
             leadership: Mutex::new(LeadershipTrack::default()),
+            own_certificate: tls.own,
             receiving_snapshot: tokio::sync::Mutex::new(None),
         });
         let server = server::spawn(listener, tls.server, inner.clone(), config.transport);
@@ -244,6 +247,14 @@ impl Replica {
             table,
             tasks: Arc::new(Mutex::new(vec![server, leadership, membership])),
         })
+    }
+
+    /// Replaces this replica's certificate and key (PEM) for every handshake from now on,
+    /// in both directions: a renewed short-lived certificate is used without a restart.
+    /// Connections already open keep theirs. The current pair stays on an error (the key is
+    /// not the certificate's, or either does not parse). The CA is not replaced.
+    pub fn replace_certificate(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), TlsError> {
+        self.inner.own_certificate.replace(cert_pem, key_pem)
     }
 
     /// This replica's Raft node ID.

@@ -500,3 +500,64 @@ async fn replication_respects_the_rpc_size_limit() {
     cluster.restart(follower).await;
     cluster.wait_converged(last).await;
 }
+
+/// The server certificate node `addr` presents on a new connection (DER).
+async fn presented_certificate(addr: &str, tls: std::sync::Arc<rustls::ClientConfig>) -> Vec<u8> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let host = addr.rsplit_once(':').unwrap().0.to_owned();
+    let name = rustls_pki_types::ServerName::try_from(host).unwrap();
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn leaf_der(material: &portico_raft::TlsMaterial) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(&material.cert_pem)
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_replaced_while_running_is_used_for_new_connections() {
+    let cluster = Cluster::start(3, test_settings()).await;
+    cluster.wait_for_leader(3).await;
+    let ca = cluster.pki.ca_pem().into_bytes();
+    let client = client_config(&ca, Some(&cluster.nodes[1].tls));
+    let old = presented_certificate(&cluster.addrs[0], client.clone()).await;
+    assert_eq!(old, leaf_der(&cluster.nodes[0].tls));
+
+    // A renewed certificate for the same name, with a new key.
+    let renewed = cluster
+        .pki
+        .node_for("portico-0", &[common::cluster::node_host(0)]);
+    cluster
+        .replica(0)
+        .replace_certificate(&renewed.cert_pem, &renewed.key_pem)
+        .unwrap();
+    assert_eq!(
+        presented_certificate(&cluster.addrs[0], client.clone()).await,
+        leaf_der(&renewed)
+    );
+    // A key that is not the certificate's is refused, and the renewed pair stays.
+    let other = cluster.pki.node("other");
+    assert!(
+        cluster
+            .replica(0)
+            .replace_certificate(&renewed.cert_pem, &other.key_pem)
+            .is_err()
+    );
+    assert_eq!(
+        presented_certificate(&cluster.addrs[0], client).await,
+        leaf_der(&renewed)
+    );
+    // The replica still replicates both ways.
+    let committed = cluster
+        .replica(0)
+        .propose(1, service_change(1))
+        .await
+        .unwrap();
+    cluster.wait_converged(committed.version).await;
+}

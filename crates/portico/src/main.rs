@@ -7,6 +7,7 @@
 //! * `pki issue`: sign this replica's Raft certificate (an init container) — [`pki_issue`].
 
 mod admin;
+mod cert_reload;
 mod controller;
 mod echo;
 mod local;

@@ -444,6 +444,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
     let tls = tls_material(&args, &advertise)?;
+    let loaded_pair = (tls.cert_pem.clone(), tls.key_pem.clone());
     let client = kube_client(args.kubeconfig.as_deref()).await?;
 
     let state = Arc::new(ReplicaState::default());
@@ -475,6 +476,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await
     .context("starting Raft")?;
     tracing::info!(node_id = replica.node_id(), %advertise, members = ?initial_members, "Raft started");
+    // A certificate given as files is read again, so a renewed one is used without a restart.
+    if let (Some(cert), Some(key)) = (&args.raft_cert, &args.raft_key) {
+        let replica = replica.clone();
+        tokio::spawn(crate::cert_reload::watch(
+            cert.clone(),
+            key.clone(),
+            loaded_pair,
+            crate::cert_reload::EVERY,
+            stop_admin.clone(),
+            move |cert: &[u8], key: &[u8]| replica.replace_certificate(cert, key),
+        ));
+    }
 
     // The data plane, fed below by the table watch; built first so its counters join the
     // registry, bound only once the admin listener is up.
