@@ -168,6 +168,39 @@ spec:
     (echo, ip)
 }
 
+/// A replica's place in its Raft cluster: the CA (certificate, key) every member's certificate
+/// is signed by, its ordinal, and every initial member's Raft port in ordinal order.
+struct Member<'a> {
+    ca: &'a (PathBuf, PathBuf),
+    ordinal: usize,
+    raft_ports: &'a [u16],
+}
+
+/// An Ingress of ours for `host`, to the test backend.
+fn host_ingress(name: &str, host: &str) -> String {
+    format!(
+        r#"apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  ingressClassName: nginx-example
+  rules:
+  - host: {host}
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend:
+          service:
+            name: test
+            port:
+              number: 80
+"#
+    )
+}
+
 /// One `portico run` with `kubeconfig`, its Lease in portico-system (deploy/'s Role is there).
 struct Replica {
     process: KillOnDrop,
@@ -183,22 +216,41 @@ impl Replica {
 
     fn start_with(dir: &Path, kubeconfig: &Path, status_address: &str, extra: &[&str]) -> Self {
         let ca = write_ca(dir);
-        let (raft, admin, http) = (free_port(), free_port(), free_port());
-        let log = dir.join("replica.log");
+        let member = Member {
+            ca: &ca,
+            ordinal: 0,
+            raft_ports: &[free_port()],
+        };
+        Self::spawn(dir, kubeconfig, status_address, &member, extra)
+    }
+
+    /// `portico-ORDINAL`, its Raft address the ORDINALth of `raft_ports` (the initial members).
+    fn spawn(
+        dir: &Path,
+        kubeconfig: &Path,
+        status_address: &str,
+        member: &Member,
+        extra: &[&str],
+    ) -> Self {
+        let (ca, ordinal) = (member.ca, member.ordinal);
+        let (admin, http) = (free_port(), free_port());
+        let raft = member.raft_ports[ordinal];
+        let members: Vec<String> = member
+            .raft_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let log = dir.join(format!("replica-{ordinal}.log"));
         let process = KillOnDrop(
             Command::new(PORTICO)
-                .args([
-                    "run",
-                    "--pod-name",
-                    "portico-0",
-                    "--namespace",
-                    "portico-system",
-                ])
+                .args(["run", "--pod-name", &format!("portico-{ordinal}")])
+                .args(["--namespace", "portico-system"])
                 .arg("--kubeconfig")
                 .arg(kubeconfig)
                 .arg("--data-dir")
-                .arg(dir.join("data"))
+                .arg(dir.join(format!("data-{ordinal}")))
                 .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
+                .args(["--initial-members", &members.join(",")])
                 .arg("--raft-ca")
                 .arg(&ca.0)
                 .arg("--raft-ca-key")
@@ -233,6 +285,55 @@ impl Replica {
     }
 }
 
+/// Lease timings short enough for a test to wait out a lost leader.
+const SHORT_LEASE: [&str; 6] = [
+    "--lease-duration-seconds",
+    "4",
+    "--renew-deadline-seconds",
+    "3",
+    "--retry-period-seconds",
+    "0.5",
+];
+
+/// The Lease holder's ordinal (`portico-N_...`), if any.
+fn lease_holder(api: &RealApiServer) -> Option<usize> {
+    let holder = ok(api.kubectl().args([
+        "-n",
+        "portico-system",
+        "get",
+        "lease",
+        "portico-leader",
+        "--ignore-not-found",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]));
+    holder
+        .strip_prefix("portico-")?
+        .split('_')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The status of GET `/` on `http` for Host `host`.
+fn get_host(http: &str, host: &str) -> Option<u16> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["-H", &format!("Host: {host}")])
+        .arg(format!("http://{http}/"))
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).parse().ok()
+}
+
 /// A 403 as the replica logs it: the API server's message ("... is forbidden: User ...") and
 /// reason (`Forbidden`). Not the digits, which a timestamp can hold.
 fn met_forbidden(logs: &str) -> bool {
@@ -252,15 +353,7 @@ fn a_replica_rides_out_an_api_server_outage_and_an_etcd_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = deploy_and_service_account(&api, dir.path(), None);
     let (_echo, ip) = backend_and_ingresses(&api, dir.path());
-    let lease = [
-        "--lease-duration-seconds",
-        "4",
-        "--renew-deadline-seconds",
-        "3",
-        "--retry-period-seconds",
-        "0.5",
-    ];
-    let mut replica = Replica::start_with(dir.path(), &kubeconfig, &ip, &lease);
+    let mut replica = Replica::start_with(dir.path(), &kubeconfig, &ip, &SHORT_LEASE);
     wait_until("/testpath served", Duration::from_secs(60), || {
         replica.logs();
         get(&replica.http, "/testpath").filter(|(code, _)| *code == 200)
@@ -281,25 +374,7 @@ fn a_replica_rides_out_an_api_server_outage_and_an_etcd_compaction() {
         &api,
         dir.path(),
         "after.yaml",
-        r#"apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: after-outage
-  namespace: default
-spec:
-  ingressClassName: nginx-example
-  rules:
-  - host: after.example
-    http:
-      paths:
-      - path: /
-        pathType: Prefix
-        backend:
-          service:
-            name: test
-            port:
-              number: 80
-"#,
+        &host_ingress("after-outage", "after.example"),
     );
     let created: i64 = ok(api.kubectl().args([
         "get",
@@ -312,21 +387,7 @@ spec:
     .unwrap();
     assert!(created > revision);
     wait_until("the new Ingress served", Duration::from_secs(60), || {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "3",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-            ])
-            .args(["-H", "Host: after.example"])
-            .arg(format!("http://{}/", replica.http))
-            .output()
-            .ok()?;
-        (out.stdout == b"200").then_some(())
+        (get_host(&replica.http, "after.example") == Some(200)).then_some(())
     });
     wait_until("its status", Duration::from_secs(30), || {
         let status = ok(api.kubectl().args([
@@ -347,6 +408,91 @@ spec:
         !met_forbidden(&logs[ready_again..]),
         "403 after the API server was ready again:\n{logs}"
     );
+}
+
+/// Three replicas as deploy/'s ServiceAccount, the Lease holder SIGKILLed: another replica
+/// takes the Lease, and an Ingress made after the kill is served by both survivors and gets its
+/// status. No 403 on the way.
+#[test]
+fn three_replicas_fail_over_when_the_leader_is_killed() {
+    let api = RealApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = deploy_and_service_account(&api, dir.path(), None);
+    let (_echo, ip) = backend_and_ingresses(&api, dir.path());
+    let ca = write_ca(dir.path());
+    let raft_ports = [free_port(), free_port(), free_port()];
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|ordinal| {
+            let member = Member {
+                ca: &ca,
+                ordinal,
+                raft_ports: &raft_ports,
+            };
+            Replica::spawn(dir.path(), &kubeconfig, &ip, &member, &SHORT_LEASE)
+        })
+        .collect();
+    for replica in &mut replicas {
+        wait_until(
+            "/testpath on every replica",
+            Duration::from_secs(90),
+            || {
+                replica.logs();
+                get(&replica.http, "/testpath").filter(|(code, _)| *code == 200)
+            },
+        );
+    }
+    let leader = wait_until("a Lease holder", Duration::from_secs(30), || {
+        lease_holder(&api)
+    });
+
+    replicas[leader]
+        .process
+        .0
+        .kill()
+        .expect("SIGKILL the leader");
+    let _ = replicas[leader].process.0.wait();
+    let successor = wait_until("another Lease holder", Duration::from_secs(30), || {
+        lease_holder(&api).filter(|holder| *holder != leader)
+    });
+    apply_yaml(
+        &api,
+        dir.path(),
+        "after.yaml",
+        &host_ingress("after-failover", "after.example"),
+    );
+    for (ordinal, replica) in replicas.iter_mut().enumerate() {
+        if ordinal == leader {
+            continue;
+        }
+        wait_until(
+            "the new Ingress on a survivor",
+            Duration::from_secs(30),
+            || {
+                replica.logs();
+                (get_host(&replica.http, "after.example") == Some(200)).then_some(())
+            },
+        );
+    }
+    wait_until("its status", Duration::from_secs(30), || {
+        let status = ok(api.kubectl().args([
+            "get",
+            "ingress",
+            "after-failover",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ]));
+        (status == ip).then_some(())
+    });
+    for (ordinal, replica) in replicas.iter_mut().enumerate() {
+        if ordinal == leader {
+            continue;
+        }
+        let logs = replica.logs();
+        assert!(
+            !met_forbidden(&logs),
+            "portico-{ordinal} (successor portico-{successor}) met a 403:\n{logs}"
+        );
+    }
 }
 
 /// One replica with deploy/'s ServiceAccount token (so deploy/'s ClusterRole and Role, not the
