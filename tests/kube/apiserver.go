@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -91,8 +92,9 @@ func newAPIServer(dir string, pki *testPKI, etcdURL string, port, verbosity int)
 	}, nil
 }
 
-// start runs the child and returns once /readyz answers 200 and the default namespace exists.
-func (a *apiServer) start() error {
+// start runs the child and returns once /readyz answers 200 and the default namespace exists,
+// or with an error if the child exits or ctx ends first (the child is then stopped).
+func (a *apiServer) start(ctx context.Context) error {
 	a.mu.Lock()
 	if a.cmd != nil {
 		a.mu.Unlock()
@@ -127,10 +129,12 @@ func (a *apiServer) start() error {
 		}
 	}()
 
-	hasExited := func() error {
+	failed := func() error {
 		select {
 		case <-exited:
 			return errors.New("kube-apiserver exited during start-up (its log is above)")
+		case <-ctx.Done():
+			return fmt.Errorf("stopped during start-up: %w", context.Cause(ctx))
 		default:
 			return nil
 		}
@@ -143,7 +147,11 @@ func (a *apiServer) start() error {
 		}
 		return nil
 	}
-	return waitFor(3*time.Minute, ready, hasExited)
+	if err := waitFor(3*time.Minute, ready, failed); err != nil {
+		a.stop()
+		return err
+	}
+	return nil
 }
 
 func (a *apiServer) get(path string) error {

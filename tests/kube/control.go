@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"net"
 	"net/http"
@@ -8,14 +9,14 @@ import (
 
 // serveControl answers the test's requests to stop or start the API server and to compact etcd.
 // Each request returns only when the action is done.
-func serveControl(l net.Listener, api *apiServer, etcd *testEtcd) error {
+func serveControl(ctx context.Context, l net.Listener, api *apiServer, etcd *testEtcd) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /apiserver/stop", func(w http.ResponseWriter, r *http.Request) {
 		api.stop()
 		reply(w, http.StatusOK, map[string]any{"apiserver": "stopped"})
 	})
 	mux.HandleFunc("POST /apiserver/start", func(w http.ResponseWriter, r *http.Request) {
-		if err := api.start(); err != nil {
+		if err := api.start(ctx); err != nil {
 			reply(w, http.StatusInternalServerError, map[string]any{"error": err.Error()})
 			return
 		}

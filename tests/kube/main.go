@@ -15,6 +15,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -63,9 +64,22 @@ func run() error {
 		return err
 	}
 
-	// Signals are caught before anything starts, so a SIGTERM during start-up still cleans up.
+	// Stop requests are caught before anything starts, so one during start-up (which can take
+	// minutes on a loaded machine) also stops at once and cleans up.
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		sig := <-signals
+		cancel(fmt.Errorf("%v", sig))
+	}()
+	if *lifeline {
+		go func() {
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			cancel(errors.New("stdin closed"))
+		}()
+	}
 
 	dir, err := os.MkdirTemp("", "kube-testenv-")
 	if err != nil {
@@ -92,7 +106,7 @@ func run() error {
 		return err
 	}
 	defer api.stop()
-	if err := api.start(); err != nil {
+	if err := api.start(ctx); err != nil {
 		return fmt.Errorf("kube-apiserver: %w", err)
 	}
 	if err := writeKubeconfig(kubeconfigPath, api.url, pki); err != nil {
@@ -104,7 +118,7 @@ func run() error {
 		return err
 	}
 	controlErr := make(chan error, 1)
-	go func() { controlErr <- serveControl(controlListener, api, etcd) }()
+	go func() { controlErr <- serveControl(ctx, controlListener, api, etcd) }()
 
 	record, err := json.Marshal(readyRecord{
 		Ready:      true,
@@ -120,19 +134,9 @@ func run() error {
 	}
 	fmt.Println(string(record))
 
-	stdinClosed := make(chan struct{})
-	if *lifeline {
-		go func() {
-			_, _ = io.Copy(io.Discard, os.Stdin)
-			close(stdinClosed)
-		}()
-	}
 	select {
-	case sig := <-signals:
-		fmt.Fprintf(os.Stderr, "kube-testenv: %v, stopping\n", sig)
-		return nil
-	case <-stdinClosed:
-		fmt.Fprintln(os.Stderr, "kube-testenv: stdin closed, stopping")
+	case <-ctx.Done():
+		fmt.Fprintf(os.Stderr, "kube-testenv: %v, stopping\n", context.Cause(ctx))
 		return nil
 	case err := <-api.died:
 		// Fail closed: an API server that dies unasked is an error the test must see.
