@@ -10,16 +10,21 @@ use std::time::Duration;
 use portico_raft::{ProposeError, Replica};
 use tokio_util::sync::CancellationToken;
 
-use crate::LeaderWorkError;
+use crate::{LeaderWorkError, LeaseValidity};
 
-/// Claims `epoch`, retrying while no leader can take the write, until `token` is cancelled.
+/// Claims `epoch`, retrying while no leader can take the write and the lease is valid,
+/// until `token` is cancelled.
 pub(crate) async fn claim_epoch(
     replica: &Replica,
     epoch: u64,
+    lease: &LeaseValidity,
     token: &CancellationToken,
 ) -> Result<(), LeaderWorkError> {
     let mut pause = Duration::from_millis(100);
     loop {
+        if !lease.is_valid() {
+            return Err(LeaderWorkError::LeaseExpired);
+        }
         let outcome = tokio::select! {
             () = token.cancelled() => return Err(LeaderWorkError::Cancelled),
             outcome = replica.claim_epoch(epoch) => outcome,

@@ -152,6 +152,9 @@ pub(crate) enum LeaderWorkError {
     Fenced { epoch: u64, highest_epoch: u64 },
     #[error("the Raft replica is shutting down")]
     ReplicaShuttingDown,
+    /// The lease was no longer valid when a proposal was due (e.g. after a freeze).
+    #[error("the lease ran out before a proposal")]
+    LeaseExpired,
     /// A change Raft refused outright, e.g. a full resync larger than one log entry may be
     /// (raise the transport's `max_body_bytes`).
     #[error("a proposal was refused: {0}")]
@@ -388,11 +391,13 @@ impl Controller {
             config: config.clone(),
             metrics: self.metrics.clone(),
             token: token.clone(),
+            lease: self.lease.clone(),
         };
-        let (replica, claim_token) = (self.replica.clone(), token.clone());
+        let (replica, claim_token, lease) =
+            (self.replica.clone(), token.clone(), self.lease.clone());
         let mut reconcile = tokio::spawn(async move {
             // Nothing is proposed before the epoch is ours alone.
-            claim::claim_epoch(&replica, epoch, &claim_token).await?;
+            claim::claim_epoch(&replica, epoch, &lease, &claim_token).await?;
             reconcile::run(context, status_tx).await
         });
         let mut status = tokio::spawn(status::run(

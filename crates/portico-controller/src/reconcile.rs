@@ -92,6 +92,8 @@ pub(crate) struct LeaderContext {
     pub config: Arc<ControllerConfig>,
     pub metrics: Metrics,
     pub token: CancellationToken,
+    /// Checked before every proposal: a leader past its renew deadline may be deposed.
+    pub lease: crate::LeaseValidity,
 }
 
 /// Runs leader work until `ctx.token` is cancelled (Ok) or it fails.
@@ -181,6 +183,10 @@ async fn propose_one(
                 kind: kind.to_owned(),
             })
             .inc();
+        // Woken after a freeze, this task may run before the loop sees the deadline passed.
+        if !ctx.lease.is_valid() {
+            return Err(LeaderWorkError::LeaseExpired);
+        }
         let outcome = tokio::select! {
             () = ctx.token.cancelled() => return Err(LeaderWorkError::Cancelled),
             outcome = ctx.replica.propose(ctx.epoch, change.clone()) => outcome,
