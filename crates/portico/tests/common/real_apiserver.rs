@@ -91,8 +91,9 @@ impl RealApiServer {
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(line) if !line.is_empty() => line,
             outcome => {
-                let _ = child.kill();
-                let status = child.wait();
+                // Closing stdin stops it and removes its temp dir; SIGKILL only if that fails.
+                drop(lifeline);
+                let status = stop(&mut child);
                 panic!(
                     "kube-testenv not ready ({outcome:?}, {status:?}); its log:\n{}",
                     log_tail(&dir.path().join("kube-testenv.log"))
@@ -184,18 +185,23 @@ impl RealApiServer {
 
 impl Drop for RealApiServer {
     fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        for _ in 0..400 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = stop(&mut self.child);
     }
+}
+
+/// SIGTERM (kube-testenv stops both servers and removes its temp dir), SIGKILL after 40 s.
+fn stop(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    for _ in 0..400 {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill()?;
+    child.wait()
 }
 
 fn log_tail(path: &Path) -> String {
