@@ -424,6 +424,15 @@ mod tests {
     }
 
     #[test]
+    fn every_host_line_reaches_the_handler_which_refuses_two() {
+        // The lean loop keeps both lines (as hyper does), so the handler's 400 for a second
+        // `Host` (finding M1) holds here too; it is not the first line silently winning.
+        let req = parse(b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n").expect("lean");
+        let hosts: Vec<_> = req.headers().get_all(header::HOST).iter().collect();
+        assert_eq!(hosts, ["a.test", "b.test"]);
+    }
+
+    #[test]
     fn anything_unusual_goes_to_hyper() {
         let handed_over: &[&[u8]] = &[
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
