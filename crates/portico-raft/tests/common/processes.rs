@@ -44,6 +44,8 @@ pub struct Member {
 }
 
 pub struct ProcessCluster {
+    /// The cluster CA, to make certificates for attackers as well.
+    pub pki: Pki,
     _root: TempDir,
     ca: PathBuf,
     pub members: Vec<Member>,
@@ -86,6 +88,7 @@ impl ProcessCluster {
             });
         }
         let mut cluster = Self {
+            pki,
             _root: root,
             ca,
             members,

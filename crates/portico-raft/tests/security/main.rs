@@ -6,5 +6,6 @@
 mod common;
 
 mod c1_peer_identity;
+mod c1_processes;
 mod m5_fencing_epochs;
 mod m7_snapshot_memory;
