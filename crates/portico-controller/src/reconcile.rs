@@ -496,7 +496,7 @@ impl State {
         if self.pending.is_empty() {
             return None;
         }
-        let mut changes = std::mem::take(&mut self.pending);
+        let mut changes = latest_per_object(std::mem::take(&mut self.pending));
         let (ingresses, everything) = std::mem::take(&mut self.pending_scope);
         let change = if changes.len() == 1 {
             changes.pop().expect("one change")
@@ -511,6 +511,37 @@ impl State {
             },
         ))
     }
+}
+
+/// Keeps only the last change of each object in a burst, in its place: changes carry whole
+/// objects, so the last one is the object's state, and an object rewritten many times within
+/// one debounce window costs one entry's worth of log, not one per write. (A Secret version
+/// replaced within the window is never applied, so it never becomes the last good one.)
+fn latest_per_object(changes: Vec<Change>) -> Vec<Change> {
+    fn object(change: &Change) -> Option<(ResourceKind, &ObjectKey)> {
+        match change {
+            Change::Upsert(resource) => Some((resource.kind(), resource.key())),
+            Change::Delete { kind, key } => Some((*kind, key)),
+            _ => None,
+        }
+    }
+    let mut last = BTreeMap::new();
+    for (i, change) in changes.iter().enumerate() {
+        if let Some(object) = object(change) {
+            last.insert(object, i);
+        }
+    }
+    let keep: BTreeSet<usize> = last.into_values().collect();
+    let kept: Vec<bool> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, change)| object(change).is_none() || keep.contains(&i))
+        .collect();
+    changes
+        .into_iter()
+        .zip(kept)
+        .filter_map(|(change, kept)| kept.then_some(change))
+        .collect()
 }
 
 /// Starts one watcher per kind and forwards their events; ends only if every watcher does.
@@ -697,4 +728,44 @@ fn load_balancer_patch(addresses: &[LbAddress]) -> Value {
         })
         .collect();
     serde_json::json!({"status": {"loadBalancer": {"ingress": list}}})
+}
+
+#[cfg(test)]
+mod tests {
+    use portico_model::SecretSource;
+
+    use super::*;
+
+    fn secret(name: &str, crt: &[u8]) -> Change {
+        Change::Upsert(Resource::Secret(Arc::new(SecretSource {
+            key: ObjectKey::new("ns", name),
+            type_: Some(SECRET_TYPE_TLS.into()),
+            tls_crt: Some(crt.to_vec()),
+            tls_key: None,
+            oversize: None,
+        })))
+    }
+
+    #[test]
+    fn a_burst_keeps_the_last_change_of_each_object_in_its_place() {
+        let delete_b = Change::Delete {
+            kind: ResourceKind::Secret,
+            key: ObjectKey::new("ns", "b"),
+        };
+        let mut burst: Vec<Change> = (0..1000u32)
+            .map(|i| secret("a", &i.to_be_bytes()))
+            .collect();
+        burst.insert(10, secret("b", b"1"));
+        burst.insert(20, delete_b.clone());
+        burst.push(secret("c", b"1"));
+        let kept = latest_per_object(burst);
+        assert_eq!(
+            kept,
+            [
+                delete_b,
+                secret("a", &999u32.to_be_bytes()),
+                secret("c", b"1")
+            ]
+        );
+    }
 }
