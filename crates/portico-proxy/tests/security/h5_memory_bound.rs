@@ -5,7 +5,10 @@
 //! that get a zero flow-control window, plus 10,000 idle TCP connections, grow its resident
 //! memory by less than [`SLOW_AND_IDLE_BOUND`]; one HTTP/2 connection of 100 streams that
 //! never reads its socket, by less than [`UNREAD_CONNECTION_BOUND`] (the per-connection bound
-//! of ARCHITECTURE.md); and a normal client (curl) is served meanwhile.
+//! of ARCHITECTURE.md); and a normal client (curl) is served meanwhile. Over HTTP/3, quinn's
+//! default receive windows (1.25 MB a stream, none for the connection) would let 100 uploads
+//! waiting for an upstream put all 100 MB in the proxy; now at most the 1 MiB connection window
+//! comes in ([`HTTP3_UPLOAD_BOUND`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
@@ -29,6 +32,9 @@ const SLOW_AND_IDLE_BOUND: u64 = 160 << 20;
 /// each stream's state and upstream connection. Measured: 24 MiB. By the same count before
 /// the fix: 128 x (400 KiB + 3 x 64 KiB), about 74 MiB.
 const UNREAD_CONNECTION_BOUND: u64 = 32 << 20;
+
+/// The 1 MiB QUIC receive window plus 100 waiting requests' state; measured: 4.4 MiB.
+const HTTP3_UPLOAD_BOUND: u64 = 16 << 20;
 
 const IDLE: usize = 10_000;
 const SLOW_CONNECTIONS: usize = 10;
@@ -75,12 +81,15 @@ async fn raise_nofile() {
     assert!(out.status.success(), "{out:?}");
 }
 
-async fn start_proxy(table: &TempFile) -> (Child, SocketAddr) {
+/// The standalone proxy on `table`: the child, its HTTP and its QUIC address.
+async fn start_proxy(table: &TempFile) -> (Child, SocketAddr, SocketAddr) {
     let mut child = Command::new(BIN)
         .args([
             "--table",
             table.path(),
             "--http",
+            "127.0.0.1:0",
+            "--h3",
             "127.0.0.1:0",
             "--workers",
             "2",
@@ -97,13 +106,14 @@ async fn start_proxy(table: &TempFile) -> (Child, SocketAddr) {
         .expect("ready in time")
         .unwrap()
         .expect("ready line");
-    let addr = line
-        .split("http=[")
-        .nth(1)
-        .and_then(|r| r.split(']').next())
-        .and_then(|a| a.parse().ok())
-        .expect("http address");
-    (child, addr)
+    let addr = |key: &str| -> SocketAddr {
+        line.split(key)
+            .nth(1)
+            .and_then(|r| r.split(']').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {line}"))
+    };
+    (child, addr(" http=["), addr(" h3=["))
 }
 
 /// Idle connections from 127.0.1.1 upwards, 500 per address: under the default per-IP limit.
@@ -126,7 +136,7 @@ async fn slow_readers_and_idle_connections_hold_bounded_memory_and_a_client_is_s
         "memory.yaml",
         &(service("echo", &[backend.addr]) + &ingress("e", "mem.test", "/", "echo", &[])),
     );
-    let (child, addr) = start_proxy(&table).await;
+    let (child, addr, _) = start_proxy(&table).await;
     let pid = child.id().unwrap();
     let url = format!("http://{addr}/");
     let served = || async { curl_status(&["-H", "Host: mem.test", &url]).await };
@@ -188,7 +198,7 @@ async fn an_http2_connection_that_never_reads_holds_at_most_the_per_connection_b
         "unread.yaml",
         &(service("echo", &[backend.addr]) + &ingress("e", "mem.test", "/", "echo", &[])),
     );
-    let (child, addr) = start_proxy(&table).await;
+    let (child, addr, _) = start_proxy(&table).await;
     let pid = child.id().unwrap();
     let url = format!("http://{addr}/");
     let served = || async { curl_status(&["-H", "Host: mem.test", &url]).await };
@@ -230,4 +240,85 @@ async fn an_http2_connection_that_never_reads_holds_at_most_the_per_connection_b
         grown >> 20
     );
     drop((bodies, send, conn));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_request_bodies_waiting_for_an_upstream_hold_at_most_the_receive_window() {
+    // An upstream whose accept queue is full: connecting to it hangs (SYNs are dropped), so
+    // the proxy reads none of the request bodies and they wait in QUIC's receive buffers.
+    let stuck = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    stuck
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    stuck.listen(0).unwrap();
+    let stuck_addr = stuck.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..4 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.connect(&stuck_addr.into());
+        queued.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let table = TempFile::new(
+        "stuck.yaml",
+        &(service("stuck", &[stuck_addr])
+            + &ingress(
+                "s",
+                "mem.test",
+                "/",
+                "stuck",
+                &[("proxy-connect-timeout", "30")],
+            )),
+    );
+    let (child, _, h3) = start_proxy(&table).await;
+    let pid = child.id().unwrap();
+    let before = settled_rss(pid).await;
+
+    // 100 uploads of 1 MB (under the default 1 MiB body limit): quinn's default windows
+    // (1.25 MB a stream, no connection limit) would take all 100 MB of them in.
+    let script = format!("{}/tests/security/h3_slow.py", env!("CARGO_MANIFEST_DIR"));
+    let mut client = Command::new(python())
+        .args([
+            &script,
+            "upload",
+            &h3.to_string(),
+            "mem.test",
+            "100",
+            "1000000",
+            "4",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+    assert_eq!(first.unwrap().unwrap().as_deref(), Some("uploading"));
+    let mut peak = 0;
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        peak = peak.max(rss(pid));
+    }
+    let last = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+    let last = last.unwrap().unwrap().unwrap_or_default();
+    let sent: u64 = last
+        .strip_prefix("sent_bytes=")
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{last}"));
+    let grown = peak.saturating_sub(before);
+    eprintln!(
+        "HTTP/3: {} KiB of request bodies let through, RSS grew {} KiB",
+        sent >> 10,
+        grown >> 10
+    );
+    assert!(last.ends_with("answered=0"), "the uploads wait: {last}");
+    assert!(
+        (512 << 10..=1 << 20).contains(&sent),
+        "the connection window lets 1 MiB through: {sent}"
+    );
+    assert!(grown < HTTP3_UPLOAD_BOUND, "grew {} MiB", grown >> 20);
+    drop(queued);
 }
