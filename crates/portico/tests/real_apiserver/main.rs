@@ -12,6 +12,7 @@ mod deploy;
 mod kubectl_create;
 mod local;
 mod replica;
+mod validation;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
