@@ -228,3 +228,40 @@ fn the_validation_table_holds_against_the_real_api_server() {
     assert!(checked >= 60, "only {checked} cases");
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// The manifests the other crates' tests are built on (the ingress-controller-conformance
+/// Ingresses and the docs' minimal Ingress) are what the real API server admits, unchanged.
+#[test]
+fn the_test_data_manifests_are_admitted_by_the_real_api_server() {
+    let api = RealApiServer::start();
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    for dir in [
+        "portico-model/tests/data/manifests",
+        "portico-apiserver/tests/data/conformance",
+        "portico-apiserver/tests/data",
+    ] {
+        for entry in std::fs::read_dir(crates.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 11, "{files:?}");
+    for file in files {
+        let out = api
+            .kubectl()
+            .args(["-n", "default", "create", "--dry-run=server", "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("created (server dry run)"),
+            "{}: {stdout}{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
