@@ -6,7 +6,6 @@
 //! remove a voter. Both must be refused (403), and the cluster must keep its three voters
 //! and keep committing.
 
-use serde_json::Value;
 
 use crate::common::processes::ProcessCluster;
 use crate::common::{client_config, raw_post};
@@ -28,7 +27,7 @@ async fn a_ca_signed_non_member_can_neither_read_the_status_nor_remove_a_voter()
     let victim = voters
         .iter()
         .copied()
-        .find(|id| Value::from(*id) != statuses[leader].1["node_id"])
+        .find(|id| statuses[leader].1["node_id"].as_u64() != Some(*id))
         .unwrap();
 
     let ca = cluster.pki.ca_pem().into_bytes();
