@@ -6,7 +6,6 @@
 //! remove a voter. Both must be refused (403), and the cluster must keep its three voters
 //! and keep committing.
 
-
 use crate::common::processes::ProcessCluster;
 use crate::common::{client_config, raw_post};
 
