@@ -94,6 +94,10 @@ pub struct ControllerConfig {
     pub settings: portico_model::Settings,
     /// Changes arriving within this long are proposed together.
     pub debounce: Duration,
+    /// Watch Ingresses, Services, EndpointSlices and Secrets only in these namespaces, so
+    /// Roles there are enough (IngressClasses are cluster-scoped: always all). Empty: every
+    /// namespace.
+    pub watch_namespaces: std::collections::BTreeSet<String>,
 }
 
 impl ControllerConfig {
@@ -109,6 +113,7 @@ impl ControllerConfig {
             publish_status_addresses: Vec::new(),
             settings: portico_model::Settings::default(),
             debounce: Duration::from_millis(25),
+            watch_namespaces: std::collections::BTreeSet::new(),
         }
     }
 
@@ -120,6 +125,13 @@ impl ControllerConfig {
         }
         if self.namespace.is_empty() || self.lease_name.is_empty() {
             return bad("namespace and lease_name must not be empty");
+        }
+        if let Some(ns) = self
+            .watch_namespaces
+            .iter()
+            .find(|ns| !portico_model::validate::is_dns1123_label(ns))
+        {
+            return bad(&format!("watch namespace {ns:?} is not a namespace name"));
         }
         if self.retry_period.is_zero() {
             return bad("retry_period must be positive");

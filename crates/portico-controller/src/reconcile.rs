@@ -20,13 +20,19 @@
 //!   look at in the committed table.
 //!
 //! # RBAC
-//! The controller's ServiceAccount needs, cluster-wide: `get`, `list`, `watch` on
+//! The controller's ServiceAccount needs (deploy/base/rbac.yaml): `list`, `watch` on
 //! `ingresses`, `ingressclasses` (networking.k8s.io), `services`, `secrets` (core),
-//! `endpointslices` (discovery.k8s.io); `update`, `patch` on `ingresses/status`; `create`,
-//! `patch` on `events` (events.k8s.io); and in its own namespace `get`, `create`, `update`
-//! on `leases` (coordination.k8s.io). Secrets are listed with the field selector
+//! `endpointslices` (discovery.k8s.io); `patch` on `ingresses/status`; `create`, `patch` on
+//! `events` (events.k8s.io); and in its own namespace `get`, `update` on its Lease and
+//! `create` on `leases` (coordination.k8s.io). Secrets are listed with the field selector
 //! `type=kubernetes.io/tls`, so only TLS Secrets are held in memory (RBAC cannot narrow
 //! by type: the role still grants `list` on all Secrets).
+//!
+//! With `ControllerConfig::watch_namespaces` every namespaced kind is watched in those
+//! namespaces only ([`merge`]), so all of the above but `ingressclasses` (cluster-scoped) can
+//! be Roles there (deploy/overlays/namespaced). The publish Service and the default
+//! certificate, when outside them, are watched alone with a `metadata.name` field selector,
+//! which a Role with `resourceNames` permits.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -55,6 +61,8 @@ use crate::secrets::{self, SecretFilter};
 use crate::status::{LbAddress, StatusInputs, StatusWork};
 use crate::{ControllerConfig, LeaderWorkError};
 
+mod merge;
+
 const KINDS: [ResourceKind; 5] = [
     ResourceKind::Ingress,
     ResourceKind::IngressClass,
@@ -65,7 +73,7 @@ const KINDS: [ResourceKind; 5] = [
 
 /// An object as a watcher delivers it: its routing input and the load-balancer status we
 /// care about (an Ingress's current status; a Service's, for `publish_service`).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Seen {
     resource: Resource,
     load_balancer: Vec<LbAddress>,
@@ -102,8 +110,11 @@ pub(crate) async fn run(
     status: mpsc::UnboundedSender<StatusWork>,
 ) -> Result<(), LeaderWorkError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let _watchers =
-        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watch_all(ctx.client.clone(), tx)));
+    let _watchers = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watch_all(
+        ctx.client.clone(),
+        ctx.config.clone(),
+        tx,
+    )));
     let mut state = State::new(&ctx.config);
     let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
@@ -544,16 +555,29 @@ fn latest_per_object(changes: Vec<Change>) -> Vec<Change> {
         .collect()
 }
 
-/// Starts one watcher per kind and forwards their events; ends only if every watcher does.
-async fn watch_all(client: Client, tx: mpsc::UnboundedSender<Observation>) {
+/// Starts the watchers of every kind (per namespace with `watch_namespaces`) and forwards
+/// their events; ends only if every watcher does.
+async fn watch_all(
+    client: Client,
+    config: Arc<ControllerConfig>,
+    tx: mpsc::UnboundedSender<Observation>,
+) {
     let tls_secrets = watcher::Config::default().fields(&format!("type={SECRET_TYPE_TLS}"));
+    let default_certificate = config
+        .settings
+        .default_certificate
+        .as_ref()
+        .map(|key| (key.namespace.to_string(), key.name.to_string()));
     let streams = vec![
-        watch_kind::<Ingress>(
-            Api::all(client.clone()),
+        watch_scoped::<Ingress>(
+            &client,
+            &config,
             watcher::Config::default(),
+            None,
             ResourceKind::Ingress,
             seen_ingress,
         ),
+        // Cluster-scoped: always every IngressClass.
         watch_kind::<IngressClass>(
             Api::all(client.clone()),
             watcher::Config::default(),
@@ -564,15 +588,19 @@ async fn watch_all(client: Client, tx: mpsc::UnboundedSender<Observation>) {
                 resource_version: None,
             },
         ),
-        watch_kind::<Service>(
-            Api::all(client.clone()),
+        watch_scoped::<Service>(
+            &client,
+            &config,
             watcher::Config::default(),
+            config.publish_service.as_ref(),
             ResourceKind::Service,
             seen_service,
         ),
-        watch_kind::<EndpointSlice>(
-            Api::all(client.clone()),
+        watch_scoped::<EndpointSlice>(
+            &client,
+            &config,
             watcher::Config::default(),
+            None,
             ResourceKind::EndpointSlice,
             |s| Seen {
                 resource: Resource::EndpointSlice(Arc::new(EndpointSliceSource::from(s))),
@@ -580,13 +608,18 @@ async fn watch_all(client: Client, tx: mpsc::UnboundedSender<Observation>) {
                 resource_version: None,
             },
         ),
-        watch_kind::<Secret>(Api::all(client), tls_secrets, ResourceKind::Secret, |s| {
-            Seen {
+        watch_scoped::<Secret>(
+            &client,
+            &config,
+            tls_secrets,
+            default_certificate.as_ref(),
+            ResourceKind::Secret,
+            |s| Seen {
                 resource: Resource::Secret(Arc::new(SecretSource::from(s))),
                 load_balancer: Vec::new(),
                 resource_version: None,
-            }
-        }),
+            },
+        ),
     ];
     let mut all = futures_util::stream::select_all(streams);
     while let Some(observation) = all.next().await {
@@ -594,6 +627,56 @@ async fn watch_all(client: Client, tx: mpsc::UnboundedSender<Observation>) {
             return;
         }
     }
+}
+
+/// A namespaced kind: watched in every namespace, or only in `watch_namespaces` (one watcher
+/// each, merged), plus `named` (`(namespace, name)` of an object the configuration names)
+/// alone by name when its namespace is not watched, so a Role limited to that name suffices.
+fn watch_scoped<K>(
+    client: &Client,
+    config: &ControllerConfig,
+    selector: watcher::Config,
+    named: Option<&(String, String)>,
+    kind: ResourceKind,
+    convert: fn(&K) -> Seen,
+) -> ObservationStream
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + Debug
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    if config.watch_namespaces.is_empty() {
+        return watch_kind(Api::all(client.clone()), selector, kind, convert);
+    }
+    let mut watchers: Vec<ObservationStream> = config
+        .watch_namespaces
+        .iter()
+        .map(|ns| {
+            watch_kind(
+                Api::namespaced(client.clone(), ns),
+                selector.clone(),
+                kind,
+                convert,
+            )
+        })
+        .collect();
+    if let Some((ns, name)) = named.filter(|(ns, _)| !config.watch_namespaces.contains(ns)) {
+        let by_name = match &selector.field_selector {
+            Some(fields) => format!("{fields},metadata.name={name}"),
+            None => format!("metadata.name={name}"),
+        };
+        watchers.push(watch_kind(
+            Api::namespaced(client.clone(), ns),
+            selector.clone().fields(&by_name),
+            kind,
+            convert,
+        ));
+    }
+    merge::merged(kind, watchers)
 }
 
 type ObservationStream = futures_util::stream::BoxStream<'static, Observation>;

@@ -33,6 +33,7 @@ pub fn config(args: &RunArgs, settings: Settings) -> anyhow::Result<ControllerCo
     config.retry_period = seconds("retry-period-seconds", args.retry_period_seconds)?;
     config.settings = settings;
     config.publish_status_addresses = args.publish_status_address.clone();
+    config.watch_namespaces = args.watch_namespaces.iter().cloned().collect();
     if let Some(service) = &args.publish_service {
         let key = parse_key(service).map_err(|e| e.context("--publish-service"))?;
         config.publish_service = Some((key.namespace.to_string(), key.name.to_string()));

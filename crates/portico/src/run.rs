@@ -87,6 +87,15 @@ pub struct RunArgs {
     /// repeatable or comma-separated.
     #[arg(long, env = "PORTICO_PUBLISH_STATUS_ADDRESS", value_delimiter = ',')]
     pub publish_status_address: Vec<String>,
+    /// Watch Ingresses, Services, EndpointSlices and TLS Secrets only in these namespaces
+    /// (repeatable or comma-separated), so Roles there are enough (deploy/overlays/namespaced);
+    /// IngressClasses are always watched cluster-wide. Unset: every namespace.
+    #[arg(
+        long = "watch-namespace",
+        env = "PORTICO_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub watch_namespaces: Vec<String>,
 
     // --- Raft ---
     /// The Raft store (a persistent volume in a StatefulSet).
