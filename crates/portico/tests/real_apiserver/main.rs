@@ -11,6 +11,7 @@ mod control;
 mod deploy;
 mod kubectl_create;
 mod local;
+mod namespaced;
 mod replica;
 mod validation;
 

@@ -1,0 +1,314 @@
+//! `portico run --watch-namespace apps` as deploy/overlays/namespaced's ServiceAccount: Roles in
+//! `apps` (and one for the publish Service by name in portico-system) and a ClusterRole for
+//! IngressClasses only, no cluster-wide read of Ingresses, Services, EndpointSlices or Secrets.
+//! With the flag the replica meets no 403, serves the Ingress in `apps`, writes its status from
+//! the publish Service, and ignores the Ingress in `other`. Without the flag, the same RBAC
+//! refuses its cluster-wide lists: the flag is what makes namespaced RBAC work (issue 15, M3).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::real_apiserver::RealApiServer;
+use crate::common::{free_port, wait_until, write_ca};
+use crate::{KillOnDrop, PORTICO, apply_yaml, deploy_dir, host_ip, ok};
+
+const SERVICE_ACCOUNT: &str = "system:serviceaccount:portico-system:portico";
+/// What the publish Service's LoadBalancer says, and so what Ingress status must say.
+const LB_IP: &str = "203.0.113.7";
+
+/// Namespaces `apps` and `other`, deploy/overlays/namespaced as rendered, and a kubeconfig with
+/// a token of its ServiceAccount. Checks that the overlay grants no cluster-wide read of the
+/// namespaced kinds and nothing in `other`.
+fn overlay_and_service_account(api: &RealApiServer, dir: &Path) -> PathBuf {
+    ok(api.kubectl().args(["create", "namespace", "apps"]));
+    ok(api.kubectl().args(["create", "namespace", "other"]));
+    let rendered = ok(Command::new("kubectl")
+        .arg("kustomize")
+        .arg(deploy_dir().join("overlays/namespaced")));
+    let watched = rendered
+        .split("\n---\n")
+        .map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).unwrap())
+        .find(|o| o["kind"] == "StatefulSet")
+        .and_then(|set| {
+            set["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_sequence()?
+                .iter()
+                .find(|e| e["name"] == "PORTICO_WATCH_NAMESPACES")
+                .cloned()
+        });
+    assert_eq!(
+        watched.map(|e| e["value"].clone()),
+        Some("apps".into()),
+        "the overlay's replicas watch `apps`, where its Role is"
+    );
+    apply_yaml(api, dir, "namespaced.yaml", &rendered);
+    let can = |args: &[&str]| {
+        let out = crate::run(
+            api.kubectl()
+                .args(["auth", "can-i", "--as", SERVICE_ACCOUNT])
+                .args(args),
+        );
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for resource in [
+        "ingresses.networking.k8s.io",
+        "services",
+        "endpointslices.discovery.k8s.io",
+        "secrets",
+    ] {
+        assert!(!can(&["list", resource, "--all-namespaces"]), "{resource}");
+        assert!(!can(&["list", resource, "-n", "other"]), "{resource}");
+        assert!(can(&["list", resource, "-n", "apps"]), "{resource}");
+    }
+    assert!(can(&["list", "ingressclasses.networking.k8s.io"]));
+    assert!(!can(&["list", "services", "-n", "portico-system"]));
+
+    let token = ok(api.kubectl().args([
+        "-n",
+        "portico-system",
+        "create",
+        "token",
+        "portico",
+        "--duration=1h",
+    ]));
+    let kubeconfig = dir.join("portico-sa.kubeconfig");
+    api.write_kubeconfig_for_token(&kubeconfig, token.trim());
+    kubeconfig
+}
+
+/// `portico echo`, and in each of `apps` and `other` a Service and EndpointSlice for it and an
+/// Ingress of ours (`apps.example`, `other.example`); the publish Service's LoadBalancer address.
+fn backends_and_ingresses(api: &RealApiServer, dir: &Path) -> KillOnDrop {
+    let ip = host_ip();
+    let echo_port = free_port();
+    let echo = KillOnDrop(
+        Command::new(PORTICO)
+            .args(["echo", "--service", "test", "--namespace", "apps"])
+            .args(["--listen", &format!("{ip}:{echo_port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut yaml = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: portico-test\nspec:\n  controller: portico.dev/ingress-controller\n",
+    );
+    for ns in ["apps", "other"] {
+        yaml.push_str(&format!(
+            r#"---
+{}---
+apiVersion: v1
+kind: Service
+metadata:
+  name: test
+  namespace: {ns}
+spec:
+  ports:
+    - port: 80
+      targetPort: {echo_port}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: test-1
+  namespace: {ns}
+  labels:
+    kubernetes.io/service-name: test
+addressType: IPv4
+endpoints:
+  - addresses: ["{ip}"]
+    conditions:
+      ready: true
+ports:
+  - name: ""
+    port: {echo_port}
+    protocol: TCP
+"#,
+            ingress(ns, "web", &format!("{ns}.example"))
+        ));
+    }
+    apply_yaml(api, dir, "backends.yaml", &yaml);
+    ok(api.kubectl().args([
+        "-n",
+        "portico-system",
+        "patch",
+        "service",
+        "portico",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{LB_IP}"}}]}}}}}}"#),
+    ]));
+    echo
+}
+
+/// An Ingress of ours for `host` in `ns`, to its Service `test`.
+fn ingress(ns: &str, name: &str, host: &str) -> String {
+    format!(
+        r#"apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  ingressClassName: portico-test
+  rules:
+  - host: {host}
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend:
+          service:
+            name: test
+            port:
+              number: 80
+"#
+    )
+}
+
+struct Replica {
+    process: KillOnDrop,
+    http: String,
+    log: PathBuf,
+}
+
+impl Replica {
+    /// One `portico run` (Lease in portico-system), status from the overlay's publish Service.
+    fn start(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> Self {
+        let ca = write_ca(dir);
+        let (admin, http, raft) = (free_port(), free_port(), free_port());
+        let log = dir.join("replica.log");
+        let process = KillOnDrop(
+            Command::new(PORTICO)
+                .args(["run", "--pod-name", "portico-0"])
+                .args(["--namespace", "portico-system"])
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .arg("--data-dir")
+                .arg(dir.join("data"))
+                .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
+                .args(["--initial-members", &format!("127.0.0.1:{raft}")])
+                .arg("--raft-ca")
+                .arg(&ca.0)
+                .arg("--raft-ca-key")
+                .arg(&ca.1)
+                .args(["--http", &format!("127.0.0.1:{http}")])
+                .args(["--https", "127.0.0.1:0", "--http3", "127.0.0.1:0"])
+                .args(["--admin", &format!("127.0.0.1:{admin}")])
+                .args(["--log-format", "json"])
+                .args(["--publish-service", "portico-system/portico"])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        Self {
+            process,
+            http: format!("127.0.0.1:{http}"),
+            log,
+        }
+    }
+
+    fn logs(&mut self) -> String {
+        if let Ok(Some(status)) = self.process.0.try_wait() {
+            panic!(
+                "replica exited ({status}):\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The status of GET `/` for Host `host`, with curl.
+fn get_host(http: &str, host: &str) -> Option<u16> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "3", "-o", "/dev/null"])
+        .args(["-w", "%{http_code}", "-H", &format!("Host: {host}")])
+        .arg(format!("http://{http}/"))
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).parse().ok()
+}
+
+fn ingress_status(api: &RealApiServer, ns: &str) -> String {
+    ok(api.kubectl().args([
+        "-n",
+        ns,
+        "get",
+        "ingress",
+        "web",
+        "-o",
+        "jsonpath={.status.loadBalancer.ingress[*].ip}",
+    ]))
+}
+
+#[test]
+fn with_watch_namespace_the_namespaced_overlay_is_enough_and_other_namespaces_are_ignored() {
+    let api = RealApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = overlay_and_service_account(&api, dir.path());
+    let _echo = backends_and_ingresses(&api, dir.path());
+    let mut replica = Replica::start(dir.path(), &kubeconfig, &["--watch-namespace", "apps"]);
+
+    wait_until("apps.example served", Duration::from_secs(60), || {
+        replica.logs();
+        (get_host(&replica.http, "apps.example") == Some(200)).then_some(())
+    });
+    wait_until(
+        "the publish Service's address in apps/web's status",
+        Duration::from_secs(30),
+        || (ingress_status(&api, "apps") == LB_IP).then_some(()),
+    );
+    // A later Ingress in `other` is not seen either (the watch, not only the list, is scoped).
+    apply_yaml(
+        &api,
+        dir.path(),
+        "later.yaml",
+        &ingress("other", "later", "later.example"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(get_host(&replica.http, "other.example"), Some(404));
+    assert_eq!(get_host(&replica.http, "later.example"), Some(404));
+    assert_eq!(ingress_status(&api, "other"), "");
+    assert_eq!(get_host(&replica.http, "apps.example"), Some(200));
+    let logs = replica.logs();
+    assert!(
+        !logs.to_ascii_lowercase().contains("forbidden"),
+        "a 403 with the namespaced overlay and --watch-namespace:\n{logs}"
+    );
+}
+
+#[test]
+fn without_watch_namespace_the_namespaced_overlay_refuses_the_cluster_wide_lists() {
+    let api = RealApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = overlay_and_service_account(&api, dir.path());
+    let _echo = backends_and_ingresses(&api, dir.path());
+    let mut replica = Replica::start(dir.path(), &kubeconfig, &[]);
+    // The API server's message names each kind: `cannot list resource "secrets" ... at the
+    // cluster scope` (quotes escaped in the JSON log).
+    for resource in ["ingresses", "services", "endpointslices", "secrets"] {
+        wait_until(
+            &format!("a cluster-wide 403 on {resource}"),
+            Duration::from_secs(60),
+            || {
+                replica
+                    .logs()
+                    .lines()
+                    .any(|line| {
+                        line.contains("forbidden")
+                            && line.contains(&format!("resource \\\"{resource}\\\""))
+                            && line.contains("at the cluster scope")
+                    })
+                    .then_some(())
+            },
+        );
+    }
+    // And so nothing is ever served.
+    assert_eq!(get_host(&replica.http, "apps.example"), Some(404));
+    assert_eq!(ingress_status(&api, "apps"), "");
+}
