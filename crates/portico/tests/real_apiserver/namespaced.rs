@@ -17,18 +17,53 @@ const SERVICE_ACCOUNT: &str = "system:serviceaccount:portico-system:portico";
 /// What the publish Service's LoadBalancer says, and so what Ingress status must say.
 const LB_IP: &str = "203.0.113.7";
 
-/// Namespaces `apps` and `other`, deploy/overlays/namespaced as rendered, and a kubeconfig with
-/// a token of its ServiceAccount. Checks that the overlay grants no cluster-wide read of the
-/// namespaced kinds and nothing in `other`.
-fn overlay_and_service_account(api: &RealApiServer, dir: &Path) -> PathBuf {
-    ok(api.kubectl().args(["create", "namespace", "apps"]));
-    ok(api.kubectl().args(["create", "namespace", "other"]));
+/// deploy/overlays/namespaced rendered by kustomize, one value per object.
+fn rendered_overlay() -> Vec<serde_yaml::Value> {
     let rendered = ok(Command::new("kubectl")
         .arg("kustomize")
         .arg(deploy_dir().join("overlays/namespaced")));
-    let watched = rendered
+    rendered
         .split("\n---\n")
-        .map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).unwrap())
+        .map(|doc| serde_yaml::from_str(doc).unwrap())
+        .collect()
+}
+
+/// The rules of the overlay's `kind` named `name`.
+fn rules<'a>(
+    objects: &'a mut [serde_yaml::Value],
+    kind: &str,
+    name: &str,
+) -> &'a mut Vec<serde_yaml::Value> {
+    objects
+        .iter_mut()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("the overlay has no {kind} {name}"))["rules"]
+        .as_sequence_mut()
+        .unwrap()
+}
+
+/// Namespaces `apps` and `other`, deploy/overlays/namespaced as rendered (less the `rule`th
+/// rule of the role `(kind, name)`, if given), and a kubeconfig with a token of its
+/// ServiceAccount. With every rule, checks that the overlay grants no cluster-wide read of the
+/// namespaced kinds and nothing in `other`.
+fn overlay_and_service_account(
+    api: &RealApiServer,
+    dir: &Path,
+    without: Option<(&str, &str, usize)>,
+) -> PathBuf {
+    ok(api.kubectl().args(["create", "namespace", "apps"]));
+    ok(api.kubectl().args(["create", "namespace", "other"]));
+    let mut objects = rendered_overlay();
+    if let Some((kind, name, rule)) = without {
+        rules(&mut objects, kind, name).remove(rule);
+    }
+    let yaml: Vec<String> = objects
+        .iter()
+        .map(|o| serde_yaml::to_string(o).unwrap())
+        .collect();
+    let rendered = yaml.join("---\n");
+    let watched = objects
+        .iter()
         .find(|o| o["kind"] == "StatefulSet")
         .and_then(|set| {
             set["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -43,6 +78,24 @@ fn overlay_and_service_account(api: &RealApiServer, dir: &Path) -> PathBuf {
         "the overlay's replicas watch `apps`, where its Role is"
     );
     apply_yaml(api, dir, "namespaced.yaml", &rendered);
+    if without.is_none() {
+        check_grants(api);
+    }
+    let token = ok(api.kubectl().args([
+        "-n",
+        "portico-system",
+        "create",
+        "token",
+        "portico",
+        "--duration=1h",
+    ]));
+    let kubeconfig = dir.join("portico-sa.kubeconfig");
+    api.write_kubeconfig_for_token(&kubeconfig, token.trim());
+    kubeconfig
+}
+
+/// No cluster-wide read of the namespaced kinds, none in `other`, every one in `apps`.
+fn check_grants(api: &RealApiServer) {
     let can = |args: &[&str]| {
         let out = crate::run(
             api.kubectl()
@@ -63,18 +116,6 @@ fn overlay_and_service_account(api: &RealApiServer, dir: &Path) -> PathBuf {
     }
     assert!(can(&["list", "ingressclasses.networking.k8s.io"]));
     assert!(!can(&["list", "services", "-n", "portico-system"]));
-
-    let token = ok(api.kubectl().args([
-        "-n",
-        "portico-system",
-        "create",
-        "token",
-        "portico",
-        "--duration=1h",
-    ]));
-    let kubeconfig = dir.join("portico-sa.kubeconfig");
-    api.write_kubeconfig_for_token(&kubeconfig, token.trim());
-    kubeconfig
 }
 
 /// `portico echo`, and in each of `apps` and `other` a Service and EndpointSlice for it and an
@@ -128,6 +169,11 @@ ports:
             ingress(ns, "web", &format!("{ns}.example"))
         ));
     }
+    // Names a missing Service: the leader records an Event on it.
+    yaml.push_str("---\n");
+    yaml.push_str(
+        &ingress("apps", "missing", "missing.example").replace("name: test", "name: missing"),
+    );
     apply_yaml(api, dir, "backends.yaml", &yaml);
     ok(api.kubectl().args([
         "-n",
@@ -250,7 +296,7 @@ fn ingress_status(api: &RealApiServer, ns: &str) -> String {
 fn with_watch_namespace_the_namespaced_overlay_is_enough_and_other_namespaces_are_ignored() {
     let api = RealApiServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = overlay_and_service_account(&api, dir.path());
+    let kubeconfig = overlay_and_service_account(&api, dir.path(), None);
     let _echo = backends_and_ingresses(&api, dir.path());
     let mut replica = Replica::start(dir.path(), &kubeconfig, &["--watch-namespace", "apps"]);
 
@@ -270,6 +316,19 @@ fn with_watch_namespace_the_namespaced_overlay_is_enough_and_other_namespaces_ar
         "later.yaml",
         &ingress("other", "later", "later.example"),
     );
+    wait_until("the Event on apps/missing", Duration::from_secs(30), || {
+        let reasons = ok(api.kubectl().args([
+            "-n",
+            "apps",
+            "get",
+            "events.events.k8s.io",
+            "--field-selector",
+            "regarding.name=missing",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ]));
+        (!reasons.is_empty()).then_some(())
+    });
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(get_host(&replica.http, "other.example"), Some(404));
     assert_eq!(get_host(&replica.http, "later.example"), Some(404));
@@ -286,7 +345,7 @@ fn with_watch_namespace_the_namespaced_overlay_is_enough_and_other_namespaces_ar
 fn without_watch_namespace_the_namespaced_overlay_refuses_the_cluster_wide_lists() {
     let api = RealApiServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = overlay_and_service_account(&api, dir.path());
+    let kubeconfig = overlay_and_service_account(&api, dir.path(), None);
     let _echo = backends_and_ingresses(&api, dir.path());
     let mut replica = Replica::start(dir.path(), &kubeconfig, &[]);
     // The API server's message names each kind: `cannot list resource "secrets" ... at the
@@ -311,4 +370,99 @@ fn without_watch_namespace_the_namespaced_overlay_refuses_the_cluster_wide_lists
     // And so nothing is ever served.
     assert_eq!(get_host(&replica.http, "apps.example"), Some(404));
     assert_eq!(ingress_status(&api, "apps"), "");
+}
+
+/// The overlay less one rule: with --watch-namespace apps the replica must meet a 403 on a
+/// resource of that rule (the rule is used) while it leads, serves, writes status and records
+/// the Event.
+fn without_rule(kind: &str, name: &str, rule: usize) {
+    let api = RealApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = overlay_and_service_account(&api, dir.path(), Some((kind, name, rule)));
+    let _echo = backends_and_ingresses(&api, dir.path());
+    let mut replica = Replica::start(dir.path(), &kubeconfig, &["--watch-namespace", "apps"]);
+    let removed = rules(&mut rendered_overlay(), kind, name)[rule].clone();
+    let resources: Vec<String> = removed["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    wait_until(
+        &format!("a 403 on {resources:?} without {kind} {name} rule {rule}"),
+        Duration::from_secs(60),
+        || {
+            replica
+                .logs()
+                .lines()
+                .any(|line| {
+                    line.contains("forbidden")
+                        && resources
+                            .iter()
+                            .any(|r| line.contains(&format!("resource \\\"{r}\\\"")))
+                })
+                .then_some(())
+        },
+    );
+}
+
+/// A rule added to the overlay needs its own test below.
+#[test]
+fn every_rule_of_the_namespaced_overlay_has_a_test_without_it() {
+    let mut objects = rendered_overlay();
+    assert_eq!(rules(&mut objects, "Role", "portico").len(), 5);
+    assert_eq!(
+        rules(&mut objects, "ClusterRole", "portico-ingressclasses").len(),
+        1
+    );
+    assert_eq!(
+        rules(&mut objects, "Role", "portico-publish-service").len(),
+        1
+    );
+    // The Lease's Role is the base's, tested in `replica`; and nothing else grants anything.
+    let roles: Vec<String> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        roles.len(),
+        4,
+        "{roles:?}: portico, portico-ingressclasses, portico-publish-service, portico-leader-election"
+    );
+}
+
+#[test]
+fn without_the_namespaced_rule_on_ingresses_the_replica_meets_a_403() {
+    without_rule("Role", "portico", 0);
+}
+
+#[test]
+fn without_the_namespaced_rule_on_ingress_status_the_replica_meets_a_403() {
+    without_rule("Role", "portico", 1);
+}
+
+#[test]
+fn without_the_namespaced_rule_on_services_and_secrets_the_replica_meets_a_403() {
+    without_rule("Role", "portico", 2);
+}
+
+#[test]
+fn without_the_namespaced_rule_on_endpointslices_the_replica_meets_a_403() {
+    without_rule("Role", "portico", 3);
+}
+
+#[test]
+fn without_the_namespaced_rule_on_events_the_replica_meets_a_403() {
+    without_rule("Role", "portico", 4);
+}
+
+#[test]
+fn without_the_cluster_role_on_ingressclasses_the_replica_meets_a_403() {
+    without_rule("ClusterRole", "portico-ingressclasses", 0);
+}
+
+#[test]
+fn without_the_role_on_the_publish_service_the_replica_meets_a_403() {
+    without_rule("Role", "portico-publish-service", 0);
 }
