@@ -38,6 +38,15 @@ pub struct ProxyConfig {
     /// signed URLs; such a backend must read paths as the canonical rule does, or a path
     /// trick may reach it under another route's policy (ARCHITECTURE.md, Request paths).
     pub forward_original_path: bool,
+    /// Names this cluster in the `Via` entry added to every forwarded request; a request
+    /// that arrives carrying it has been through this cluster already and is refused (508),
+    /// so a backend that leads back to the proxy costs one hop. Every replica of a cluster
+    /// must use the same token (`portico run` derives one; see [`LoopToken`]).
+    pub loop_token: LoopToken,
+    /// With `ExternalName` Services allowed: names resolving into these ranges (typically
+    /// the cluster's Pod and Service CIDRs) are refused, besides loopback, link-local, this
+    /// pod's addresses and the API server, which always are. Empty: no more than those.
+    pub external_name_deny: Vec<ipnet::IpNet>,
 }
 
 impl Default for ProxyConfig {
@@ -54,7 +63,85 @@ impl Default for ProxyConfig {
             access_log: false,
             trusted_proxies: Vec::new(),
             forward_original_path: false,
+            loop_token: LoopToken::random(),
+            external_name_deny: Vec::new(),
         }
+    }
+}
+
+/// The token in `Via: 1.1 portico-TOKEN` that marks a request as having passed through this
+/// cluster. Not a secret: a client that sends it only gets its own request refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoopToken(String);
+
+/// Why a string cannot be a [`LoopToken`].
+#[derive(Debug, thiserror::Error)]
+#[error("a loop token is 1 to 64 characters of A-Z, a-z, 0-9, '-', '.' and '_', got {0:?}")]
+pub struct LoopTokenError(String);
+
+impl LoopToken {
+    /// A token chosen by the operator: the same on every replica of one cluster, different
+    /// from every other Portico cluster that may forward to this one.
+    pub fn new(token: &str) -> Result<Self, LoopTokenError> {
+        let valid = (1..=64).contains(&token.len())
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if valid {
+            Ok(Self(token.to_owned()))
+        } else {
+            Err(LoopTokenError(token.to_owned()))
+        }
+    }
+
+    /// A token derived from what every replica of one cluster shares and no other cluster
+    /// does: the cluster CA's certificate (as DER, so PEM layout does not matter), and the
+    /// namespace and name of the leader Lease (two installations in one Kubernetes cluster
+    /// cannot share a Lease, even with one CA). 16 hex digits of a stable hash (FNV-1a), the
+    /// same on every platform and release.
+    pub fn for_cluster(ca_pem: &[u8], lease_namespace: &str, lease_name: &str) -> Self {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let ca = CertificateDer::pem_slice_iter(ca_pem)
+            .next()
+            .and_then(Result::ok);
+        let ca_bytes = ca.as_ref().map_or(ca_pem, |der| der.as_ref());
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        // Each part is length-prefixed, so no two different inputs run together the same.
+        for part in [ca_bytes, lease_namespace.as_bytes(), lease_name.as_bytes()] {
+            for b in (part.len() as u64).to_be_bytes().iter().chain(part) {
+                hash ^= u64::from(*b);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        Self(format!("{hash:016x}"))
+    }
+
+    /// A token of this process alone (the default): it still cuts a loop back to this same
+    /// process, but replicas of a cluster need a shared one ([`LoopToken::for_cluster`]).
+    pub fn random() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(std::process::id().into());
+        Self(format!("{:016x}", hasher.finish()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for LoopToken {
+    type Err = LoopTokenError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl std::fmt::Display for LoopToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -123,5 +210,50 @@ impl Default for Limits {
             quic_send_window: 2 * 1024 * 1024,
             quic_retry_above_handshakes: 128,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CA: &str =
+        "-----BEGIN CERTIFICATE-----\nMIIBdzCCAR2gAwIBAgIUBjq8\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn loop_tokens_are_checked() {
+        for ok in [
+            "a",
+            "portico-system.portico-leader",
+            "A_b-9",
+            &"x".repeat(64),
+        ] {
+            assert_eq!(LoopToken::new(ok).unwrap().as_str(), ok);
+        }
+        for bad in ["", "a b", "a,b", "a(b)", "ä", &"x".repeat(65)] {
+            assert!(LoopToken::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Every replica of a cluster derives the same token, whatever the layout of its CA
+    /// file; another Lease (another installation) or another CA (another cluster) differs.
+    #[test]
+    fn a_clusters_replicas_agree_on_the_derived_token() {
+        let token = LoopToken::for_cluster(CA.as_bytes(), "portico-system", "portico-leader");
+        assert_eq!(token.as_str().len(), 16);
+        let crlf = CA.replace('\n', "\r\n");
+        assert_eq!(
+            LoopToken::for_cluster(crlf.as_bytes(), "portico-system", "portico-leader"),
+            token
+        );
+        assert_eq!(LoopToken::new(token.as_str()).unwrap(), token);
+        for other in [
+            LoopToken::for_cluster(CA.as_bytes(), "portico-system", "portico-internal"),
+            LoopToken::for_cluster(CA.as_bytes(), "portico-systemp", "ortico-leader"),
+            LoopToken::for_cluster(b"another CA", "portico-system", "portico-leader"),
+        ] {
+            assert_ne!(other, token);
+        }
+        assert_ne!(LoopToken::random(), LoopToken::random());
     }
 }

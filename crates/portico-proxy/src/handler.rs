@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `ProxyConfig::forward_original_path`.
     pub forward_original_path: bool,
+    /// Our `Via` entry and the loop check (`ProxyConfig::loop_token`).
+    pub hop: headers::HopMarker,
 }
 
 /// The request target as the client sent it, kept (only with `forward_original_path`)
@@ -134,6 +136,10 @@ async fn route_and_forward(
     upgrade: Option<OnUpgrade>,
     trace: &mut Trace,
 ) -> Response<ProxyBody> {
+    // Already forwarded by this cluster: a backend leads back to us (finding H2, loops).
+    if shared.hop.seen_in(req.headers()) {
+        return error(StatusCode::LOOP_DETECTED, "request loop through this proxy");
+    }
     if let Some(rejection) = malformed(&req) {
         return rejection;
     }
@@ -327,7 +333,8 @@ async fn forward(
             host: headers::host_without_port(host),
             port: conn.local.port(),
         },
-    );
+    )
+    .with_via(shared.hop.value(parts.version).clone());
     parts.version = if h2_upstream {
         Version::HTTP_2
     } else {
@@ -570,6 +577,11 @@ fn respond(
     read_timeout: Duration,
     set_cookie: Option<String>,
 ) -> Response<ProxyBody> {
+    // The endpoint is a loop (our own check, or another proxy's): its connection is not
+    // kept for reuse, so a loop leaves no connection open on either side.
+    if resp.status() == StatusCode::LOOP_DETECTED {
+        resp.body_mut().forget_connection();
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             return error(

@@ -168,6 +168,8 @@ pub(crate) struct ForwardedValues {
     values: [Option<HeaderValue>; 8],
     /// The client's forwarding claims are believed (else they are left out).
     trusted: bool,
+    /// Our `Via` entry ([`HopMarker`]), sent after any the request already has.
+    via: Option<HeaderValue>,
 }
 
 /// In the order of [`ForwardedValues::values`]. `X-Scheme` and `X-Forwarded-Scheme` as
@@ -190,7 +192,14 @@ impl ForwardedValues {
         Self {
             values: Default::default(),
             trusted: true,
+            via: None,
         }
+    }
+
+    /// With our `Via` entry, appended to the request's own (never replacing them).
+    pub(crate) fn with_via(mut self, via: HeaderValue) -> Self {
+        self.via = Some(via);
+        self
     }
 
     /// Sets them in `headers`, replacing what the client sent (and, from a peer that is not
@@ -205,14 +214,18 @@ impl ForwardedValues {
                 headers.insert((*name).clone(), value);
             }
         }
+        if let Some(via) = self.via {
+            headers.append(header::VIA, via);
+        }
     }
 
-    /// The values to send, by name.
+    /// The values to send, by name (`Via` last, after the request's own entries).
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         FORWARDED_NAMES
             .iter()
             .zip(&self.values)
             .filter_map(|(name, value)| Some((&**name, value.as_ref()?)))
+            .chain(self.via.as_ref().map(|via| (&header::VIA, via)))
     }
 
     /// Whether the client's header `name` is left out: superseded by these values (the
@@ -281,6 +294,57 @@ pub(crate) fn forwarded_values(headers: &HeaderMap, fwd: &Forwarded<'_>) -> Forw
             (!headers.contains_key(&X_REQUEST_ID)).then(request_id),
         ],
         trusted: fwd.trusted,
+        via: None,
+    }
+}
+
+/// This cluster's `Via` entries (RFC 9110 §7.6.3), `<protocol> portico-<token>`, and the loop
+/// rule they carry: a request that arrives with one has already been forwarded by a replica
+/// of this cluster, so a backend leads back to us (an `ExternalName` or endpoint pointing at
+/// our own listeners or Service). It is refused before routing, so a loop costs one hop, not
+/// one per header byte until the request head outgrows its limit. Our entry is added after
+/// hop-by-hop stripping, so nothing the client sends (`Connection: via`) keeps it off.
+pub(crate) struct HopMarker {
+    /// `portico-<token>`: the received-by of our entries.
+    received_by: String,
+    /// Our entry for a request received over HTTP/1.0, 1.1, 2 and 3.
+    values: [HeaderValue; 4],
+}
+
+impl HopMarker {
+    pub(crate) fn new(token: &crate::config::LoopToken) -> Self {
+        let received_by = format!("portico-{token}");
+        // A LoopToken is only letters, digits, '-', '.' and '_': always a valid value.
+        let values = ["1.0", "1.1", "2", "3"].map(|protocol| {
+            HeaderValue::from_str(&format!("{protocol} {received_by}"))
+                .expect("a loop token is a valid header value")
+        });
+        Self {
+            received_by,
+            values,
+        }
+    }
+
+    /// Our entry for a request received as `version`.
+    pub(crate) fn value(&self, version: http::Version) -> &HeaderValue {
+        let i = match version {
+            http::Version::HTTP_09 | http::Version::HTTP_10 => 0,
+            http::Version::HTTP_2 => 2,
+            http::Version::HTTP_3 => 3,
+            _ => 1,
+        };
+        &self.values[i]
+    }
+
+    /// Whether one of the request's `Via` entries is ours. Any word of any `Via` line counts
+    /// (comments included): a request wrongly taken for a loop is only ever the sender's own.
+    pub(crate) fn seen_in(&self, headers: &HeaderMap) -> bool {
+        let ours = self.received_by.as_bytes();
+        headers.get_all(header::VIA).iter().any(|line| {
+            line.as_bytes()
+                .split(|b| matches!(b, b',' | b' ' | b'\t' | b'(' | b')'))
+                .any(|word| word.eq_ignore_ascii_case(ours))
+        })
     }
 }
 
@@ -548,7 +612,7 @@ mod tests {
             .iter()
             .map(|(n, v)| (n.as_str(), v.clone()))
             .collect();
-        assert_eq!(sent.len(), 7);
+        assert_eq!(sent.len(), 7, "no Via unless given one");
         assert!(sent.contains(&("x-real-ip", HeaderValue::from_static("192.0.2.1"))));
         let fresh = forwarded_values(&HeaderMap::new(), &fwd);
         assert!(fresh.replaces(&X_REQUEST_ID));
@@ -624,6 +688,54 @@ mod tests {
         add_forwarded(&mut h, &trusted);
         assert_eq!(h[&X_FORWARDED_FOR], "spoofed, 198.51.100.1, 192.0.2.1");
         assert_eq!(h["forwarded"], "spoofed");
+    }
+
+    #[test]
+    fn our_via_entry_marks_a_loop_and_nobody_elses_does() {
+        let ours = HopMarker::new(&crate::config::LoopToken::new("c1").unwrap());
+        assert_eq!(ours.value(http::Version::HTTP_11), "1.1 portico-c1");
+        assert_eq!(ours.value(http::Version::HTTP_2), "2 portico-c1");
+        assert_eq!(ours.value(http::Version::HTTP_3), "3 portico-c1");
+        let seen = |lines: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for line in lines {
+                h.append(header::VIA, HeaderValue::from_static(line));
+            }
+            ours.seen_in(&h)
+        };
+        assert!(!seen(&[]));
+        assert!(seen(&["1.1 portico-c1"]));
+        assert!(seen(&["1.1 corp-proxy (Squid), 2 PORTICO-C1"]));
+        assert!(seen(&["1.0 fred", "1.1 portico-c1 (looped)"]));
+        // Another Portico cluster, or a name that merely starts like ours, is not a loop.
+        assert!(!seen(&["1.1 portico-c2", "1.1 portico-c10", "1.1 c1"]));
+    }
+
+    #[test]
+    fn via_is_appended_after_the_requests_own() {
+        let ours = HopMarker::new(&crate::config::LoopToken::new("c1").unwrap());
+        let mut h = HeaderMap::new();
+        h.insert(header::VIA, HeaderValue::from_static("1.1 corp-proxy"));
+        let fwd = Forwarded {
+            trusted: false,
+            client: "192.0.2.1".parse().unwrap(),
+            proto: "http",
+            host: "a.test",
+            port: 80,
+        };
+        let values =
+            forwarded_values(&h, &fwd).with_via(ours.value(http::Version::HTTP_11).clone());
+        // The lean path keeps the client's line and writes ours after it...
+        assert!(!values.replaces(&header::VIA));
+        assert_eq!(
+            values.iter().last(),
+            Some((&header::VIA, &HeaderValue::from_static("1.1 portico-c1")))
+        );
+        // ...the others append ours to the map.
+        values.insert_into(&mut h);
+        let via: Vec<_> = h.get_all(header::VIA).iter().collect();
+        assert_eq!(via, ["1.1 corp-proxy", "1.1 portico-c1"]);
+        assert!(ours.seen_in(&h));
     }
 
     #[test]

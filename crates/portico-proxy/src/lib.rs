@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use body::ProxyBody;
-pub use config::{Limits, ProxyConfig};
+pub use config::{Limits, LoopToken, LoopTokenError, ProxyConfig};
 /// The type of [`ProxyConfig::trusted_proxies`].
 pub use ipnet::IpNet;
 pub use limits::ConnectionsSnapshot;
@@ -107,7 +107,7 @@ impl Proxy {
             HeaderValue::from_str(&config.server_name).map_err(|_| ProxyError::ServerName)?;
         let shared = Arc::new(Shared {
             table,
-            clients: Default::default(),
+            clients: upstream::Clients::new(&config.external_name_deny),
             health: Default::default(),
             server_header,
             alt_svc: OnceLock::new(),
@@ -117,6 +117,7 @@ impl Proxy {
             access_log: config.access_log,
             trusted_proxies: config.trusted_proxies.clone(),
             forward_original_path: config.forward_original_path,
+            hop: headers::HopMarker::new(&config.loop_token),
         });
         Ok(Self {
             config,

@@ -6,7 +6,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use ipnet::IpNet;
 use portico_model::{Backend, BackendProtocol, Endpoint};
 
 use crate::body::ProxyBody;
@@ -74,18 +75,19 @@ const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) struct Clients {
     pub(crate) h1: H1Pool,
     clients: RwLock<HashMap<(BackendProtocol, Duration), UpstreamClient>>,
-}
-
-impl Default for Clients {
-    fn default() -> Self {
-        Self {
-            h1: H1Pool::new(UPSTREAM_IDLE_TIMEOUT),
-            clients: RwLock::default(),
-        }
-    }
+    /// Ranges `ExternalName` Services may not resolve into (`ProxyConfig::external_name_deny`).
+    external_name_deny: Arc<[IpNet]>,
 }
 
 impl Clients {
+    pub(crate) fn new(external_name_deny: &[IpNet]) -> Self {
+        Self {
+            h1: H1Pool::new(UPSTREAM_IDLE_TIMEOUT),
+            clients: RwLock::default(),
+            external_name_deny: external_name_deny.into(),
+        }
+    }
+
     pub(crate) fn get(
         &self,
         protocol: BackendProtocol,
@@ -95,7 +97,7 @@ impl Clients {
         if let Some(client) = self.clients.read().ok().and_then(|m| m.get(&key).cloned()) {
             return client;
         }
-        let client = build_client(protocol, connect_timeout);
+        let client = build_client(protocol, connect_timeout, &self.external_name_deny);
         if let Ok(mut map) = self.clients.write() {
             return map.entry(key).or_insert(client).clone();
         }
@@ -103,8 +105,12 @@ impl Clients {
     }
 }
 
-fn build_client(protocol: BackendProtocol, connect_timeout: Duration) -> UpstreamClient {
-    let mut http = HttpConnector::new_with_resolver(GuardedResolver::default());
+fn build_client(
+    protocol: BackendProtocol,
+    connect_timeout: Duration,
+    deny: &Arc<[IpNet]>,
+) -> UpstreamClient {
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(deny.clone()));
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
@@ -142,43 +148,61 @@ fn build_client(protocol: BackendProtocol, connect_timeout: Duration) -> Upstrea
 /// IP-literal `externalName`). A name that resolves to an address a tenant must not reach
 /// through the proxy (`forbidden`) is refused before any connection is made: the request
 /// gets a 502 and a warning is logged. Every address is checked, so a name mixing a public
-/// address with a forbidden one is refused too.
+/// address with a forbidden one is refused too. `R` is the system resolver except in tests.
 #[derive(Clone)]
-pub(crate) struct GuardedResolver {
-    inner: GaiResolver,
+pub(crate) struct GuardedResolver<R = GaiResolver> {
+    inner: R,
     /// The API server's Service address, from `KUBERNETES_SERVICE_HOST` (set in every pod).
     api_server: Option<IpAddr>,
+    /// Further ranges refused (the cluster's Pod and Service CIDRs, when configured).
+    deny: Arc<[IpNet]>,
 }
 
-impl Default for GuardedResolver {
-    fn default() -> Self {
+impl GuardedResolver {
+    fn new(deny: Arc<[IpNet]>) -> Self {
+        GuardedResolver::with_resolver(GaiResolver::new(), deny)
+    }
+}
+
+impl<R> GuardedResolver<R> {
+    fn with_resolver(inner: R, deny: Arc<[IpNet]>) -> Self {
         Self {
-            inner: GaiResolver::new(),
+            inner,
             api_server: std::env::var("KUBERNETES_SERVICE_HOST")
                 .ok()
                 .and_then(|h| h.trim_matches(|c| c == '[' || c == ']').parse().ok()),
+            deny,
         }
     }
 }
 
 type Resolving = Pin<Box<dyn Future<Output = io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
 
-impl tower_service::Service<Name> for GuardedResolver {
+impl<R> tower_service::Service<Name> for GuardedResolver<R>
+where
+    R: tower_service::Service<Name, Error = io::Error>,
+    R::Response: Iterator<Item = SocketAddr>,
+    R::Future: Send + 'static,
+{
     type Response = std::vec::IntoIter<SocketAddr>;
     type Error = io::Error;
     type Future = Resolving;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
-        tower_service::Service::poll_ready(&mut self.inner, cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
         let api_server = self.api_server;
+        let deny = self.deny.clone();
         let host = name.as_str().to_owned();
-        let resolving = tower_service::Service::call(&mut self.inner, name);
+        let resolving = self.inner.call(name);
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = resolving.await?.collect();
-            if let Some(why) = addrs.iter().find_map(|a| forbidden(a.ip(), api_server)) {
+            if let Some(why) = addrs
+                .iter()
+                .find_map(|a| forbidden(a.ip(), api_server, &deny))
+            {
                 tracing::warn!(%host, %why, "ExternalName refused: it resolves to an address the proxy must not reach");
                 return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
@@ -192,12 +216,17 @@ impl tower_service::Service<Name> for GuardedResolver {
 
 /// Why a tenant's `ExternalName` must not lead to `ip`: this host (loopback, any address of
 /// this pod, where the admin port listens), link-local (cloud metadata at 169.254.169.254),
-/// unspecified, broadcast or multicast, or the API server.
-fn forbidden(ip: IpAddr, api_server: Option<IpAddr>) -> Option<String> {
+/// unspecified, broadcast or multicast, the API server, or a range in `deny`.
+fn forbidden(ip: IpAddr, api_server: Option<IpAddr>, deny: &[IpNet]) -> Option<String> {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
     };
+    if let Some(net) = deny.iter().find(|net| net.contains(&ip)) {
+        return Some(format!(
+            "{ip} (in {net}, a range ExternalName may not reach)"
+        ));
+    }
     let what = match ip {
         _ if ip.is_loopback() => "a loopback address",
         _ if ip.is_unspecified() => "an unspecified address",
@@ -340,11 +369,90 @@ mod tests {
             "224.0.0.1",
             "10.96.0.1",
         ] {
-            assert!(forbidden(ip.parse().unwrap(), api).is_some(), "{ip}");
+            assert!(forbidden(ip.parse().unwrap(), api, &[]).is_some(), "{ip}");
         }
         for ip in ["10.1.2.3", "192.0.2.10", "2001:db8::1", "8.8.8.8"] {
-            assert!(forbidden(ip.parse().unwrap(), api).is_none(), "{ip}");
+            assert!(forbidden(ip.parse().unwrap(), api, &[]).is_none(), "{ip}");
         }
+    }
+
+    #[test]
+    fn configured_pod_and_service_ranges_are_forbidden() {
+        let deny: Vec<IpNet> = vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10::/64".parse().unwrap(),
+        ];
+        for ip in ["10.244.3.7", "::ffff:10.244.0.1", "fd00:10::5"] {
+            let why = forbidden(ip.parse().unwrap(), None, &deny);
+            assert!(
+                why.is_some_and(|w| w.contains("a range ExternalName may not reach")),
+                "{ip}"
+            );
+        }
+        for ip in ["10.96.0.10", "192.0.2.10", "fd00:11::5"] {
+            assert!(
+                forbidden(ip.parse().unwrap(), None, &deny).is_none(),
+                "{ip}"
+            );
+        }
+    }
+
+    /// Resolves every name to the addresses it was given, as DNS would for an
+    /// `externalName` a tenant chose (no /etc/hosts entry or DNS server needed).
+    #[derive(Clone)]
+    struct Fixed(Vec<SocketAddr>);
+
+    impl tower_service::Service<Name> for Fixed {
+        type Response = std::vec::IntoIter<SocketAddr>;
+        type Error = io::Error;
+        type Future = std::future::Ready<io::Result<Self::Response>>;
+
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Name) -> Self::Future {
+            std::future::ready(Ok(self.0.clone().into_iter()))
+        }
+    }
+
+    async fn resolve(addrs: &[&str], deny: &[&str]) -> io::Result<Vec<SocketAddr>> {
+        use std::str::FromStr;
+        let addrs = addrs.iter().map(|a| a.parse().unwrap()).collect();
+        let deny: Arc<[IpNet]> = deny.iter().map(|n| n.parse().unwrap()).collect();
+        let mut resolver = GuardedResolver::with_resolver(Fixed(addrs), deny);
+        let name = Name::from_str("backend.other-ns.svc.cluster.local").unwrap();
+        tower_service::Service::call(&mut resolver, name)
+            .await
+            .map(Iterator::collect)
+    }
+
+    /// `--external-name-deny-cidr` with the Pod and Service CIDRs: a name that resolves into
+    /// them (another namespace's Service or Pod, reached around its NetworkPolicy) is refused
+    /// before any connection, even when only one of its addresses is inside.
+    #[tokio::test]
+    async fn an_external_name_resolving_into_a_denied_range_is_refused() {
+        let cidrs = ["10.244.0.0/16", "10.96.0.0/12"];
+        for addrs in [
+            &["10.96.14.2:80"][..],
+            &["10.244.1.5:8080"],
+            &["192.0.2.10:80", "10.244.1.5:80"],
+        ] {
+            let err = resolve(addrs, &cidrs).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{addrs:?}");
+            assert!(
+                err.to_string()
+                    .contains("backend.other-ns.svc.cluster.local"),
+                "{err}"
+            );
+        }
+        // Outside the ranges, or with none configured (the default), the name resolves.
+        let outside = resolve(&["192.0.2.10:80"], &cidrs).await.unwrap();
+        assert_eq!(outside, ["192.0.2.10:80".parse::<SocketAddr>().unwrap()]);
+        assert!(resolve(&["10.244.1.5:80"], &[]).await.is_ok());
+        // The fixed refusals hold whatever is configured.
+        let metadata = resolve(&["169.254.169.254:80"], &[]).await.unwrap_err();
+        assert_eq!(metadata.kind(), io::ErrorKind::PermissionDenied);
     }
 
     #[test]
@@ -353,7 +461,7 @@ mod tests {
         let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
         if probe.connect("192.0.2.1:9").is_ok() {
             let own = probe.local_addr().unwrap().ip();
-            assert!(forbidden(own, None).is_some(), "{own}");
+            assert!(forbidden(own, None, &[]).is_some(), "{own}");
         }
     }
 
@@ -369,7 +477,7 @@ mod tests {
             } else {
                 "https"
             };
-            let client = build_client(protocol, Duration::from_secs(2));
+            let client = build_client(protocol, Duration::from_secs(2), &Arc::from([]));
             let request = http::Request::get(format!("{scheme}://localhost:{port}/debug/routes"))
                 .body(crate::body::empty())
                 .unwrap();

@@ -1,5 +1,5 @@
 //! deploy/: every manifest validates offline against Kubernetes 1.33 (kubernetes-validate
-//! --strict), `kubectl kustomize` renders the base and the overlay, and real kubectl applies
+//! --strict), `kubectl kustomize` renders the base and the overlays, and real kubectl applies
 //! the rendered base to the in-process API server (what it serves; the rest is listed).
 
 use std::collections::BTreeSet;
@@ -89,6 +89,7 @@ fn every_manifest_validates_strictly_for_kubernetes_1_33() {
     for (name, source) in [
         ("base", deploy()),
         ("overlay", deploy().join("overlays/example")),
+        ("namespaced", deploy().join("overlays/namespaced")),
     ] {
         let rendered = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&rendered, kustomize(&source)).unwrap();
