@@ -11,6 +11,7 @@ mod common;
 
 mod chunk_size_strictness;
 mod h2_external_name;
+mod h2_request_loop;
 mod h4_path_normalisation;
 mod h5_connection_limits;
 mod h5_http3;
