@@ -74,6 +74,12 @@ pub struct RunArgs {
     /// default, as in Contour after CVE-2021-32783).
     #[arg(long, env = "PORTICO_ALLOW_EXTERNAL_NAME_SERVICES")]
     pub allow_external_name_services: bool,
+    /// CIDRs (comma-separated) ExternalName Services may not resolve into, such as the
+    /// cluster's Pod and Service CIDRs (other namespaces' Pods and Services, past their
+    /// NetworkPolicies). Loopback, link-local, this Pod's addresses and the API server are
+    /// refused whatever this says.
+    #[arg(long, env = "PORTICO_EXTERNAL_NAME_DENY_CIDR", value_delimiter = ',')]
+    pub external_name_deny_cidr: Vec<portico_proxy::IpNet>,
     /// Let the oldest defaultBackend of any namespace answer requests whose host no rule
     /// names (the Ingress spec's catch-all). Off: a defaultBackend answers only for hosts its
     /// namespace owns.
@@ -211,6 +217,12 @@ pub struct RunArgs {
     /// exact bytes and read paths as Portico does; see ARCHITECTURE.md, Request paths.
     #[arg(long, env = "PORTICO_FORWARD_ORIGINAL_PATH")]
     pub forward_original_path: bool,
+    /// Names this cluster in the `Via: 1.1 portico-TOKEN` entry added to every forwarded
+    /// request; a request arriving with it has looped back through the cluster and gets 508.
+    /// Every replica must use the same token. Default: derived from the Raft CA certificate
+    /// and the Lease's namespace and name, shared by the replicas and by no other install.
+    #[arg(long, env = "PORTICO_LOOP_TOKEN")]
+    pub loop_token: Option<portico_proxy::LoopToken>,
 
     // --- Operations ---
     /// The admin listeners (/metrics, /healthz, /readyz, /debug/routes); comma-separated.
@@ -453,6 +465,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
     let tls = tls_material(&args, &advertise)?;
+    let loop_token = args.loop_token.clone().unwrap_or_else(|| {
+        portico_proxy::LoopToken::for_cluster(&tls.ca_pem, &args.namespace, &args.lease_name)
+    });
     let loaded_pair = (tls.cert_pem.clone(), tls.key_pem.clone());
     let client = kube_client(args.kubeconfig.as_deref()).await?;
 
@@ -510,6 +525,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             access_log: args.access_log,
             trusted_proxies: args.trusted_proxies.clone(),
             forward_original_path: args.forward_original_path,
+            loop_token,
+            external_name_deny: args.external_name_deny_cidr.clone(),
             ..ProxyConfig::default()
         },
         replica.table().borrow().clone(),
@@ -683,6 +700,28 @@ mod tests {
             Cli::try_parse_from(argv).is_err(),
             "a bare address is not a CIDR"
         );
+    }
+
+    #[test]
+    fn loop_token_and_external_name_ranges_are_checked_at_start() {
+        let a = args(&[]);
+        assert!(a.loop_token.is_none() && a.external_name_deny_cidr.is_empty());
+        let a = args(&[
+            "--loop-token",
+            "edge-eu1",
+            "--external-name-deny-cidr",
+            "10.244.0.0/16,10.96.0.0/12",
+        ]);
+        assert_eq!(a.loop_token.unwrap().as_str(), "edge-eu1");
+        assert_eq!(a.external_name_deny_cidr.len(), 2);
+        for bad in [
+            ["--loop-token", "a b"],
+            ["--external-name-deny-cidr", "10.0.0.1"],
+        ] {
+            let mut argv = vec!["portico", "--pod-name", "p-0", "--raft-ca", "/ca.crt"];
+            argv.extend(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
