@@ -13,12 +13,12 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, success_status};
 use crate::faults::{FaultSettings, Faults};
 use crate::objects::{FieldValidation, Objects, Part, PatchType, WriteOptions};
-use crate::registry::{self, ResourceId};
+use crate::registry::{self, ResourceId, ResourceInfo};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::ObjectKey;
 use crate::views::{self, View};
 use crate::watch::{self, Start, WatchRequest};
-use crate::{discovery, openapi, table};
+use crate::{discovery, openapi, protobuf, table};
 
 pub type ResponseBody = UnsyncBoxBody<Bytes, std::convert::Infallible>;
 
@@ -325,6 +325,26 @@ fn with_warnings(mut resp: Response<ResponseBody>, warnings: &[String]) -> Respo
     resp
 }
 
+/// The body of a create or replace: protobuf when the Content-Type says so (kubectl's typed
+/// clients), else JSON or YAML. A protobuf body must hold the kind the URL names.
+fn parse_object_body(req: &Request<Bytes>, info: &ResourceInfo) -> Result<Value, ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !protobuf::is_protobuf(content_type) {
+        return parse_body(req.body());
+    }
+    protobuf::decode(req.body(), &info.api_version(), info.kind).map_err(|e| {
+        if e.is_unsupported() {
+            ApiError::unsupported_media_type(content_type)
+        } else {
+            ApiError::bad_request(format!("the body of the request could not be decoded: {e}"))
+        }
+    })
+}
+
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     if let Ok(v) = serde_json::from_slice(body) {
         return Ok(v);
@@ -390,7 +410,7 @@ async fn resource(
                     ));
                 };
                 let opts = write_options()?;
-                let body = into_storage(parse_body(req.body())?);
+                let body = into_storage(parse_object_body(&req, info)?);
                 let warnings = warnings_for(registry::get(target.resource), &opts, &body);
                 let created = objects.create(target.resource, ns, body, &opts)?;
                 Ok(with_warnings(json_response(201, &out(&created)), &warnings))
@@ -428,7 +448,7 @@ async fn resource(
         }
         Method::PUT => {
             let opts = write_options()?;
-            let body = into_storage(parse_body(req.body())?);
+            let body = into_storage(parse_object_body(&req, info)?);
             let warnings = warnings_for(registry::get(target.resource), &opts, &body);
             let committed = objects.replace(target.resource, &key, body, part, &opts)?;
             Ok(with_warnings(

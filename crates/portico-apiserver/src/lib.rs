@@ -18,7 +18,8 @@
 //! Modules: [`registry`] (the served resources), [`store`] (objects, resourceVersions, event
 //! log), [`watch`] (watch streams), [`objects`] (write semantics), [`patch`] and [`apply`]
 //! (PATCH formats and server-side apply), [`http`] (routing and handlers), [`discovery`],
-//! [`openapi`] and [`table`] (what kubectl reads), [`faults`], [`persist`] (data directory),
+//! [`openapi`] and [`table`] (what kubectl reads), [`protobuf`] (protobuf request bodies),
+//! [`faults`], [`persist`] (data directory),
 //! [`server`] (builder, tower service, HTTP serving, kubeconfig).
 
 pub mod apply;
@@ -30,6 +31,7 @@ pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod persist;
+pub mod protobuf;
 pub mod registry;
 pub mod selector;
 pub mod server;
