@@ -442,3 +442,213 @@ async fn kubectl_1_29_workflow() {
 async fn kubectl_1_27_workflow() {
     workflow(27).await;
 }
+
+/// Runs a `kubectl create` with `-v=8` and checks that its request body was protobuf (what
+/// kubectl's typed clients send) and that it succeeded on a JSON response.
+async fn create_protobuf(k: &Kubectl, args: &[&str]) {
+    let mut all = vec!["create"];
+    all.extend(args);
+    all.push("-v=8");
+    let out = k.run(&all).await;
+    assert!(
+        out.ok,
+        "kubectl {all:?} failed:\n{}\n{}",
+        out.stdout, out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("Content-Type: application/vnd.kubernetes.protobuf"),
+        "kubectl {all:?} did not send protobuf:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("Accept: application/vnd.kubernetes.protobuf,application/json"),
+        "{}",
+        out.stderr
+    );
+}
+
+fn base64_bytes(value: &Value) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(value.as_str().expect("a base64 string"))
+        .expect("valid base64")
+}
+
+/// kubectl's protobuf `create`s (issue 16): every kind arrives with the fields kubectl set, in
+/// the server's JSON (Secret bytes byte for byte, IntOrString as int or string).
+async fn protobuf_creates(minor: u32) {
+    let k = Kubectl::start(minor).await;
+
+    create_protobuf(&k, &["namespace", "pb"]).await;
+    let ns = k.json(&["get", "namespace", "pb"]).await;
+    assert_eq!(ns["metadata"]["name"], "pb");
+    assert!(
+        ns["metadata"]["uid"]
+            .as_str()
+            .is_some_and(|u| !u.is_empty())
+    );
+    assert!(ns["metadata"]["creationTimestamp"].is_string(), "{ns}");
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.example.com".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_path = k.write("tls.crt", &cert.pem());
+    let key_path = k.write("tls.key", &key.serialize_pem());
+    create_protobuf(
+        &k,
+        &[
+            "secret", "tls", "shop-tls", "-n", "pb", "--cert", &cert_path, "--key", &key_path,
+        ],
+    )
+    .await;
+    let secret = k.json(&["get", "secret", "shop-tls", "-n", "pb"]).await;
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(
+        base64_bytes(&secret["data"]["tls.crt"]),
+        cert.pem().as_bytes()
+    );
+    assert_eq!(
+        base64_bytes(&secret["data"]["tls.key"]),
+        key.serialize_pem().as_bytes()
+    );
+
+    // Every byte value, and an empty value, survive the protobuf bytes field.
+    let every_byte: Vec<u8> = (0..=255u8).rev().collect();
+    let blob = k.home.path().join("blob");
+    std::fs::write(&blob, &every_byte).unwrap();
+    let from_file = format!("blob={}", blob.display());
+    create_protobuf(
+        &k,
+        &[
+            "secret",
+            "generic",
+            "bin",
+            "-n",
+            "pb",
+            "--from-file",
+            &from_file,
+            "--from-literal=empty=",
+        ],
+    )
+    .await;
+    let secret = k.json(&["get", "secret", "bin", "-n", "pb"]).await;
+    assert_eq!(secret["type"], "Opaque");
+    assert_eq!(base64_bytes(&secret["data"]["blob"]), every_byte);
+    assert_eq!(secret["data"]["empty"], "");
+
+    create_protobuf(
+        &k,
+        &[
+            "configmap",
+            "settings",
+            "-n",
+            "pb",
+            "--from-literal=mode=fast",
+            "--from-literal=blank=",
+        ],
+    )
+    .await;
+    let cm = k.json(&["get", "configmap", "settings", "-n", "pb"]).await;
+    assert_eq!(cm["data"], serde_json::json!({"mode": "fast", "blank": ""}));
+
+    create_protobuf(&k, &["serviceaccount", "robot", "-n", "pb"]).await;
+    let sa = k
+        .json(&["get", "serviceaccount", "robot", "-n", "pb"])
+        .await;
+    assert_eq!(sa["metadata"]["namespace"], "pb");
+
+    create_protobuf(
+        &k,
+        &[
+            "ingress",
+            "shop",
+            "-n",
+            "pb",
+            "--class=portico",
+            "--rule=shop.example.com/cart*=cart:8080,tls=shop-tls",
+            "--rule=/exact=api:http",
+            "--annotation=portico.dev/ssl-redirect=false",
+        ],
+    )
+    .await;
+    let ing = k.json(&["get", "ingress", "shop", "-n", "pb"]).await;
+    assert_eq!(ing["spec"]["ingressClassName"], "portico");
+    assert_eq!(
+        ing["metadata"]["annotations"]["portico.dev/ssl-redirect"],
+        "false"
+    );
+    assert_eq!(
+        ing["spec"]["tls"],
+        serde_json::json!([{"hosts": ["shop.example.com"], "secretName": "shop-tls"}])
+    );
+    // IngressRuleValue is an embedded struct: `http` sits beside `host`.
+    assert_eq!(
+        ing["spec"]["rules"],
+        serde_json::json!([
+            {"host": "shop.example.com", "http": {"paths": [{"path": "/cart", "pathType": "Prefix",
+                "backend": {"service": {"name": "cart", "port": {"number": 8080}}}}]}},
+            {"http": {"paths": [{"path": "/exact", "pathType": "Exact",
+                "backend": {"service": {"name": "api", "port": {"name": "http"}}}}]}}
+        ])
+    );
+
+    // IntOrString, both ways: a Service's targetPort and a PodDisruptionBudget's minAvailable.
+    create_protobuf(
+        &k,
+        &["service", "clusterip", "cart", "-n", "pb", "--tcp=80:8080"],
+    )
+    .await;
+    let svc = k.json(&["get", "service", "cart", "-n", "pb"]).await;
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    create_protobuf(
+        &k,
+        &[
+            "poddisruptionbudget",
+            "half",
+            "-n",
+            "pb",
+            "--selector=app=cart",
+            "--min-available=50%",
+        ],
+    )
+    .await;
+    let pdb = k.json(&["get", "pdb", "half", "-n", "pb"]).await;
+    assert_eq!(pdb["spec"]["minAvailable"], "50%");
+    assert_eq!(
+        pdb["spec"]["selector"],
+        serde_json::json!({"matchLabels": {"app": "cart"}})
+    );
+
+    create_protobuf(
+        &k,
+        &[
+            "role",
+            "reader",
+            "-n",
+            "pb",
+            "--verb=get,list",
+            "--resource=secrets",
+        ],
+    )
+    .await;
+    let role = k.json(&["get", "role", "reader", "-n", "pb"]).await;
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_33_protobuf_creates() {
+    protobuf_creates(33).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_32_protobuf_creates() {
+    protobuf_creates(32).await;
+}
