@@ -217,6 +217,7 @@ spec:
 struct Replica {
     process: KillOnDrop,
     http: String,
+    https: String,
     log: PathBuf,
 }
 
@@ -224,7 +225,7 @@ impl Replica {
     /// One `portico run` (Lease in portico-system), status from the overlay's publish Service.
     fn start(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> Self {
         let ca = write_ca(dir);
-        let (admin, http, raft) = (free_port(), free_port(), free_port());
+        let (admin, http, https, raft) = (free_port(), free_port(), free_port(), free_port());
         let log = dir.join("replica.log");
         let process = KillOnDrop(
             Command::new(PORTICO)
@@ -241,7 +242,8 @@ impl Replica {
                 .arg("--raft-ca-key")
                 .arg(&ca.1)
                 .args(["--http", &format!("127.0.0.1:{http}")])
-                .args(["--https", "127.0.0.1:0", "--http3", "127.0.0.1:0"])
+                .args(["--https", &format!("127.0.0.1:{https}")])
+                .args(["--http3", "127.0.0.1:0"])
                 .args(["--admin", &format!("127.0.0.1:{admin}")])
                 .args(["--log-format", "json"])
                 .args(["--publish-service", "portico-system/portico"])
@@ -254,6 +256,7 @@ impl Replica {
         Self {
             process,
             http: format!("127.0.0.1:{http}"),
+            https: format!("127.0.0.1:{https}"),
             log,
         }
     }
@@ -338,6 +341,115 @@ fn with_watch_namespace_the_namespaced_overlay_is_enough_and_other_namespaces_ar
     assert!(
         !logs.to_ascii_lowercase().contains("forbidden"),
         "a 403 with the namespaced overlay and --watch-namespace:\n{logs}"
+    );
+}
+
+/// The default certificate in portico-system, outside the watched namespaces: the replica
+/// watches that one Secret by name, so a Role granting only it (as deploy/README.md says to add)
+/// is enough, and the certificate is served (curl trusts only it, for a host no Ingress names).
+#[test]
+fn a_default_certificate_outside_the_watched_namespaces_is_watched_by_name() {
+    let api = RealApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = overlay_and_service_account(&api, dir.path(), None);
+    let _echo = backends_and_ingresses(&api, dir.path());
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    ok(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=default.example"])
+        .args(["-addext", "subjectAltName=DNS:default.example"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    ok(api
+        .kubectl()
+        .args([
+            "-n",
+            "portico-system",
+            "create",
+            "secret",
+            "tls",
+            "default-tls",
+        ])
+        .arg(format!("--cert={}", cert.display()))
+        .arg(format!("--key={}", key.display())));
+    apply_yaml(
+        &api,
+        dir.path(),
+        "default-certificate-role.yaml",
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: portico-default-certificate
+  namespace: portico-system
+rules:
+  - apiGroups: [""]
+    resources: ["secrets"]
+    resourceNames: ["default-tls"]
+    verbs: ["list", "watch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: portico-default-certificate
+  namespace: portico-system
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: portico-default-certificate
+subjects:
+  - kind: ServiceAccount
+    name: portico
+    namespace: portico-system
+"#,
+    );
+    let mut replica = Replica::start(
+        dir.path(),
+        &kubeconfig,
+        &[
+            "--watch-namespace",
+            "apps",
+            "--default-certificate",
+            "portico-system/default-tls",
+        ],
+    );
+    let port = replica.https.rsplit(':').next().unwrap().to_owned();
+    wait_until(
+        "the default certificate served",
+        Duration::from_secs(60),
+        || {
+            replica.logs();
+            let out = Command::new("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "3",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                ])
+                .args(["--resolve", &format!("default.example:{port}:127.0.0.1")])
+                .arg("--cacert")
+                .arg(&cert)
+                .arg(format!("https://default.example:{port}/"))
+                .output()
+                .ok()?;
+            (String::from_utf8_lossy(&out.stdout) == "404").then_some(())
+        },
+    );
+    let logs = replica.logs();
+    assert!(
+        !logs.to_ascii_lowercase().contains("forbidden"),
+        "a 403 with a Role for the default certificate alone:\n{logs}"
     );
 }
 
