@@ -261,8 +261,13 @@ fn is_inline(field: &FieldDescriptor) -> bool {
 /// the zeros through `omitempty`; a zero in a pointer field (`replicas: 0`,
 /// `automountServiceAccountToken: false`, `storageClassName: ""`) is a value. The wire cannot
 /// tell them apart, so zeros are kept only for the pointer fields of the Go types
-/// (`proto/pointer-fields.txt`, generated from them with the `.proto` files).
+/// (`proto/pointer-fields.txt`, generated from them with the `.proto` files). Structs are
+/// never empty to `omitempty`, so a message field (an IntOrString `0`, a zero Time's null)
+/// stays.
 fn omitted(message: &str, field: &FieldDescriptor, json: &Value) -> bool {
+    if matches!(field.kind(), Kind::Message(_)) {
+        return false;
+    }
     let zero = match json {
         Value::String(s) => s.is_empty(),
         Value::Number(n) => n.as_f64() == Some(0.0),
@@ -388,6 +393,220 @@ mod tests {
                 .and_then(|m| m.get_field_by_name(field));
             assert!(found.is_some(), "{message} {field}");
         }
+    }
+
+    fn pool() -> &'static DescriptorPool {
+        POOL.as_ref().unwrap()
+    }
+
+    /// A message of type `name` with `fields` set.
+    fn msg(name: &str, fields: Vec<(&str, PbValue)>) -> DynamicMessage {
+        let mut m = DynamicMessage::new(pool().get_message_by_name(name).unwrap());
+        for (field, value) in fields {
+            m.try_set_field_by_name(field, value).unwrap();
+        }
+        m
+    }
+
+    fn s(v: &str) -> PbValue {
+        PbValue::String(v.to_string())
+    }
+
+    fn m(v: DynamicMessage) -> PbValue {
+        PbValue::Message(v)
+    }
+
+    /// The `k8s\0` + runtime.Unknown envelope around `raw`, with extra Unknown fields.
+    fn envelope(api_version: &str, kind: &str, raw: &[u8], extra: Vec<(&str, PbValue)>) -> Vec<u8> {
+        let meta = msg(
+            "k8s.io.apimachinery.pkg.runtime.TypeMeta",
+            vec![("apiVersion", s(api_version)), ("kind", s(kind))],
+        );
+        let mut fields = vec![
+            ("typeMeta", m(meta)),
+            ("raw", PbValue::Bytes(raw.to_vec().into())),
+        ];
+        fields.extend(extra);
+        [MAGIC, &prost::Message::encode_to_vec(&msg(UNKNOWN, fields))].concat()
+    }
+
+    fn object_meta(fields: Vec<(&str, PbValue)>) -> PbValue {
+        m(msg(&format!("{META}.ObjectMeta"), fields))
+    }
+
+    fn secret() -> Vec<u8> {
+        let data = [(
+            MapKey::String("k".into()),
+            PbValue::Bytes(vec![0, 255].into()),
+        )];
+        let secret = msg(
+            "k8s.io.api.core.v1.Secret",
+            vec![
+                ("metadata", object_meta(vec![("name", s("s"))])),
+                ("data", PbValue::Map(data.into_iter().collect())),
+            ],
+        );
+        prost::Message::encode_to_vec(&secret)
+    }
+
+    #[test]
+    fn times_int_or_string_and_pointer_zeros() {
+        let time = |seconds: i64, nanos: i32| {
+            m(msg(
+                &format!("{META}.Time"),
+                vec![
+                    ("seconds", PbValue::I64(seconds)),
+                    ("nanos", PbValue::I32(nanos)),
+                ],
+            ))
+        };
+        let micro = msg(
+            &format!("{META}.MicroTime"),
+            vec![
+                ("seconds", PbValue::I64(1_700_000_000)),
+                ("nanos", PbValue::I32(123_456_789)),
+            ],
+        );
+        let lease = msg(
+            "k8s.io.api.coordination.v1.Lease",
+            vec![
+                (
+                    "metadata",
+                    object_meta(vec![
+                        ("name", s("l")),
+                        ("namespace", s("")),
+                        ("generation", PbValue::I64(0)),
+                        ("creationTimestamp", time(1_700_000_000, 999)),
+                        ("deletionTimestamp", m(msg(&format!("{META}.Time"), vec![]))),
+                    ]),
+                ),
+                (
+                    "spec",
+                    m(msg(
+                        "k8s.io.api.coordination.v1.LeaseSpec",
+                        vec![
+                            ("holderIdentity", s("a")),
+                            ("leaseDurationSeconds", PbValue::I32(0)),
+                            ("leaseTransitions", PbValue::I32(0)),
+                            ("renewTime", m(micro)),
+                        ],
+                    )),
+                ),
+            ],
+        );
+        let body = envelope(
+            "coordination.k8s.io/v1",
+            "Lease",
+            &prost::Message::encode_to_vec(&lease),
+            vec![],
+        );
+        let json = decode(&body, "coordination.k8s.io/v1", "Lease").unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                // Time keeps seconds only; an empty Time is Go's zero time, null in JSON; the
+                // non-pointer zeros (namespace "", generation 0) are gone.
+                "metadata": {"name": "l", "creationTimestamp": "2023-11-14T22:13:20Z",
+                             "deletionTimestamp": null},
+                // MicroTime keeps microseconds; the pointers' zeros are values.
+                "spec": {"holderIdentity": "a", "leaseDurationSeconds": 0, "leaseTransitions": 0,
+                         "renewTime": "2023-11-14T22:13:20.123456Z"}
+            })
+        );
+
+        let int_or_string = |fields| {
+            m(msg(
+                "k8s.io.apimachinery.pkg.util.intstr.IntOrString",
+                fields,
+            ))
+        };
+        let port = |target| {
+            let port = msg(
+                "k8s.io.api.core.v1.ServicePort",
+                vec![("port", PbValue::I32(80)), ("targetPort", target)],
+            );
+            let spec = msg(
+                "k8s.io.api.core.v1.ServiceSpec",
+                vec![("ports", PbValue::List(vec![m(port)]))],
+            );
+            let svc = msg("k8s.io.api.core.v1.Service", vec![("spec", m(spec))]);
+            let body = envelope(
+                "v1",
+                "Service",
+                &prost::Message::encode_to_vec(&svc),
+                vec![],
+            );
+            decode(&body, "v1", "Service").map(|j| j["spec"]["ports"][0]["targetPort"].clone())
+        };
+        let named = int_or_string(vec![("type", PbValue::I64(1)), ("strVal", s("http"))]);
+        assert_eq!(port(named).unwrap(), "http");
+        let number = int_or_string(vec![("type", PbValue::I64(0)), ("intVal", PbValue::I32(0))]);
+        assert_eq!(port(number).unwrap(), 0);
+        let bad = int_or_string(vec![("type", PbValue::I64(2))]);
+        assert!(matches!(port(bad), Err(ProtobufError::Field { .. })));
+    }
+
+    #[test]
+    fn secret_bytes_become_base64() {
+        let json = decode(&envelope("v1", "Secret", &secret(), vec![]), "v1", "Secret").unwrap();
+        assert_eq!(json["data"]["k"], "AP8=");
+        assert_eq!(json["metadata"]["name"], "s");
+    }
+
+    /// Attack: a protobuf body whose envelope names another kind than the URL (a Secret posted
+    /// to the configmaps URL) must not be stored as the URL's kind.
+    #[test]
+    fn a_body_of_another_kind_is_refused() {
+        let body = envelope("v1", "Secret", &secret(), vec![]);
+        assert!(matches!(
+            decode(&body, "v1", "ConfigMap"),
+            Err(ProtobufError::KindMismatch { .. })
+        ));
+        assert!(matches!(
+            decode(&body, "apps/v1", "Secret"),
+            Err(ProtobufError::KindMismatch { .. })
+        ));
+    }
+
+    /// Fail closed: an envelope this server cannot read whole is refused, never half-read.
+    #[test]
+    fn unreadable_envelopes_are_refused() {
+        let gzip = envelope(
+            "v1",
+            "Secret",
+            &secret(),
+            vec![("contentEncoding", s("gzip"))],
+        );
+        assert!(matches!(
+            decode(&gzip, "v1", "Secret"),
+            Err(ProtobufError::ContentEncoding(_))
+        ));
+        let json = envelope(
+            "v1",
+            "Secret",
+            b"{}",
+            vec![("contentType", s("application/json"))],
+        );
+        assert!(matches!(
+            decode(&json, "v1", "Secret"),
+            Err(ProtobufError::ContentType(_))
+        ));
+        let raw = secret();
+        let truncated = envelope("v1", "Secret", &raw[..raw.len() - 1], vec![]);
+        assert!(matches!(
+            decode(&truncated, "v1", "Secret"),
+            Err(ProtobufError::Decode(_))
+        ));
+        let cut = envelope("v1", "Secret", &raw, vec![]);
+        assert!(matches!(
+            decode(&cut[..cut.len() - 1], "v1", "Secret"),
+            Err(ProtobufError::Decode(_))
+        ));
+        let widget = envelope("example.com/v1", "Widget", &[], vec![]);
+        let err = decode(&widget, "example.com/v1", "Widget").unwrap_err();
+        assert!(err.is_unsupported(), "{err}");
     }
 
     #[test]
