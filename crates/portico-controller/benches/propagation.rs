@@ -89,21 +89,33 @@ async fn propagation() {
     }
     everywhere(&cluster, |t| t.ingresses().count() == INGRESSES).await;
     println!("loaded {INGRESSES} Ingresses in {:?}", started.elapsed());
-    // Let the status writes for the load finish, so they do not skew the measurement.
-    let leader = cluster.wait_for_controller_leader().await;
+    // Let the status writes for the load finish, so they do not skew the measurement. Read
+    // from the API server, not one leader's counter: under load leadership may move while
+    // they are written.
     let settle = Instant::now();
-    let written = |text: String| {
-        text.lines()
-            .find(|l| l.starts_with("portico_controller_status_writes_total "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
-            .unwrap_or(0)
-    };
-    while written(cluster.metrics_text(leader)) < INGRESSES {
+    let ingresses: kube::Api<k8s_openapi::api::networking::v1::Ingress> =
+        kube::Api::namespaced(cluster.admin.clone(), NAMESPACE);
+    loop {
+        let list = ingresses.list(&Default::default()).await.unwrap();
+        let with_status = list
+            .items
+            .iter()
+            .filter(|i| {
+                i.status
+                    .as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|lb| lb.ingress.as_ref())
+                    .is_some_and(|list| !list.is_empty())
+            })
+            .count();
+        if with_status >= INGRESSES {
+            break;
+        }
         assert!(
             settle.elapsed() < Duration::from_secs(600),
-            "status writes never finished"
+            "status writes never finished ({with_status} of {INGRESSES})"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!("status written for all in {:?}", started.elapsed());
 
