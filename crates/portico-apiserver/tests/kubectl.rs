@@ -641,6 +641,34 @@ async fn protobuf_creates(minor: u32) {
         role["rules"],
         serde_json::json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}])
     );
+
+    // A server-side dry run decodes the same body and stores nothing.
+    create_protobuf(
+        &k,
+        &[
+            "configmap",
+            "dry",
+            "-n",
+            "pb",
+            "--from-literal=a=b",
+            "--dry-run=server",
+        ],
+    )
+    .await;
+    let missing = k.run(&["get", "configmap", "dry", "-n", "pb"]).await;
+    assert!(
+        !missing.ok && missing.stderr.contains("NotFound"),
+        "{}",
+        missing.stderr
+    );
+
+    k.ok(&["delete", "secret", "bin", "-n", "pb"]).await;
+    let gone = k.run(&["get", "secret", "bin", "-n", "pb"]).await;
+    assert!(
+        !gone.ok && gone.stderr.contains("NotFound"),
+        "{}",
+        gone.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
