@@ -83,15 +83,11 @@ pub fn decode(body: &[u8], api_version: &str, kind: &str) -> Result<Value, Proto
         .as_ref()
         .map_err(|e| ProtobufError::Descriptors(e.clone()))?;
     let unknown = DynamicMessage::decode(message(pool, UNKNOWN)?, raw)?;
-    let text = |name: &str| match unknown.get_field_by_name(name).as_deref() {
-        Some(PbValue::String(s)) => s.clone(),
-        _ => String::new(),
-    };
-    let encoding = text("contentEncoding");
+    let encoding = string_field(&unknown, "contentEncoding");
     if !encoding.is_empty() {
         return Err(ProtobufError::ContentEncoding(encoding));
     }
-    let content_type = text("contentType");
+    let content_type = string_field(&unknown, "contentType");
     if !content_type.is_empty() && !is_protobuf(&content_type) {
         return Err(ProtobufError::ContentType(content_type));
     }
@@ -160,6 +156,15 @@ fn message_json(msg: &DynamicMessage, path: &str) -> Result<Value, ProtobufError
         field: path.to_string(),
         reason,
     };
+    // A field these descriptors (v0.34.4) do not know would be dropped without a word, so the
+    // body is refused instead (kube-apiserver drops them; a JSON body's unknown fields get
+    // fieldValidation).
+    if let Some(field) = msg.unknown_fields().next() {
+        return Err(field_error(format!(
+            "unknown field number {} in {name}",
+            field.number()
+        )));
+    }
     match name.strip_prefix(META).unwrap_or(&name) {
         // An empty Time is Go's zero time, which encoding/json writes as null; Time keeps
         // seconds only (as metav1.Time's Unmarshal), MicroTime microseconds.
@@ -604,6 +609,15 @@ mod tests {
             decode(&cut[..cut.len() - 1], "v1", "Secret"),
             Err(ProtobufError::Decode(_))
         ));
+        // Field 99 of a Secret (a varint 1) is in no descriptor: refused, never dropped.
+        let unknown = envelope(
+            "v1",
+            "Secret",
+            &[raw.clone(), vec![0x98, 0x06, 0x01]].concat(),
+            vec![],
+        );
+        let err = decode(&unknown, "v1", "Secret").unwrap_err();
+        assert!(err.to_string().contains("unknown field number 99"), "{err}");
         let widget = envelope("example.com/v1", "Widget", &[], vec![]);
         let err = decode(&widget, "example.com/v1", "Widget").unwrap_err();
         assert!(err.is_unsupported(), "{err}");
