@@ -10,6 +10,8 @@
 mod annotations;
 mod change;
 pub mod convert;
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod host_routes;
 mod key;

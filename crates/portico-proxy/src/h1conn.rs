@@ -262,7 +262,7 @@ fn poll_head(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<Head, Exchang
 }
 
 /// Parses a complete head off the front of `buf`; `None` when more bytes are needed.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
+pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
     // Uninitialized slots: zeroing 128 of them cost more than parsing a typical head.
     let mut slots =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -311,9 +311,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
 
 /// What framing and reuse depend on, read from a response head's raw lines.
 #[derive(Default, Debug)]
-struct HeadFacts {
+pub(crate) struct HeadFacts {
     /// `Connection: close`.
-    close: bool,
+    pub(crate) close: bool,
     /// `Connection` lists header names to drop (not just close or keep-alive).
     names_listed: bool,
     /// A Transfer-Encoding header was present.
@@ -323,7 +323,7 @@ struct HeadFacts {
     /// The Content-Length values.
     length: Length,
     /// No hop-by-hop header is left in the map.
-    stripped: bool,
+    pub(crate) stripped: bool,
 }
 
 impl HeadFacts {
@@ -359,12 +359,12 @@ impl HeadFacts {
     }
 
     /// `None` without Transfer-Encoding; otherwise whether chunked is the final coding.
-    fn transfer_chunked(&self) -> Option<bool> {
+    pub(crate) fn transfer_chunked(&self) -> Option<bool> {
         self.transfer_encoding.then_some(self.chunked_last)
     }
 
     /// One length, or a list of identical ones (RFC 9110 §8.6); `None` when invalid.
-    fn content_length(&self) -> Option<u64> {
+    pub(crate) fn content_length(&self) -> Option<u64> {
         self.length.value()
     }
 }
@@ -595,7 +595,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// `1*HEXDIG *(SP / HTAB) [";" extension] CRLF`, where the extension holds no CR or LF. Its
 /// size and length (CRLF included), `None` while incomplete, or an error at the first byte
 /// that cannot belong to one (no sign, no leading space, no bare LF, no overflow).
-fn chunk_size_line(buf: &[u8]) -> Result<Option<(u64, usize)>, &'static str> {
+pub(crate) fn chunk_size_line(buf: &[u8]) -> Result<Option<(u64, usize)>, &'static str> {
     enum At {
         Size,
         Space,

@@ -90,7 +90,10 @@ where
 
 /// Parses the one complete request in `buf`, or `None` (leaving `buf` untouched) when it is
 /// not for the lean path. The target and header values are slices of the head, not copies.
-fn parse_request(buf: &mut BytesMut, max_header_bytes: usize) -> Option<Request<ProxyBody>> {
+pub(crate) fn parse_request(
+    buf: &mut BytesMut,
+    max_header_bytes: usize,
+) -> Option<Request<ProxyBody>> {
     let mut slots =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);

@@ -18,10 +18,14 @@
 //!   keep-alive pool for plain HTTP/1.1 upstreams;
 //! - `headers`, `body`: the header rules of a proxy and streaming body adapters;
 //! - `table_file`: a routing table from a YAML manifest, for running standalone.
+//!
+//! `fuzzing` (hidden) exposes the request head path to the fuzz targets in `fuzz/`.
 
 mod activity;
 mod body;
 mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1conn;
 mod h1server;
 mod handler;
