@@ -680,3 +680,63 @@ async fn kubectl_1_33_protobuf_creates() {
 async fn kubectl_1_32_protobuf_creates() {
     protobuf_creates(32).await;
 }
+
+/// A minimal protobuf Secret named `x` as kubectl would frame it: `k8s\0`, then runtime.Unknown
+/// { typeMeta (1) { apiVersion (1) "v1", kind (2) "Secret" }, raw (2) Secret { metadata (1)
+/// { name (1) "x" } } }. Written out byte by byte as test input.
+const PROTOBUF_SECRET: &[u8] = b"k8s\0\
+    \x0a\x0c\x0a\x02v1\x12\x06Secret\
+    \x12\x05\x0a\x03\x0a\x01x";
+
+async fn curl_post(k: &Kubectl, path: &str, body: &[u8]) -> (String, String) {
+    let file = k.home.path().join("body.pb");
+    std::fs::write(&file, body).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", "POST"])
+        .args(["-H", "Content-Type: application/vnd.kubernetes.protobuf"])
+        .args([
+            "-H",
+            "Accept: application/vnd.kubernetes.protobuf, application/json",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{}{path}", k.handle.url()))
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.to_string(), body.to_string())
+}
+
+/// Attack: a protobuf body whose envelope says Secret, posted to the ConfigMaps URL, must not be
+/// stored as a ConfigMap (nor anything else); the same bytes to the Secrets URL are a Secret,
+/// answered in JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_body_of_another_kind_is_refused() {
+    let k = Kubectl::start(33).await;
+    let (code, body) =
+        curl_post(&k, "/api/v1/namespaces/default/configmaps", PROTOBUF_SECRET).await;
+    assert_eq!(code, "400", "{body}");
+    assert!(
+        body.contains("v1/Secret") && body.contains("v1/ConfigMap"),
+        "{body}"
+    );
+    let none = k.json(&["get", "configmaps", "-n", "default"]).await;
+    assert_eq!(none["items"], serde_json::json!([]), "{none}");
+
+    let (code, body) = curl_post(&k, "/api/v1/namespaces/default/secrets", PROTOBUF_SECRET).await;
+    assert_eq!(code, "201", "{body}");
+    let secret: Value = serde_json::from_str(&body).expect("a JSON response");
+    assert_eq!(secret["kind"], "Secret");
+    assert_eq!(secret["metadata"]["name"], "x");
+
+    // Without the magic prefix the body is refused, not read as JSON or YAML.
+    let (code, body) = curl_post(
+        &k,
+        "/api/v1/namespaces/default/secrets",
+        &PROTOBUF_SECRET[4..],
+    )
+    .await;
+    assert_eq!(code, "400", "{body}");
+}
