@@ -13,6 +13,7 @@ mod kubectl_create;
 mod local;
 mod namespaced;
 mod replica;
+mod support;
 mod validation;
 
 use std::path::{Path, PathBuf};

@@ -6,12 +6,17 @@
 //! refuses its cluster-wide lists: the flag is what makes namespaced RBAC work (issue 15, M3).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::common::real_apiserver::RealApiServer;
-use crate::common::{free_port, wait_until, write_ca};
-use crate::{KillOnDrop, PORTICO, apply_yaml, deploy_dir, host_ip, ok};
+use crate::common::wait_until;
+use crate::support::{
+    Cluster, Publish, Replica, backend_yaml, echo, event_reasons, get_host, host_ingress,
+    ingress_jsonpath, kustomize, names_resource, rule_resources, service_account_kubeconfig,
+    tests_without_rule, to_yaml,
+};
+use crate::{KillOnDrop, apply_yaml, deploy_dir, ok};
 
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:portico-system:portico";
 /// What the publish Service's LoadBalancer says, and so what Ingress status must say.
@@ -19,13 +24,7 @@ const LB_IP: &str = "203.0.113.7";
 
 /// deploy/overlays/namespaced rendered by kustomize, one value per object.
 fn rendered_overlay() -> Vec<serde_yaml::Value> {
-    let rendered = ok(Command::new("kubectl")
-        .arg("kustomize")
-        .arg(deploy_dir().join("overlays/namespaced")));
-    rendered
-        .split("\n---\n")
-        .map(|doc| serde_yaml::from_str(doc).unwrap())
-        .collect()
+    kustomize(&deploy_dir().join("overlays/namespaced"))
 }
 
 /// The rules of the overlay's `kind` named `name`.
@@ -57,11 +56,7 @@ fn overlay_and_service_account(
     if let Some((kind, name, rule)) = without {
         rules(&mut objects, kind, name).remove(rule);
     }
-    let yaml: Vec<String> = objects
-        .iter()
-        .map(|o| serde_yaml::to_string(o).unwrap())
-        .collect();
-    let rendered = yaml.join("---\n");
+    let rendered = to_yaml(&objects);
     let watched = objects
         .iter()
         .find(|o| o["kind"] == "StatefulSet")
@@ -81,17 +76,7 @@ fn overlay_and_service_account(
     if without.is_none() {
         check_grants(api);
     }
-    let token = ok(api.kubectl().args([
-        "-n",
-        "portico-system",
-        "create",
-        "token",
-        "portico",
-        "--duration=1h",
-    ]));
-    let kubeconfig = dir.join("portico-sa.kubeconfig");
-    api.write_kubeconfig_for_token(&kubeconfig, token.trim());
-    kubeconfig
+    service_account_kubeconfig(api, dir)
 }
 
 /// No cluster-wide read of the namespaced kinds, none in `other`, every one in `apps`.
@@ -120,54 +105,17 @@ fn check_grants(api: &RealApiServer) {
 
 /// `portico echo`, and in each of `apps` and `other` a Service and EndpointSlice for it and an
 /// Ingress of ours (`apps.example`, `other.example`); the publish Service's LoadBalancer address.
-fn backends_and_ingresses(api: &RealApiServer, dir: &Path) -> KillOnDrop {
-    let ip = host_ip();
-    let echo_port = free_port();
-    let echo = KillOnDrop(
-        Command::new(PORTICO)
-            .args(["echo", "--service", "test", "--namespace", "apps"])
-            .args(["--listen", &format!("{ip}:{echo_port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+/// Returns the echo process and the address it serves on.
+fn backends_and_ingresses(api: &RealApiServer, dir: &Path) -> (KillOnDrop, String) {
+    let (echo, ip, echo_port) = echo("apps");
     let mut yaml = String::from(
         "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: portico-test\nspec:\n  controller: portico.dev/ingress-controller\n",
     );
     for ns in ["apps", "other"] {
-        yaml.push_str(&format!(
-            r#"---
-{}---
-apiVersion: v1
-kind: Service
-metadata:
-  name: test
-  namespace: {ns}
-spec:
-  ports:
-    - port: 80
-      targetPort: {echo_port}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: test-1
-  namespace: {ns}
-  labels:
-    kubernetes.io/service-name: test
-addressType: IPv4
-endpoints:
-  - addresses: ["{ip}"]
-    conditions:
-      ready: true
-ports:
-  - name: ""
-    port: {echo_port}
-    protocol: TCP
-"#,
-            ingress(ns, "web", &format!("{ns}.example"))
-        ));
+        yaml.push_str("---\n");
+        yaml.push_str(&ingress(ns, "web", &format!("{ns}.example")));
+        yaml.push_str("---\n");
+        yaml.push_str(&backend_yaml(ns, &ip, echo_port));
     }
     // Names a missing Service: the leader records an Event on it.
     yaml.push_str("---\n");
@@ -186,122 +134,43 @@ ports:
         "-p",
         &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{LB_IP}"}}]}}}}}}"#),
     ]));
-    echo
+    (echo, ip)
 }
 
 /// An Ingress of ours for `host` in `ns`, to its Service `test`.
 fn ingress(ns: &str, name: &str, host: &str) -> String {
-    format!(
-        r#"apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: {name}
-  namespace: {ns}
-spec:
-  ingressClassName: portico-test
-  rules:
-  - host: {host}
-    http:
-      paths:
-      - path: /
-        pathType: Prefix
-        backend:
-          service:
-            name: test
-            port:
-              number: 80
-"#
-    )
+    host_ingress(ns, "portico-test", name, host)
 }
 
-struct Replica {
-    process: KillOnDrop,
-    http: String,
-    https: String,
-    log: PathBuf,
-}
-
-impl Replica {
-    /// One `portico run` (Lease in portico-system), status from the overlay's publish Service.
-    fn start(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> Self {
-        let ca = write_ca(dir);
-        let (admin, http, https, raft) = (free_port(), free_port(), free_port(), free_port());
-        let log = dir.join("replica.log");
-        let process = KillOnDrop(
-            Command::new(PORTICO)
-                .args(["run", "--pod-name", "portico-0"])
-                .args(["--namespace", "portico-system"])
-                .arg("--kubeconfig")
-                .arg(kubeconfig)
-                .arg("--data-dir")
-                .arg(dir.join("data"))
-                .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
-                .args(["--initial-members", &format!("127.0.0.1:{raft}")])
-                .arg("--raft-ca")
-                .arg(&ca.0)
-                .arg("--raft-ca-key")
-                .arg(&ca.1)
-                .args(["--http", &format!("127.0.0.1:{http}")])
-                .args(["--https", &format!("127.0.0.1:{https}")])
-                .args(["--http3", "127.0.0.1:0"])
-                .args(["--admin", &format!("127.0.0.1:{admin}")])
-                .args(["--log-format", "json"])
-                .args(["--publish-service", "portico-system/portico"])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap(),
-        );
-        Self {
-            process,
-            http: format!("127.0.0.1:{http}"),
-            https: format!("127.0.0.1:{https}"),
-            log,
-        }
-    }
-
-    fn logs(&mut self) -> String {
-        if let Ok(Some(status)) = self.process.0.try_wait() {
-            panic!(
-                "replica exited ({status}):\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// The status of GET `/` for Host `host`, with curl.
-fn get_host(http: &str, host: &str) -> Option<u16> {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "3", "-o", "/dev/null"])
-        .args(["-w", "%{http_code}", "-H", &format!("Host: {host}")])
-        .arg(format!("http://{http}/"))
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).parse().ok()
+/// One `portico run` (Lease in portico-system), status from the overlay's publish Service.
+fn start_replica(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> Replica {
+    let publish = Publish::Service("portico-system/portico");
+    Replica::single(dir, kubeconfig, publish, true, extra)
 }
 
 fn ingress_status(api: &RealApiServer, ns: &str) -> String {
-    ok(api.kubectl().args([
-        "-n",
-        ns,
-        "get",
-        "ingress",
-        "web",
-        "-o",
-        "jsonpath={.status.loadBalancer.ingress[*].ip}",
-    ]))
+    ingress_jsonpath(api, ns, "web", "{.status.loadBalancer.ingress[*].ip}")
+}
+
+/// The overlay (less the `rule`th rule of the role `(kind, name)`, if given), its
+/// ServiceAccount's kubeconfig, the backends and Ingresses.
+fn setup(without: Option<(&str, &str, usize)>) -> Cluster {
+    Cluster::start(
+        |api, dir| overlay_and_service_account(api, dir, without),
+        backends_and_ingresses,
+    )
 }
 
 #[test]
 fn with_watch_namespace_the_namespaced_overlay_is_enough_and_other_namespaces_are_ignored() {
-    let api = RealApiServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = overlay_and_service_account(&api, dir.path(), None);
-    let _echo = backends_and_ingresses(&api, dir.path());
-    let mut replica = Replica::start(dir.path(), &kubeconfig, &["--watch-namespace", "apps"]);
+    let Cluster {
+        api,
+        dir,
+        kubeconfig,
+        echo: _echo,
+        ..
+    } = setup(None);
+    let mut replica = start_replica(dir.path(), &kubeconfig, &["--watch-namespace", "apps"]);
 
     wait_until("apps.example served", Duration::from_secs(60), || {
         replica.logs();
@@ -320,16 +189,7 @@ fn with_watch_namespace_the_namespaced_overlay_is_enough_and_other_namespaces_ar
         &ingress("other", "later", "later.example"),
     );
     wait_until("the Event on apps/missing", Duration::from_secs(30), || {
-        let reasons = ok(api.kubectl().args([
-            "-n",
-            "apps",
-            "get",
-            "events.events.k8s.io",
-            "--field-selector",
-            "regarding.name=missing",
-            "-o",
-            "jsonpath={.items[*].reason}",
-        ]));
+        let reasons = event_reasons(&api, "apps", "missing");
         (!reasons.is_empty()).then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
@@ -337,11 +197,7 @@ fn with_watch_namespace_the_namespaced_overlay_is_enough_and_other_namespaces_ar
     assert_eq!(get_host(&replica.http, "later.example"), Some(404));
     assert_eq!(ingress_status(&api, "other"), "");
     assert_eq!(get_host(&replica.http, "apps.example"), Some(200));
-    let logs = replica.logs();
-    assert!(
-        !logs.to_ascii_lowercase().contains("forbidden"),
-        "a 403 with the namespaced overlay and --watch-namespace:\n{logs}"
-    );
+    replica.assert_no_403("a 403 with the namespaced overlay and --watch-namespace");
 }
 
 /// The default certificate in portico-system, outside the watched namespaces: the replica
@@ -349,10 +205,13 @@ fn with_watch_namespace_the_namespaced_overlay_is_enough_and_other_namespaces_ar
 /// is enough, and the certificate is served (curl trusts only it, for a host no Ingress names).
 #[test]
 fn a_default_certificate_outside_the_watched_namespaces_is_watched_by_name() {
-    let api = RealApiServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = overlay_and_service_account(&api, dir.path(), None);
-    let _echo = backends_and_ingresses(&api, dir.path());
+    let Cluster {
+        api,
+        dir,
+        kubeconfig,
+        echo: _echo,
+        ..
+    } = setup(None);
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     ok(Command::new("openssl")
         .args([
@@ -411,7 +270,7 @@ subjects:
     namespace: portico-system
 "#,
     );
-    let mut replica = Replica::start(
+    let mut replica = start_replica(
         dir.path(),
         &kubeconfig,
         &[
@@ -421,7 +280,8 @@ subjects:
             "portico-system/default-tls",
         ],
     );
-    let port = replica.https.rsplit(':').next().unwrap().to_owned();
+    let port = replica.https.as_deref().unwrap().rsplit(':').next();
+    let port = port.unwrap().to_owned();
     wait_until(
         "the default certificate served",
         Duration::from_secs(60),
@@ -446,36 +306,29 @@ subjects:
             (String::from_utf8_lossy(&out.stdout) == "404").then_some(())
         },
     );
-    let logs = replica.logs();
-    assert!(
-        !logs.to_ascii_lowercase().contains("forbidden"),
-        "a 403 with a Role for the default certificate alone:\n{logs}"
-    );
+    replica.assert_no_403("a 403 with a Role for the default certificate alone");
 }
 
 #[test]
 fn without_watch_namespace_the_namespaced_overlay_refuses_the_cluster_wide_lists() {
-    let api = RealApiServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = overlay_and_service_account(&api, dir.path(), None);
-    let _echo = backends_and_ingresses(&api, dir.path());
-    let mut replica = Replica::start(dir.path(), &kubeconfig, &[]);
+    let Cluster {
+        api,
+        dir,
+        kubeconfig,
+        echo: _echo,
+        ..
+    } = setup(None);
+    let mut replica = start_replica(dir.path(), &kubeconfig, &[]);
     // The API server's message names each kind: `cannot list resource "secrets" ... at the
     // cluster scope` (quotes escaped in the JSON log).
     for resource in ["ingresses", "services", "endpointslices", "secrets"] {
-        wait_until(
+        replica.wait_for_line(
             &format!("a cluster-wide 403 on {resource}"),
             Duration::from_secs(60),
-            || {
-                replica
-                    .logs()
-                    .lines()
-                    .any(|line| {
-                        line.contains("forbidden")
-                            && line.contains(&format!("resource \\\"{resource}\\\""))
-                            && line.contains("at the cluster scope")
-                    })
-                    .then_some(())
+            |line| {
+                line.contains("forbidden")
+                    && names_resource(line, &[resource.to_owned()])
+                    && line.contains("at the cluster scope")
             },
         );
     }
@@ -488,33 +341,21 @@ fn without_watch_namespace_the_namespaced_overlay_refuses_the_cluster_wide_lists
 /// resource of that rule (the rule is used) while it leads, serves, writes status and records
 /// the Event.
 fn without_rule(kind: &str, name: &str, rule: usize) {
-    let api = RealApiServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = overlay_and_service_account(&api, dir.path(), Some((kind, name, rule)));
-    let _echo = backends_and_ingresses(&api, dir.path());
-    let mut replica = Replica::start(dir.path(), &kubeconfig, &["--watch-namespace", "apps"]);
+    // Bound, not left to `..`: the API server and the backend run until the end.
+    let Cluster {
+        api: _api,
+        dir,
+        kubeconfig,
+        echo: _echo,
+        ..
+    } = setup(Some((kind, name, rule)));
+    let mut replica = start_replica(dir.path(), &kubeconfig, &["--watch-namespace", "apps"]);
     let removed = rules(&mut rendered_overlay(), kind, name)[rule].clone();
-    let resources: Vec<String> = removed["resources"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap().to_owned())
-        .collect();
-    wait_until(
+    let resources = rule_resources(&removed);
+    replica.wait_for_line(
         &format!("a 403 on {resources:?} without {kind} {name} rule {rule}"),
         Duration::from_secs(60),
-        || {
-            replica
-                .logs()
-                .lines()
-                .any(|line| {
-                    line.contains("forbidden")
-                        && resources
-                            .iter()
-                            .any(|r| line.contains(&format!("resource \\\"{r}\\\"")))
-                })
-                .then_some(())
-        },
+        |line| line.contains("forbidden") && names_resource(line, &resources),
     );
 }
 
@@ -544,37 +385,12 @@ fn every_rule_of_the_namespaced_overlay_has_a_test_without_it() {
     );
 }
 
-#[test]
-fn without_the_namespaced_rule_on_ingresses_the_replica_meets_a_403() {
-    without_rule("Role", "portico", 0);
-}
-
-#[test]
-fn without_the_namespaced_rule_on_ingress_status_the_replica_meets_a_403() {
-    without_rule("Role", "portico", 1);
-}
-
-#[test]
-fn without_the_namespaced_rule_on_services_and_secrets_the_replica_meets_a_403() {
-    without_rule("Role", "portico", 2);
-}
-
-#[test]
-fn without_the_namespaced_rule_on_endpointslices_the_replica_meets_a_403() {
-    without_rule("Role", "portico", 3);
-}
-
-#[test]
-fn without_the_namespaced_rule_on_events_the_replica_meets_a_403() {
-    without_rule("Role", "portico", 4);
-}
-
-#[test]
-fn without_the_cluster_role_on_ingressclasses_the_replica_meets_a_403() {
-    without_rule("ClusterRole", "portico-ingressclasses", 0);
-}
-
-#[test]
-fn without_the_role_on_the_publish_service_the_replica_meets_a_403() {
-    without_rule("Role", "portico-publish-service", 0);
+tests_without_rule! {
+    without_the_namespaced_rule_on_ingresses_the_replica_meets_a_403("Role", "portico", 0);
+    without_the_namespaced_rule_on_ingress_status_the_replica_meets_a_403("Role", "portico", 1);
+    without_the_namespaced_rule_on_services_and_secrets_the_replica_meets_a_403("Role", "portico", 2);
+    without_the_namespaced_rule_on_endpointslices_the_replica_meets_a_403("Role", "portico", 3);
+    without_the_namespaced_rule_on_events_the_replica_meets_a_403("Role", "portico", 4);
+    without_the_cluster_role_on_ingressclasses_the_replica_meets_a_403("ClusterRole", "portico-ingressclasses", 0);
+    without_the_role_on_the_publish_service_the_replica_meets_a_403("Role", "portico-publish-service", 0);
 }
