@@ -21,6 +21,13 @@ pub struct ResourceInfo {
     pub(crate) typed: TypedCheck,
 }
 
+/// Which part of an object a write addresses: the main resource or its `status` subresource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Main,
+    Status,
+}
+
 pub(crate) type TypedCheck = fn(&Value) -> Result<Value, String>;
 
 fn roundtrip<T>(value: &Value) -> Result<Value, String>

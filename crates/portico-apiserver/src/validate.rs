@@ -7,8 +7,7 @@ use portico_model::validate::{self as model, FieldViolation, ViolationKind};
 use serde_json::Value;
 
 use crate::error::{ApiError, Cause};
-use crate::objects::Part;
-use crate::registry::ResourceInfo;
+use crate::registry::{Part, ResourceInfo};
 
 fn reason(kind: ViolationKind) -> &'static str {
     match kind {

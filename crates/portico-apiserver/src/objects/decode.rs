@@ -1,0 +1,77 @@
+//! Strict decoding through the real Kubernetes type (k8s-openapi, via the registry's typed
+//! check), and the fields a request carries that the type does not know.
+
+use serde_json::Value;
+
+use super::FieldValidation;
+use crate::error::ApiError;
+use crate::registry::ResourceInfo;
+
+/// Strict decoding through the real Kubernetes type; the stored form is the re-encoded one
+/// (unknown fields dropped, as kube-apiserver does for `Ignore`/`Warn`).
+pub(crate) fn decode(
+    info: &ResourceInfo,
+    object: &Value,
+    mode: FieldValidation,
+) -> Result<Value, ApiError> {
+    let typed = info.decode_typed(object).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            info.kind, info.version, info.kind
+        ))
+    })?;
+    if mode == FieldValidation::Strict {
+        let mut unknown = Vec::new();
+        unknown_fields(object, &typed, &mut String::new(), &mut unknown);
+        if !unknown.is_empty() {
+            let list = unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {list}"
+            )));
+        }
+    }
+    Ok(typed)
+}
+
+/// The fields of `object` that its Kubernetes type does not know (for `fieldValidation=Warn`).
+pub fn unknown_fields_of(info: &ResourceInfo, object: &Value) -> Vec<String> {
+    let Ok(typed) = info.decode_typed(object) else {
+        return Vec::new();
+    };
+    let mut unknown = Vec::new();
+    unknown_fields(object, &typed, &mut String::new(), &mut unknown);
+    unknown
+}
+
+fn unknown_fields(input: &Value, decoded: &Value, path: &mut String, out: &mut Vec<String>) {
+    match (input, decoded) {
+        (Value::Object(i), Value::Object(d)) => {
+            for (k, v) in i {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                match d.get(k) {
+                    Some(dv) => unknown_fields(v, dv, path, out),
+                    None if !v.is_null() => out.push(path.clone()),
+                    None => {}
+                }
+                path.truncate(len);
+            }
+        }
+        (Value::Array(i), Value::Array(d)) => {
+            for (idx, (iv, dv)) in i.iter().zip(d).enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{idx}]"));
+                unknown_fields(iv, dv, path, out);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
