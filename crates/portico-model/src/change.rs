@@ -14,17 +14,30 @@ pub enum Change {
     Upsert(Resource),
     /// Remove one object (absent objects are ignored).
     Delete { kind: ResourceKind, key: ObjectKey },
-    /// Replace every input at once (a new leader's full resync). Certificates that were good
-    /// before and are broken or missing now are kept, as after any other change.
+    /// Replace every input at once. Certificates that were good before and are broken or
+    /// missing now are kept, as after any other change. [`RoutingTable::compile`] uses it,
+    /// and old logs hold it; the controller no longer proposes it (its resync is the
+    /// difference from the committed table, in [`chunks`] of ordinary changes), since one
+    /// entry holding every object caps the table at one Raft message.
+    ///
+    /// [`RoutingTable::compile`]: crate::RoutingTable::compile
     Resync {
         settings: Settings,
         resources: Vec<Resource>,
     },
     /// Replace the controller's settings.
     Settings(Settings),
-    /// Several changes applied in order as one log entry (the controller's debounced burst).
+    /// Several changes applied in order as one log entry (the controller's debounced burst,
+    /// or one chunk of a resync).
     Batch(Vec<Change>),
 }
+
+/// The largest log entry the controller proposes, encoded. One AppendEntries carrying one
+/// entry is then no larger than a snapshot chunk (1 MiB), so a big change delays heartbeats
+/// and other tenants' changes behind it no more than a snapshot does; a change set larger
+/// than this is split by [`chunks`]. No single object may come near it
+/// ([`crate::Limits::max_object_bytes`] is capped below), so every chunk fits.
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
 
 impl Change {
     /// Encodes the change compactly, for the Raft log.
@@ -34,5 +47,87 @@ impl Change {
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
         postcard::from_bytes(bytes).map_err(crate::DecodeError)
+    }
+
+    /// The length of [`Change::to_bytes`], without building it.
+    pub fn encoded_len(&self) -> usize {
+        postcard::experimental::serialized_size(self)
+            .expect("measuring a Change in memory cannot fail")
+    }
+}
+
+/// Groups `changes`, in order, into as few entries as fit in `max_bytes` each (encoded):
+/// a group of several is one [`Change::Batch`], a group of one is that change. Every entry
+/// leaves a valid table, since each is just ordinary changes applied in order. A single
+/// change larger than `max_bytes` is an entry of its own (the caller's limits keep that
+/// from happening).
+pub fn chunks(changes: Vec<Change>, max_bytes: usize) -> Vec<Change> {
+    // A Batch costs its tag and a length prefix (a varint: at most 5 bytes for a u32).
+    const BATCH_OVERHEAD: usize = 1 + 5;
+    let mut entries = Vec::new();
+    let mut group: Vec<Change> = Vec::new();
+    let mut group_bytes = BATCH_OVERHEAD;
+    for change in changes {
+        let bytes = change.encoded_len();
+        if !group.is_empty() && group_bytes + bytes > max_bytes {
+            entries.push(one_entry(std::mem::take(&mut group)));
+            group_bytes = BATCH_OVERHEAD;
+        }
+        group_bytes += bytes;
+        group.push(change);
+    }
+    if !group.is_empty() {
+        entries.push(one_entry(group));
+    }
+    entries
+}
+
+fn one_entry(mut group: Vec<Change>) -> Change {
+    if group.len() == 1 {
+        group.pop().expect("one change")
+    } else {
+        Change::Batch(group)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::source::SecretSource;
+
+    fn secret(name: &str, bytes: usize) -> Change {
+        Change::Upsert(Resource::Secret(Arc::new(SecretSource {
+            key: ObjectKey::new("ns", name),
+            type_: Some(crate::SECRET_TYPE_TLS.into()),
+            tls_crt: Some(vec![b'x'; bytes]),
+            tls_key: None,
+            oversize: None,
+        })))
+    }
+
+    #[test]
+    fn encoded_len_is_the_length_of_the_bytes() {
+        let change = Change::Batch(vec![secret("a", 300), secret("b", 70_000)]);
+        assert_eq!(change.encoded_len(), change.to_bytes().len());
+    }
+
+    #[test]
+    fn chunks_keep_the_order_and_each_fits() {
+        let changes: Vec<Change> = (0..100).map(|i| secret(&format!("s{i}"), 30_000)).collect();
+        let entries = chunks(changes.clone(), 100_000);
+        assert!(entries.len() >= 30, "{} entries", entries.len());
+        let mut flattened = Vec::new();
+        for entry in entries {
+            assert!(entry.encoded_len() <= 100_000, "{}", entry.encoded_len());
+            match entry {
+                Change::Batch(inner) => flattened.extend(inner),
+                one => flattened.push(one),
+            }
+        }
+        assert_eq!(flattened, changes);
+        assert!(chunks(Vec::new(), 100).is_empty());
+        assert_eq!(chunks(vec![secret("big", 500)], 100), [secret("big", 500)]);
     }
 }

@@ -15,6 +15,7 @@ pub mod fuzzing;
 mod host;
 mod host_routes;
 mod key;
+pub mod limits;
 mod path;
 mod plan;
 mod problem;
@@ -28,8 +29,9 @@ mod tls;
 pub mod validate;
 
 pub use annotations::{INGRESS_CLASS_ANNOTATION, NGINX_PREFIX, PORTICO_PREFIX};
-pub use change::Change;
+pub use change::{Change, MAX_ENTRY_BYTES, chunks};
 pub use key::ObjectKey;
+pub use limits::Limits;
 pub use plan::{
     MAX_REGEX_PATHS_PER_INGRESS, MAX_REGEX_PATHS_PER_NAMESPACE, MAX_REGEX_PATTERN_BYTES,
 };

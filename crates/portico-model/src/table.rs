@@ -150,6 +150,46 @@ impl RoutingTable {
         &self.inputs.settings
     }
 
+    /// The input object `kind`/`key` as last applied (not a last good Secret kept from before).
+    pub fn input(&self, kind: ResourceKind, key: &ObjectKey) -> Option<Resource> {
+        let inputs = &self.inputs;
+        match kind {
+            ResourceKind::Ingress => inputs.ingresses.get(key).cloned().map(Resource::Ingress),
+            ResourceKind::IngressClass => {
+                inputs.classes.get(key).cloned().map(Resource::IngressClass)
+            }
+            ResourceKind::Service => inputs.services.get(key).cloned().map(Resource::Service),
+            ResourceKind::EndpointSlice => {
+                inputs.slices.get(key).cloned().map(Resource::EndpointSlice)
+            }
+            ResourceKind::Secret => inputs.secrets.get(key).cloned().map(Resource::Secret),
+        }
+    }
+
+    /// The keys of every input object, by kind: what a controller compares with the API
+    /// server's objects to propose only the difference.
+    pub fn input_keys(&self) -> impl Iterator<Item = (ResourceKind, &ObjectKey)> {
+        let inputs = &self.inputs;
+        inputs
+            .ingresses
+            .keys()
+            .map(|k| (ResourceKind::Ingress, k))
+            .chain(
+                inputs
+                    .classes
+                    .keys()
+                    .map(|k| (ResourceKind::IngressClass, k)),
+            )
+            .chain(inputs.services.keys().map(|k| (ResourceKind::Service, k)))
+            .chain(
+                inputs
+                    .slices
+                    .keys()
+                    .map(|k| (ResourceKind::EndpointSlice, k)),
+            )
+            .chain(inputs.secrets.keys().map(|k| (ResourceKind::Secret, k)))
+    }
+
     /// Applies one change and sets the table's version.
     pub fn apply(&mut self, version: u64, change: &Change) {
         self.version = version;
