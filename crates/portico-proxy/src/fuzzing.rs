@@ -6,7 +6,8 @@ use std::borrow::Cow;
 
 use bytes::BytesMut;
 
-use crate::{h1conn, h1server, request_path};
+use crate::h1::{client as h1conn, server as h1server};
+use crate::request_path;
 
 /// The canonical path routing and policy see, or why it is refused (400).
 pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, String> {

@@ -9,13 +9,13 @@
 //! - `tcp` / `quic`: listeners, accept loops, per-connection limits and drain;
 //! - `limits`: connection limits, global and per client; `activity`: what keeps a TCP
 //!   connection from being idle, and when a response is stalled by its client;
-//! - `h1server`: the lean HTTP/1.1 loop for plain requests, handing anything else to hyper;
+//! - `h1::server`: the lean HTTP/1.1 loop for plain requests, handing anything else to hyper;
 //! - `tls`: the certificate resolver shared by TCP and QUIC, reading the current table;
 //! - `request_path`: the canonical request path that routing and policy see;
 //! - `handler`: routing, per-route policy, forwarding, retries, error pages, WebSockets;
 //! - `observe`: per-request counters and the optional access log;
 //! - `upstream`: backend clients, endpoint choice and passive ejection; `pool`: the
-//!   keep-alive pool for plain HTTP/1.1 upstreams;
+//!   keep-alive pool for plain HTTP/1.1 upstreams, exchanging through `h1::client`;
 //! - `headers`, `body`: the header rules of a proxy and streaming body adapters;
 //! - `table_file`: a routing table from a YAML manifest, for running standalone.
 //!
@@ -26,8 +26,7 @@ mod body;
 mod config;
 #[doc(hidden)]
 pub mod fuzzing;
-mod h1conn;
-mod h1server;
+mod h1;
 mod handler;
 mod headers;
 mod limits;

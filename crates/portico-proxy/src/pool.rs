@@ -27,7 +27,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, ProxyBody};
-use crate::h1conn::{self, Conn, ExchangeError, RawBody};
+use crate::h1::client::{self as h1conn, Conn, ExchangeError, RawBody};
 use crate::headers::ForwardedValues;
 
 /// Idle connections kept per endpoint at most (as the legacy client's `pool_max_idle_per_host`).

@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::activity::{Activity, FromClient, ToClient, Tracked};
 use crate::body;
 use crate::config::Limits;
-use crate::h1server::{self, Prefixed};
+use crate::h1::server::{self as h1server, Prefixed};
 use crate::handler::{self, ConnInfo, Shared, Transport};
 use crate::limits::{ConnCounters, ConnLimits, ConnPermit};
 

@@ -21,8 +21,8 @@ use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use super::client;
 use crate::body::{self, ProxyBody};
-use crate::h1conn;
 use crate::handler::{self, ConnInfo, Shared};
 
 /// The read buffer: a head that does not fit goes to hyper.
@@ -216,7 +216,7 @@ where
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::None
-    } else if let Some(len) = h1conn::content_length(&parts.headers) {
+    } else if let Some(len) = client::content_length(&parts.headers) {
         Framing::Length(len)
     } else if let Some(len) = body.size_hint().exact() {
         Framing::Length(len)
