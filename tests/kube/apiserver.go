@@ -49,7 +49,7 @@ type apiServer struct {
 	stopping bool
 }
 
-func newAPIServer(dir string, pki *testPKI, etcdURL string, port, verbosity int) (*apiServer, error) {
+func newAPIServer(dir string, pki *testPKI, etcdURL string, port, verbosity int, extra []string) (*apiServer, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -82,6 +82,7 @@ func newAPIServer(dir string, pki *testPKI, etcdURL string, port, verbosity int)
 		"--profiling=false",
 		fmt.Sprintf("--v=%d", verbosity),
 	}
+	args = append(args, extra...)
 	return &apiServer{
 		exe:    exe,
 		args:   args,

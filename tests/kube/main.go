@@ -1,6 +1,6 @@
 // Command kube-testenv runs a real etcd and kube-apiserver on 127.0.0.1 for Portico's tests.
 //
-//	kube-testenv --kubeconfig PATH [--lifeline] [--v N]
+//	kube-testenv --kubeconfig PATH [--lifeline] [--v N] [--apiserver-arg=--FLAG=VALUE ...]
 //
 // etcd runs embedded in this process; kube-apiserver runs as a child process (this same binary,
 // started with the first argument "kube-apiserver"), so a test can stop and restart the API
@@ -26,6 +26,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -55,6 +56,10 @@ func run() error {
 	kubeconfig := flag.String("kubeconfig", "", "where to write the admin kubeconfig (required)")
 	lifeline := flag.Bool("lifeline", false, "stop when stdin closes (so a killed test leaves nothing running)")
 	verbosity := flag.Int("v", 0, "kube-apiserver log verbosity")
+	// Extra kube-apiserver flags, after ours (the last of a repeated flag wins), e.g. the chaos
+	// harness's --watch-cache-sizes so that some watches are served by etcd itself.
+	var extra stringList
+	flag.Var(&extra, "apiserver-arg", "an extra kube-apiserver flag (repeatable), e.g. --apiserver-arg=--watch-cache-sizes=ingresses.networking.k8s.io#0")
 	flag.Parse()
 	if *kubeconfig == "" {
 		return errors.New("--kubeconfig PATH is required")
@@ -101,7 +106,7 @@ func run() error {
 	}
 	defer etcd.close()
 
-	api, err := newAPIServer(dir, pki, etcd.clientURL, ports[2], *verbosity)
+	api, err := newAPIServer(dir, pki, etcd.clientURL, ports[2], *verbosity, extra)
 	if err != nil {
 		return err
 	}
@@ -144,6 +149,16 @@ func run() error {
 	case err := <-controlErr:
 		return fmt.Errorf("control port: %w", err)
 	}
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, " ") }
+
+func (l *stringList) Set(v string) error {
+	*l = append(*l, v)
+	return nil
 }
 
 // freePorts asks the kernel for n distinct free ports on 127.0.0.1. They are released before
