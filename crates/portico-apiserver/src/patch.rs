@@ -1,6 +1,7 @@
-//! The three PATCH formats of the Kubernetes API: JSON merge patch (RFC 7386), JSON patch
-//! (RFC 6902) and strategic merge patch (list merge keys and `$patch` directives, with the
-//! merge keys of the kinds this server serves).
+//! The three PATCH formats of the Kubernetes API: JSON merge patch (RFC 7386) and JSON patch
+//! (RFC 6902) by the `json-patch` crate, with kube-apiserver's status codes; strategic merge
+//! patch (list merge keys and `$patch` directives, with the merge keys of the kinds this
+//! server serves) is ours.
 
 use serde_json::{Map, Value};
 
@@ -8,177 +9,53 @@ use crate::error::ApiError;
 
 /// RFC 7386: maps merge, `null` deletes, everything else replaces.
 pub fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
+    json_patch::merge(target, patch);
+}
+
+/// RFC 6902 JSON patch: `add`, `remove`, `replace`, `move`, `copy`, `test`, applied all or
+/// nothing. A body that is not an array is a 400, as kube-apiserver's "error decoding patch";
+/// an operation that does not decode (an unknown `op`, no `path`) or does not apply is a 422.
+pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), ApiError> {
+    if !patch.is_array() {
+        return Err(ApiError::bad_request(
+            "json patch must be a JSON array of operations",
+        ));
     }
-    let target = target.as_object_mut().expect("made an object above");
-    for (key, value) in patch {
-        if value.is_null() {
-            target.remove(key);
-        } else {
-            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+    let ops: json_patch::Patch =
+        serde_json::from_value(patch.clone()).map_err(|e| rejected(&e.to_string()))?;
+    json_patch::patch(doc, &ops).map_err(|e| {
+        let path = e.path.as_str();
+        match e.kind {
+            json_patch::PatchErrorKind::TestFailed => {
+                rejected(&format!("testing value {path} failed"))
+            }
+            kind => {
+                let op = ops.get(e.operation).map(op_name).unwrap_or_default();
+                rejected(&format!("{op} operation on {path:?}: {kind}"))
+            }
         }
-    }
+    })
 }
 
-fn pointer_tokens(pointer: &str) -> Result<Vec<String>, ApiError> {
-    if pointer.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rest = pointer
-        .strip_prefix('/')
-        .ok_or_else(|| ApiError::bad_request(format!("invalid JSON pointer {pointer:?}")))?;
-    Ok(rest
-        .split('/')
-        .map(|t| t.replace("~1", "/").replace("~0", "~"))
-        .collect())
-}
-
-fn json_patch_err(op: &str, path: &str, why: &str) -> ApiError {
+/// kube-apiserver's 422 for a JSON patch that does not apply, with what went wrong.
+fn rejected(why: &str) -> ApiError {
     ApiError::new(
         422,
         "Invalid",
-        format!(
-            "the server rejected our request due to an error in our request: {op} operation on {path:?}: {why}"
-        ),
+        format!("the server rejected our request due to an error in our request: {why}"),
     )
 }
 
-fn parent_and_last<'v>(
-    doc: &'v mut Value,
-    tokens: &[String],
-    op: &str,
-    path: &str,
-) -> Result<(&'v mut Value, String), ApiError> {
-    let (last, parents) = tokens
-        .split_last()
-        .ok_or_else(|| json_patch_err(op, path, "cannot operate on the root"))?;
-    let mut cur = doc;
-    for t in parents {
-        cur = match cur {
-            Value::Object(m) => m.get_mut(t),
-            Value::Array(a) => t.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
-            _ => None,
-        }
-        .ok_or_else(|| json_patch_err(op, path, "doc is missing path"))?;
+fn op_name(op: &json_patch::PatchOperation) -> &'static str {
+    use json_patch::PatchOperation as Op;
+    match op {
+        Op::Add(_) => "add",
+        Op::Remove(_) => "remove",
+        Op::Replace(_) => "replace",
+        Op::Move(_) => "move",
+        Op::Copy(_) => "copy",
+        Op::Test(_) => "test",
     }
-    Ok((cur, last.clone()))
-}
-
-fn add_at(doc: &mut Value, pointer: &str, value: Value, op: &str) -> Result<(), ApiError> {
-    let tokens = pointer_tokens(pointer)?;
-    if tokens.is_empty() {
-        *doc = value;
-        return Ok(());
-    }
-    let (parent, last) = parent_and_last(doc, &tokens, op, pointer)?;
-    match parent {
-        Value::Object(m) => {
-            m.insert(last, value);
-        }
-        Value::Array(a) => {
-            let index = if last == "-" {
-                a.len()
-            } else {
-                last.parse::<usize>()
-                    .map_err(|_| json_patch_err(op, pointer, "bad index"))?
-            };
-            if index > a.len() {
-                return Err(json_patch_err(op, pointer, "index out of bounds"));
-            }
-            a.insert(index, value);
-        }
-        _ => return Err(json_patch_err(op, pointer, "parent is not a container")),
-    }
-    Ok(())
-}
-
-fn remove_at(doc: &mut Value, pointer: &str, op: &str) -> Result<Value, ApiError> {
-    let tokens = pointer_tokens(pointer)?;
-    let (parent, last) = parent_and_last(doc, &tokens, op, pointer)?;
-    match parent {
-        Value::Object(m) => m
-            .remove(&last)
-            .ok_or_else(|| json_patch_err(op, pointer, "missing value")),
-        Value::Array(a) => {
-            let index = last
-                .parse::<usize>()
-                .map_err(|_| json_patch_err(op, pointer, "bad index"))?;
-            if index >= a.len() {
-                return Err(json_patch_err(op, pointer, "index out of bounds"));
-            }
-            Ok(a.remove(index))
-        }
-        _ => Err(json_patch_err(op, pointer, "parent is not a container")),
-    }
-}
-
-/// RFC 6902 JSON patch: `add`, `remove`, `replace`, `move`, `copy`, `test`.
-pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), ApiError> {
-    let ops = patch
-        .as_array()
-        .ok_or_else(|| ApiError::bad_request("json patch must be a JSON array of operations"))?;
-    for op in ops {
-        let name = op["op"].as_str().unwrap_or_default();
-        let path = op["path"].as_str().ok_or_else(|| {
-            ApiError::bad_request(format!("json patch operation {op} has no path"))
-        })?;
-        let value = || {
-            op.get("value")
-                .cloned()
-                .ok_or_else(|| json_patch_err(name, path, "missing value"))
-        };
-        let from = || {
-            op["from"]
-                .as_str()
-                .ok_or_else(|| json_patch_err(name, path, "missing from"))
-        };
-        match name {
-            "add" => add_at(doc, path, value()?, name)?,
-            "remove" => {
-                remove_at(doc, path, name)?;
-            }
-            "replace" => {
-                remove_at(doc, path, name)?;
-                add_at(doc, path, value()?, name)?;
-            }
-            "move" => {
-                let moved = remove_at(doc, from()?, name)?;
-                add_at(doc, path, moved, name)?;
-            }
-            "copy" => {
-                let copied = doc
-                    .pointer(from()?)
-                    .cloned()
-                    .ok_or_else(|| json_patch_err(name, path, "missing from value"))?;
-                add_at(doc, path, copied, name)?;
-            }
-            "test" => {
-                let want = value()?;
-                let have = doc.pointer(path);
-                // Kubernetes compares resourceVersion tests as strings; a failed test is a conflict.
-                if have != Some(&want) {
-                    return Err(ApiError::new(
-                        422,
-                        "Invalid",
-                        format!(
-                            "the server rejected our request due to an error in our request: testing value {path} failed"
-                        ),
-                    ));
-                }
-            }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown json patch operation {other:?}"
-                )));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// How strategic merge patch treats a list field.
@@ -442,7 +319,31 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code, 422);
-        assert!(json_patch(&mut doc, &json!([{"op": "remove", "path": "/nope"}])).is_err());
+        assert_eq!(
+            json_patch(&mut doc, &json!([{"op": "remove", "path": "/nope"}]))
+                .unwrap_err()
+                .code,
+            422
+        );
+        // As kube-apiserver: an unknown operation is a 422, a body that is no array a 400.
+        let unknown = json_patch(&mut doc, &json!([{"op": "bogus", "path": "/a"}])).unwrap_err();
+        assert_eq!((unknown.code, unknown.reason), (422, "Invalid"));
+        assert_eq!(
+            json_patch(&mut doc, &json!({"op": "add"}))
+                .unwrap_err()
+                .code,
+            400
+        );
+        // All or nothing: a failing operation leaves the earlier ones undone.
+        let before = doc.clone();
+        assert!(
+            json_patch(
+                &mut doc,
+                &json!([{"op": "add", "path": "/x", "value": 1}, {"op": "test", "path": "/x", "value": 2}])
+            )
+            .is_err()
+        );
+        assert_eq!(doc, before);
     }
 
     #[test]
