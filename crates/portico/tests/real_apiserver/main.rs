@@ -9,6 +9,7 @@ mod common;
 
 mod control;
 mod deploy;
+mod explain;
 mod kubectl_create;
 mod local;
 mod namespaced;
