@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use bytes::BytesMut;
 
-use crate::h1::{client as h1conn, server as h1server};
+use crate::h1::{decode, head};
 use crate::request_path;
 
 /// The canonical path routing and policy see, or why it is refused (400).
@@ -30,7 +30,7 @@ pub struct LeanRequest {
 /// The lean loop's verdict on what one read put in `buf`: the request it serves itself, or
 /// `None` when it hands the connection to hyper. `buf` is left with what was not consumed.
 pub fn lean_request(buf: &mut BytesMut, max_header_bytes: usize) -> Option<LeanRequest> {
-    let req = h1server::parse_request(buf, max_header_bytes)?;
+    let req = head::parse_request(buf, max_header_bytes)?;
     Some(LeanRequest {
         method: req.method().as_str().to_owned(),
         target: req.uri().to_string(),
@@ -62,14 +62,14 @@ pub struct ResponseHead {
 /// Parses a response head off the front of `buf` (`Ok(None)`: more bytes needed).
 pub fn response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, String> {
     let Some((status, version, headers, facts)) =
-        h1conn::parse_head(buf).map_err(|e| e.to_string())?
+        head::parse_response_head(buf).map_err(|e| e.to_string())?
     else {
         return Ok(None);
     };
     Ok(Some(ResponseHead {
         status: status.as_u16(),
         http11: version == http::Version::HTTP_11,
-        map_content_length: h1conn::content_length(&headers),
+        map_content_length: head::content_length(&headers),
         headers: headers
             .iter()
             .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
@@ -83,5 +83,5 @@ pub fn response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, String>
 
 /// A chunk-size line at the front of `buf`: its size and length, `None` while incomplete.
 pub fn chunk_size_line(buf: &[u8]) -> Result<Option<(u64, usize)>, &'static str> {
-    h1conn::chunk_size_line(buf)
+    decode::chunk_size_line(buf)
 }

@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::h1::client::{self as h1conn, Conn, ExchangeError, RawBody};
+use crate::h1::head::encode_request_head;
 use crate::headers::ForwardedValues;
 
 /// Idle connections kept per endpoint at most (as the legacy client's `pool_max_idle_per_host`).
@@ -267,7 +268,7 @@ impl H1Pool {
         forwarded: &ForwardedValues,
     ) -> Result<Response<UpstreamBody>, PoolFailure> {
         self.start_sweeper();
-        let head = h1conn::encode_head(&req, forwarded);
+        let head = encode_request_head(&req, forwarded);
         let mut stale = 0;
         loop {
             let pooled = std::future::poll_fn(|cx| Poll::Ready(self.checkout_raw(addr, cx))).await;
