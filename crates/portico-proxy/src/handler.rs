@@ -1,5 +1,9 @@
-//! One request, whatever protocol it came in on: route it through the current table, apply
-//! the route's policy, forward it to an endpoint and shape the response.
+//! One request, whatever protocol it came in on, in the order a reader meets it (as
+//! pingora's `ProxyHttp` phases): `admit` (what no proxy forwards; the canonical path),
+//! `route` (the table's lookup), `policy` (the route's checks, before any upstream work),
+//! `upstream_request` (the head the backend sees), the exchange with the backend
+//! (`exchange`: the upstream path decided once, attempts and retries) and `respond` (the
+//! response as the client sees it). `handle` wraps them with the per-request observation.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -8,17 +12,19 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::request::Parts;
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use portico_model::{Backend, BackendProtocol, BackendTarget, Route, RoutingTable};
+use portico_model::{Backend, BackendProtocol, Route, RoutingTable};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::{self, ClientBodyFault, LimitedBody, ProxyBody, Reclaimable, TimeoutBody};
-use crate::headers::{self, Forwarded};
+use crate::body::{self, ClientBodyFault, LimitedBody, ProxyBody, TimeoutBody};
+use crate::exchange::{Exchange, Upstream};
+use crate::headers::{self, Forwarded, ForwardedValues, RequestHost};
 use crate::observe::{self, Observation, Protocol, ProxyMetrics, RequestFacts, Trace};
 use crate::pool::UpstreamBody;
 use crate::request_path;
@@ -78,9 +84,6 @@ pub(crate) struct ConnInfo {
     pub transport: Transport,
 }
 
-/// At most this many endpoints are tried for one request (only when nothing was sent).
-const MAX_ATTEMPTS: usize = 3;
-
 pub(crate) async fn handle(
     shared: &Shared,
     conn: ConnInfo,
@@ -93,19 +96,21 @@ pub(crate) async fn handle(
         (_, Version::HTTP_2) => Protocol::Http2,
         _ => Protocol::Http1,
     };
+    // Read once: validated, routed by, sent upstream and logged.
+    let host = RequestHost::of(req.uri(), req.headers());
     // Only the access log needs these; without it the hot path allocates nothing more.
     let facts = shared.access_log.then(|| RequestFacts {
         method: req.method().clone(),
-        host: headers::request_host(req.uri(), req.headers())
-            .unwrap_or("-")
-            .to_owned(),
+        host: host.get().unwrap_or("-").to_owned(),
         uri: req.uri().clone(),
     });
     let mut trace = Trace {
         enabled: shared.access_log,
         ..Trace::default()
     };
-    let mut resp = route_and_forward(shared, conn, req, upgrade, &mut trace).await;
+    let mut resp = route_and_forward(shared, conn, req, &host, upgrade, &mut trace)
+        .await
+        .unwrap_or_else(Refusal::into_response);
     observe::observe(
         &shared.metrics,
         Observation {
@@ -129,63 +134,23 @@ pub(crate) async fn handle(
     resp
 }
 
+/// The phases in order; any of them may answer in the backend's place.
 async fn route_and_forward(
     shared: &Shared,
     conn: ConnInfo,
     mut req: Request<ProxyBody>,
+    host: &RequestHost,
     upgrade: Option<OnUpgrade>,
     trace: &mut Trace,
-) -> Response<ProxyBody> {
-    // Already forwarded by this cluster: a backend leads back to us (finding H2, loops).
-    if shared.hop.seen_in(req.headers()) {
-        return error(StatusCode::LOOP_DETECTED, "request loop through this proxy");
-    }
-    if let Some(rejection) = malformed(&req) {
-        return rejection;
-    }
-    if req.method() == Method::CONNECT {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
-    }
-    // Routing, policy and the upstream all see the canonical path (finding H4).
-    match request_path::normalize(req.uri().path()) {
-        Ok(Cow::Borrowed(_)) => {}
-        Ok(Cow::Owned(path)) => match with_path(req.uri(), &path) {
-            Some(uri) => {
-                if shared.forward_original_path
-                    && let Some(original) = req.uri().path_and_query().cloned()
-                {
-                    req.extensions_mut().insert(OriginalTarget(original));
-                }
-                *req.uri_mut() = uri;
-            }
-            None => return error(StatusCode::BAD_REQUEST, "invalid request target"),
-        },
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
-    }
-    let request_host = headers::RequestHost::of(req.uri(), req.headers());
-    let host = request_host.as_str();
+) -> Result<Response<ProxyBody>, Refusal> {
+    admit(shared, &mut req, host)?;
+    let host = host.as_str();
     let table = shared.table.load_full();
-    let Some(route) = table.lookup(host, &request_path::without_params(req.uri().path())) else {
-        return error(StatusCode::NOT_FOUND, "no route for this host and path");
-    };
-    if trace.enabled {
-        trace.ingress = Some(route.ingress.clone());
-    }
-    let policy = &route.policy;
-    if !policy.allows_source(conn.peer.ip()) {
-        return error(StatusCode::FORBIDDEN, "source address not allowed");
-    }
-    if conn.transport == Transport::Plain && route.redirect_to_https {
-        return redirect_to_https(host, req.uri());
-    }
-    if let Some(limit) = policy.max_body_bytes
-        && declared_length(&req).is_some_and(|len| len > limit)
-    {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-    }
-    let Some(backend) = table.backend(&route.backend) else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "no such backend");
-    };
+    let route = route(&table, host, &req, trace).ok_or(Refusal::Error(
+        StatusCode::NOT_FOUND,
+        Cow::Borrowed("no route for this host and path"),
+    ))?;
+    let backend = policy(&table, route, conn, host, &req)?;
     // Boxed: hyper keeps room for the whole request future in every connection, idle or
     // not; the forwarding state (the largest part) is only allocated while forwarding.
     Box::pin(forward(
@@ -194,37 +159,69 @@ async fn route_and_forward(
     .await
 }
 
+/// Requests no proxy forwards, refused before routing: a loop through this cluster (508),
+/// a malformed request (400), CONNECT (405), a path `request_path` refuses (400). The path
+/// that routing, policy and the upstream see is made canonical here (finding H4).
+fn admit(shared: &Shared, req: &mut Request<ProxyBody>, host: &RequestHost) -> Result<(), Refusal> {
+    // Already forwarded by this cluster: a backend leads back to us (finding H2, loops).
+    if shared.hop.seen_in(req.headers()) {
+        return Err(Refusal::new(
+            StatusCode::LOOP_DETECTED,
+            "request loop through this proxy",
+        ));
+    }
+    malformed(req, host)?;
+    if req.method() == Method::CONNECT {
+        return Err(Refusal::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported",
+        ));
+    }
+    match request_path::normalize(req.uri().path()) {
+        Ok(Cow::Borrowed(_)) => Ok(()),
+        Ok(Cow::Owned(path)) => {
+            let Some(uri) = with_path(req.uri(), &path) else {
+                return Err(Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid request target",
+                ));
+            };
+            if shared.forward_original_path
+                && let Some(original) = req.uri().path_and_query().cloned()
+            {
+                req.extensions_mut().insert(OriginalTarget(original));
+            }
+            *req.uri_mut() = uri;
+            Ok(())
+        }
+        Err(e) => Err(Refusal::new(StatusCode::BAD_REQUEST, e.to_string())),
+    }
+}
+
 /// Requests hyper accepts but a proxy must not forward.
-fn malformed(req: &Request<ProxyBody>) -> Option<Response<ProxyBody>> {
+fn malformed(req: &Request<ProxyBody>, host: &RequestHost) -> Result<(), Refusal> {
     let headers = req.headers();
     // Both framings at once is the classic request-smuggling vector (RFC 9112 §6.1).
     if headers.contains_key(header::TRANSFER_ENCODING)
         && headers.contains_key(header::CONTENT_LENGTH)
     {
-        return Some(error(
+        return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "both Transfer-Encoding and Content-Length",
         ));
     }
     // Two `Host` lines: which one a backend believes is anyone's guess (RFC 9112 §3.2).
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let first_host = hosts.next();
-    if hosts.next().is_some() {
-        return Some(error(StatusCode::BAD_REQUEST, "more than one Host"));
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(Refusal::new(StatusCode::BAD_REQUEST, "more than one Host"));
     }
-    // As `headers::request_host`, without a second lookup of `Host`.
-    let host = match req.uri().authority() {
-        Some(authority) => Some(authority.as_str()),
-        None => first_host.and_then(|v| v.to_str().ok()),
-    };
-    match host {
+    match host.get() {
         Some(host) if !headers::valid_authority(host) => {
-            Some(error(StatusCode::BAD_REQUEST, "invalid host"))
+            Err(Refusal::new(StatusCode::BAD_REQUEST, "invalid host"))
         }
         None if req.version() == Version::HTTP_11 => {
-            Some(error(StatusCode::BAD_REQUEST, "missing Host"))
+            Err(Refusal::new(StatusCode::BAD_REQUEST, "missing Host"))
         }
-        _ => None,
+        _ => Ok(()),
     }
 }
 
@@ -239,6 +236,56 @@ fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
+/// The route for the host and the canonical path without its parameters (`None`: 404).
+fn route<'t>(
+    table: &'t RoutingTable,
+    host: &str,
+    req: &Request<ProxyBody>,
+    trace: &mut Trace,
+) -> Option<&'t Route> {
+    let route = table.lookup(host, &request_path::without_params(req.uri().path()))?;
+    if trace.enabled {
+        trace.ingress = Some(route.ingress.clone());
+    }
+    Some(route)
+}
+
+/// The route's checks, before any upstream work: the source allowlist (403), ssl-redirect
+/// (308), the declared body size (413); then the backend to send to (503 when none).
+fn policy<'t>(
+    table: &'t RoutingTable,
+    route: &Route,
+    conn: ConnInfo,
+    host: &str,
+    req: &Request<ProxyBody>,
+) -> Result<&'t Backend, Refusal> {
+    let policy = &route.policy;
+    if !policy.allows_source(conn.peer.ip()) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "source address not allowed",
+        ));
+    }
+    if conn.transport == Transport::Plain && route.redirect_to_https {
+        return Err(redirect_to_https(host, req.uri()));
+    }
+    if let Some(limit) = policy.max_body_bytes
+        && declared_length(req).is_some_and(|len| len > limit)
+    {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        ));
+    }
+    match table.backend(&route.backend) {
+        Some(backend) => Ok(backend),
+        None => Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no such backend",
+        )),
+    }
+}
+
 fn declared_length(req: &Request<ProxyBody>) -> Option<u64> {
     req.headers()
         .get(header::CONTENT_LENGTH)?
@@ -248,28 +295,20 @@ fn declared_length(req: &Request<ProxyBody>) -> Option<u64> {
         .ok()
 }
 
-fn redirect_to_https(host: &str, uri: &Uri) -> Response<ProxyBody> {
+fn redirect_to_https(host: &str, uri: &Uri) -> Refusal {
     let path = uri
         .path_and_query()
         .map(PathAndQuery::as_str)
         .unwrap_or("/");
     let location = format!("https://{}{}", headers::host_without_port(host), path);
-    let mut resp = error(StatusCode::PERMANENT_REDIRECT, "");
     match HeaderValue::from_str(&location) {
-        Ok(v) => {
-            resp.headers_mut().insert(header::LOCATION, v);
-            resp
-        }
-        Err(_) => error(StatusCode::BAD_REQUEST, "invalid host"),
+        Ok(location) => Refusal::Redirect(location),
+        Err(_) => Refusal::new(StatusCode::BAD_REQUEST, "invalid host"),
     }
 }
 
-/// Where one attempt goes.
-enum Target {
-    Endpoint(SocketAddr),
-    External(String),
-}
-
+/// The upstream work: the request the backend sees, the upstream path chosen once, the
+/// exchange (with retries), the response.
 // Each argument is borrowed from a different owner (table, connection, request, caller).
 #[allow(clippy::too_many_arguments)]
 async fn forward(
@@ -281,37 +320,102 @@ async fn forward(
     req: Request<ProxyBody>,
     client_upgrade: Option<OnUpgrade>,
     trace: &mut Trace,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, Refusal> {
     let policy = &route.policy;
-    let protocol = policy.backend_protocol;
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
 
     // A body gets its client-side layer (size limit, client faults) inside the send watch
     // (proxy-send-timeout: only a body can stall on its way upstream), in one box.
     let client_fault = Arc::new(ClientBodyFault::default());
     let send_watch = (!body.is_end_stream()).then(SendWatch::new);
-    let mut body = match &send_watch {
+    let body = match &send_watch {
         Some(watch) => ProxyBody::new(WatchedBody::new(
             LimitedBody::new(body, policy.max_body_bytes, client_fault.clone()),
             watch.clone(),
         )),
         None => body,
     };
+    let bodyless = client_upgrade.is_none() && body.is_end_stream();
 
-    let upgrade_token = client_upgrade
-        .as_ref()
-        .and_then(|_| parts.headers.get(header::UPGRADE).cloned());
-    let h2_upstream = matches!(protocol, BackendProtocol::H2c | BackendProtocol::Grpcs);
+    let UpstreamHead {
+        mut head,
+        path,
+        forwarded,
+    } = upstream_request(shared, conn, host, route, parts, client_upgrade.is_some()).ok_or(
+        Refusal::Error(
+            StatusCode::BAD_REQUEST,
+            Cow::Borrowed("invalid request target"),
+        ),
+    )?;
+    let sticky_cookie = policy.affinity.as_ref().map(|a| a.cookie_name.as_str());
+    let sticky = sticky_cookie
+        .and_then(|name| headers::cookie(&head.headers, name))
+        .and_then(|token| upstream::endpoint_for_token(backend, token));
+    let upstream = Upstream::choose(shared, backend, policy, bodyless, forwarded, &mut head)?;
+    let exchange = Exchange {
+        shared,
+        backend,
+        policy,
+        upstream,
+        path,
+        sticky,
+        send_watch: send_watch.as_deref(),
+        client_fault: &client_fault,
+    };
+    let answer = exchange.run(Request::from_parts(head, body), trace).await?;
+    let cookie = match (sticky_cookie, answer.endpoint) {
+        (Some(name), Some(addr)) if sticky != Some(addr) => Some(format!(
+            "{name}={}; Path=/; HttpOnly",
+            upstream::affinity_token(addr)
+        )),
+        _ => None,
+    };
+    Ok(respond(
+        shared,
+        answer.response,
+        client_upgrade,
+        policy.read_timeout,
+        cookie,
+    ))
+}
+
+/// The request head as the backend gets it, its path, and the forwarding headers for it.
+struct UpstreamHead {
+    head: Parts,
+    path: PathAndQuery,
+    forwarded: ForwardedValues,
+}
+
+/// The head the backend sees: hop-by-hop headers stripped (RFC 9110 §7.6.1), the upgrade
+/// asked again, the routed host, the forwarding values (added by the exchange), the
+/// upstream version, and the path (rewritten, canonical or as sent). `None`: the path does
+/// not make a request target (400).
+fn upstream_request(
+    shared: &Shared,
+    conn: ConnInfo,
+    host: &str,
+    route: &Route,
+    mut parts: Parts,
+    upgrade: bool,
+) -> Option<UpstreamHead> {
+    let policy = &route.policy;
+    let upgrade_token = upgrade
+        .then(|| parts.headers.get(header::UPGRADE).cloned())
+        .flatten();
+    let h2_upstream = matches!(
+        policy.backend_protocol,
+        BackendProtocol::H2c | BackendProtocol::Grpcs
+    );
     headers::strip_hop_by_hop(&mut parts.headers, h2_upstream);
     // We answer `Expect: 100-continue` ourselves (hyper does when the body is first read).
     parts.headers.remove(header::EXPECT);
-    if let Some(token) = &upgrade_token
+    if let Some(token) = upgrade_token
         && !h2_upstream
     {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, token.clone());
+        parts.headers.insert(header::UPGRADE, token);
     }
     // The backend sees the host we routed by (finding M1): with an absolute-form target or
     // `:authority`, a different `Host` from the client is replaced (RFC 9112 §3.2.2).
@@ -342,234 +446,33 @@ async fn forward(
     };
     // The original path and query are reused as they are (no re-parse) unless rewritten.
     // rewrite-target captures come from the path routes matched (canonical, no parameters).
-    let rewritten = policy.rewrite_target.as_ref().map(|_| {
-        route
-            .upstream_path(&request_path::without_params(parts.uri.path()))
-            .into_owned()
-    });
-    let upstream_path = match rewritten {
+    let path = match &policy.rewrite_target {
         None if shared.forward_original_path => parts
             .extensions
             .remove::<OriginalTarget>()
             .map(|original| original.0)
             .or_else(|| parts.uri.path_and_query().cloned()),
         None => parts.uri.path_and_query().cloned(),
-        Some(path) => {
+        Some(_) => {
+            let path = route
+                .upstream_path(&request_path::without_params(parts.uri.path()))
+                .into_owned();
             let target = match parts.uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path,
             };
             PathAndQuery::try_from(target).ok()
         }
-    };
-    let Some(upstream_path) = upstream_path else {
-        return error(StatusCode::BAD_REQUEST, "invalid request target");
-    };
-    let scheme = match protocol {
-        BackendProtocol::Http | BackendProtocol::H2c => Scheme::HTTP,
-        BackendProtocol::Https | BackendProtocol::Grpcs => Scheme::HTTPS,
-    };
-
-    let sticky_cookie = policy.affinity.as_ref().map(|a| a.cookie_name.as_str());
-    let sticky = sticky_cookie
-        .and_then(|name| headers::cookie(&parts.headers, name))
-        .and_then(|token| upstream::endpoint_for_token(backend, token));
-
-    // Plain HTTP/1.1 to an endpoint goes through our own pool; the rest through hyper-util.
-    let legacy = (protocol != BackendProtocol::Http
-        || !matches!(backend.target, BackendTarget::Endpoints(_)))
-    .then(|| shared.clients.get(protocol, policy.connect_timeout));
-    // No body and no upgrade to a plain endpoint (most requests): the lean HTTP/1.1 path,
-    // which writes the forwarded values straight into the request head.
-    let lean = legacy.is_none() && client_upgrade.is_none() && body.is_end_stream();
-    let forwarded = if lean {
-        Some(forwarded)
-    } else {
-        forwarded.insert_into(&mut parts.headers);
-        None
-    };
-    let deadline = policy.connect_timeout + policy.read_timeout;
-    let mut template = Some(parts);
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut last_failure = StatusCode::BAD_GATEWAY;
-    loop {
-        let target = match &backend.target {
-            BackendTarget::ExternalName { host, port } => {
-                Target::External(format!("{host}:{port}"))
-            }
-            BackendTarget::Endpoints(_) => {
-                match upstream::pick(backend, &shared.health, &tried, sticky) {
-                    Some(ep) => Target::Endpoint(ep.addr),
-                    None if tried.is_empty() => {
-                        return error(StatusCode::SERVICE_UNAVAILABLE, "no endpoint available");
-                    }
-                    None => return error(last_failure, "upstream unavailable"),
-                }
-            }
-            BackendTarget::Unavailable(_) => {
-                return error(StatusCode::SERVICE_UNAVAILABLE, "no endpoint available");
-            }
-        };
-        let uri = match (&legacy, &target) {
-            // The pool writes the URI as it is: origin-form, no authority to format.
-            (None, _) => Uri::from(upstream_path.clone()),
-            (Some(_), target) => {
-                let authority = match target {
-                    Target::Endpoint(addr) => endpoint_authority(*addr),
-                    Target::External(hostport) => Authority::try_from(hostport.as_str()).ok(),
-                };
-                let mut uri_parts = http::uri::Parts::default();
-                uri_parts.scheme = Some(scheme.clone());
-                uri_parts.authority = authority;
-                uri_parts.path_and_query = Some(upstream_path.clone());
-                let Ok(uri) = Uri::from_parts(uri_parts) else {
-                    return error(StatusCode::BAD_GATEWAY, "invalid upstream address");
-                };
-                uri
-            }
-        };
-        // The pool hands an unsent request back; for the legacy client keep a copy of the
-        // head (and a way to take the body back) while another attempt is still possible.
-        let may_retry = legacy.is_some()
-            && matches!(target, Target::Endpoint(_))
-            && tried.len() + 1 < MAX_ATTEMPTS.min(backend.endpoints().len());
-        let head = match (may_retry, template.as_ref()) {
-            (true, Some(kept)) => kept.clone(),
-            _ => match template.take() {
-                Some(parts) => parts,
-                None => return error(last_failure, "upstream unavailable"),
-            },
-        };
-        let (reclaim, sent_body) = match legacy {
-            Some(_) => {
-                let (reclaim, sent) = Reclaimable::new(body);
-                (Some(reclaim), sent)
-            }
-            None => (None, body),
-        };
-        let mut upstream_req = Request::from_parts(head, sent_body);
-        *upstream_req.uri_mut() = uri;
-
-        let sent = async {
-            match (&legacy, &target) {
-                (Some(client), _) => client.request(upstream_req).await.map_err(|e| (e, None)),
-                (None, Target::Endpoint(addr)) if let Some(forwarded) = &forwarded => shared
-                    .clients
-                    .h1
-                    .send_bodyless(*addr, policy.connect_timeout, upstream_req, forwarded)
-                    .await
-                    .map_err(|f| (f.error.into(), f.request)),
-                (None, Target::Endpoint(addr)) => shared
-                    .clients
-                    .h1
-                    .send(*addr, policy.connect_timeout, upstream_req)
-                    .await
-                    .map_err(|f| (f.error.into(), f.request)),
-                (None, Target::External(_)) => unreachable!("external names use the legacy client"),
-            }
-        };
-        // Not boxed on its own: the whole forwarding state already is (see route_and_forward).
-        let sent = tokio::time::timeout(deadline, sent);
-        let outcome = match &send_watch {
-            None => sent.await,
-            Some(watch) => tokio::select! {
-                outcome = sent => outcome,
-                // Boxed too: only requests with a body pay for the watch's timer.
-                () = Box::pin(watch.stalled(policy.send_timeout)) => {
-                    shared.metrics.upstream_error();
-                    tracing::debug!("upstream stopped reading the request body");
-                    return error(StatusCode::GATEWAY_TIMEOUT, "upstream stopped reading the request");
-                }
-            },
-        };
-        let endpoint = match target {
-            Target::Endpoint(addr) => Some(addr),
-            Target::External(_) => None,
-        };
-        trace.upstream = endpoint;
-        match outcome {
-            Ok(Ok(resp)) => {
-                if let Some(addr) = endpoint {
-                    shared.health.success(addr);
-                }
-                let cookie = match (sticky_cookie, endpoint) {
-                    (Some(name), Some(addr)) if sticky != Some(addr) => Some(format!(
-                        "{name}={}; Path=/; HttpOnly",
-                        upstream::affinity_token(addr)
-                    )),
-                    _ => None,
-                };
-                return respond(shared, resp, client_upgrade, policy.read_timeout, cookie);
-            }
-            Ok(Err((err, handed_back))) => {
-                // The client's body failed, not the endpoint: answer the client, blame no one.
-                if let Some((status, message)) = client_fault.status() {
-                    tracing::debug!(upstream = ?endpoint, error = %ErrorChain(&err), "request body failed on the client's side");
-                    return error(status, message);
-                }
-                shared.metrics.upstream_error();
-                let status = if is_timeout(&err) {
-                    StatusCode::GATEWAY_TIMEOUT
-                } else {
-                    StatusCode::BAD_GATEWAY
-                };
-                tracing::debug!(upstream = ?endpoint, error = %ErrorChain(&err), "upstream request failed");
-                if let Some(addr) = endpoint {
-                    shared.health.failure(addr);
-                    tried.push(addr);
-                }
-                last_failure = status;
-                // Retry only when the request never left: the connection was not made and
-                // not one byte of the body was read.
-                let unsent = match (handed_back, reclaim) {
-                    (Some(request), _) => {
-                        let (parts, body) = request.into_parts();
-                        template = Some(parts);
-                        Some(body)
-                    }
-                    (None, Some(reclaim)) => reclaim.reclaim(),
-                    (None, None) => None,
-                };
-                let retryable = err.nothing_sent()
-                    && endpoint.is_some()
-                    && template.is_some()
-                    && tried.len() < MAX_ATTEMPTS;
-                match unsent {
-                    Some(unsent) if retryable => body = unsent,
-                    _ => return error(status, "upstream failure"),
-                }
-            }
-            Err(_elapsed) => {
-                shared.metrics.upstream_error();
-                tracing::debug!(upstream = ?endpoint, "upstream timed out");
-                return error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
-            }
-        }
-    }
-}
-
-/// An endpoint's address as a URI authority, formatted once per thread and address.
-fn endpoint_authority(addr: SocketAddr) -> Option<Authority> {
-    use std::cell::RefCell;
-    use std::collections::HashMap;
-    thread_local! {
-        static CACHE: RefCell<HashMap<SocketAddr, Authority>> = RefCell::new(HashMap::new());
-    }
-    CACHE.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if let Some(authority) = cache.get(&addr) {
-            return Some(authority.clone());
-        }
-        let authority = Authority::try_from(addr.to_string()).ok()?;
-        // Endpoints come and go with the table; a bounded cache forgets them wholesale.
-        if cache.len() >= 4096 {
-            cache.clear();
-        }
-        cache.insert(addr, authority.clone());
-        Some(authority)
+    }?;
+    Some(UpstreamHead {
+        head: parts,
+        path,
+        forwarded,
     })
 }
 
+/// The response as the client sees it: a WebSocket tunnel started on a 101, hop-by-hop
+/// headers stripped, the affinity cookie, the read timeout on the body.
 fn respond(
     shared: &Shared,
     mut resp: Response<UpstreamBody>,
@@ -633,30 +536,29 @@ fn respond(
     )
 }
 
-fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+/// The proxy's own answer in the backend's place: a phase that refuses returns one, and
+/// `handle` makes it the response.
+pub(crate) enum Refusal {
+    /// A small plain-text error page.
+    Error(StatusCode, Cow<'static, str>),
+    /// ssl-redirect: a 308 to this `Location`.
+    Redirect(HeaderValue),
 }
 
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+impl Refusal {
+    pub(crate) fn new(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Refusal::Error(status, message.into())
+    }
 
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(e) = source {
-            write!(f, ": {e}")?;
-            source = e.source();
+    fn into_response(self) -> Response<ProxyBody> {
+        match self {
+            Refusal::Error(status, message) => error(status, &message),
+            Refusal::Redirect(location) => {
+                let mut resp = error(StatusCode::PERMANENT_REDIRECT, "");
+                resp.headers_mut().insert(header::LOCATION, location);
+                resp
+            }
         }
-        Ok(())
     }
 }
 

@@ -424,17 +424,9 @@ pub(crate) fn add_response_defaults(headers: &mut HeaderMap, server: &HeaderValu
     }
 }
 
-/// The host a request names: `:authority` (HTTP/2, HTTP/3, absolute-form) or `Host`.
-/// Returns the value with any port, as received; `None` when there is none or it is not text.
-pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    if let Some(authority) = uri.authority() {
-        return Some(authority.as_str());
-    }
-    headers.get(header::HOST).and_then(|v| v.to_str().ok())
-}
-
-/// The host a request names, held without copying it (a cheap clone of the URI authority
-/// or of the `Host` header value), so it outlives the request it came from.
+/// The host a request names: `:authority` (HTTP/2, HTTP/3, absolute-form) or `Host`, held
+/// without copying it (a cheap clone of the URI authority or of the `Host` header value),
+/// so it outlives the request it came from.
 pub(crate) enum RequestHost {
     Authority(http::uri::Authority),
     Header(HeaderValue),
@@ -452,13 +444,18 @@ impl RequestHost {
         }
     }
 
-    /// As [`request_host`], with `""` when there is none.
-    pub(crate) fn as_str(&self) -> &str {
+    /// The host with any port, as received; `None` when there is none or it is not text.
+    pub(crate) fn get(&self) -> Option<&str> {
         match self {
-            RequestHost::Authority(a) => a.as_str(),
-            RequestHost::Header(v) => v.to_str().unwrap_or(""),
-            RequestHost::Missing => "",
+            RequestHost::Authority(a) => Some(a.as_str()),
+            RequestHost::Header(v) => v.to_str().ok(),
+            RequestHost::Missing => None,
         }
+    }
+
+    /// As [`RequestHost::get`], with `""` when there is none.
+    pub(crate) fn as_str(&self) -> &str {
+        self.get().unwrap_or("")
     }
 }
 

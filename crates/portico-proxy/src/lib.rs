@@ -12,7 +12,9 @@
 //! - `h1::server`: the lean HTTP/1.1 loop for plain requests, handing anything else to hyper;
 //! - `tls`: the certificate resolver shared by TCP and QUIC, reading the current table;
 //! - `request_path`: the canonical request path that routing and policy see;
-//! - `handler`: routing, per-route policy, forwarding, retries, error pages, WebSockets;
+//! - `handler`: the request's phases: admission, routing, per-route policy, the upstream
+//!   head, the response (error pages, WebSockets); `exchange`: the upstream path chosen once
+//!   per request, attempts and retries;
 //! - `observe`: per-request counters and the optional access log;
 //! - `upstream`: backend clients, endpoint choice and passive ejection; `pool`: the
 //!   keep-alive pool for plain HTTP/1.1 upstreams, exchanging through `h1::client`;
@@ -24,6 +26,7 @@
 mod activity;
 mod body;
 mod config;
+mod exchange;
 #[doc(hidden)]
 pub mod fuzzing;
 mod h1;

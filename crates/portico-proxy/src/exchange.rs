@@ -1,0 +1,369 @@
+//! The exchange with the backend: which upstream path a request takes, decided once
+//! ([`Upstream::choose`]), then attempts until one is answered or no other may be made.
+//! Retries only when nothing was sent: the connection was never made and no body byte was
+//! read (the pool hands such a request back; for hyper-util's client a copy of the head is
+//! kept, and the body taken back if it was not touched).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri};
+use portico_model::{Backend, BackendProtocol, BackendTarget, RoutePolicy};
+
+use crate::body::{ClientBodyFault, ProxyBody, Reclaimable};
+use crate::handler::{Refusal, Shared};
+use crate::headers::ForwardedValues;
+use crate::observe::Trace;
+use crate::pool::{H1Pool, PoolFailure, UpstreamBody};
+use crate::send_watch::SendWatch;
+use crate::upstream::{self, UpstreamClient, UpstreamError};
+
+/// At most this many endpoints are tried for one request (only when nothing was sent).
+const MAX_ATTEMPTS: usize = 3;
+
+/// How a request reaches its backend: where attempts go, and through which client.
+pub(crate) enum Upstream<'a> {
+    /// The Service's endpoint addresses: each attempt picks one (affinity, then round-robin,
+    /// skipping ejected and tried ones).
+    Endpoints(Via<'a>),
+    /// An `ExternalName`'s `host:port`, through hyper-util's client (whose resolver refuses
+    /// forbidden addresses): one attempt.
+    External(UpstreamClient, Authority),
+}
+
+/// The client an endpoint attempt goes through.
+pub(crate) enum Via<'a> {
+    /// Plain HTTP/1.1, no body and no upgrade (most requests): the pool's lean exchange,
+    /// which writes these forwarding values straight into the request head.
+    Lean(&'a H1Pool, ForwardedValues),
+    /// Plain HTTP/1.1 with a body or an upgrade: the pool's hyper connections.
+    Pooled(&'a H1Pool),
+    /// TLS or HTTP/2: hyper-util's pooled client.
+    Client(UpstreamClient),
+}
+
+impl<'a> Upstream<'a> {
+    /// The path for `backend` under `policy`; `bodyless`: no body and no upgrade. The
+    /// forwarding values go into `head` unless the lean exchange writes them itself. Refused:
+    /// a backend with nothing to send to (503), an ExternalName that is no authority (502).
+    pub(crate) fn choose(
+        shared: &'a Shared,
+        backend: &Backend,
+        policy: &RoutePolicy,
+        bodyless: bool,
+        forwarded: ForwardedValues,
+        head: &mut Parts,
+    ) -> Result<Self, Refusal> {
+        let protocol = policy.backend_protocol;
+        let client = || shared.clients.get(protocol, policy.connect_timeout);
+        let upstream = match &backend.target {
+            BackendTarget::Unavailable(_) => {
+                return Err(Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no endpoint available",
+                ));
+            }
+            BackendTarget::ExternalName { host, port } => {
+                let Ok(authority) = Authority::try_from(format!("{host}:{port}")) else {
+                    return Err(Refusal::new(
+                        StatusCode::BAD_GATEWAY,
+                        "invalid upstream address",
+                    ));
+                };
+                Upstream::External(client(), authority)
+            }
+            BackendTarget::Endpoints(_) if protocol != BackendProtocol::Http => {
+                Upstream::Endpoints(Via::Client(client()))
+            }
+            BackendTarget::Endpoints(_) if bodyless => {
+                return Ok(Upstream::Endpoints(Via::Lean(
+                    &shared.clients.h1,
+                    forwarded,
+                )));
+            }
+            BackendTarget::Endpoints(_) => Upstream::Endpoints(Via::Pooled(&shared.clients.h1)),
+        };
+        forwarded.insert_into(&mut head.headers);
+        Ok(upstream)
+    }
+}
+
+/// One attempt: where it goes and through which client.
+enum Attempt<'u, 'a> {
+    Endpoint(&'u Via<'a>, SocketAddr),
+    External(&'u UpstreamClient, &'u Authority),
+}
+
+/// A failed attempt: why, and the request when not one byte of it was sent.
+struct Failure {
+    error: UpstreamError,
+    unsent: Option<Request<ProxyBody>>,
+}
+
+impl From<PoolFailure> for Failure {
+    fn from(f: PoolFailure) -> Self {
+        Failure {
+            error: f.error.into(),
+            unsent: f.request,
+        }
+    }
+}
+
+impl Attempt<'_, '_> {
+    fn endpoint(&self) -> Option<SocketAddr> {
+        match self {
+            Attempt::Endpoint(_, addr) => Some(*addr),
+            Attempt::External(..) => None,
+        }
+    }
+
+    /// The request URI: origin-form for the pool, which writes it as it is; absolute for
+    /// hyper-util's client, which connects to its authority.
+    fn uri(&self, path: &PathAndQuery, scheme: Scheme) -> Option<Uri> {
+        let authority = match self {
+            Attempt::Endpoint(Via::Lean(..) | Via::Pooled(_), _) => {
+                return Some(Uri::from(path.clone()));
+            }
+            Attempt::Endpoint(Via::Client(_), addr) => endpoint_authority(*addr)?,
+            Attempt::External(_, authority) => (*authority).clone(),
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme);
+        parts.authority = Some(authority);
+        parts.path_and_query = Some(path.clone());
+        Uri::from_parts(parts).ok()
+    }
+
+    /// Sends `req` once. `keep_copy`: another attempt may follow, so hyper-util's client
+    /// keeps what it needs to hand an unsent request back.
+    async fn send(
+        self,
+        connect_timeout: Duration,
+        req: Request<ProxyBody>,
+        keep_copy: bool,
+    ) -> Result<Response<UpstreamBody>, Failure> {
+        match self {
+            Attempt::Endpoint(Via::Lean(pool, forwarded), addr) => pool
+                .send_bodyless(addr, connect_timeout, req, forwarded)
+                .await
+                .map_err(Failure::from),
+            Attempt::Endpoint(Via::Pooled(pool), addr) => pool
+                .send(addr, connect_timeout, req)
+                .await
+                .map_err(Failure::from),
+            Attempt::Endpoint(Via::Client(client), _) | Attempt::External(client, _) => {
+                if !keep_copy {
+                    return client.request(req).await.map_err(|error| Failure {
+                        error,
+                        unsent: None,
+                    });
+                }
+                let (head, body) = req.into_parts();
+                let kept = head.clone();
+                let (reclaim, body) = Reclaimable::new(body);
+                let req = Request::from_parts(head, body);
+                client.request(req).await.map_err(|error| Failure {
+                    error,
+                    unsent: reclaim
+                        .reclaim()
+                        .map(|body| Request::from_parts(kept, body)),
+                })
+            }
+        }
+    }
+}
+
+/// An answered exchange: the response, and the endpoint that gave it.
+pub(crate) struct Answer {
+    pub(crate) response: Response<UpstreamBody>,
+    pub(crate) endpoint: Option<SocketAddr>,
+}
+
+/// What one request's exchange needs, from the phases before it.
+pub(crate) struct Exchange<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) backend: &'a Backend,
+    pub(crate) policy: &'a RoutePolicy,
+    pub(crate) upstream: Upstream<'a>,
+    /// The upstream request target (origin-form).
+    pub(crate) path: PathAndQuery,
+    /// The endpoint the affinity cookie names, if it is one of the backend's.
+    pub(crate) sticky: Option<SocketAddr>,
+    /// Set when the request has a body (proxy-send-timeout).
+    pub(crate) send_watch: Option<&'a SendWatch>,
+    pub(crate) client_fault: &'a ClientBodyFault,
+}
+
+impl Exchange<'_> {
+    /// Attempts until one is answered; a refusal is the answer for the client.
+    pub(crate) async fn run(
+        &self,
+        mut req: Request<ProxyBody>,
+        trace: &mut Trace,
+    ) -> Result<Answer, Refusal> {
+        let policy = self.policy;
+        let deadline = policy.connect_timeout + policy.read_timeout;
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last_failure = StatusCode::BAD_GATEWAY;
+        loop {
+            let attempt = match &self.upstream {
+                Upstream::External(client, authority) => Attempt::External(client, authority),
+                Upstream::Endpoints(via) => {
+                    match upstream::pick(self.backend, &self.shared.health, &tried, self.sticky) {
+                        Some(ep) => Attempt::Endpoint(via, ep.addr),
+                        None if tried.is_empty() => {
+                            return Err(Refusal::new(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "no endpoint available",
+                            ));
+                        }
+                        None => return Err(Refusal::new(last_failure, "upstream unavailable")),
+                    }
+                }
+            };
+            let Some(uri) = attempt.uri(&self.path, self.scheme()) else {
+                return Err(Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    "invalid upstream address",
+                ));
+            };
+            *req.uri_mut() = uri;
+            // The pool hands an unsent request back itself; hyper-util's client needs a copy
+            // kept while another endpoint may still be tried.
+            let keep_copy = matches!(attempt, Attempt::Endpoint(Via::Client(_), _))
+                && tried.len() + 1 < MAX_ATTEMPTS.min(self.backend.endpoints().len());
+            let endpoint = attempt.endpoint();
+            // Not boxed on its own: the whole forwarding state already is (see handler).
+            let sent = tokio::time::timeout(
+                deadline,
+                attempt.send(policy.connect_timeout, req, keep_copy),
+            );
+            let outcome = match self.send_watch {
+                None => sent.await,
+                Some(watch) => tokio::select! {
+                    outcome = sent => outcome,
+                    // Boxed too: only requests with a body pay for the watch's timer.
+                    () = Box::pin(watch.stalled(policy.send_timeout)) => {
+                        self.shared.metrics.upstream_error();
+                        tracing::debug!("upstream stopped reading the request body");
+                        return Err(Refusal::new(StatusCode::GATEWAY_TIMEOUT, "upstream stopped reading the request"));
+                    }
+                },
+            };
+            trace.upstream = endpoint;
+            match outcome {
+                Ok(Ok(response)) => {
+                    if let Some(addr) = endpoint {
+                        self.shared.health.success(addr);
+                    }
+                    return Ok(Answer { response, endpoint });
+                }
+                Ok(Err(failure)) => {
+                    req = self.classify(failure, endpoint, &mut tried, &mut last_failure)?;
+                }
+                Err(_elapsed) => {
+                    self.shared.metrics.upstream_error();
+                    tracing::debug!(upstream = ?endpoint, "upstream timed out");
+                    return Err(Refusal::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream timed out",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The scheme of hyper-util's absolute request URIs.
+    fn scheme(&self) -> Scheme {
+        match self.policy.backend_protocol {
+            BackendProtocol::Http | BackendProtocol::H2c => Scheme::HTTP,
+            BackendProtocol::Https | BackendProtocol::Grpcs => Scheme::HTTPS,
+        }
+    }
+
+    /// After a failed attempt: the request to send again (to another endpoint), or the
+    /// answer. A body that failed on the client's side is the client's answer, blaming no
+    /// endpoint; otherwise the endpoint is marked failed, and the request goes again only
+    /// when it never left.
+    fn classify(
+        &self,
+        failure: Failure,
+        endpoint: Option<SocketAddr>,
+        tried: &mut Vec<SocketAddr>,
+        last_failure: &mut StatusCode,
+    ) -> Result<Request<ProxyBody>, Refusal> {
+        let err = failure.error;
+        if let Some((status, message)) = self.client_fault.status() {
+            tracing::debug!(upstream = ?endpoint, error = %ErrorChain(&err), "request body failed on the client's side");
+            return Err(Refusal::new(status, message));
+        }
+        self.shared.metrics.upstream_error();
+        let status = if is_timeout(&err) {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        tracing::debug!(upstream = ?endpoint, error = %ErrorChain(&err), "upstream request failed");
+        if let Some(addr) = endpoint {
+            self.shared.health.failure(addr);
+            tried.push(addr);
+        }
+        *last_failure = status;
+        let retryable = err.nothing_sent() && endpoint.is_some() && tried.len() < MAX_ATTEMPTS;
+        match failure.unsent {
+            Some(unsent) if retryable => Ok(unsent),
+            _ => Err(Refusal::new(status, "upstream failure")),
+        }
+    }
+}
+
+/// An endpoint's address as a URI authority, formatted once per thread and address.
+fn endpoint_authority(addr: SocketAddr) -> Option<Authority> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static CACHE: RefCell<HashMap<SocketAddr, Authority>> = RefCell::new(HashMap::new());
+    }
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(authority) = cache.get(&addr) {
+            return Some(authority.clone());
+        }
+        let authority = Authority::try_from(addr.to_string()).ok()?;
+        // Endpoints come and go with the table; a bounded cache forgets them wholesale.
+        if cache.len() >= 4096 {
+            cache.clear();
+        }
+        cache.insert(addr, authority.clone());
+        Some(authority)
+    })
+}
+
+fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
