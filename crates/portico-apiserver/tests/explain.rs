@@ -21,7 +21,11 @@ struct Kubectl {
 impl Kubectl {
     /// `/usr/bin/kubectl` runs `kubectl.1.NN` for the server's minor: 1.33 is the newest here.
     async fn start() -> Kubectl {
-        let server = ApiServer::builder().minor_version(33).build().unwrap();
+        Kubectl::serving(33).await
+    }
+
+    async fn serving(minor: u32) -> Kubectl {
+        let server = ApiServer::builder().minor_version(minor).build().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let handle = server.serve(listener).unwrap();
         let home = tempfile::tempdir().unwrap();
@@ -206,4 +210,17 @@ async fn client_side_apply_uses_the_schemas_and_is_idempotent() {
         ])
         .await;
     assert_eq!(ports.trim(), "443:8443");
+}
+
+/// Every kubectl here (1.27 to 1.33) explains from `/openapi/v3`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_kubectls_explain_too() {
+    for minor in 27..=32 {
+        let k = Kubectl::serving(minor).await;
+        let out = k
+            .ok(&["explain", "ingress.spec.rules.http.paths.pathType"])
+            .await;
+        assert!(out.contains("FIELD: pathType <string>"), "1.{minor}:\n{out}");
+        assert!(out.contains("Possible enum values:"), "1.{minor}:\n{out}");
+    }
 }
