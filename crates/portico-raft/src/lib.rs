@@ -64,6 +64,7 @@
 
 mod authorize;
 mod identity;
+mod incarnation;
 mod metrics;
 mod peer;
 mod replica;
@@ -73,6 +74,7 @@ mod transport;
 mod types;
 
 pub use identity::IdentityError;
+pub use incarnation::IncarnationError;
 pub use metrics::{Leadership, ReplicaMetrics};
 pub use replica::{
     CommittedChange, MembershipError, ProposeError, RaftSettings, Replica, ReplicaConfig,

@@ -38,6 +38,14 @@ pub struct ReplicaMetrics {
     pub snapshots_built: u64,
     /// Entries refused because their fencing epoch was stale, since this process started.
     pub refused_stale_entries: u64,
+    /// Set when this replica found that its own Raft volume is a stale copy (restored
+    /// from a backup or cloned): why, and what to do. It then takes no part in Raft.
+    pub stale_volume: Option<String>,
+    /// RPCs and answers from other nodes refused for their incarnation (a stale copy of a
+    /// volume, or a restart not taken yet), since this process started.
+    pub refused_incarnations: u64,
+    /// This start's incarnation (one more at every start of the volume).
+    pub incarnation: u64,
     /// Voting members of the cluster, by ID, with their advertised addresses.
     pub voters: BTreeMap<NodeId, String>,
     /// Non-voting members (learners catching up).

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::authorize::{self, Members};
 use crate::identity::{self, IdentityError};
+use crate::incarnation::{self, Incarnation, IncarnationError, Incarnations, Ledger, Refusal};
 use crate::metrics::{Counters, Leadership, ReplicaMetrics};
 use crate::peer::{PeerIdentity, PeerPolicy};
 use crate::store::log::LogStore;
@@ -27,7 +28,7 @@ use crate::tls::{OwnCertificate, TlsError, TlsMaterial};
 use crate::transport::TransportSettings;
 use crate::transport::client::{CallError, Peers};
 use crate::transport::network::NetworkFactory;
-use crate::transport::server::{self, RpcHandler, RpcRejection};
+use crate::transport::server::{self, RpcHandler, RpcMeta, RpcRejection};
 use crate::transport::wire::{self, Committed, ForwardError, JoinRequest, LeaderHint, NodeStatus};
 use crate::types::{ApplyOutcome, ClientWriteError, NodeId, Proposal, Raft, RaftError, TypeConfig};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -90,6 +91,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("node identity: {0}")]
     Identity(#[from] IdentityError),
+    #[error("node incarnation: {0}")]
+    Incarnation(#[from] IncarnationError),
     #[error("TLS material: {0}")]
     Tls(#[from] TlsError),
     /// Invalid Raft settings (for example an election timeout not above the heartbeat).
@@ -174,6 +177,9 @@ struct Inner {
     own_certificate: Arc<OwnCertificate>,
     /// The check of the snapshot being received, done before its last chunk reaches Raft.
     receiving_snapshot: tokio::sync::Mutex<Option<ReceivingSnapshot>>,
+    /// This start's incarnation and those accepted from the other nodes (restored or
+    /// cloned volumes).
+    incarnations: Arc<Incarnations>,
 }
 
 struct ReceivingSnapshot {
@@ -210,12 +216,19 @@ impl Replica {
         let tls = config.tls.configs()?;
         let db = Db::open(&config.data_dir)?;
         let (id, fresh) = identity::load_or_create(&db).await?;
-        tracing::info!(node_id = id, fresh, addr = %config.advertise, "starting replica");
+        // Stored before anything is answered: see the `incarnation` module.
+        let own = incarnation::begin(&db).await?;
+        tracing::info!(node_id = id, fresh, incarnation = own.counter, addr = %config.advertise, "starting replica");
+        let ledger = Ledger::open(db.clone(), config.raft.election_timeout_max).await?;
+        let incarnations = Arc::new(Incarnations::new(id, own, ledger, &config.data_dir));
 
         let counters = Arc::new(Counters::default());
         let log_store = LogStore::new(db.clone(), counters.clone());
         let (state_machine, table) = StateMachine::open(db, counters.clone()).await?;
-        let peers = Arc::new(Peers::new(tls.client, config.transport.clone()));
+        let peers = Arc::new(
+            Peers::new(tls.client, config.transport.clone())
+                .with_incarnations(incarnations.clone()),
+        );
         let network = NetworkFactory {
             local_id: id,
             peers: peers.clone(),
@@ -238,14 +251,16 @@ impl Replica {
             leadership: Mutex::new(LeadershipTrack::default()),
             own_certificate: tls.own,
             receiving_snapshot: tokio::sync::Mutex::new(None),
+            incarnations,
         });
         let server = server::spawn(listener, tls.server, inner.clone(), config.transport);
         let leadership = tokio::spawn(track_leadership(inner.clone()));
         let membership = tokio::spawn(join_cluster(inner.clone()));
+        let stale = tokio::spawn(stand_down_when_stale(inner.clone()));
         Ok(Self {
             inner,
             table,
-            tasks: Arc::new(Mutex::new(vec![server, leadership, membership])),
+            tasks: Arc::new(Mutex::new(vec![server, leadership, membership, stale])),
         })
     }
 
@@ -348,6 +363,9 @@ impl Replica {
             snapshot_installs: counters.snapshot_installs(),
             snapshots_built: counters.snapshots_built(),
             refused_stale_entries: counters.refused_stale_entries(),
+            stale_volume: self.inner.incarnations.stale(),
+            refused_incarnations: self.inner.incarnations.refused(),
+            incarnation: self.inner.incarnations.own.counter,
             voters,
             learners,
         }
@@ -693,6 +711,37 @@ impl Inner {
         Ok(())
     }
 
+    /// Checks the incarnation a caller sent (see the `incarnation` module); returns the node
+    /// it speaks for.
+    async fn admit_caller(
+        &self,
+        header: &str,
+        caller: &PeerIdentity,
+    ) -> Result<NodeId, RpcRejection> {
+        let (node, incarnation) = Incarnation::parse_header(header)
+            .map_err(|e| RpcRejection::BadRequest(e.to_string()))?;
+        if node == self.id {
+            return Err(RpcRejection::Forbidden(format!(
+                "{caller} sends the incarnation of node {node}, this node"
+            )));
+        }
+        authorize::speaker(&self.members(), caller, Some(node))?;
+        let other_leader = self
+            .raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .is_some_and(|leader| leader != self.id && leader != node);
+        self.incarnations
+            .admit(node, &incarnation, other_leader)
+            .await
+            .map_err(|refusal| match refusal {
+                Refusal::Stale { .. } => RpcRejection::StaleCaller(refusal.to_string()),
+                Refusal::NotYet { .. } => RpcRejection::NotYet(refusal.to_string()),
+            })?;
+        Ok(node)
+    }
+
     /// The current membership, for authorizing a caller.
     fn members(&self) -> Members {
         Members::of(self.raft.metrics().borrow().membership_config.membership())
@@ -719,6 +768,7 @@ impl Inner {
                 .next()
                 .is_some(),
             leader: self.leader_hint(),
+            stale_volume: self.incarnations.stale(),
         }
     }
 
@@ -946,7 +996,7 @@ impl RpcHandler for Inner {
     async fn handle(
         &self,
         path: &str,
-        target: Option<NodeId>,
+        meta: RpcMeta,
         caller: &PeerIdentity,
         body: Bytes,
     ) -> Result<Vec<u8>, RpcRejection> {
@@ -954,6 +1004,7 @@ impl RpcHandler for Inner {
             path,
             wire::APPEND_ENTRIES | wire::VOTE | wire::INSTALL_SNAPSHOT | wire::ELECT
         );
+        let target = meta.target;
         match target {
             Some(target) if target != self.id => {
                 return Err(RpcRejection::Misdirected {
@@ -980,35 +1031,46 @@ impl RpcHandler for Inner {
             wire::STATUS | wire::JOIN => authorize::replica(&self.members(), &self.policy, caller)?,
             _ => {}
         }
+        // Then the caller's incarnation, before anything is done for it.
+        let sender = match meta.incarnation.as_deref() {
+            Some(header) => Some(self.admit_caller(header, caller).await?),
+            None => None,
+        };
+        if raft_rpc {
+            if let Some(known) = meta.known.as_deref() {
+                let (counter, nonce) = Incarnation::parse_known(known)
+                    .map_err(|e| RpcRejection::BadRequest(e.to_string()))?;
+                self.incarnations
+                    .check_known(counter, nonce)
+                    .map_err(RpcRejection::StaleSelf)?;
+            }
+            if let Some(why) = self.incarnations.stale() {
+                return Err(RpcRejection::StaleSelf(why));
+            }
+        }
         match path {
             wire::APPEND_ENTRIES => {
                 let request: AppendEntriesRequest<TypeConfig> =
                     wire::decode(&body).map_err(bad_request)?;
-                authorize::speaker(
-                    &self.members(),
-                    caller,
-                    request.vote.leader_id().voted_for(),
-                )?;
+                let speaker = request.vote.leader_id().voted_for();
+                authorize::speaker(&self.members(), caller, speaker)?;
+                same_speaker(sender, speaker)?;
                 Ok(wire::encode(&self.raft.append_entries(request).await))
             }
             wire::VOTE => {
                 let request: VoteRequest<NodeId> = wire::decode(&body).map_err(bad_request)?;
-                authorize::speaker(
-                    &self.members(),
-                    caller,
-                    request.vote.leader_id().voted_for(),
-                )?;
+                let speaker = request.vote.leader_id().voted_for();
+                authorize::speaker(&self.members(), caller, speaker)?;
+                same_speaker(sender, speaker)?;
                 Ok(wire::encode(&self.raft.vote(request).await))
             }
             wire::INSTALL_SNAPSHOT => {
                 let request: InstallSnapshotRequest<TypeConfig> =
                     wire::decode(&body).map_err(bad_request)?;
-                authorize::speaker(
-                    &self.members(),
-                    caller,
-                    request.vote.leader_id().voted_for(),
-                )?;
+                let speaker = request.vote.leader_id().voted_for();
+                authorize::speaker(&self.members(), caller, speaker)?;
                 self.check_snapshot_chunk(&request).await?;
+                same_speaker(sender, speaker)?;
                 Ok(wire::encode(&self.raft.install_snapshot(request).await))
             }
             wire::PROPOSE => {
@@ -1026,6 +1088,7 @@ impl RpcHandler for Inner {
             }
             wire::STATUS => Ok(wire::encode(&self.status())),
             wire::ELECT => {
+                same_speaker(sender, sender)?;
                 // A stepping-down leader asks us to stand; a no-op if we already lead.
                 self.raft
                     .trigger()
@@ -1036,6 +1099,34 @@ impl RpcHandler for Inner {
             }
             other => Err(RpcRejection::NotFound(other.to_owned())),
         }
+    }
+
+    fn incarnation_header(&self) -> &http::HeaderValue {
+        self.incarnations.header()
+    }
+}
+
+/// A Raft RPC's sender must send its incarnation, and be the node the RPC speaks for.
+fn same_speaker(sender: Option<NodeId>, speaker: Option<NodeId>) -> Result<(), RpcRejection> {
+    match sender {
+        None => Err(RpcRejection::BadRequest(format!(
+            "{} header required",
+            wire::INCARNATION_HEADER
+        ))),
+        Some(sender) if Some(sender) != speaker => Err(RpcRejection::Forbidden(format!(
+            "the incarnation is node {sender}'s, the RPC speaks for {speaker:?}"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A replica that finds its own volume stale stops standing for election for good (it
+/// also refuses every Raft RPC; see `RpcHandler::handle`).
+async fn stand_down_when_stale(inner: Arc<Inner>) {
+    let mut stale = inner.incarnations.watch_stale();
+    if stale.wait_for(Option::is_some).await.is_ok() {
+        inner.retired.store(true, Ordering::SeqCst);
+        inner.raft.runtime_config().elect(false);
     }
 }
 

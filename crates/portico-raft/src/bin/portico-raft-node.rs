@@ -191,6 +191,9 @@ fn status(replica: &Replica) -> serde_json::Value {
         "snapshots_built": m.snapshots_built,
         "refused_stale_entries": m.refused_stale_entries,
         "highest_epoch": m.highest_epoch,
+        "incarnation": m.incarnation,
+        "stale_volume": m.stale_volume,
+        "refused_incarnations": m.refused_incarnations,
     })
 }
 

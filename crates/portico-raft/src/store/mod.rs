@@ -5,7 +5,8 @@
 //!   flushed: an entry acknowledged to the leader survives a crash.
 //! * `meta`: the vote (fsynced before it is answered), the last purged log id, the committed
 //!   log id (so a restarted replica can re-apply its own log before hearing from a leader),
-//!   the node's identity, and the latest snapshot (its metadata and bytes).
+//!   the node's identity and incarnation, the incarnations accepted from the other nodes,
+//!   and the latest snapshot (its metadata and bytes).
 //!
 //! The state machine itself is the routing table in memory (`state_machine`); after a
 //! restart it is rebuilt from the stored snapshot, then openraft re-applies the log from the
@@ -32,6 +33,10 @@ pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
 pub(crate) const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 pub(crate) const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
 pub(crate) const KEY_NODE_ID: &str = "node_id";
+/// This volume's incarnation (see the `incarnation` module).
+pub(crate) const KEY_INCARNATION: &str = "incarnation";
+/// The incarnation accepted from every other node.
+pub(crate) const KEY_PEER_INCARNATIONS: &str = "peer_incarnations";
 
 /// The file name of the store inside the data directory.
 pub const STORE_FILE: &str = "raft.redb";

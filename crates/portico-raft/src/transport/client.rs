@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::{TransportSettings, wire};
+use crate::incarnation::{Incarnation, Incarnations};
 use crate::types::NodeId;
 
 /// Why an RPC failed on this side of the peer's handler.
@@ -38,6 +39,10 @@ pub(crate) enum CallError {
         status: StatusCode,
         message: String,
     },
+    /// The answer came from an incarnation of the target this replica does not take (a
+    /// stale copy of its volume, or one not taken yet).
+    #[error("answer from {addr} refused: {reason}")]
+    Refused { addr: String, reason: String },
 }
 
 /// All peer channels of one replica, by address.
@@ -45,6 +50,7 @@ pub(crate) struct Peers {
     connector: TlsConnector,
     settings: TransportSettings,
     channels: Mutex<HashMap<String, Arc<PeerChannel>>>,
+    incarnations: Option<Arc<Incarnations>>,
 }
 
 impl Peers {
@@ -53,7 +59,14 @@ impl Peers {
             connector: TlsConnector::from(tls),
             settings,
             channels: Mutex::new(HashMap::new()),
+            incarnations: None,
         }
+    }
+
+    /// Sends this replica's incarnation with every RPC and checks the targets' answers.
+    pub(crate) fn with_incarnations(mut self, incarnations: Arc<Incarnations>) -> Self {
+        self.incarnations = Some(incarnations);
+        self
     }
 
     pub(crate) fn settings(&self) -> &TransportSettings {
@@ -73,6 +86,7 @@ impl Peers {
                     sender: tokio::sync::Mutex::new(None),
                     backoff: Mutex::new(Backoff::default()),
                     in_flight: Semaphore::new(self.settings.max_in_flight_bytes_per_peer),
+                    incarnations: self.incarnations.clone(),
                 })
             })
             .clone()
@@ -93,6 +107,7 @@ pub(crate) struct PeerChannel {
     sender: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
     backoff: Mutex<Backoff>,
     in_flight: Semaphore,
+    incarnations: Option<Arc<Incarnations>>,
 }
 
 fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
@@ -152,6 +167,14 @@ impl PeerChannel {
         if let Some(target) = target {
             request = request.header(wire::TARGET_HEADER, target);
         }
+        if let Some(incarnations) = &self.incarnations {
+            request = request.header(wire::INCARNATION_HEADER, incarnations.header());
+            if let Some(target) = target
+                && let Some(known) = incarnations.known_header(target).await
+            {
+                request = request.header(wire::KNOWN_HEADER, known);
+            }
+        }
         let request = request
             .body(Full::new(Bytes::from(body)))
             .expect("a request built from valid parts");
@@ -163,6 +186,7 @@ impl PeerChannel {
             sender.ready().await.map_err(transport)?;
             let response = sender.send_request(request).await.map_err(transport)?;
             let status = response.status();
+            let incarnation = response.headers().get(wire::INCARNATION_HEADER).cloned();
             let body = Limited::new(response.into_body(), self.settings.max_body_bytes)
                 .collect()
                 .await
@@ -171,9 +195,9 @@ impl PeerChannel {
                     reason: format!("reading the response: {e}"),
                 })?
                 .to_bytes();
-            Ok::<_, CallError>((status, body))
+            Ok::<_, CallError>((status, body, incarnation))
         };
-        let (status, body) = match tokio::time::timeout_at(deadline, exchange).await {
+        let (status, body, incarnation) = match tokio::time::timeout_at(deadline, exchange).await {
             Err(_) => return Err(timed_out()),
             Ok(Err(e)) => {
                 // The connection may be broken: open a new one next time.
@@ -182,6 +206,21 @@ impl PeerChannel {
             }
             Ok(Ok(answer)) => answer,
         };
+        if let Some(incarnations) = &self.incarnations {
+            if status == StatusCode::CONFLICT {
+                // The peer refuses our incarnation for good: our volume is a stale copy.
+                incarnations.condemn(&format!(
+                    "{} refused it: {}",
+                    self.addr,
+                    String::from_utf8_lossy(&body[..body.len().min(512)]).trim_end()
+                ));
+            } else if status == StatusCode::OK
+                && let Some(target) = target
+            {
+                self.check_answer(incarnations, target, incarnation.as_ref())
+                    .await?;
+            }
+        }
         if status != StatusCode::OK {
             return Err(CallError::Status {
                 addr: self.addr.clone(),
@@ -190,6 +229,34 @@ impl PeerChannel {
             });
         }
         Ok(body)
+    }
+
+    /// An answer to a Raft RPC counts only if it comes from an incarnation of `target` that
+    /// this replica takes.
+    async fn check_answer(
+        &self,
+        incarnations: &Incarnations,
+        target: NodeId,
+        header: Option<&http::HeaderValue>,
+    ) -> Result<(), CallError> {
+        let refused = |reason: String| CallError::Refused {
+            addr: self.addr.clone(),
+            reason,
+        };
+        let parsed = header
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| "no incarnation header".to_owned())
+            .and_then(|v| Incarnation::parse_header(v).map_err(|e| e.to_string()))
+            .map_err(refused)?;
+        match parsed {
+            (node, _) if node != target => {
+                Err(refused(format!("it answers as node {node}, not {target}")))
+            }
+            (node, incarnation) => incarnations
+                .admit(node, &incarnation, false)
+                .await
+                .map_err(|e| refused(e.to_string())),
+        }
     }
 
     /// The live connection, or a new one (one connection attempt at a time).

@@ -64,10 +64,16 @@ impl PeerNetwork {
             .call_node(path, Some(self.target), body, timeout)
             .await
             .map_err(|e| match e {
-                CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                // An unreachable peer, or an answer from a stale copy of it: back off.
+                CallError::Unreachable { .. } | CallError::Refused { .. } => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
                 // Another node now answers at this address: the target is gone.
+                // Or the target's volume is a stale copy (410), or ours is (409).
                 CallError::Status { status, .. }
-                    if status == http::StatusCode::MISDIRECTED_REQUEST =>
+                    if status == http::StatusCode::MISDIRECTED_REQUEST
+                        || status == http::StatusCode::GONE
+                        || status == http::StatusCode::CONFLICT =>
                 {
                     RPCError::Unreachable(Unreachable::new(&e))
                 }

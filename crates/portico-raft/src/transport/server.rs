@@ -34,19 +34,42 @@ pub(crate) enum RpcRejection {
     /// The caller's certificate does not name a replica allowed to make this call.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The caller's incarnation is refused for good: its volume is a stale copy.
+    #[error("{0}")]
+    StaleCaller(String),
+    /// This replica's own volume is a stale copy: it takes no part any more.
+    #[error("{0}")]
+    StaleSelf(String),
+    /// The caller's new incarnation is not taken yet (its predecessor spoke moments ago).
+    #[error("{0}")]
+    NotYet(String),
+}
+
+/// What a request says besides its path and body (all optional on the wire).
+#[derive(Debug, Default)]
+pub(crate) struct RpcMeta {
+    /// The node the caller meant (the Raft RPCs name one).
+    pub(crate) target: Option<u64>,
+    /// The caller's incarnation header.
+    pub(crate) incarnation: Option<String>,
+    /// What the caller knows of this node's incarnation.
+    pub(crate) known: Option<String>,
 }
 
 /// The replica behind the transport: answers one decoded-path RPC with an encoded body.
 pub(crate) trait RpcHandler: Send + Sync + 'static {
-    /// `target` is the node ID the caller meant (the Raft RPCs name one); `caller` is who
-    /// the caller's verified certificate says it is.
+    /// `meta` holds what the request's headers say; `caller` is who the caller's verified
+    /// certificate says it is.
     fn handle(
         &self,
         path: &str,
-        target: Option<u64>,
+        meta: RpcMeta,
         caller: &PeerIdentity,
         body: Bytes,
     ) -> impl Future<Output = Result<Vec<u8>, RpcRejection>> + Send;
+
+    /// This replica's incarnation header, sent with every answer.
+    fn incarnation_header(&self) -> &http::HeaderValue;
 }
 
 /// Accepts connections until the returned task is aborted (which also drops every
@@ -153,12 +176,33 @@ async fn answer<H: RpcHandler>(
         return plain(StatusCode::METHOD_NOT_ALLOWED, "use POST\n".into());
     }
     let path = request.uri().path().to_owned();
-    let target = match request.headers().get(super::wire::TARGET_HEADER) {
+    let headers = request.headers();
+    let target = match headers.get(super::wire::TARGET_HEADER) {
         None => None,
         Some(value) => match value.to_str().ok().and_then(|v| v.parse().ok()) {
             Some(target) => Some(target),
             None => return plain(StatusCode::BAD_REQUEST, "invalid target node ID\n".into()),
         },
+    };
+    let text = |name: &str| -> Result<Option<String>, ()> {
+        headers
+            .get(name)
+            .map(|v| v.to_str().map(str::to_owned).map_err(|_| ()))
+            .transpose()
+    };
+    let (Ok(incarnation), Ok(known)) = (
+        text(super::wire::INCARNATION_HEADER),
+        text(super::wire::KNOWN_HEADER),
+    ) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "invalid incarnation header\n".into(),
+        );
+    };
+    let meta = RpcMeta {
+        target,
+        incarnation,
+        known,
     };
     let body = match Limited::new(request.into_body(), max_body).collect().await {
         Ok(body) => body.to_bytes(),
@@ -171,7 +215,7 @@ async fn answer<H: RpcHandler>(
             return plain(status, format!("reading the body: {e}\n"));
         }
     };
-    match handler.handle(&path, target, caller, body).await {
+    let mut response = match handler.handle(&path, meta, caller, body).await {
         Ok(bytes) => Response::builder()
             .header(http::header::CONTENT_TYPE, "application/x-postcard")
             .body(Full::new(Bytes::from(bytes)))
@@ -183,9 +227,24 @@ async fn answer<H: RpcHandler>(
                 RpcRejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 RpcRejection::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
                 RpcRejection::Forbidden(_) => StatusCode::FORBIDDEN,
+                RpcRejection::StaleCaller(_) => StatusCode::CONFLICT,
+                RpcRejection::StaleSelf(_) => StatusCode::GONE,
+                RpcRejection::NotYet(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
-            tracing::warn!(%path, %caller, %rejection, "rejected a replica RPC");
+            // A stale peer retries all the time: its refusals are logged where they are
+            // decided, once.
+            if !matches!(
+                rejection,
+                RpcRejection::StaleCaller(_) | RpcRejection::StaleSelf(_) | RpcRejection::NotYet(_)
+            ) {
+                tracing::warn!(%path, %caller, %rejection, "rejected a replica RPC");
+            }
             plain(status, format!("{rejection}\n"))
         }
-    }
+    };
+    response.headers_mut().insert(
+        super::wire::INCARNATION_HEADER,
+        handler.incarnation_header().clone(),
+    );
+    response
 }

@@ -7,6 +7,10 @@ use crate::types::{ApplyOutcome, NodeId};
 
 /// The header naming the node a Raft RPC is meant for.
 pub(crate) const TARGET_HEADER: &str = "portico-raft-target";
+/// The sender's incarnation, on every request and answer (see the `incarnation` module).
+pub(crate) const INCARNATION_HEADER: &str = "portico-raft-incarnation";
+/// On a Raft RPC: the target's incarnation as the sender has accepted it.
+pub(crate) const KNOWN_HEADER: &str = "portico-raft-known";
 
 pub(crate) const APPEND_ENTRIES: &str = "/raft/v1/append-entries";
 pub(crate) const VOTE: &str = "/raft/v1/vote";
@@ -32,6 +36,8 @@ pub(crate) struct NodeStatus {
     /// Whether this replica belongs to a cluster (has a membership with voters).
     pub(crate) member_of_cluster: bool,
     pub(crate) leader: Option<LeaderHint>,
+    /// Set when this replica found its own volume to be a stale copy: why, and what to do.
+    pub(crate) stale_volume: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
