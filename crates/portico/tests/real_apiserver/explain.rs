@@ -137,3 +137,36 @@ fn kubectl_explain_prints_the_same_from_both_servers() {
         }
     }
 }
+
+/// The vendored schemas are the real server's: every component schema the in-process server
+/// publishes equals the real kube-apiserver's schema of the same name, so a Kubernetes bump in
+/// tests/kube without `crates/portico-apiserver/openapi/update` fails here.
+#[test]
+fn the_served_schemas_are_the_real_servers() {
+    let api = RealApiServer::start();
+    let local = Local::start(33);
+    let raw = |kubeconfig: &PathBuf, path: &str| -> serde_json::Value {
+        let home = tempfile::tempdir().unwrap();
+        serde_json::from_str(&ok(Command::new("kubectl")
+            .args(["get", "--raw", path])
+            .env("KUBECONFIG", kubeconfig)
+            .env("HOME", home.path())))
+        .unwrap()
+    };
+    let index = raw(&local.kubeconfig, "/openapi/v3");
+    let paths = index["paths"].as_object().unwrap();
+    assert!(!paths.is_empty());
+    for path in paths.keys() {
+        let ours = raw(&local.kubeconfig, &format!("/openapi/v3/{path}"));
+        let real = raw(&api.kubeconfig, &format!("/openapi/v3/{path}"));
+        let ours = ours["components"]["schemas"].as_object().unwrap();
+        assert!(!ours.is_empty(), "{path} has no schemas");
+        for (name, schema) in ours {
+            assert_eq!(
+                Some(schema),
+                real["components"]["schemas"].get(name),
+                "{path}: {name} is not the real server's (run crates/portico-apiserver/openapi/update)"
+            );
+        }
+    }
+}
