@@ -8,8 +8,6 @@
 //! expire after `idle_timeout` (a sweeper task ticks four times per timeout, so expiry happens
 //! between 1 and 1.25 timeouts); dropping the `SendRequest` closes the connection.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -75,62 +73,84 @@ impl PoolError {
     }
 }
 
-/// FxHash-style mixing: endpoint addresses are not attacker-chosen (they come from the
-/// table), so SipHash's DoS resistance buys nothing on this per-request lookup.
-#[derive(Default)]
-struct AddrHasher(u64);
-
-impl AddrHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
+/// Idle connections of one kind, a stack per endpoint under one short lock: the most
+/// recently used is taken first (the least likely to have been closed by the peer).
+struct IdleStack<T> {
+    /// foldhash: endpoint addresses come from the table, not from clients, so SipHash's
+    /// resistance to chosen keys buys nothing on this per-request lookup.
+    by_addr: Mutex<foldhash::HashMap<SocketAddr, Vec<Idle<T>>>>,
 }
 
-impl Hasher for AddrHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-    fn write_u8(&mut self, n: u8) {
-        self.add(u64::from(n));
-    }
-    fn write_u16(&mut self, n: u16) {
-        self.add(u64::from(n));
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.add(u64::from(n));
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-struct Idle {
-    sender: SendRequest<ProxyBody>,
+struct Idle<T> {
+    conn: T,
     /// The sweep tick at which it was put back.
     tick: u64,
 }
 
-struct IdleRaw {
-    conn: Conn,
-    tick: u64,
+impl<T> Default for IdleStack<T> {
+    fn default() -> Self {
+        Self {
+            by_addr: Mutex::default(),
+        }
+    }
 }
 
-type ByAddr<T> = Mutex<HashMap<SocketAddr, Vec<T>, BuildHasherDefault<AddrHasher>>>;
+impl<T> IdleStack<T> {
+    /// The most recent idle connection to `addr` that is `usable`; the unusable ones met on
+    /// the way are dropped.
+    fn take(&self, addr: SocketAddr, mut usable: impl FnMut(&mut T) -> bool) -> Option<T> {
+        let mut by_addr = self.by_addr.lock().ok()?;
+        let stack = by_addr.get_mut(&addr)?;
+        while let Some(mut idle) = stack.pop() {
+            if usable(&mut idle.conn) {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for reuse, unless `addr` already has the most idle connections kept.
+    fn put(&self, addr: SocketAddr, conn: T, tick: u64) {
+        let Ok(mut by_addr) = self.by_addr.lock() else {
+            return;
+        };
+        let stack = by_addr.entry(addr).or_default();
+        if stack.len() < MAX_IDLE_PER_ENDPOINT {
+            stack.push(Idle { conn, tick });
+        }
+    }
+
+    /// Drops the connections idle since before `expired_before` or `dead`, after the lock is
+    /// released (dropping a hyper sender wakes its connection task).
+    fn sweep(&self, expired_before: u64, dead: impl Fn(&T) -> bool) {
+        let mut dropped = Vec::new();
+        if let Ok(mut by_addr) = self.by_addr.lock() {
+            by_addr.retain(|_, stack| {
+                let mut i = 0;
+                while i < stack.len() {
+                    if stack[i].tick < expired_before || dead(&stack[i].conn) {
+                        dropped.push(stack.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+                !stack.is_empty()
+            });
+        }
+        drop(dropped);
+    }
+
+    /// Idle connections to `addr` now (tests).
+    #[cfg(test)]
+    fn len(&self, addr: SocketAddr) -> usize {
+        self.by_addr.lock().unwrap().get(&addr).map_or(0, Vec::len)
+    }
+}
 
 struct Inner {
-    idle: ByAddr<Idle>,
+    idle: IdleStack<SendRequest<ProxyBody>>,
     /// Idle connections of the lean path (`h1conn`), which needs no hyper connection.
-    idle_raw: ByAddr<IdleRaw>,
+    idle_raw: IdleStack<Conn>,
     idle_timeout: Duration,
     /// Advanced by the sweeper; read when a connection is put back (no clock on the hot path).
     tick: AtomicU64,
@@ -153,8 +173,8 @@ impl H1Pool {
         builder.max_buf_size(MAX_BUF_SIZE);
         Self {
             inner: Arc::new(Inner {
-                idle: Mutex::default(),
-                idle_raw: Mutex::default(),
+                idle: IdleStack::default(),
+                idle_raw: IdleStack::default(),
                 idle_timeout,
                 tick: AtomicU64::new(0),
                 sweeper: AtomicBool::new(false),
@@ -222,15 +242,7 @@ impl H1Pool {
     }
 
     fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<ProxyBody>> {
-        let mut idle = self.inner.idle.lock().ok()?;
-        let list = idle.get_mut(&addr)?;
-        // Most recently used first: it is the least likely to have been closed by the peer.
-        while let Some(entry) = list.pop() {
-            if entry.sender.is_ready() {
-                return Some(entry.sender);
-            }
-        }
-        None
+        self.inner.idle.take(addr, |sender| sender.is_ready())
     }
 
     async fn connect(
@@ -320,14 +332,9 @@ impl H1Pool {
     }
 
     fn checkout_raw(&self, addr: SocketAddr, cx: &mut Context<'_>) -> Option<Conn> {
-        let mut idle = self.inner.idle_raw.lock().ok()?;
-        let list = idle.get_mut(&addr)?;
-        while let Some(mut entry) = list.pop() {
-            if entry.conn.idle_and_open(cx) {
-                return Some(entry.conn);
-            }
-        }
-        None
+        self.inner
+            .idle_raw
+            .take(addr, |conn| conn.idle_and_open(cx))
     }
 
     /// One sweeper per pool, started on first use (a runtime is needed), ending with the pool.
@@ -355,12 +362,7 @@ impl H1Pool {
     /// Idle connections per endpoint now (tests).
     #[cfg(test)]
     fn idle_count(&self, addr: SocketAddr) -> usize {
-        self.inner
-            .idle
-            .lock()
-            .unwrap()
-            .get(&addr)
-            .map_or(0, Vec::len)
+        self.inner.idle.len(addr)
     }
 }
 
@@ -385,64 +387,23 @@ async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, P
 
 impl Inner {
     fn put_back_raw(&self, addr: SocketAddr, conn: Conn) {
-        let tick = self.tick.load(Ordering::Relaxed);
-        let Ok(mut idle) = self.idle_raw.lock() else {
-            return;
-        };
-        let list = idle.entry(addr).or_default();
-        if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(IdleRaw { conn, tick });
+        self.idle_raw
+            .put(addr, conn, self.tick.load(Ordering::Relaxed));
+    }
+
+    fn put_back(&self, addr: SocketAddr, sender: SendRequest<ProxyBody>) {
+        if !sender.is_closed() {
+            self.idle
+                .put(addr, sender, self.tick.load(Ordering::Relaxed));
         }
     }
 
     fn sweep(&self) {
         let now = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
-        let expired = |entry: &Idle| now.saturating_sub(entry.tick) > SWEEPS_PER_TIMEOUT;
-        // Dropped after the lock is released: dropping a sender wakes its connection task.
-        let mut dropped = Vec::new();
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|_, list| {
-                let mut i = 0;
-                while i < list.len() {
-                    if expired(&list[i]) || list[i].sender.is_closed() {
-                        dropped.push(list.swap_remove(i));
-                    } else {
-                        i += 1;
-                    }
-                }
-                !list.is_empty()
-            });
-        }
-        drop(dropped);
-        let mut dropped_raw = Vec::new();
-        if let Ok(mut idle) = self.idle_raw.lock() {
-            idle.retain(|_, list| {
-                let mut i = 0;
-                while i < list.len() {
-                    if now.saturating_sub(list[i].tick) > SWEEPS_PER_TIMEOUT {
-                        dropped_raw.push(list.swap_remove(i));
-                    } else {
-                        i += 1;
-                    }
-                }
-                !list.is_empty()
-            });
-        }
-        drop(dropped_raw);
-    }
-
-    fn put_back(&self, addr: SocketAddr, sender: SendRequest<ProxyBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        let tick = self.tick.load(Ordering::Relaxed);
-        let Ok(mut idle) = self.idle.lock() else {
-            return;
-        };
-        let list = idle.entry(addr).or_default();
-        if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(Idle { sender, tick });
-        }
+        // Put back more than SWEEPS_PER_TIMEOUT ticks ago: idle for over one timeout.
+        let expired_before = now.saturating_sub(SWEEPS_PER_TIMEOUT);
+        self.idle.sweep(expired_before, SendRequest::is_closed);
+        self.idle_raw.sweep(expired_before, |_| false);
     }
 }
 
@@ -753,7 +714,7 @@ mod tests {
             assert_eq!(fetch_lean(&pool, addr).await.unwrap(), "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
-        assert_eq!(pool.inner.idle_raw.lock().unwrap()[&addr].len(), 1);
+        assert_eq!(pool.inner.idle_raw.len(addr), 1);
 
         let (addr, accepted) = backend(Some(1)).await;
         for _ in 0..50 {
@@ -768,7 +729,7 @@ mod tests {
         let pool = H1Pool::new(Duration::from_millis(100));
         fetch_lean(&pool, addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(pool.inner.idle_raw.lock().unwrap().get(&addr).is_none());
+        assert_eq!(pool.inner.idle_raw.len(addr), 0);
         fetch_lean(&pool, addr).await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -917,15 +878,5 @@ mod tests {
         );
         assert_eq!(fetch_lean(&pool, addr).await.unwrap(), "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn addr_hasher_spreads_ports() {
-        use std::hash::{BuildHasher, BuildHasherDefault};
-        let build = BuildHasherDefault::<AddrHasher>::default();
-        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
-        let b: SocketAddr = "10.0.0.1:81".parse().unwrap();
-        assert_ne!(build.hash_one(a), build.hash_one(b));
-        assert_eq!(build.hash_one(a), build.hash_one(a));
     }
 }
