@@ -8,4 +8,5 @@ mod common;
 mod c1_peer_identity;
 mod c1_processes;
 mod m5_fencing_epochs;
+mod m6_restored_volume;
 mod m7_snapshot_memory;
