@@ -2,6 +2,7 @@
 //! uses what it needs).
 #![allow(dead_code)]
 
+pub mod deploy_rbac;
 pub mod real_apiserver;
 
 use std::path::{Path, PathBuf};
@@ -54,4 +55,20 @@ pub fn write_ca(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(&c, cert.pem()).unwrap();
     std::fs::write(&k, key.serialize_pem()).unwrap();
     (c, k)
+}
+
+/// The first non-loopback IPv4 address of this machine. The real API server refuses loopback
+/// addresses in EndpointSlices (and in status), so backends listen on this one.
+pub fn host_ip() -> String {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .expect("running ip addr");
+    let out = String::from_utf8_lossy(&out.stdout);
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .unwrap_or_else(|| panic!("no global IPv4 address on this machine:\n{out}"))
+        .to_owned()
 }

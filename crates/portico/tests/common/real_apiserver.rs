@@ -1,7 +1,7 @@
 //! A real kube-apiserver and etcd for a test: `tests/kube/`'s kube-testenv, built by
 //! `tests/kube/build.sh` (tests/setup runs it). A missing or stale binary fails the test with
-//! that instruction; nothing is skipped. Self-contained (std, serde_json, tempfile, rustix) so other
-//! crates' tests can include it with `#[path]`.
+//! that instruction; nothing is skipped. Self-contained (std, serde_json, tempfile) so other
+//! crates' tests can include it with `#[path]` (portico-controller's election tests do).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -39,12 +39,13 @@ pub fn binary() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// One running control plane. Dropping it stops both servers (SIGTERM) and waits; its temp
-/// dirs go with it. It also stops by itself if this test process dies (its stdin closes).
+/// One running control plane. Dropping it stops both servers (its stdin closes, as when this
+/// test process dies) and waits; its temp dirs go with it.
 pub struct RealApiServer {
     child: Child,
-    // Held open: kube-testenv runs with --lifeline and stops when it closes.
-    _lifeline: ChildStdin,
+    // Held open: kube-testenv runs with --lifeline and stops (cleanly, as on SIGTERM) when
+    // it closes.
+    lifeline: Option<ChildStdin>,
     dir: tempfile::TempDir,
     /// The admin kubeconfig (static token in system:masters, the CA embedded).
     pub kubeconfig: PathBuf,
@@ -117,7 +118,7 @@ impl RealApiServer {
             token: field("token"),
             control: field("control"),
             child,
-            _lifeline: lifeline,
+            lifeline: Some(lifeline),
             dir,
         }
     }
@@ -185,15 +186,14 @@ impl RealApiServer {
 
 impl Drop for RealApiServer {
     fn drop(&mut self) {
+        drop(self.lifeline.take());
         let _ = stop(&mut self.child);
     }
 }
 
-/// SIGTERM (kube-testenv stops both servers and removes its temp dir), SIGKILL after 40 s.
+/// Waits for kube-testenv, its lifeline closed, to stop both servers and remove its temp dir;
+/// SIGKILL after 40 s.
 fn stop(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
-    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    }
     for _ in 0..400 {
         if let Some(status) = child.try_wait()? {
             return Ok(status);

@@ -45,17 +45,7 @@ pub fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The first non-loopback IPv4 address of this machine. The real API server refuses loopback
-/// addresses in EndpointSlices (and in status), so the backend listens on this one.
-pub fn host_ip() -> String {
-    let out = ok(Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]));
-    out.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|cidr| cidr.split('/').next())
-        .unwrap_or_else(|| panic!("no global IPv4 address on this machine:\n{out}"))
-        .to_owned()
-}
+pub use common::host_ip;
 
 pub struct KillOnDrop(pub std::process::Child);
 

@@ -2,54 +2,17 @@
 //! enough (no 403 while it serves, writes status and records an Event), and every rule in them
 //! is needed (without it, the replica meets a 403).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
+use crate::common::deploy_rbac::{deploy_and_service_account, rendered_deploy};
 use crate::common::real_apiserver::RealApiServer;
 use crate::common::{free_port, get, wait_until, write_ca};
 use crate::support::{
     Cluster, Member, Publish, Replica, backend_yaml, echo, event_reasons, get_host,
-    ingress_jsonpath, kustomize, met_forbidden, names_resource, rule_resources,
-    service_account_kubeconfig, tests_without_rule, to_yaml,
+    ingress_jsonpath, met_forbidden, names_resource, rule_resources, tests_without_rule,
 };
-use crate::{KillOnDrop, apply_yaml, deploy_dir, ok};
-
-/// deploy/ rendered by kustomize, one value per object.
-fn rendered_deploy() -> Vec<serde_yaml::Value> {
-    kustomize(&deploy_dir())
-}
-
-/// Applies deploy/ (less the `rule`th rule of `role`, if given) and returns a kubeconfig with a
-/// fresh token of its ServiceAccount.
-fn deploy_and_service_account(
-    api: &RealApiServer,
-    dir: &Path,
-    without: Option<(&str, usize)>,
-) -> PathBuf {
-    let mut objects = rendered_deploy();
-    if let Some((role, rule)) = without {
-        let object = objects
-            .iter_mut()
-            .find(|o| o["kind"] == role)
-            .unwrap_or_else(|| panic!("deploy/ has no {role}"));
-        let rules = object["rules"].as_sequence_mut().unwrap();
-        assert!(rule < rules.len(), "{role} has {} rules", rules.len());
-        rules.remove(rule);
-    }
-    apply_yaml(api, dir, "deploy.yaml", &to_yaml(&objects));
-    let kubeconfig = service_account_kubeconfig(api, dir);
-    let whoami = ok(Command::new("kubectl")
-        .env("KUBECONFIG", &kubeconfig)
-        .args([
-            "auth",
-            "whoami",
-            "-o",
-            "jsonpath={.status.userInfo.username}",
-        ]));
-    assert_eq!(whoami, "system:serviceaccount:portico-system:portico");
-    kubeconfig
-}
+use crate::{KillOnDrop, apply_yaml, ok};
 
 /// The backend (`portico echo` on this machine's address, a Service without a selector and
 /// the EndpointSlice an endpoints controller would have written), an IngressClass of ours

@@ -6,27 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+pub use crate::common::deploy_rbac::{
+    kustomize, met_forbidden, service_account_kubeconfig, to_yaml,
+};
 use crate::common::real_apiserver::RealApiServer;
 use crate::common::{free_port, wait_until, write_ca};
 use crate::{KillOnDrop, PORTICO, host_ip, ok};
-
-/// A kustomization rendered by `kubectl kustomize`, one value per object.
-pub fn kustomize(path: &Path) -> Vec<serde_yaml::Value> {
-    let rendered = ok(Command::new("kubectl").arg("kustomize").arg(path));
-    rendered
-        .split("\n---\n")
-        .map(|doc| serde_yaml::from_str(doc).unwrap())
-        .collect()
-}
-
-/// `objects` as one YAML stream.
-pub fn to_yaml(objects: &[serde_yaml::Value]) -> String {
-    let yaml: Vec<String> = objects
-        .iter()
-        .map(|o| serde_yaml::to_string(o).unwrap())
-        .collect();
-    yaml.join("---\n")
-}
 
 /// The resources an RBAC rule names.
 pub fn rule_resources(rule: &serde_yaml::Value) -> Vec<String> {
@@ -44,21 +29,6 @@ pub fn names_resource(line: &str, resources: &[String]) -> bool {
     resources
         .iter()
         .any(|r| line.contains(&format!("resource \\\"{r}\\\"")))
-}
-
-/// A kubeconfig in `dir` with a fresh token of the ServiceAccount portico-system/portico.
-pub fn service_account_kubeconfig(api: &RealApiServer, dir: &Path) -> PathBuf {
-    let token = ok(api.kubectl().args([
-        "-n",
-        "portico-system",
-        "create",
-        "token",
-        "portico",
-        "--duration=1h",
-    ]));
-    let kubeconfig = dir.join("portico-sa.kubeconfig");
-    api.write_kubeconfig_for_token(&kubeconfig, token.trim());
-    kubeconfig
 }
 
 /// `portico echo` for the Service `test` in `ns`, on this machine's address (the real API
@@ -162,12 +132,6 @@ pub fn event_reasons(api: &RealApiServer, ns: &str, name: &str) -> String {
         "-o",
         "jsonpath={.items[*].reason}",
     ]))
-}
-
-/// A 403 as the replica logs it: the API server's message ("... is forbidden: User ...") and
-/// reason (`Forbidden`). Not the digits, which a timestamp can hold.
-pub fn met_forbidden(logs: &str) -> bool {
-    logs.to_ascii_lowercase().contains("forbidden")
 }
 
 /// The status of GET `/` on `http` for Host `host`, with curl.
