@@ -1,10 +1,14 @@
 //! Three `portico run` processes (Raft over mutual TLS from a CA given as files) against one
-//! in-process API server, plus `portico echo` backends, all killed on drop.
+//! API server, plus `portico echo` backends, all killed on drop. The API server is either
+//! Portico's in-process one or a real kube-apiserver with etcd ([`Backend`]).
 //!
-//! Each replica reaches the API server through its own listener (its own kubeconfig), so
-//! every write the API server answers is attributed to the replica that sent it by the
-//! port it arrived on: that is how the tests tell who wrote Ingress status. The listeners can
-//! be closed and reopened on the same ports, which is how the API server "goes away".
+//! In-process, each replica reaches the API server through its own listener (its own
+//! kubeconfig), so every write the API server answers is attributed to the replica that sent
+//! it by the port it arrived on: that is how the tests tell who wrote Ingress status. The
+//! listeners can be closed and reopened on the same ports, which is how the API server "goes
+//! away". Against the real one, every replica runs as deploy/'s ServiceAccount (its RBAC
+//! applied from `kubectl kustomize deploy/`), the test applies objects with `kubectl apply`
+//! as a tenant would, and the API server goes away by being stopped (etcd keeps its data).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,12 +27,22 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::common::deploy_rbac::{deploy_and_service_account, met_forbidden};
+use crate::common::real_apiserver::RealApiServer;
 use crate::common::{free_port, get, wait_until, write_ca};
 
 pub const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
+/// Where the tests' Ingresses, Services and Secrets live.
 pub const NAMESPACE: &str = "default";
-/// Every replica's data-plane address, and so the address published in Ingress status.
-pub const STATUS_ADDRESS: &str = "127.0.0.1";
+
+/// Which API server the replicas run against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `portico-apiserver` in this test process, one listener per replica.
+    InProcess,
+    /// tests/kube's kube-testenv: kube-apiserver and etcd, replicas as deploy/'s ServiceAccount.
+    Real,
+}
 
 /// One write (any method but GET) answered by the API server.
 #[derive(Clone, Debug)]
@@ -48,23 +62,48 @@ impl ApiWrite {
 
 type Writes = Arc<Mutex<Vec<ApiWrite>>>;
 
-/// The in-process API server, one listener per replica, and the test's own client.
+/// The API server, the test's own client, and (in-process) one listener per replica.
 pub struct ApiSide {
     pub runtime: tokio::runtime::Runtime,
-    pub server: ApiServer,
-    /// The test's client: in-process, so closing the replicas' listeners leaves it working.
+    /// The test's client: in-process, so closing the replicas' listeners leaves it working;
+    /// against the real server, the admin's (it fails while the server is stopped).
     pub client: kube::Client,
+    /// In-process only: every write answered, by the replica's listener it came through.
     pub writes: Writes,
     fronts: Vec<(SocketAddr, Option<JoinHandle<()>>)>,
+    server: Option<ApiServer>,
+    /// The real control plane and the ServiceAccount's kubeconfig every replica uses.
+    pub real: Option<(RealApiServer, PathBuf)>,
 }
 
 impl ApiSide {
-    fn start(replicas: usize) -> Self {
+    fn start(backend: Backend, replicas: usize, dir: &Path) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
+        if backend == Backend::Real {
+            let real = RealApiServer::start();
+            let kubeconfig = deploy_and_service_account(&real, dir, None);
+            let client = runtime.block_on(async {
+                let config = kube::Config::from_custom_kubeconfig(
+                    kube::config::Kubeconfig::read_from(&real.kubeconfig).unwrap(),
+                    &kube::config::KubeConfigOptions::default(),
+                )
+                .await
+                .unwrap();
+                kube::Client::try_from(config).unwrap()
+            });
+            return ApiSide {
+                runtime,
+                client,
+                writes: Writes::default(),
+                fronts: Vec::new(),
+                server: None,
+                real: Some((real, kubeconfig)),
+            };
+        }
         let server = ApiServer::builder().minor_version(33).build().unwrap();
         let client = {
             let _guard = runtime.enter();
@@ -72,10 +111,11 @@ impl ApiSide {
         };
         let mut api = ApiSide {
             runtime,
-            server,
             client,
             writes: Writes::default(),
             fronts: Vec::new(),
+            server: Some(server),
+            real: None,
         };
         for _ in 0..replicas {
             let listener = api
@@ -89,13 +129,40 @@ impl ApiSide {
         api
     }
 
+    pub fn backend(&self) -> Backend {
+        if self.real.is_some() {
+            Backend::Real
+        } else {
+            Backend::InProcess
+        }
+    }
+
+    /// The kubeconfig replica `replica` runs with (written to `dir` in-process).
+    fn kubeconfig(&self, replica: usize, dir: &Path) -> PathBuf {
+        if let Some((_, kubeconfig)) = &self.real {
+            return kubeconfig.clone();
+        }
+        let kubeconfig = dir.join(format!("kubeconfig-{replica}"));
+        std::fs::write(
+            &kubeconfig,
+            portico_apiserver::kubeconfig(&self.url(replica)),
+        )
+        .unwrap();
+        kubeconfig
+    }
+
+    /// kubectl as the real server's admin (a tenant with every right).
+    pub fn kubectl(&self) -> Command {
+        self.real.as_ref().expect("the real API server").0.kubectl()
+    }
+
     pub fn url(&self, replica: usize) -> String {
         format!("http://{}", self.fronts[replica].0)
     }
 
     /// Serves the API to replica `replica` on `listener`, recording every write.
     fn serve_front(&self, replica: usize, listener: TcpListener) -> JoinHandle<()> {
-        let server = self.server.clone();
+        let server = self.server.clone().expect("in-process");
         let writes = self.writes.clone();
         self.runtime.spawn(async move {
             // Dropping this set (when the task is aborted) closes every connection.
@@ -142,9 +209,14 @@ impl ApiSide {
         })
     }
 
-    /// Closes every replica's listener and open connection (watches included): from the
-    /// replicas' side the API server is gone (connection refused).
+    /// The API server goes away. In-process: every replica's listener and open connection
+    /// (watches included) closes, so from the replicas' side it is gone (connection
+    /// refused). Real: kube-apiserver stops (gracefully); etcd keeps running.
     pub fn stop_serving(&mut self) {
+        if let Some((real, _)) = &self.real {
+            real.stop_apiserver();
+            return;
+        }
         for (_, task) in &mut self.fronts {
             if let Some(task) = task.take() {
                 task.abort();
@@ -153,8 +225,12 @@ impl ApiSide {
         }
     }
 
-    /// Listens again on the same ports.
+    /// Serves again on the same address(es).
     pub fn resume_serving(&mut self) {
+        if let Some((real, _)) = &self.real {
+            real.start_apiserver();
+            return;
+        }
         for i in 0..self.fronts.len() {
             let addr = self.fronts[i].0;
             let listener = wait_until(
@@ -187,7 +263,8 @@ impl ApiSide {
             .count()
     }
 
-    /// Server-side apply of one object given as JSON (namespace `default` when namespaced).
+    /// Applies one object given as JSON (namespace `default` when namespaced): in-process by
+    /// server-side apply, against the real server with `kubectl apply` as a tenant would.
     pub fn apply<K>(&self, object: Value)
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -197,6 +274,9 @@ impl ApiSide {
             + std::fmt::Debug,
         K::DynamicType: Default,
     {
+        if self.real.is_some() {
+            return self.kubectl_apply(&object);
+        }
         let name = object["metadata"]["name"].as_str().unwrap().to_owned();
         let api: Api<K> = Api::namespaced(self.client.clone(), NAMESPACE);
         self.runtime
@@ -217,6 +297,9 @@ impl ApiSide {
             + std::fmt::Debug,
         K::DynamicType: Default,
     {
+        if self.real.is_some() {
+            return self.kubectl_apply(&object);
+        }
         let name = object["metadata"]["name"].as_str().unwrap().to_owned();
         let api: Api<K> = Api::all(self.client.clone());
         self.runtime
@@ -226,6 +309,32 @@ impl ApiSide {
                 &Patch::Apply(&object),
             ))
             .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+    }
+
+    /// `kubectl apply -f -` (client-side, the default) of one object as the admin.
+    fn kubectl_apply(&self, object: &Value) {
+        use std::io::Write;
+        let mut child = self
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(object.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl apply {}: {}",
+            object["metadata"]["name"],
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The addresses (IP or hostname) in an Ingress's `status.loadBalancer.ingress`.
@@ -332,6 +441,18 @@ pub struct Cluster {
     pub echoes: Vec<Proc>,
     pub api: ApiSide,
     pub dir: tempfile::TempDir,
+    /// The namespace of the Lease (deploy/'s Role grants it in portico-system only).
+    pub lease_namespace: &'static str,
+}
+
+/// The address replicas publish in Ingress status, and backends listen on: loopback
+/// in-process; against the real server, which refuses loopback addresses in status and in
+/// EndpointSlices, this machine's first global IPv4 address.
+pub fn node_address(backend: Backend) -> String {
+    match backend {
+        Backend::InProcess => "127.0.0.1".to_owned(),
+        Backend::Real => crate::common::host_ip(),
+    }
 }
 
 /// A self-signed serving certificate for `names`: (certificate PEM, key PEM).
@@ -348,23 +469,32 @@ pub fn serving_cert(names: &[&str]) -> (String, String) {
 impl Cluster {
     /// Starts the API server and three replicas (with `extra` flags each), and waits until
     /// every replica is ready and one leads.
-    pub fn start(extra: &[&str]) -> Cluster {
+    pub fn start(backend: Backend, extra: &[&str]) -> Cluster {
+        Self::start_n(backend, 3, extra)
+    }
+
+    /// Starts the API server and `n` replicas (with `extra` flags each), and waits until
+    /// every replica is ready and one leads.
+    pub fn start_n(backend: Backend, n: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let api = ApiSide::start(3);
+        let api = ApiSide::start(backend, n, dir.path());
+        let lease_namespace = match backend {
+            Backend::InProcess => NAMESPACE,
+            Backend::Real => "portico-system",
+        };
         let (ca, ca_key) = write_ca(dir.path());
-        let raft: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let raft: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let members: Vec<String> = raft.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let mut replicas = Vec::new();
         for (i, raft_port) in raft.iter().enumerate() {
-            let kubeconfig = dir.path().join(format!("kubeconfig-{i}"));
-            std::fs::write(&kubeconfig, portico_apiserver::kubeconfig(&api.url(i))).unwrap();
+            let kubeconfig = api.kubeconfig(i, dir.path());
             let (http, https, admin) = (free_port(), free_port(), free_port());
             let mut args: Vec<String> = [
                 "run",
                 "--pod-name",
                 &format!("portico-{i}"),
                 "--namespace",
-                NAMESPACE,
+                lease_namespace,
                 "--kubeconfig",
                 &kubeconfig.to_string_lossy(),
                 "--data-dir",
@@ -409,6 +539,7 @@ impl Cluster {
             echoes: Vec::new(),
             api,
             dir,
+            lease_namespace,
         };
         for r in &cluster.replicas {
             wait_until(
@@ -417,22 +548,61 @@ impl Cluster {
                 || get(&r.admin, "/readyz").filter(|(code, _)| *code == 200),
             );
         }
-        cluster.wait_leader(&[0, 1, 2], Duration::from_secs(60));
+        let all: Vec<usize> = (0..n).collect();
+        cluster.wait_leader(&all, Duration::from_secs(60));
         cluster
     }
 
+    /// How far each replica's log has got: marks for [`Cluster::assert_no_403`].
+    pub fn log_marks(&self) -> Vec<usize> {
+        self.replicas
+            .iter()
+            .map(|r| r.proc.log_text().len())
+            .collect()
+    }
+
+    /// Against the real server: no replica met a 403 (deploy/'s RBAC is enough), except
+    /// between the marks `except` (a restarted kube-apiserver may deny until its RBAC
+    /// caches are filled; a controller retries through that).
+    pub fn assert_no_403(&self, except: Option<(&[usize], &[usize])>) {
+        if self.api.backend() != Backend::Real {
+            return;
+        }
+        for (i, r) in self.replicas.iter().enumerate() {
+            let log = r.proc.log_text();
+            let checked = match except {
+                Some((from, to)) => format!("{}{}", &log[..from[i]], &log[to[i]..]),
+                None => log.clone(),
+            };
+            assert!(
+                !met_forbidden(&checked),
+                "{} met a 403 with deploy/'s RBAC:\n{log}",
+                r.proc.name
+            );
+        }
+    }
+
     /// Starts `pods` echo backends for Service `service` (ports `http`=8080 and `web`=80,
-    /// both to the echo port) with an EndpointSlice listing them all.
+    /// both to the echo port) and the EndpointSlices an endpoints controller would write.
+    /// In-process: 127.0.0.1, .2, ... on one port, one slice. Real: this machine's address
+    /// (loopback is refused there) on a port per Pod, so one slice per Pod.
     pub fn echo_service(&mut self, service: &str, pods: usize) {
-        let mut endpoints = Vec::new();
-        let port = free_port();
+        let real = self.api.backend() == Backend::Real;
+        let host = node_address(self.api.backend());
+        let shared_port = free_port();
+        let mut slices: Vec<(Vec<Value>, u16)> = Vec::new();
+        let mut addrs = Vec::new();
         for k in 0..pods {
             let pod = format!("{service}-{k}");
-            let addr = format!("127.0.0.{}", k + 1);
+            let (ip, port) = if real {
+                (host.clone(), free_port())
+            } else {
+                (format!("127.0.0.{}", k + 1), shared_port)
+            };
             let args: Vec<String> = [
                 "echo",
                 "--listen",
-                &format!("{addr}:{port}"),
+                &format!("{ip}:{port}"),
                 "--service",
                 service,
                 "--pod",
@@ -443,31 +613,37 @@ impl Cluster {
             .collect();
             let log = self.dir.path().join(format!("echo-{pod}.log"));
             self.echoes.push(Proc::spawn(&pod, &args, log));
-            endpoints.push(json!({"addresses": [addr], "conditions": {"ready": true}}));
+            let endpoint = json!({"addresses": [ip], "conditions": {"ready": true}});
+            match slices.last_mut() {
+                Some((endpoints, _)) if !real => endpoints.push(endpoint),
+                _ => slices.push((vec![endpoint], port)),
+            }
+            addrs.push(format!("{ip}:{port}"));
         }
         self.api
             .apply::<k8s_openapi::api::core::v1::Service>(json!({
                 "apiVersion": "v1", "kind": "Service",
                 "metadata": {"name": service, "namespace": NAMESPACE},
                 "spec": {"ports": [
-                    {"name": "http", "port": 8080, "targetPort": port, "protocol": "TCP"},
-                    {"name": "web", "port": 80, "targetPort": port, "protocol": "TCP"},
+                    {"name": "http", "port": 8080, "targetPort": shared_port, "protocol": "TCP"},
+                    {"name": "web", "port": 80, "targetPort": shared_port, "protocol": "TCP"},
                 ]},
             }));
-        self.api
-            .apply::<k8s_openapi::api::discovery::v1::EndpointSlice>(json!({
-                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": format!("{service}-1"), "namespace": NAMESPACE,
-                             "labels": {"kubernetes.io/service-name": service}},
-                "addressType": "IPv4",
-                "endpoints": endpoints,
-                "ports": [
-                    {"name": "http", "port": port, "protocol": "TCP"},
-                    {"name": "web", "port": port, "protocol": "TCP"},
-                ],
-            }));
-        for k in 0..pods {
-            let addr = format!("127.0.0.{}:{port}", k + 1);
+        for (k, (endpoints, port)) in slices.into_iter().enumerate() {
+            self.api
+                .apply::<k8s_openapi::api::discovery::v1::EndpointSlice>(json!({
+                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": format!("{service}-{}", k + 1), "namespace": NAMESPACE,
+                                 "labels": {"kubernetes.io/service-name": service}},
+                    "addressType": "IPv4",
+                    "endpoints": endpoints,
+                    "ports": [
+                        {"name": "http", "port": port, "protocol": "TCP"},
+                        {"name": "web", "port": port, "protocol": "TCP"},
+                    ],
+                }));
+        }
+        for addr in addrs {
             wait_until(&format!("echo {addr}"), Duration::from_secs(20), || {
                 curl(&[], &format!("http://{addr}/")).filter(|(code, _, _)| *code == 200)
             });
@@ -587,9 +763,11 @@ impl Drop for Cluster {
                 };
                 eprintln!("---- {}: {state} ----", r.proc.name);
                 let text = r.proc.log_text();
+                // Without DEBUG lines and a panic's backtrace frames (indented), so the
+                // panic's message stays in view.
                 let lines: Vec<&str> = text
                     .lines()
-                    .filter(|l| !l.contains("\"level\":\"DEBUG\""))
+                    .filter(|l| !l.contains("\"level\":\"DEBUG\"") && !l.starts_with("  "))
                     .collect();
                 let tail = &lines[lines.len().saturating_sub(40)..];
                 eprintln!("---- last log lines of {} ----", r.proc.name);

@@ -13,7 +13,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use crate::cluster::NAMESPACE;
+use super::cluster::NAMESPACE;
 
 pub const INTERVAL: Duration = Duration::from_millis(200);
 

@@ -8,6 +8,7 @@
 mod common;
 
 mod control;
+mod controller_suite;
 mod deploy;
 mod explain;
 mod kubectl_create;
