@@ -1,12 +1,24 @@
-//! client-go's election algorithm, step by step, against the in-process API server.
+//! client-go's election algorithm, step by step, against the in-process API server and
+//! against a real kube-apiserver (tests/kube's kube-testenv): the same steps on both, and on
+//! the real one a race really lost (a rival writes the Lease between our read and our write,
+//! and the real server refuses our stale resourceVersion) and a real server stopped. The
+//! in-process server alone can inject a slow answer (the time-out) and the M5 epochs.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 use portico_apiserver::ApiServer;
 use portico_controller::election::{Attempt, ElectionError, Elector};
+
+#[allow(dead_code)]
+#[path = "../../portico/tests/common/real_apiserver.rs"]
+mod real_apiserver;
+
+use real_apiserver::RealApiServer;
 
 const LEASE: Duration = Duration::from_millis(800);
 const BUDGET: Duration = Duration::from_secs(5);
@@ -28,10 +40,29 @@ async fn lease(client: &Client) -> Lease {
         .unwrap()
 }
 
+/// The admin's client of a real API server.
+async fn real_client(api: &RealApiServer) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&api.kubeconfig).unwrap();
+    let options = kube::config::KubeConfigOptions::default();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
 #[tokio::test]
 async fn acquire_renew_expire_release_and_recreate() {
     let server = ApiServer::builder().build().unwrap();
-    let client = Client::new(server.service(), "default");
+    acquire_renew_expire_release_and_recreate_on(Client::new(server.service(), "default")).await;
+}
+
+#[tokio::test]
+async fn acquire_renew_expire_release_and_recreate_on_the_real_api_server() {
+    let api = RealApiServer::start();
+    acquire_renew_expire_release_and_recreate_on(real_client(&api).await).await;
+}
+
+async fn acquire_renew_expire_release_and_recreate_on(client: Client) {
     let mut a = elector(&client, "a");
     let mut b = elector(&client, "b");
 
@@ -200,4 +231,79 @@ async fn epochs_are_never_reused_nor_saturated() {
     ));
     let spec = lease(&client).await.spec.unwrap();
     assert_eq!(spec.holder_identity, None, "nobody took the Lease");
+}
+
+/// `real`, except that while `armed`, the next PUT of the Lease is preceded by a rival's
+/// write of it (an annotation, through `real` itself): our read is then stale when our write
+/// arrives, as when another candidate wins the race in between.
+fn racing_client(real: Client, armed: Arc<AtomicBool>) -> Client {
+    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        let (real, armed) = (real.clone(), armed.clone());
+        async move {
+            let lease_put = request.method() == http::Method::PUT
+                && request.uri().path().ends_with("/leases/portico-leader");
+            if lease_put && armed.swap(false, Ordering::SeqCst) {
+                let rival = serde_json::json!({"metadata": {"annotations": {
+                    "test/rival": "wrote between the read and the write"}}});
+                Api::<Lease>::namespaced(real.clone(), "default")
+                    .patch(
+                        "portico-leader",
+                        &PatchParams::default(),
+                        &Patch::Merge(&rival),
+                    )
+                    .await?;
+            }
+            real.send(request).await
+        }
+    });
+    Client::new(service, "default")
+}
+
+/// Against the real server: a renewal whose read was overtaken by a rival's write is refused
+/// by the real server (409, our resourceVersion is stale) and reported as a Conflict; the next
+/// attempt reads the Lease as it is and renews. A stopped API server is an error, not a
+/// verdict; once it is back, the Lease is renewed with the same epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_real_api_server_a_lost_race_is_its_409_and_a_stopped_server_an_error() {
+    let api = RealApiServer::start();
+    let real = real_client(&api).await;
+    let armed = Arc::new(AtomicBool::new(false));
+    let mut a = elector(&racing_client(real.clone(), armed.clone()), "a");
+    assert_eq!(
+        a.try_acquire_or_renew(1, BUDGET).await.unwrap(),
+        Attempt::Held {
+            epoch: 1,
+            acquired: true
+        }
+    );
+
+    armed.store(true, Ordering::SeqCst);
+    let raced = a.try_acquire_or_renew(1, BUDGET).await;
+    assert!(!armed.load(Ordering::SeqCst), "the rival never wrote");
+    assert!(matches!(raced, Err(ElectionError::Conflict)), "{raced:?}");
+    let lease = lease(&real).await;
+    assert_eq!(
+        lease.metadata.annotations.unwrap_or_default()["test/rival"],
+        "wrote between the read and the write",
+        "the rival's write stands"
+    );
+    assert_eq!(
+        a.try_acquire_or_renew(1, BUDGET).await.unwrap(),
+        Attempt::Held {
+            epoch: 1,
+            acquired: false
+        }
+    );
+
+    tokio::task::block_in_place(|| api.stop_apiserver());
+    let stopped = a.try_acquire_or_renew(1, BUDGET).await;
+    assert!(matches!(stopped, Err(ElectionError::Api(_))), "{stopped:?}");
+    tokio::task::block_in_place(|| api.start_apiserver());
+    assert_eq!(
+        a.try_acquire_or_renew(1, BUDGET).await.unwrap(),
+        Attempt::Held {
+            epoch: 1,
+            acquired: false
+        }
+    );
 }
