@@ -5,6 +5,7 @@
 //! kept, and the body taken back if it was not touched).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
@@ -13,6 +14,7 @@ use http::{Request, Response, StatusCode, Uri};
 use portico_model::{Backend, BackendProtocol, BackendTarget, RoutePolicy};
 
 use crate::body::{ClientBodyFault, ProxyBody, Reclaimable};
+use crate::h2pool::{self, H2Failure, H2Pool};
 use crate::handler::{Refusal, Shared};
 use crate::headers::ForwardedValues;
 use crate::observe::Trace;
@@ -24,24 +26,39 @@ use crate::upstream::{self, UpstreamClient, UpstreamError};
 const MAX_ATTEMPTS: usize = 3;
 
 /// How a request reaches its backend: where attempts go, and through which client.
+// One per request, inside the forwarding future (boxed once): boxing the lean path's
+// forwarding values would cost an allocation per request to save nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Upstream<'a> {
     /// The Service's endpoint addresses: each attempt picks one (affinity, then round-robin,
     /// skipping ejected and tried ones).
     Endpoints(Via<'a>),
-    /// An `ExternalName`'s `host:port`, through hyper-util's client (whose resolver refuses
-    /// forbidden addresses): one attempt.
-    External(UpstreamClient, Authority),
+    /// An `ExternalName`'s `host:port` (the name resolved at connect time by a resolver that
+    /// refuses forbidden addresses): one attempt.
+    External(ExternalVia<'a>, Authority),
 }
 
 /// The client an endpoint attempt goes through.
+// One per request, inside the forwarding future (boxed once): boxing the lean path's
+// forwarding values would cost an allocation per request to save nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Via<'a> {
     /// Plain HTTP/1.1, no body and no upgrade (most requests): the pool's lean exchange,
     /// which writes these forwarding values straight into the request head.
     Lean(&'a H1Pool, ForwardedValues),
     /// Plain HTTP/1.1 with a body or an upgrade: the pool's hyper connections.
     Pooled(&'a H1Pool),
-    /// TLS or HTTP/2: hyper-util's pooled client.
-    Client(UpstreamClient),
+    /// HTTP/2 (h2c, gRPC over TLS): the shared connection, `:authority` the routed host.
+    H2(&'a H2Pool),
+    /// HTTPS: hyper-util's pooled client.
+    Client(Arc<UpstreamClient>),
+}
+
+/// The client an ExternalName attempt goes through.
+pub(crate) enum ExternalVia<'a> {
+    H2(&'a H2Pool),
+    /// Plain HTTP/1.1 or HTTPS: hyper-util's pooled client.
+    Client(Arc<UpstreamClient>),
 }
 
 impl<'a> Upstream<'a> {
@@ -57,7 +74,11 @@ impl<'a> Upstream<'a> {
         head: &mut Parts,
     ) -> Result<Self, Refusal> {
         let protocol = policy.backend_protocol;
-        let client = || shared.clients.get(protocol, policy.connect_timeout);
+        let h2 = matches!(protocol, BackendProtocol::H2c | BackendProtocol::Grpcs);
+        let client = || {
+            let tls = protocol == BackendProtocol::Https;
+            shared.clients.get(tls, policy.connect_timeout)
+        };
         let upstream = match &backend.target {
             BackendTarget::Unavailable(_) => {
                 return Err(Refusal::new(
@@ -72,9 +93,14 @@ impl<'a> Upstream<'a> {
                         "invalid upstream address",
                     ));
                 };
-                Upstream::External(client(), authority)
+                let via = match h2 {
+                    true => ExternalVia::H2(&shared.clients.h2),
+                    false => ExternalVia::Client(client()),
+                };
+                Upstream::External(via, authority)
             }
-            BackendTarget::Endpoints(_) if protocol != BackendProtocol::Http => {
+            BackendTarget::Endpoints(_) if h2 => Upstream::Endpoints(Via::H2(&shared.clients.h2)),
+            BackendTarget::Endpoints(_) if protocol == BackendProtocol::Https => {
                 Upstream::Endpoints(Via::Client(client()))
             }
             BackendTarget::Endpoints(_) if bodyless => {
@@ -93,7 +119,7 @@ impl<'a> Upstream<'a> {
 /// One attempt: where it goes and through which client.
 enum Attempt<'u, 'a> {
     Endpoint(&'u Via<'a>, SocketAddr),
-    External(&'u UpstreamClient, &'u Authority),
+    External(&'u ExternalVia<'a>, &'u Authority),
 }
 
 /// A failed attempt: why, and the request when not one byte of it was sent.
@@ -111,6 +137,15 @@ impl From<PoolFailure> for Failure {
     }
 }
 
+impl From<H2Failure> for Failure {
+    fn from(f: H2Failure) -> Self {
+        Failure {
+            error: f.error.into(),
+            unsent: f.request,
+        }
+    }
+}
+
 impl Attempt<'_, '_> {
     fn endpoint(&self) -> Option<SocketAddr> {
         match self {
@@ -119,15 +154,26 @@ impl Attempt<'_, '_> {
         }
     }
 
-    /// The request URI: origin-form for the pool, which writes it as it is; absolute for
-    /// hyper-util's client, which connects to its authority.
-    fn uri(&self, path: &PathAndQuery, scheme: Scheme) -> Option<Uri> {
+    /// The request URI: origin-form for the HTTP/1.1 pool, which writes it as it is;
+    /// absolute for hyper-util's client, which connects to its authority (and sends `Host`,
+    /// set before, over HTTP/1.1); for HTTP/2, whose `:authority` is the URI's, the host
+    /// routed by (`host`, validated in `admit`; the target's only when the client named
+    /// none; finding L3).
+    fn uri(&self, path: &PathAndQuery, scheme: Scheme, host: &str) -> Option<Uri> {
+        let routed = || Authority::try_from(host).ok();
         let authority = match self {
             Attempt::Endpoint(Via::Lean(..) | Via::Pooled(_), _) => {
                 return Some(Uri::from(path.clone()));
             }
+            Attempt::Endpoint(Via::H2(_), addr) => match routed() {
+                Some(routed) => routed,
+                None => endpoint_authority(*addr)?,
+            },
+            Attempt::External(ExternalVia::H2(_), authority) => {
+                routed().unwrap_or_else(|| (*authority).clone())
+            }
             Attempt::Endpoint(Via::Client(_), addr) => endpoint_authority(*addr)?,
-            Attempt::External(_, authority) => (*authority).clone(),
+            Attempt::External(ExternalVia::Client(_), authority) => (*authority).clone(),
         };
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(scheme);
@@ -140,6 +186,7 @@ impl Attempt<'_, '_> {
     /// keeps what it needs to hand an unsent request back.
     async fn send(
         self,
+        protocol: BackendProtocol,
         connect_timeout: Duration,
         req: Request<ProxyBody>,
         keep_copy: bool,
@@ -153,7 +200,26 @@ impl Attempt<'_, '_> {
                 .send(addr, connect_timeout, req)
                 .await
                 .map_err(Failure::from),
-            Attempt::Endpoint(Via::Client(client), _) | Attempt::External(client, _) => {
+            Attempt::Endpoint(Via::H2(pool), addr) => pool
+                .send(
+                    h2pool::Target::Endpoint(addr),
+                    protocol,
+                    connect_timeout,
+                    req,
+                )
+                .await
+                .map_err(Failure::from),
+            Attempt::External(ExternalVia::H2(pool), authority) => pool
+                .send(
+                    h2pool::Target::External(authority.clone()),
+                    protocol,
+                    connect_timeout,
+                    req,
+                )
+                .await
+                .map_err(Failure::from),
+            Attempt::Endpoint(Via::Client(client), _)
+            | Attempt::External(ExternalVia::Client(client), _) => {
                 if !keep_copy {
                     return client.request(req).await.map_err(|error| Failure {
                         error,
@@ -189,6 +255,8 @@ pub(crate) struct Exchange<'a> {
     pub(crate) upstream: Upstream<'a>,
     /// The upstream request target (origin-form).
     pub(crate) path: PathAndQuery,
+    /// The host routed by (`""`: the client named none), HTTP/2's `:authority`.
+    pub(crate) host: &'a str,
     /// The endpoint the affinity cookie names, if it is one of the backend's.
     pub(crate) sticky: Option<SocketAddr>,
     /// Set when the request has a body (proxy-send-timeout).
@@ -223,22 +291,27 @@ impl Exchange<'_> {
                     }
                 }
             };
-            let Some(uri) = attempt.uri(&self.path, self.scheme()) else {
+            let Some(uri) = attempt.uri(&self.path, self.scheme(), self.host) else {
                 return Err(Refusal::new(
                     StatusCode::BAD_GATEWAY,
                     "invalid upstream address",
                 ));
             };
             *req.uri_mut() = uri;
-            // The pool hands an unsent request back itself; hyper-util's client needs a copy
-            // kept while another endpoint may still be tried.
+            // The pools hand an unsent request back themselves; hyper-util's client needs a
+            // copy kept while another endpoint may still be tried.
             let keep_copy = matches!(attempt, Attempt::Endpoint(Via::Client(_), _))
                 && tried.len() + 1 < MAX_ATTEMPTS.min(self.backend.endpoints().len());
             let endpoint = attempt.endpoint();
             // Not boxed on its own: the whole forwarding state already is (see handler).
             let sent = tokio::time::timeout(
                 deadline,
-                attempt.send(policy.connect_timeout, req, keep_copy),
+                attempt.send(
+                    policy.backend_protocol,
+                    policy.connect_timeout,
+                    req,
+                    keep_copy,
+                ),
             );
             let outcome = match self.send_watch {
                 None => sent.await,

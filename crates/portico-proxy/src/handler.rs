@@ -358,6 +358,7 @@ async fn forward(
         policy,
         upstream,
         path,
+        host,
         sticky,
         send_watch: send_watch.as_deref(),
         client_fault: &client_fault,
@@ -418,8 +419,11 @@ fn upstream_request(
         parts.headers.insert(header::UPGRADE, token);
     }
     // The backend sees the host we routed by (finding M1): with an absolute-form target or
-    // `:authority`, a different `Host` from the client is replaced (RFC 9112 §3.2.2).
-    if (parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST))
+    // `:authority`, a different `Host` from the client is replaced (RFC 9112 §3.2.2). Over
+    // HTTP/2 it goes as `:authority` (the exchange's URI), never beside it (finding L3).
+    if h2_upstream {
+        parts.headers.remove(header::HOST);
+    } else if (parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST))
         && let Ok(v) = HeaderValue::from_str(host)
     {
         parts.headers.insert(header::HOST, v);

@@ -30,6 +30,7 @@ mod exchange;
 #[doc(hidden)]
 pub mod fuzzing;
 mod h1;
+mod h2pool;
 mod handler;
 mod headers;
 mod limits;

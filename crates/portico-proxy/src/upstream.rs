@@ -16,13 +16,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ipnet::IpNet;
-use portico_model::{Backend, BackendProtocol, Endpoint};
+use portico_model::{Backend, Endpoint};
 
 use crate::body::ProxyBody;
+use crate::h2pool::{H2Error, H2Pool};
 use crate::pool::{H1Pool, PoolError, UpstreamBody};
 use crate::tls::upstream_client_config;
 
-type Connector = HttpConnector<GuardedResolver>;
+pub(crate) type Connector = HttpConnector<GuardedResolver>;
 type PlainClient = Client<Connector, ProxyBody>;
 type TlsClient = Client<HttpsConnector<Connector>, ProxyBody>;
 
@@ -53,6 +54,8 @@ pub(crate) enum UpstreamError {
     Pool(#[from] PoolError),
     #[error(transparent)]
     Legacy(#[from] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    H2(#[from] H2Error),
 }
 
 impl UpstreamError {
@@ -61,43 +64,45 @@ impl UpstreamError {
         match self {
             UpstreamError::Pool(e) => e.nothing_sent(),
             UpstreamError::Legacy(e) => e.is_connect(),
+            UpstreamError::H2(e) => e.nothing_sent(),
         }
     }
 }
 
 /// How long an idle upstream connection is kept (nginx's `keepalive_timeout` default is 60 s).
-const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Plain HTTP/1.1 to an endpoint address (the common case) goes through our own pool
-/// (`pool`); TLS, HTTP/2 and ExternalName upstreams through hyper-util's pooled clients,
-/// made on first use per (protocol, connect timeout) and then shared, so each keeps one
+/// (`pool`); HTTP/2 (h2c, gRPC over TLS) through `h2pool`, which sends the routed
+/// authority; HTTPS and plain ExternalName upstreams through hyper-util's pooled clients,
+/// made on first use per (TLS or not, connect timeout) and then shared, so each keeps one
 /// keep-alive pool per endpoint.
 pub(crate) struct Clients {
     pub(crate) h1: H1Pool,
-    clients: RwLock<HashMap<(BackendProtocol, Duration), UpstreamClient>>,
+    pub(crate) h2: H2Pool,
+    clients: RwLock<HashMap<(bool, Duration), Arc<UpstreamClient>>>,
     /// Ranges `ExternalName` Services may not resolve into (`ProxyConfig::external_name_deny`).
     external_name_deny: Arc<[IpNet]>,
 }
 
 impl Clients {
     pub(crate) fn new(external_name_deny: &[IpNet]) -> Self {
+        let external_name_deny: Arc<[IpNet]> = external_name_deny.into();
         Self {
             h1: H1Pool::new(UPSTREAM_IDLE_TIMEOUT),
+            h2: H2Pool::new(external_name_deny.clone()),
             clients: RwLock::default(),
-            external_name_deny: external_name_deny.into(),
+            external_name_deny,
         }
     }
 
-    pub(crate) fn get(
-        &self,
-        protocol: BackendProtocol,
-        connect_timeout: Duration,
-    ) -> UpstreamClient {
-        let key = (protocol, connect_timeout);
+    /// hyper-util's HTTP/1.1 client, over TLS (`tls`) or not (shared: a clone is a count).
+    pub(crate) fn get(&self, tls: bool, connect_timeout: Duration) -> Arc<UpstreamClient> {
+        let key = (tls, connect_timeout);
         if let Some(client) = self.clients.read().ok().and_then(|m| m.get(&key).cloned()) {
             return client;
         }
-        let client = build_client(protocol, connect_timeout, &self.external_name_deny);
+        let client = Arc::new(build_client(tls, connect_timeout, &self.external_name_deny));
         if let Ok(mut map) = self.clients.write() {
             return map.entry(key).or_insert(client).clone();
         }
@@ -105,42 +110,45 @@ impl Clients {
     }
 }
 
-fn build_client(
-    protocol: BackendProtocol,
-    connect_timeout: Duration,
-    deny: &Arc<[IpNet]>,
-) -> UpstreamClient {
-    let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(deny.clone()));
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    http.enforce_http(false);
+fn build_client(tls: bool, connect_timeout: Duration, deny: &Arc<[IpNet]>) -> UpstreamClient {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
         .pool_max_idle_per_host(1024);
-    match protocol {
-        BackendProtocol::Http => UpstreamClient::Plain(builder.build(http)),
-        BackendProtocol::H2c => UpstreamClient::Plain(builder.http2_only(true).build(http)),
-        BackendProtocol::Https => {
-            let tls = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(upstream_client_config())
-                .https_only()
-                .enable_http1()
-                .wrap_connector(http);
-            UpstreamClient::Tls(builder.build(tls))
-        }
-        BackendProtocol::Grpcs => {
-            let tls = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(upstream_client_config())
-                .https_only()
-                .enable_http2()
-                .wrap_connector(http);
-            UpstreamClient::Tls(builder.http2_only(true).build(tls))
-        }
+    let http = connector(connect_timeout, deny);
+    if !tls {
+        return UpstreamClient::Plain(builder.build(http));
     }
+    let tls = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(upstream_client_config())
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    UpstreamClient::Tls(builder.build(tls))
+}
+
+/// TCP to an endpoint address, or to an ExternalName through [`GuardedResolver`].
+pub(crate) fn connector(connect_timeout: Duration, deny: &Arc<[IpNet]>) -> Connector {
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(deny.clone()));
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http.enforce_http(false);
+    http
+}
+
+/// TLS offering only ALPN h2, over [`connector`] (GRPCS).
+pub(crate) fn h2_tls_connector(
+    connect_timeout: Duration,
+    deny: &Arc<[IpNet]>,
+) -> HttpsConnector<Connector> {
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(upstream_client_config())
+        .https_only()
+        .enable_http2()
+        .wrap_connector(connector(connect_timeout, deny))
 }
 
 /// The resolver of the pooled clients. Only `ExternalName` Services reach it: endpoints are
@@ -351,6 +359,7 @@ pub(crate) fn endpoint_for_token(backend: &Backend, token: &str) -> Option<Socke
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portico_model::BackendProtocol;
 
     #[test]
     fn addresses_a_tenant_must_not_reach_are_forbidden() {
@@ -471,21 +480,37 @@ mod tests {
     async fn an_external_name_resolving_to_this_host_is_never_connected() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        for protocol in [BackendProtocol::Http, BackendProtocol::Https] {
-            let scheme = if protocol == BackendProtocol::Http {
-                "http"
-            } else {
-                "https"
-            };
-            let client = build_client(protocol, Duration::from_secs(2), &Arc::from([]));
+        for tls in [false, true] {
+            let scheme = if tls { "https" } else { "http" };
+            let client = build_client(tls, Duration::from_secs(2), &Arc::from([]));
             let request = http::Request::get(format!("{scheme}://localhost:{port}/debug/routes"))
                 .body(crate::body::empty())
                 .unwrap();
             let err = match client.request(request).await {
                 Err(e) => e,
-                Ok(resp) => panic!("{protocol:?}: answered {}", resp.status()),
+                Ok(resp) => panic!("{scheme}: answered {}", resp.status()),
             };
+            assert!(err.nothing_sent(), "{scheme}: {err:?}");
+        }
+        // The same through the HTTP/2 pool (GRPC, H2C, GRPCS).
+        let h2 = H2Pool::new(Arc::from([]));
+        let target = crate::h2pool::Target::External(format!("localhost:{port}").parse().unwrap());
+        for protocol in [BackendProtocol::H2c, BackendProtocol::Grpcs] {
+            let request = http::Request::get("http://app.test/debug/routes")
+                .body(crate::body::empty())
+                .unwrap();
+            let Err(failure) = h2
+                .send(target.clone(), protocol, Duration::from_secs(2), request)
+                .await
+            else {
+                panic!("{protocol:?}: answered");
+            };
+            let err = UpstreamError::from(failure.error);
             assert!(err.nothing_sent(), "{protocol:?}: {err:?}");
+            assert!(
+                failure.request.is_some(),
+                "the unsent request is handed back"
+            );
         }
         let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
         assert!(accepted.is_err(), "no connection reached the listener");

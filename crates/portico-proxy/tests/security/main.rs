@@ -19,6 +19,7 @@ mod h5_idle_and_send_timeouts;
 mod h5_memory_bound;
 mod h5_quic_retry;
 mod l1_forwarding_headers;
+mod l3_upstream_authority;
 mod m1_host_authority;
 // A raw HTTP/2 client for the H5 tests.
 mod raw_h2;
