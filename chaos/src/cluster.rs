@@ -51,7 +51,10 @@ pub struct Incarnation {
 pub struct Layout {
     pub portico: PathBuf,
     pub dir: PathBuf,
-    pub kubeconfig: PathBuf,
+    /// One kubeconfig per replica (each its own credentials with the real API server).
+    pub kubeconfigs: Vec<PathBuf>,
+    /// The replicas' namespace: their Lease lives there.
+    pub namespace: String,
     pub raft_ca: PathBuf,
     pub raft_ca_key: PathBuf,
     pub replicas: usize,
@@ -92,6 +95,11 @@ impl Cluster {
 
     pub fn replicas(&self) -> usize {
         self.layout.replicas
+    }
+
+    /// Replica `i`'s log file (every incarnation appends to it).
+    pub fn replica_log(&self, i: usize) -> PathBuf {
+        self.layout.log(&format!("portico-{i}"))
     }
 
     /// Starts the echo backends (one per backend address, all Service `echo`).
@@ -148,9 +156,9 @@ impl Cluster {
             "--pod-name".into(),
             format!("portico-{i}"),
             "--namespace".into(),
-            "default".into(),
+            self.layout.namespace.clone(),
             "--kubeconfig".into(),
-            path(&self.layout.kubeconfig),
+            path(&self.layout.kubeconfigs[i]),
             "--data-dir".into(),
             path(&self.layout.data_dir(i)),
             "--raft-listen".into(),
@@ -179,6 +187,9 @@ impl Cluster {
             // The conformance rows C01-C06 need a defaultBackend-only Ingress to catch every
             // host, which Portico refuses unless asked (issue 14, H3).
             "--allow-catch-all".into(),
+            // The harness reads the controller's watch failures and relists from the log.
+            "--log-format".into(),
+            "json".into(),
         ]
     }
 

@@ -1,10 +1,9 @@
-//! One chaos run, start to end: network, API server, replicas, load, writer, faults, final
-//! checks, report. Every resource is held by a guard (processes, namespaces, the API
+//! One chaos run, start to end: network, API server (real or in-process, see [`crate::api`]),
+//! replicas, load, writer, faults, final checks, report. Every resource is held by a guard (processes, namespaces, the API
 //! server's task), so an error, a panic or a cancelled future (Ctrl-C, the time bound)
 //! still removes everything.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,14 +13,14 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::Api;
-use portico_apiserver::{ApiServer, Availability};
 use portico_model::{BackendTarget, RoutingTable, Settings};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{self, Cluster, Layout, admin_addr, h3_addr, http_addr};
+use crate::api::{ApiKind, Backend, RealOptions, UNCACHED_KIND_NAMES, relists};
+use crate::cluster::{Cluster, Layout, admin_addr, h3_addr, http_addr};
 use crate::faults::{Fault, Profile, Timing, schedule};
 use crate::load::{self, LoadConfig, Target, get_h1};
-use crate::net::{self, Cut, HARNESS_ADDR, Network};
+use crate::net::{self, Cut, Network};
 use crate::observe;
 use crate::record::{FaultWindow, Recorder, Sample};
 use crate::report::{Check, Report};
@@ -47,16 +46,23 @@ pub struct Options {
     pub write_every: Duration,
     /// conformance-cases.tsv and manifests/ (crates/portico-model/tests/data).
     pub conformance_data: PathBuf,
+    /// Which API server.
+    pub api: ApiKind,
+    /// Where the real one comes from, and deploy/.
+    pub real: RealOptions,
 }
 
 /// Everything the fault injector acts on.
 struct Ctx<'a> {
     cluster: &'a mut Cluster,
     network: &'a Network,
-    api: &'a ApiServer,
+    backend: &'a Backend,
+    client: &'a kube::Client,
     api_port: u16,
     recorder: &'a Recorder,
     timing: Timing,
+    /// Checks a fault itself proves (force-410's relists on the real server).
+    checks: Vec<Check>,
 }
 
 /// The replica whose most recent sample (within the last second) says it leads.
@@ -256,18 +262,40 @@ async fn inject(fault: Fault, ctx: &mut Ctx<'_>) -> anyhow::Result<FaultWindow> 
             ctx.network.heal(target)?;
         }
         Fault::ApiUnavailable => {
-            ctx.api.faults().set_availability(Availability::Unavailable);
-            sleep(Duration::from_secs(10)).await;
-            ctx.api.faults().set_availability(Availability::Up);
+            ctx.backend.unavailable(Duration::from_secs(10)).await?;
         }
         Fault::DropWatches => {
-            ctx.api.faults().drop_watches();
+            let before = ctx.backend.watches_cut();
+            ctx.backend.drop_watches();
             sleep(Duration::from_secs(3)).await;
+            if let (Some(before), Some(after)) = (before, ctx.backend.watches_cut()) {
+                // The leader watches five kinds: some watch must have been cut.
+                let cut = after - before;
+                eprintln!("portico-chaos: drop-watches: {cut} watches cut");
+                ctx.checks.push(Check::from_violations(
+                    "drop-watches: the real server's watch connections were cut",
+                    if cut == 0 {
+                        vec!["no watch was in flight".to_string()]
+                    } else {
+                        Vec::new()
+                    },
+                ));
+                if let Some(c) = ctx.checks.last_mut().filter(|c| c.passed) {
+                    c.details.push(format!("{cut} watch responses ended"));
+                }
+            }
         }
         Fault::Force410 => {
-            ctx.api.faults().expire_next_watch();
-            ctx.api.faults().drop_watches();
+            let logs: Vec<usize> = (0..ctx.cluster.replicas())
+                .map(|i| log_len(&ctx.cluster.replica_log(i)))
+                .collect();
+            let what = ctx.backend.force_410(ctx.client).await?;
+            eprintln!("portico-chaos: force-410: {what}");
             sleep(Duration::from_secs(3)).await;
+            if matches!(ctx.backend, Backend::Real { .. }) {
+                let check = relisted_after_410(ctx.cluster, &logs, leader).await;
+                ctx.checks.push(check);
+            }
         }
         Fault::RollingRestart => {
             window.targets = (0..ctx.cluster.replicas()).collect();
@@ -285,6 +313,93 @@ async fn inject(fault: Fault, ctx: &mut Ctx<'_>) -> anyhow::Result<FaultWindow> 
     }
     window.end = ctx.recorder.now();
     Ok(window)
+}
+
+fn log_len(path: &std::path::Path) -> usize {
+    std::fs::metadata(path).map_or(0, |m| m.len() as usize)
+}
+
+/// After force-410 on the real server: the leader's watches of the kinds served from etcd
+/// failed with 410 Expired and were listed again (read from the replicas' logs past
+/// `offsets`, for up to 30 s; the leader, when known, else any replica).
+async fn relisted_after_410(cluster: &Cluster, offsets: &[usize], leader: Option<usize>) -> Check {
+    let name = format!(
+        "force-410: the leader's {} watches got 410 from the compacted etcd and relisted",
+        UNCACHED_KIND_NAMES.join(" and ")
+    );
+    let want: BTreeSet<String> = UNCACHED_KIND_NAMES.iter().map(|k| k.to_string()).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: Vec<(usize, crate::api::Relists)> = (0..cluster.replicas())
+            .filter(|&i| leader.is_none_or(|l| l == i))
+            .map(|i| {
+                let text = std::fs::read(cluster.replica_log(i)).unwrap_or_default();
+                let from = offsets[i].min(text.len());
+                (i, relists(&String::from_utf8_lossy(&text[from..])))
+            })
+            .collect();
+        if let Some((i, r)) = seen
+            .iter()
+            .find(|(_, r)| want.is_subset(&r.relisted_after_expiry))
+        {
+            return Check {
+                name,
+                passed: true,
+                details: vec![format!(
+                    "replica {i}: 410 on {:?}, relisted {:?}",
+                    r.expired, r.relisted_after_expiry
+                )],
+            };
+        }
+        if Instant::now() > deadline {
+            return Check::from_violations(
+                &name,
+                seen.iter()
+                    .map(|(i, r)| {
+                        format!(
+                            "replica {i}: 410 on {:?}, relisted after it {:?}",
+                            r.expired, r.relisted_after_expiry
+                        )
+                    })
+                    .collect(),
+            );
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+}
+
+/// On the real server: every call a replica made was authorized by deploy/'s RBAC. A 403
+/// is allowed only while the API server was stopped or starting again (a restarted server
+/// answers before its RBAC caches are filled, and denies until then).
+fn no_forbidden(obs: &crate::record::Observations) -> Check {
+    let restarts: Vec<(f64, f64)> = obs
+        .faults
+        .iter()
+        .filter(|f| f.name == Fault::ApiUnavailable.name())
+        .map(|f| (f.start, f.end))
+        .collect();
+    let outside: Vec<String> = obs
+        .api_forbidden
+        .iter()
+        .filter(|c| !restarts.iter().any(|(a, b)| *a <= c.t && c.t <= *b))
+        .map(|c| {
+            format!(
+                "{:.2}s replica {:?}: {} {} answered 403",
+                c.t, c.replica, c.method, c.path
+            )
+        })
+        .collect();
+    let mut check = Check::from_violations(
+        "RBAC: no call of a replica refused 403 (deploy/'s ServiceAccount and roles)",
+        outside,
+    );
+    if check.passed {
+        check.details.push(format!(
+            "{} refused during API server restarts, none outside",
+            obs.api_forbidden.len()
+        ));
+    }
+    check
 }
 
 /// A route as a comparable line: ingress, host, path, backend and its endpoints.
@@ -548,7 +663,7 @@ fn start_sampler(
 }
 
 /// Tail of a log file, for errors.
-fn tail(path: &std::path::Path, lines: usize) -> String {
+pub fn tail(path: &std::path::Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -573,26 +688,23 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let mut network = Network::create(REPLICAS)?;
 
     let recorder = Arc::new(Recorder::new(REPLICAS));
-    let api = ApiServer::builder().build()?;
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(HARNESS_ADDR.into(), 0)).await?;
-    let front =
-        crate::apifront::serve(api.clone(), listener, recorder.clone(), cluster::replica_of)?;
-    let api_port = front.addr.port();
-    let kubeconfig = work.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        portico_apiserver::kubeconfig(&format!("http://{}", front.addr)),
-    )?;
+    std::fs::create_dir_all(work.join("logs"))?;
+    let started = Backend::start(opts.api, &opts.real, &work, REPLICAS, recorder.clone())
+        .await
+        .with_context(|| format!("starting the {} API server", opts.api.name()))?;
+    let backend = started.backend;
+    let api_port = backend.port();
     let (raft_ca, raft_ca_key) = write_raft_ca(&work)?;
 
-    let client = kube::Client::new(api.service(), writer::NAMESPACE);
+    let client = started.client;
     let cert = LoadCertificate::generate()?;
     writer::setup(&client, &cert).await?;
 
     let mut cluster = Cluster::new(Layout {
         portico: opts.portico.clone(),
         dir: work.clone(),
-        kubeconfig,
+        kubeconfigs: started.kubeconfigs,
+        namespace: started.namespace,
         raft_ca,
         raft_ca_key,
         replicas: REPLICAS,
@@ -676,10 +788,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let mut ctx = Ctx {
         cluster: &mut cluster,
         network: &network,
-        api: &api,
+        backend: &backend,
+        client: &client,
         api_port,
         recorder: &recorder,
         timing: opts.timing,
+        checks: Vec::new(),
     };
     for fault in faults {
         if opts.profile == Profile::Long && started.elapsed() >= opts.duration {
@@ -703,9 +817,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         tokio::time::sleep(opts.timing.quiet).await;
     }
 
+    let mut fault_checks = std::mem::take(&mut ctx.checks);
     stop_writer.cancel();
     let writer_outcome = writer_task.await.context("writer task")?;
     let mut extra = final_checks(&mut cluster, &client, &writer_outcome, &recorder).await;
+    extra.append(&mut fault_checks);
     stop_load.cancel();
     while let Some(r) = load_tasks.join_next().await {
         r.context("load task")?.context("load worker")?;
@@ -730,16 +846,21 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     stop_sampler.cancel();
     let _ = sampler.await;
     cluster.stop_all().await;
-    drop(front);
+    let real = matches!(backend, Backend::Real { .. });
+    backend.shutdown().await;
     network.teardown()?;
 
     let obs = recorder.snapshot();
+    if real {
+        extra.push(no_forbidden(&obs));
+    }
     let profile = match opts.profile {
         Profile::Short => "short",
         Profile::Long => "long",
     };
     Ok(Report::build(
         profile,
+        opts.api.name(),
         opts.seed,
         opts.timing.lease_duration.as_secs_f64(),
         opts.timing.retry_period.as_secs_f64(),

@@ -4,13 +4,17 @@
 //! ```text
 //! portico-chaos --profile short --out target/chaos          # every fault once (CI)
 //! portico-chaos --profile long --duration 1800 --out chaos  # 30 minutes of random faults
+//! portico-chaos --api in-process --profile short            # against portico-apiserver
 //! portico-chaos --cleanup                                    # remove a killed run's leftovers
 //! ```
 //!
-//! Needs root (network namespaces, nftables) and the `portico` binary (next to this one by
-//! default). Exit status: 0 when every check passed, 1 when one failed, 2 on a harness error.
+//! Needs root (network namespaces, nftables), the `portico` binary (next to this one by
+//! default) and, with `--api real` (the default), kube-testenv (`tests/kube/build.sh`, which
+//! `tests/setup` runs) and kubectl. See [`api`] for what each API server's faults are. Exit status: 0 when every check passed, 1 when one failed, 2 on a harness error.
 
+mod api;
 mod apifront;
+mod apiproxy;
 mod checks;
 mod cluster;
 mod conformance;
@@ -20,6 +24,7 @@ mod load;
 mod net;
 mod observe;
 mod procs;
+mod realapi;
 mod record;
 mod report;
 mod timeline;
@@ -68,6 +73,17 @@ struct Args {
     /// The conformance cases re-checked after the run (conformance-cases.tsv, manifests/).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/portico-model/tests/data"))]
     conformance_data: PathBuf,
+    /// Which API server the replicas run against: `real` (kube-apiserver and etcd from
+    /// tests/kube, faults made on the real thing) or `in-process` (portico-apiserver).
+    #[arg(long, value_enum, default_value_t = api::ApiKind::Real)]
+    api: api::ApiKind,
+    /// The kube-testenv binary (default: $PORTICO_KUBE_TESTENV, else the cached build of
+    /// tests/kube, as `tests/kube/build.sh --check` finds it).
+    #[arg(long)]
+    kube_testenv: Option<PathBuf>,
+    /// deploy/: with `--api real` the replicas run as its ServiceAccount and RBAC.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy"))]
+    deploy: PathBuf,
     /// Only remove what a killed run left behind (namespaces, processes, links), then exit.
     #[arg(long)]
     cleanup: bool,
@@ -142,7 +158,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&args.out)?;
     let out = args.out.clone();
     eprintln!(
-        "portico-chaos: profile {profile:?}, seed {seed}, output in {}",
+        "portico-chaos: profile {profile:?}, {} API server, seed {seed}, output in {}",
+        args.api.name(),
         out.display()
     );
     let opts = harness::Options {
@@ -154,6 +171,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         timing,
         write_every: Duration::from_millis(args.write_every_ms),
         conformance_data: args.conformance_data.clone(),
+        api: args.api,
+        real: api::RealOptions {
+            kube_testenv: args.kube_testenv.clone(),
+            checkout: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")),
+            deploy: args.deploy.clone(),
+        },
     };
     // A hard bound on the whole run: the schedule plus generous time for setup and checks.
     let bound = match profile {

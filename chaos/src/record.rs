@@ -76,7 +76,8 @@ pub struct FaultWindow {
     pub converged_after: Option<f64>,
 }
 
-/// One write the API server answered, attributed by the writer's source address.
+/// One request the API server answered (a write, or a refused call), attributed by the
+/// sender's source address.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiWrite {
     /// When it arrived at the API server.
@@ -125,6 +126,9 @@ pub struct Observations {
     pub samples: Vec<Sample>,
     pub faults: Vec<FaultWindow>,
     pub api_writes: Vec<ApiWrite>,
+    /// Requests of any method the API server refused with 403 (the real server's RBAC).
+    #[serde(default)]
+    pub api_forbidden: Vec<ApiWrite>,
     pub changes: Vec<ChangeRecord>,
     /// Failed attempts by replica, protocol and error, with the first time each was seen.
     #[serde(default)]

@@ -53,6 +53,9 @@ pub struct FaultFigures {
 pub struct Report {
     pub passed: bool,
     pub profile: String,
+    /// Which API server: `real` (kube-apiserver and etcd) or `in-process`.
+    #[serde(default)]
+    pub api: String,
     pub seed: u64,
     pub duration: f64,
     pub lease_duration: f64,
@@ -100,8 +103,10 @@ pub fn propagation_times(obs: &Observations) -> Vec<f64> {
 
 impl Report {
     /// Builds the per-fault figures and adds `extra` checks to the built-in ones.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         profile: &str,
+        api: &str,
         seed: u64,
         lease_duration: f64,
         retry_period: f64,
@@ -204,6 +209,7 @@ impl Report {
         Report {
             passed: list.iter().all(|c| c.passed),
             profile: profile.to_string(),
+            api: api.to_string(),
             seed,
             duration: obs.duration(),
             lease_duration,
@@ -237,8 +243,13 @@ impl Report {
         let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}s"));
         let _ = writeln!(
             s,
-            "\nportico-chaos: profile {} (seed {}), {:.0}s, lease {:.0}s + retry {:.0}s",
-            self.profile, self.seed, self.duration, self.lease_duration, self.retry_period
+            "\nportico-chaos: profile {}, {} API server (seed {}), {:.0}s, lease {:.0}s + retry {:.0}s",
+            self.profile,
+            self.api,
+            self.seed,
+            self.duration,
+            self.lease_duration,
+            self.retry_period
         );
         let _ = writeln!(
             s,
