@@ -590,6 +590,10 @@ async fn final_checks(
         "nothing lost: every change the writer made is served",
         reflected,
     ));
+    checks.push(Check::from_violations(
+        "the API server admitted every object the writer wrote (its validation and defaulting)",
+        writer.refused.clone(),
+    ));
     checks
 }
 

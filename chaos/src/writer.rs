@@ -165,6 +165,9 @@ pub struct WriterOutcome {
     pub deleted_hosts: Vec<String>,
     pub slice_changes: u64,
     pub failed_attempts: u64,
+    /// Writes the API server refused as invalid or forbidden (400, 403, 422): the harness's
+    /// objects must pass the real server's validation, so each fails the run (up to 20 kept).
+    pub refused: Vec<String>,
     /// When the last change was written (seconds since the run started).
     pub last_written_at: Option<f64>,
 }
@@ -250,8 +253,13 @@ pub async fn run(
         let written_at = loop {
             match write.attempt().await {
                 Ok(()) => break Some(recorder.now()),
-                Err(_) => {
+                Err(e) => {
                     outcome.failed_attempts += 1;
+                    if let Some(why) = refusal(&e)
+                        && outcome.refused.len() < 20
+                    {
+                        outcome.refused.push(format!("{what}: {why}"));
+                    }
                     tokio::select! {
                         _ = stop.cancelled() => break None,
                         _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -346,6 +354,17 @@ impl Write {
     }
 }
 
+/// Why the API server refused a write for good (invalid or forbidden), if it did; outages,
+/// time-outs and conflicts are retried and are not refusals.
+fn refusal(e: &anyhow::Error) -> Option<String> {
+    match e.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(status)) if matches!(status.code, 400 | 403 | 422) => {
+            Some(format!("{} {}", status.code, status.message))
+        }
+        _ => None,
+    }
+}
+
 /// The writer's record of an EndpointSlice change starts with this.
 pub const SLICE_CHANGE: &str = "EndpointSlice ";
 
@@ -397,4 +416,32 @@ fn load_route_endpoints(view: &Value) -> Option<BTreeSet<String>> {
             .filter_map(|e| e.as_str().map(str::to_owned))
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> anyhow::Error {
+        let status = kube::core::Status {
+            code,
+            message: format!("refused with {code}"),
+            ..Default::default()
+        };
+        anyhow::Error::from(kube::Error::Api(Box::new(status))).context("applying w-1")
+    }
+
+    #[test]
+    fn invalid_and_forbidden_writes_are_refusals_outages_are_not() {
+        for code in [400, 403, 422] {
+            assert_eq!(
+                refusal(&api_error(code)),
+                Some(format!("{code} refused with {code}"))
+            );
+        }
+        for code in [409, 429, 500, 503] {
+            assert_eq!(refusal(&api_error(code)), None);
+        }
+        assert_eq!(refusal(&anyhow::anyhow!("connection refused")), None);
+    }
 }
