@@ -1,0 +1,20 @@
+//! Test support shared by Portico's crates, used only as a dev-dependency (as linkerd2-proxy's
+//! `linkerd/app/test` and `linkerd/tls/test-util` are): code that every crate's tests had
+//! written again for itself lives here once.
+//!
+//! - [`pki`]: one test PKI, a CA that issues server and client certificates for given names.
+//! - [`tables`]: the workspace `testdata/` directory and the one reader of its TSV tables
+//!   (the Kubernetes docs' examples, the ingress-controller-conformance cases).
+//! - [`wait`]: wait for an event with a deadline and fail naming what was awaited; polling
+//!   only where there is nothing to subscribe to.
+//! - [`child`]: a child process's output read line by line, so a child that binds port 0 can
+//!   report the address it got (binding a port and releasing it for the child is a race).
+
+pub mod child;
+pub mod pki;
+pub mod tables;
+pub mod wait;
+
+pub use pki::{Leaf, LeafSpec, TestCa};
+pub use tables::{ConformanceCase, Table, testdata};
+pub use wait::{WaitError, poll_until, poll_until_blocking, wait_for, wait_for_watch};
