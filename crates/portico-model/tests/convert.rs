@@ -2,7 +2,6 @@
 //! inputs.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use k8s_openapi::api::networking::v1::Ingress;
 use portico_model::convert::{self, ConvertError};
@@ -70,7 +69,7 @@ fn flat_paths(ing: &IngressSource) -> Vec<(String, String, String, String)> {
 
 #[test]
 fn conformance_manifests() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/manifests");
+    let dir = portico_test_support::testdata("manifests");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -673,11 +672,8 @@ fn typed_lists_as_the_api_returns_them() {
 
 #[test]
 fn yaml_manifests_convert_in_one_call() {
-    let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/manifests/path-rules.yaml"),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(portico_test_support::testdata("manifests/path-rules.yaml"))
+        .unwrap();
     let resources = portico_model::convert::resources_from_yaml(&text).unwrap();
     assert_eq!(resources.len(), 1);
     assert_eq!(resources[0].kind(), portico_model::ResourceKind::Ingress);

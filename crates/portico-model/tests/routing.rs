@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use portico_model::*;
+use portico_test_support::{ConformanceCase, Table, testdata};
 use support::*;
 
 /// `Prefix:/foo` → (pathType, path).
@@ -17,7 +18,7 @@ fn parse_rule(rule: &str) -> (&str, &str) {
 
 #[test]
 fn kubernetes_docs_path_examples() {
-    let (header, rows) = tsv("k8s-doc-path-examples.tsv");
+    let Table { header, rows } = tsv("k8s-doc-path-examples.tsv");
     assert_eq!(
         header,
         [
@@ -72,7 +73,7 @@ fn kubernetes_docs_path_examples() {
 
 #[test]
 fn kubernetes_docs_host_examples() {
-    let (_, rows) = tsv("k8s-doc-host-examples.tsv");
+    let rows = tsv("k8s-doc-host-examples.tsv").rows;
     assert_eq!(rows.len(), 3);
     for row in &rows {
         let (rule_host, host_header, matches) = (&row[0], &row[1], &row[2] == "yes");
@@ -97,7 +98,12 @@ fn kubernetes_docs_host_examples() {
 #[test]
 fn gateway_api_path_cases() {
     // The header of this file is a comment line.
-    let rows = tsv_rows("gateway-api-reusable-path-cases.tsv");
+    let table = tsv("gateway-api-reusable-path-cases.tsv");
+    assert_eq!(
+        table.header,
+        ["test", "rules", "request", "expected_winner"]
+    );
+    let rows = table.rows;
     assert_eq!(rows.len(), 19, "every case is read");
     let mut rules = String::new();
     for row in &rows {
@@ -132,7 +138,7 @@ fn gateway_api_path_cases() {
 /// The conformance manifests as the harness applies them: each in a table of its own, with
 /// the harness's IngressClass set where the manifest names none.
 fn conformance_table(manifest: &str) -> RoutingTable {
-    let text = std::fs::read_to_string(data_file(&format!("manifests/{manifest}"))).unwrap();
+    let text = std::fs::read_to_string(testdata(&format!("manifests/{manifest}"))).unwrap();
     let mut resources = vec![class("conformance", CONTROLLER_NAME, false)];
     let mut services = BTreeSet::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
@@ -180,14 +186,20 @@ fn conformance_table(manifest: &str) -> RoutingTable {
 
 #[test]
 fn ingress_controller_conformance_cases() {
-    let (header, rows) = tsv("conformance-cases.tsv");
-    assert_eq!(header[0], "case_id");
-    assert_eq!(rows.len(), 30, "every scenario is checked");
+    let cases = ConformanceCase::all();
+    assert_eq!(cases.len(), 30, "every scenario is checked");
     let mut tables: BTreeMap<String, RoutingTable> = BTreeMap::new();
-    for row in &rows {
-        let (id, manifest, scheme, host, path, status, service) = (
-            &row[0], &row[2], &row[3], &row[5], &row[6], &row[7], &row[8],
-        );
+    for case in &cases {
+        let ConformanceCase {
+            id,
+            manifest,
+            scheme,
+            host,
+            path,
+            status,
+            service,
+            ..
+        } = case;
         let table = tables
             .entry(manifest.clone())
             .or_insert_with(|| conformance_table(manifest));
@@ -220,8 +232,8 @@ fn ingress_controller_conformance_cases() {
             host
         };
         let route = table.lookup(host, path);
-        match status.as_str() {
-            "200" => {
+        match status {
+            Some(200) => {
                 let route = route.unwrap_or_else(|| panic!("{id}: {host}{path} is routed"));
                 assert_eq!(&*route.backend.service.name, service, "{id}");
                 let backend = table.backend(&route.backend).expect("resolved");
@@ -238,11 +250,11 @@ fn ingress_controller_conformance_cases() {
                     assert!(route.redirect_to_https, "{id}");
                 }
             }
-            "404" => assert!(
+            Some(404) => assert!(
                 route.is_none(),
                 "{id}: {host}{path} must be 404, got {route:?}"
             ),
-            other => panic!("{id}: unexpected status {other}"),
+            other => panic!("{id}: unexpected status {other:?}"),
         }
     }
 }

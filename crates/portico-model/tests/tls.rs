@@ -273,11 +273,8 @@ fn hosts_the_certificate_does_not_cover_are_reported() {
 
 #[test]
 fn expired_and_not_yet_valid_certificates_are_reported() {
-    let mut params = rcgen::CertificateParams::new(vec!["old.example".to_owned()]).unwrap();
-    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
-    let key_pair = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key_pair).unwrap();
+    use portico_test_support::{LeafSpec, pki::self_signed};
+    let old = self_signed(&LeafSpec::new(&["old.example"]).valid_years(2000, 2001));
     let table = RoutingTable::compile(
         settings(),
         vec![
@@ -285,8 +282,8 @@ fn expired_and_not_yet_valid_certificates_are_reported() {
             tls_ingress("old", 1, &["old.example"], "old"),
             secret(
                 "old",
-                Some(cert.pem().into_bytes()),
-                Some(key_pair.serialize_pem().into_bytes()),
+                Some(old.cert_pem.into_bytes()),
+                Some(old.key_pem.into_bytes()),
             ),
         ],
     );

@@ -1,5 +1,5 @@
 //! Ingress validation against the API server's rules, driven by
-//! `tests/data/apiserver-validation-cases.tsv`: every row is turned into a minimal object
+//! `testdata/apiserver-validation-cases.tsv` (the workspace's, which the real-API-server test reads too): every row is turned into a minimal object
 //! exhibiting the case, and an unrecognised row fails the test rather than being skipped.
 
 use k8s_openapi::api::networking::v1::{
@@ -11,7 +11,7 @@ use portico_model::{
     ServiceBackendSource,
 };
 
-const CASES: &str = include_str!("data/apiserver-validation-cases.tsv");
+const CASES: &str = include_str!("../../../testdata/apiserver-validation-cases.tsv");
 
 const PATH0: &str = "spec.rules[0].http.paths[0]";
 

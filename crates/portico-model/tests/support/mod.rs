@@ -16,20 +16,10 @@ pub fn data_file(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The rows of a TSV file: comment lines (`#`) skipped, the header row returned separately.
-pub fn tsv(name: &str) -> (Vec<String>, Vec<Vec<String>>) {
-    let mut rows = tsv_rows(name);
-    let header = rows.remove(0);
-    (header, rows)
-}
-
-/// Every row of a TSV file that is not a comment (`#`) or blank.
-pub fn tsv_rows(name: &str) -> Vec<Vec<String>> {
-    let text = std::fs::read_to_string(data_file(name)).expect("test data");
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| l.split('\t').map(str::to_owned).collect())
-        .collect()
+/// One of this crate's own tables in `tests/data` (the shared ones are in the workspace's
+/// `testdata/`, read with [`portico_test_support::Table::read`]).
+pub fn tsv(name: &str) -> portico_test_support::Table {
+    portico_test_support::Table::read_path(&data_file(name))
 }
 
 pub fn our_class() -> Resource {
@@ -203,9 +193,8 @@ pub fn tls_secret(name: &str, names: &[&str]) -> Resource {
 }
 
 pub fn self_signed(names: &[&str]) -> (String, String) {
-    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-    let certified = rcgen::generate_simple_self_signed(names).expect("rcgen");
-    (certified.cert.pem(), certified.signing_key.serialize_pem())
+    let leaf = portico_test_support::pki::self_signed(&portico_test_support::LeafSpec::new(names));
+    (leaf.cert_pem, leaf.key_pem)
 }
 
 pub fn secret(name: &str, crt: Option<Vec<u8>>, key: Option<Vec<u8>>) -> Resource {
