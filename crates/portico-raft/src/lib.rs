@@ -67,6 +67,7 @@ mod identity;
 mod incarnation;
 mod metrics;
 mod peer;
+mod recover;
 mod replica;
 mod store;
 mod tls;
@@ -76,6 +77,7 @@ mod types;
 pub use identity::IdentityError;
 pub use incarnation::IncarnationError;
 pub use metrics::{Leadership, ReplicaMetrics};
+pub use recover::{RecoverError, Recovered, force_single_voter};
 pub use replica::{
     CommittedChange, MembershipError, ProposeError, RaftSettings, Replica, ReplicaConfig,
     StartError, StepDown,

@@ -5,6 +5,8 @@
 //! * `routes`: print a running replica's committed table — [`routes`].
 //! * `echo`: a backend that describes each request it gets — [`echo`].
 //! * `pki issue`: sign this replica's Raft certificate (an init container) — [`pki_issue`].
+//! * `raft recover`: make a stopped survivor the only voter after a lost quorum —
+//!   [`raft_admin`].
 
 mod admin;
 mod cert_reload;
@@ -16,6 +18,7 @@ mod metrics;
 mod parent;
 mod pki;
 mod pki_issue;
+mod raft_admin;
 mod routes;
 mod routes_view;
 mod run;
@@ -53,6 +56,9 @@ enum Command {
     /// Certificates: `pki issue` signs this replica's Raft certificate (the StatefulSet's
     /// init container, the only one that mounts the CA key).
     Pki(pki_issue::PkiArgs),
+    /// Raft administration: `raft recover` makes a stopped survivor the only voter after a
+    /// majority of the replicas is lost for good.
+    Raft(raft_admin::RaftArgs),
 }
 
 fn runtime(multi_thread: bool) -> std::io::Result<tokio::runtime::Runtime> {
@@ -90,6 +96,10 @@ fn main() -> anyhow::Result<()> {
         Command::Pki(args) => {
             logging::init(logging::LogFormat::Human, "info");
             pki_issue::run(args)
+        }
+        Command::Raft(args) => {
+            logging::init(logging::LogFormat::Human, "warn");
+            runtime(false)?.block_on(raft_admin::run(args))
         }
         Command::Echo(args) => {
             if args.die_with_parent {
