@@ -79,6 +79,12 @@ impl prometheus_client::collector::Collector for ReplicaCollector {
         )?;
         gauge(
             e,
+            "portico_raft_stale_volume",
+            "1 when this replica found its Raft volume to be a stale copy (restored or cloned): wipe it",
+            m.stale_volume.is_some() as i64,
+        )?;
+        gauge(
+            e,
             "portico_raft_committed_index",
             "Highest committed log index known",
             m.committed_index.unwrap_or(0) as i64,
@@ -130,6 +136,12 @@ impl prometheus_client::collector::Collector for ReplicaCollector {
             "portico_raft_refused_stale_entries",
             "Entries refused for a stale fencing epoch",
             m.refused_stale_entries,
+        )?;
+        counter(
+            e,
+            "portico_raft_refused_incarnations",
+            "Peer RPCs and answers refused for a stale or not yet taken incarnation",
+            m.refused_incarnations,
         )?;
         Ok(())
     }
