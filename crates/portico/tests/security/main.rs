@@ -7,3 +7,4 @@ mod common;
 
 mod c1_raft_certificates;
 mod m2_admin_listener;
+mod m6_restored_volume;

@@ -1,0 +1,331 @@
+//! M6: losing quorum has a documented, tested way out (`portico raft recover`).
+//!
+//! Two of three replicas are lost for good (SIGKILL, volumes deleted). The survivor keeps
+//! serving the last committed table, but nothing new commits: a new Ingress is never
+//! served. `portico raft recover` on the stopped survivor's data directory makes it the only
+//! voter (refusing while it runs, and changing nothing without `--force`); started again,
+//! it serves the new Ingress, and replacements with empty volumes rejoin and serve every
+//! Ingress, including one created after they joined. Real processes: the in-process API
+//! server, three `portico run`, a `portico echo` backend, objects created with kubectl,
+//! requests made with curl. (The restored and cloned volumes themselves are refused in
+//! `portico-raft`'s `security` tests, `m6_restored_volume`.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{free_port, get, wait_until, write_ca};
+
+const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
+
+/// Three `portico run` processes sharing a CA, an API server and their Raft addresses.
+struct Replicas {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    ca: (PathBuf, PathBuf),
+    raft: Vec<u16>,
+    http: Vec<u16>,
+    admin: Vec<String>,
+    children: Vec<Option<Child>>,
+}
+
+impl Replicas {
+    fn new(dir: &Path, kubeconfig: &Path, n: usize) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            kubeconfig: kubeconfig.to_owned(),
+            ca: write_ca(dir),
+            raft: (0..n).map(|_| free_port()).collect(),
+            http: (0..n).map(|_| free_port()).collect(),
+            admin: (0..n)
+                .map(|_| format!("127.0.0.1:{}", free_port()))
+                .collect(),
+            children: (0..n).map(|_| None).collect(),
+        }
+    }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("data-{i}"))
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("portico-{i}.log"))
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let members: Vec<String> = self.raft.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(i))
+            .unwrap();
+        let child = Command::new(PORTICO)
+            .args(["run", "--pod-name", &format!("portico-{i}")])
+            .args(["--namespace", "default", "--kubeconfig"])
+            .arg(&self.kubeconfig)
+            .arg("--data-dir")
+            .arg(self.data_dir(i))
+            .args(["--raft-listen", &members[i]])
+            .args(["--initial-members", &members.join(",")])
+            .arg("--raft-ca")
+            .arg(&self.ca.0)
+            .arg("--raft-ca-key")
+            .arg(&self.ca.1)
+            .args(["--http", &format!("127.0.0.1:{}", self.http[i])])
+            .args(["--https", "127.0.0.1:0", "--http3", "127.0.0.1:0"])
+            .args(["--admin", &self.admin[i], "--log-format", "json"])
+            .args(["--drain-seconds", "1"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children[i] = Some(child);
+    }
+
+    fn kill(&mut self, i: usize) {
+        let mut child = self.children[i].take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn wait_ready(&self, i: usize) {
+        wait_until(
+            &format!("portico-{i} /readyz"),
+            Duration::from_secs(90),
+            || get(&self.admin[i], "/readyz").filter(|(code, _)| *code == 200),
+        );
+    }
+
+    /// curl `http://<ingress>.example/` on replica `i`: the status and body.
+    fn fetch(&self, i: usize, ingress: &str) -> Option<(u16, String)> {
+        let host = format!("{ingress}.example");
+        let port = self.http[i];
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "3", "-w", "\n%{http_code}"])
+            .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+            .arg(format!("http://{host}:{port}/"))
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n')?;
+        Some((code.parse().ok()?, body.to_owned()))
+    }
+
+    fn wait_served(&self, i: usize, host: &str) {
+        let started = Instant::now();
+        loop {
+            let answer = self.fetch(i, host);
+            if answer
+                .as_ref()
+                .is_some_and(|(code, body)| *code == 200 && body.contains("\"echo\""))
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "{host} not served by portico-{i}: {answer:?}\n{:?}",
+                get(&self.admin[i], "/debug/routes")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn recover(&self, i: usize, force: bool) -> Output {
+        let mut command = Command::new(PORTICO);
+        command.args(["raft", "recover", "--data-dir"]);
+        command.arg(self.data_dir(i));
+        if force {
+            command.arg("--force");
+        }
+        command.output().unwrap()
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            if let Some(child) = &mut self.children[i] {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            if std::thread::panicking() {
+                let log = std::fs::read_to_string(self.log(i)).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!("---- portico-{i} ----");
+                for l in &lines[lines.len().saturating_sub(30)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+fn kubectl_apply(kubeconfig: &Path, yaml: &str) {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ingress(name: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: {name}, namespace: default}}
+spec:
+  ingressClassName: portico
+  rules:
+  - host: {name}.example
+    http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: echo, port: {{number: 80}}}}}}}}
+"
+    )
+}
+
+/// The echo backend and what routes to it: an IngressClass of ours, the Service and its
+/// EndpointSlice.
+fn backend_yaml(port: u16) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {{name: portico}}
+spec: {{controller: {controller}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: default}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: {port}, protocol: TCP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: echo}}
+addressType: IPv4
+endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
+ports: [{{name: http, port: {port}, protocol: TCP}}]
+",
+        controller = portico_model::CONTROLLER_NAME
+    )
+}
+
+#[test]
+fn after_losing_quorum_raft_recover_lets_changes_commit_and_replacements_rejoin() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = portico_apiserver::ApiServer::builder()
+        .minor_version(33)
+        .build()
+        .unwrap();
+    let handle = runtime
+        .block_on(async { server.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await?) })
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    handle.write_kubeconfig(&kubeconfig).unwrap();
+
+    let echo_port = free_port();
+    let mut echo = Command::new(PORTICO)
+        .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
+        .args(["--service", "echo", "--pod", "echo-0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    kubectl_apply(&kubeconfig, &backend_yaml(echo_port));
+    kubectl_apply(&kubeconfig, &ingress("before"));
+
+    let mut replicas = Replicas::new(dir.path(), &kubeconfig, 3);
+    for i in 0..3 {
+        replicas.spawn(i);
+    }
+    for i in 0..3 {
+        replicas.wait_ready(i);
+        replicas.wait_served(i, "before");
+    }
+
+    // Two replicas lost for good.
+    for i in [1, 2] {
+        replicas.kill(i);
+        std::fs::remove_dir_all(replicas.data_dir(i)).unwrap();
+    }
+    // The survivor serves what was committed, but a new Ingress never commits.
+    kubectl_apply(&kubeconfig, &ingress("during"));
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(10) {
+        assert_eq!(replicas.fetch(0, "before").map(|(c, _)| c), Some(200));
+        let (code, body) = replicas.fetch(0, "during").unwrap();
+        assert_eq!(code, 404, "served without a quorum: {body}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // The recovery refuses to touch the store of a running replica.
+    let out = replicas.recover(0, true);
+    assert!(!out.status.success(), "recovered a running replica's store");
+    replicas.kill(0);
+    // Without --force it only says what it would do.
+    let out = replicas.recover(0, false);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(said.contains("would make node"), "{said}");
+    assert_eq!(
+        said.matches("(127.0.0.1:").count(),
+        3,
+        "two dropped: {said}"
+    );
+    let out = replicas.recover(0, true);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("is now the only voter"), "{said}");
+
+    // The survivor, alone, commits again: the Ingress made during the outage is served.
+    replicas.spawn(0);
+    replicas.wait_ready(0);
+    replicas.wait_served(0, "during");
+
+    // Replacements with empty volumes rejoin and serve everything.
+    for i in [1, 2] {
+        replicas.spawn(i);
+    }
+    for i in 0..3 {
+        replicas.wait_ready(i);
+        replicas.wait_served(i, "before");
+        replicas.wait_served(i, "during");
+    }
+    kubectl_apply(&kubeconfig, &ingress("after"));
+    for i in 0..3 {
+        replicas.wait_served(i, "after");
+    }
+    let (_, metrics) = get(&replicas.admin[0], "/metrics").unwrap();
+    assert!(metrics.contains("portico_raft_voters 3"), "{metrics}");
+    assert!(metrics.contains("portico_raft_stale_volume 0"), "{metrics}");
+
+    drop(replicas);
+    let _ = echo.kill();
+    let _ = echo.wait();
+    runtime.block_on(handle.shutdown());
+}
