@@ -136,6 +136,13 @@ pub(crate) async fn read_response(
             }
             Framing::Empty
         } else if let Some(chunked) = facts.transfer_chunked() {
+            // HTTP/1.0 has no transfer codings: such a response's framing cannot be trusted
+            // (hyper's client refuses it too).
+            if version == Version::HTTP_10 {
+                return Err(ExchangeError::Invalid(
+                    "Transfer-Encoding in an HTTP/1.0 response",
+                ));
+            }
             // Both framings: Transfer-Encoding wins and the connection is not trusted again.
             if headers.remove(header::CONTENT_LENGTH).is_some() {
                 reusable = false;

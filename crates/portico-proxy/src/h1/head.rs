@@ -14,8 +14,10 @@ use crate::headers::{ForwardedValues, HOP_BY_HOP};
 
 /// More request header lines than this go to hyper (which answers 431 beyond its own limit).
 const MAX_REQUEST_HEADERS: usize = 64;
-/// More response header (or trailer) lines than this are refused.
-pub(crate) const MAX_RESPONSE_HEADERS: usize = 128;
+/// More response header (or trailer) lines than this are refused, as hyper's client does.
+pub(crate) const MAX_RESPONSE_HEADERS: usize = 100;
+/// The largest Content-Length hyper's client takes (the two values above are its markers).
+const MAX_LENGTH: u64 = u64::MAX - 2;
 
 /// A parsed response head: status, version, the headers kept for the client, the facts.
 pub(crate) type ResponseHead = (StatusCode, Version, HeaderMap, HeadFacts);
@@ -208,7 +210,7 @@ pub(crate) fn encode_request_head(
 pub(crate) fn parse_response_head(
     buf: &mut BytesMut,
 ) -> Result<Option<ResponseHead>, &'static str> {
-    // Uninitialized slots: zeroing 128 of them cost more than parsing a typical head.
+    // Uninitialized slots: zeroing 100 of them cost more than parsing a typical head.
     let mut slots =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -262,7 +264,7 @@ pub(crate) struct HeadFacts {
     names_listed: bool,
     /// A Transfer-Encoding header was present.
     transfer_encoding: bool,
-    /// The last transfer coding named is chunked.
+    /// The final transfer coding (the last element of the last line) is chunked.
     chunked_last: bool,
     /// The Content-Length values.
     length: Length,
@@ -292,9 +294,13 @@ impl HeadFacts {
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
                 self.transfer_encoding = true;
-                if let Some(last) = ascii_tokens(value).last() {
-                    self.chunked_last = last.eq_ignore_ascii_case(b"chunked");
-                }
+                // The final coding is the last element of the last line, an empty one
+                // included: hyper reads `chunked,` as not chunked, and so must we.
+                self.chunked_last = is_visible_ascii(value)
+                    && value
+                        .rsplit(|&b| b == b',')
+                        .next()
+                        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
                 false
             }
             n if hop_by_hop_length(n) => !HOP_BY_HOP
@@ -369,13 +375,12 @@ impl Length {
         // Non-ASCII bytes make the value say nothing, hence an invalid length.
         if !is_visible_ascii(value) {
             self.bad = true;
+            return;
         }
-        for token in ascii_tokens(value) {
-            let n = std::str::from_utf8(token)
-                .ok()
-                .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|t| t.parse::<u64>().ok());
-            match (n, self.found) {
+        // Every element of the list must be a length, an empty one too (`4,` is invalid), as
+        // hyper reads them.
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            match (digits(token), self.found) {
                 (Some(n), None) => self.found = Some(n),
                 (Some(n), Some(prev)) if prev == n => {}
                 _ => self.bad = true,
@@ -386,6 +391,21 @@ impl Length {
     fn value(&self) -> Option<u64> {
         if self.bad { None } else { self.found }
     }
+}
+
+/// `1*DIGIT` up to `MAX_LENGTH`: no sign, no space, no hex.
+fn digits(token: &[u8]) -> Option<u64> {
+    if token.is_empty() {
+        return None;
+    }
+    token
+        .iter()
+        .try_fold(0u64, |n, &b| {
+            b.is_ascii_digit()
+                .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+                .flatten()
+        })
+        .filter(|&n| n <= MAX_LENGTH)
 }
 
 #[cfg(test)]
@@ -595,6 +615,20 @@ mod tests {
             lengths(b"HTTP/1.1 200 OK\r\nContent-Length: ,\r\n\r\n"),
             None
         );
+        // Every element is a length: an empty one is not (as hyper reads the list).
+        for invalid in [&b"4,"[..], b",4", b"4,,4", b"18446744073709551614"] {
+            let head = [
+                &b"HTTP/1.1 200 OK\r\nContent-Length: "[..],
+                invalid,
+                b"\r\n\r\n",
+            ]
+            .concat();
+            assert_eq!(lengths(&head), None, "{invalid:?}");
+        }
+        assert_eq!(
+            lengths(b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551613\r\n\r\n"),
+            Some(u64::MAX - 2)
+        );
         assert_eq!(
             lengths(b"HTTP/1.1 200 OK\r\nContent-Length: 3\xff\r\n\r\n"),
             None
@@ -625,6 +659,14 @@ mod tests {
             Some(false)
         );
         assert_eq!(chunked(b"HTTP/1.1 200 OK\r\n\r\n"), None);
+        // The last element of the last line decides, an empty one too (as hyper reads it).
+        for not_chunked in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: \xff\r\n\r\n",
+        ] {
+            assert_eq!(chunked(not_chunked), Some(false), "{not_chunked:?}");
+        }
 
         // Hop-by-hop headers stay out of the map; Connection naming others keeps them for
         // strip_hop_by_hop; a 101 keeps everything for the upgrade.
