@@ -32,12 +32,16 @@ pub enum Change {
     Batch(Vec<Change>),
 }
 
-/// The largest log entry the controller proposes, encoded. One AppendEntries carrying one
-/// entry is then no larger than a snapshot chunk (1 MiB), so a big change delays heartbeats
-/// and other tenants' changes behind it no more than a snapshot does; a change set larger
-/// than this is split by [`chunks`]. No single object may come near it
-/// ([`crate::Limits::max_object_bytes`] is capped below), so every chunk fits.
-pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+/// The largest log entry the controller proposes, encoded. openraft gives each
+/// AppendEntries the heartbeat interval (150 ms by default) as its whole timeout, sending,
+/// the follower's fsync and decoding included; an append that misses it is retried from
+/// scratch and, every time it misses, nothing behind it commits (issue 14: a tenant's 1 MiB
+/// Secrets did exactly that). 128 KiB keeps one entry's append to a few milliseconds in a
+/// release build and within the timeout even in a debug build on a loaded machine, where
+/// 1 MiB entries timed out on every try and 256 KiB ones often. A change set larger than this is split by
+/// [`chunks`]; no single object may come near it ([`crate::Limits::max_object_bytes`] is
+/// capped below), so every chunk fits.
+pub const MAX_ENTRY_BYTES: usize = 128 << 10;
 
 impl Change {
     /// Encodes the change compactly, for the Raft log.

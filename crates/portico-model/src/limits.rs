@@ -20,9 +20,9 @@ use crate::source::{Resource, ResourceKind, UnixSeconds};
 /// The limits; [`Limits::default`] is what `portico run` uses unless told otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest object, encoded as it travels in the log. Default 256 KiB: a TLS Secret holds
-    /// at most 64 KiB of data, an EndpointSlice at most 1,000 endpoints (about 100 KiB), and
-    /// an Ingress of a thousand paths is about 150 KiB.
+    /// Largest object, encoded as it travels in the log. Default 96 KiB: a TLS Secret holds
+    /// at most 64 KiB of data, an EndpointSlice at most 1,000 endpoints (about 50 KiB), and
+    /// an Ingress of a thousand paths about 80 KiB (its annotations count too).
     pub max_object_bytes: usize,
     /// Most bytes one namespace's objects may take in the table. Default 32 MiB.
     pub max_namespace_bytes: usize,
@@ -32,12 +32,12 @@ pub struct Limits {
 }
 
 /// The largest `max_object_bytes` allowed: one object, in a batch, must fit in one log entry.
-pub const MAX_OBJECT_BYTES_CEILING: usize = MAX_ENTRY_BYTES - (64 << 10);
+pub const MAX_OBJECT_BYTES_CEILING: usize = MAX_ENTRY_BYTES - (16 << 10);
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_object_bytes: 256 << 10,
+            max_object_bytes: 96 << 10,
             max_namespace_bytes: 32 << 20,
             max_namespace_objects: 10_000,
         }
