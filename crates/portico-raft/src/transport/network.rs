@@ -38,6 +38,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     }
 }
 
+/// The most bytes one AppendEntries carries when it holds more than one entry: twice the
+/// controller's largest entry, so a follower catching up never gets megabytes in one RPC
+/// that cannot finish within the heartbeat interval (and so never finishes at all).
+const MAX_APPEND_BYTES: usize = 2 * portico_model::MAX_ENTRY_BYTES;
+
 pub(crate) struct PeerNetwork {
     local_id: NodeId,
     target: NodeId,
@@ -100,11 +105,13 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
         let body = wire::encode(&rpc);
-        if body.len() > self.max_body_bytes && rpc.entries.len() > 1 {
-            // Too big for the peer to accept: ask openraft for fewer entries per RPC.
+        // openraft gives an append the heartbeat interval as its whole timeout, so its size
+        // is bounded well below what the peer accepts: one largest entry and then some (C2).
+        let limit = self.max_body_bytes.min(MAX_APPEND_BYTES);
+        if body.len() > limit && rpc.entries.len() > 1 {
+            // Too big: ask openraft for fewer entries per RPC.
             let entries = rpc.entries.len() as u64;
-            let hint =
-                (entries * self.max_body_bytes as u64 / body.len() as u64).clamp(1, entries - 1);
+            let hint = (entries * limit as u64 / body.len() as u64).clamp(1, entries - 1);
             return Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(hint),
             ));
