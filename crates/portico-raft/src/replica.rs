@@ -55,8 +55,10 @@ impl Default for RaftSettings {
             heartbeat_interval: Duration::from_millis(150),
             election_timeout_min: Duration::from_millis(750),
             election_timeout_max: Duration::from_millis(1500),
-            snapshot_after_entries: 5_000,
-            entries_kept_after_snapshot: 1_000,
+            // The log holds at most 1,500 entries of at most 128 KiB (the controller's
+            // entry bound): 188 MiB, whatever a tenant rewrites (C2).
+            snapshot_after_entries: 1_000,
+            entries_kept_after_snapshot: 500,
             max_entries_per_append: 256,
             snapshot_chunk_bytes: 1 << 20,
         }
