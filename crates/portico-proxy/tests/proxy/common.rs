@@ -16,7 +16,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portico_model::{RoutingTable, Settings};
 use portico_proxy::{BoundAddrs, Proxy, ProxyConfig, table_file};
+use portico_test_support::wait_for_watch;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -35,6 +37,9 @@ impl Drop for TaskGuard {
 /// `/trailers` ends with gRPC-style trailers; `/ws` is a WebSocket echo.
 pub struct Backend {
     pub addr: SocketAddr,
+    /// How many requests have arrived (counted before `/slow/MS` waits), so a test can act
+    /// once a request is in flight instead of sleeping until it probably is.
+    arrivals: watch::Receiver<u64>,
     _task: TaskGuard,
 }
 
@@ -48,16 +53,35 @@ impl Backend {
         Self::serve(listener)
     }
 
+    /// How many requests have arrived so far.
+    pub fn arrivals(&self) -> u64 {
+        *self.arrivals.borrow()
+    }
+
+    /// Waits until `n` requests in all have arrived (generous deadline: clients such as
+    /// Python with aioquic are slow to start on a loaded machine).
+    pub async fn arrived(&self, n: u64) {
+        let mut arrivals = self.arrivals.clone();
+        let what = format!("{n} request(s) to reach the backend {}", self.addr);
+        wait_for_watch(what, Duration::from_secs(30), &mut arrivals, |seen| {
+            *seen >= n
+        })
+        .await
+        .unwrap();
+    }
+
     fn serve(listener: TcpListener) -> Backend {
         let addr = listener.local_addr().unwrap();
+        let (arrived, arrivals) = watch::channel(0);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let local = stream.local_addr().unwrap();
+                let arrived = arrived.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| echo(req, local));
+                    let service = service_fn(move |req| echo(req, local, arrived.clone()));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
@@ -66,6 +90,7 @@ impl Backend {
         });
         Backend {
             addr,
+            arrivals,
             _task: TaskGuard(task),
         }
     }
@@ -94,6 +119,7 @@ impl Backend {
         .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (arrived, arrivals) = watch::channel(0);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -101,11 +127,12 @@ impl Backend {
                 };
                 let local = stream.local_addr().unwrap();
                 let acceptor = acceptor.clone();
+                let arrived = arrived.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
                     };
-                    let service = service_fn(move |req| echo(req, local));
+                    let service = service_fn(move |req| echo(req, local, arrived.clone()));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), service)
                         .await;
@@ -114,6 +141,7 @@ impl Backend {
         });
         Backend {
             addr,
+            arrivals,
             _task: TaskGuard(task),
         }
     }
@@ -137,7 +165,12 @@ impl Backend {
     }
 }
 
-async fn echo(req: Request<Incoming>, local: SocketAddr) -> Result<Response<TestBody>, Infallible> {
+async fn echo(
+    req: Request<Incoming>,
+    local: SocketAddr,
+    arrived: watch::Sender<u64>,
+) -> Result<Response<TestBody>, Infallible> {
+    arrived.send_modify(|n| *n += 1);
     let path = req.uri().path().to_owned();
     if path == "/ws" {
         return Ok(websocket_echo(req));
@@ -295,30 +328,10 @@ pub fn tls_ingress(name: &str, host: &str, service: &str, secret: &str) -> Strin
 }
 
 /// A test CA and a leaf certificate for `host` signed by it, as PEM.
-pub struct TestCert {
-    pub ca_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
-}
+pub type TestCert = portico_test_support::Leaf;
 
 pub fn test_cert(host: &str) -> TestCert {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "portico test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec![host.to_owned()]).unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    TestCert {
-        ca_pem: ca.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
+    portico_test_support::TestCa::new("portico test CA").leaf(&[host])
 }
 
 pub fn tls_secret(name: &str, cert: &TestCert) -> String {

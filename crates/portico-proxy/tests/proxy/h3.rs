@@ -135,12 +135,12 @@ async fn advertised_alt_svc_port_is_configurable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http3_request_in_flight_finishes_during_drain() {
-    let (_b, proxy) = start().await;
+    let (backend, proxy) = start().await;
     let addr = format!("127.0.0.1:{}", proxy.h3().port());
     let slow =
         tokio::spawn(async move { h3client(&["get", &addr, "echo.test", "/slow/4000"]).await });
-    // Python and aioquic take a while to start on a loaded machine; the backend waits 4 s.
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Drain once the request is at the backend (which then waits 4 s to answer).
+    backend.arrived(1).await;
     proxy
         .proxy
         .shutdown(std::time::Duration::from_secs(20))

@@ -191,7 +191,7 @@ async fn pipelined_requests_on_a_fresh_connection_are_answered_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_close_and_drain_close_after_the_response() {
-    let (_backend, proxy) = start().await;
+    let (backend, proxy) = start().await;
     // The client asks to close.
     let mut s = TcpStream::connect(proxy.http()).await.unwrap();
     s.write_all(b"GET /bye HTTP/1.1\r\nHost: echo.test\r\nConnection: close\r\n\r\n")
@@ -223,10 +223,11 @@ async fn connection_close_and_drain_close_after_the_response() {
         .await
         .unwrap();
     read_answer(&mut s, &mut buf, false).await;
+    let before = backend.arrivals();
     s.write_all(b"GET /slow/1500 HTTP/1.1\r\nHost: echo.test\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    backend.arrived(before + 1).await;
     let drain = tokio::spawn(async move { proxy.proxy.shutdown(Duration::from_secs(20)).await });
     let answer = read_answer(&mut s, &mut buf, false).await;
     assert_eq!(answer.status, 200);

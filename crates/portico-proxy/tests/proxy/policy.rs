@@ -233,7 +233,7 @@ async fn table_swap_keeps_in_flight_requests() {
     .await;
     let url = format!("http://127.0.0.1:{}/slow/3000", proxy.http().port());
     let slow = tokio::spawn(async move { curl_status(&["-H", "Host: echo.test", &url]).await });
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    backend.arrived(1).await;
     proxy.proxy.swap_table(table(""));
     assert_eq!(
         slow.await.unwrap(),
@@ -254,7 +254,7 @@ async fn graceful_drain_finishes_in_flight_and_stops_accepting() {
     let port = proxy.http().port();
     let url = format!("http://127.0.0.1:{port}/slow/3000");
     let slow = tokio::spawn(async move { curl_status(&["-H", "Host: echo.test", &url]).await });
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    backend.arrived(1).await;
     let started = std::time::Instant::now();
     proxy.proxy.shutdown(Duration::from_secs(20)).await;
     assert!(

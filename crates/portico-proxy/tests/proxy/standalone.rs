@@ -4,7 +4,9 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use portico_test_support::child::{Output, addr_after};
+use portico_test_support::poll_until;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
@@ -12,40 +14,28 @@ use crate::common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portico-proxy-standalone");
 
-/// Starts `command` and waits for its `ready http=[…]` line; returns the first HTTP address.
-async fn start_standalone(mut command: Command, stderr: Stdio) -> (Child, std::net::SocketAddr) {
+/// Starts `command` with its stdout and stderr read line by line, and waits for its
+/// `ready http=[…]` line: the proxy binds port 0 itself and says which port it got. Returns
+/// the first HTTP address.
+async fn start_standalone(mut command: Command) -> (Child, Output, std::net::SocketAddr) {
     command
         .stdout(Stdio::piped())
-        .stderr(stderr)
+        .stderr(Stdio::piped())
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let mut child = command.spawn().expect("spawn standalone proxy");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+    let output = Output::default();
+    output.read(child.stdout.take().unwrap());
+    output.read(child.stderr.take().unwrap());
+    output.seal();
+    let line = output
+        .wait_for_line("the ready line", Duration::from_secs(30), |l| {
+            l.starts_with("ready ")
+        })
         .await
-        .expect("ready line in time")
-        .unwrap()
-        .expect("ready line");
-    let http = line
-        .split("http=[")
-        .nth(1)
-        .and_then(|r| r.split(']').next())
-        .expect("http address");
-    let addr = http.split(',').next().unwrap().trim().parse().unwrap();
-    (child, addr)
-}
-
-async fn wait_for_status(url: &str, host: &str, want: u16) -> bool {
-    let header = format!("Host: {host}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if curl_status(&["-H", &header, url]).await == want {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+        .unwrap();
+    let addr = addr_after(&line, "http").expect("an HTTP address");
+    (child, output, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +58,7 @@ async fn standalone_serves_reloads_on_sighup_and_drains_on_sigterm() {
         "--workers",
         "1",
     ]);
-    let (mut child, http) = start_standalone(cmd, Stdio::null()).await;
+    let (mut child, output, http) = start_standalone(cmd).await;
     let url = format!("http://{http}/");
     assert_eq!(curl_status(&["-H", "Host: one.test", &url]).await, 200);
     std::fs::write(
@@ -77,16 +67,25 @@ async fn standalone_serves_reloads_on_sighup_and_drains_on_sigterm() {
     )
     .unwrap();
     let pid = child.id().unwrap().to_string();
+    let patience = Duration::from_secs(20);
     assert!(run("kill", &["-HUP", &pid]).await.status.success());
-    assert!(
-        wait_for_status(&url, "two.test", 200).await,
-        "reloaded table serves the new host"
-    );
+    // The proxy logs the reload after swapping the table in.
+    output
+        .wait_for_line("the reload", patience, |l| l.contains("table reloaded"))
+        .await
+        .unwrap();
+    assert_eq!(curl_status(&["-H", "Host: two.test", &url]).await, 200);
     assert_eq!(curl_status(&["-H", "Host: one.test", &url]).await, 404);
-    // A broken file keeps the current table.
+    // A broken file keeps the current table: once the proxy has said it refused the file,
+    // the old table still answers.
     std::fs::write(&file.0, "kind: [unclosed").unwrap();
     assert!(run("kill", &["-HUP", &pid]).await.status.success());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    output
+        .wait_for_line("the refused reload", patience, |l| {
+            l.contains("table reload failed")
+        })
+        .await
+        .unwrap();
     assert_eq!(curl_status(&["-H", "Host: two.test", &url]).await, 200);
     assert!(run("kill", &["-TERM", &pid]).await.status.success());
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
@@ -109,34 +108,36 @@ async fn accept_loop_survives_file_descriptor_exhaustion() {
     );
     let mut cmd = Command::new("bash");
     cmd.args(["-c", &script]);
-    let log = TempFile::new("stderr.log", "");
-    let (mut child, http) =
-        start_standalone(cmd, std::fs::File::create(&log.0).unwrap().into()).await;
+    let (mut child, output, http) = start_standalone(cmd).await;
     let url = format!("http://{http}/");
     assert_eq!(curl_status(&["-H", "Host: fd.test", &url]).await, 200);
-    // Hold more connections than the process has descriptors.
+    // Hold more connections than the process has descriptors, until it says it ran out.
     let mut held = Vec::new();
     for _ in 0..120 {
         if let Ok(s) = TcpStream::connect(http).await {
             held.push(s);
         }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    output
+        .wait_for_line("the accept loop to run out", Duration::from_secs(20), |l| {
+            l.contains("out of resources")
+        })
+        .await
+        .unwrap();
     assert!(
         child.try_wait().unwrap().is_none(),
         "still running while out of descriptors"
     );
     drop(held);
-    assert!(
-        wait_for_status(&url, "fd.test", 200).await,
-        "serves again once descriptors are free"
-    );
+    // Nothing announces that it accepts again: ask until it answers.
+    poll_until(
+        "an answer once descriptors are free",
+        Duration::from_secs(20),
+        || async { (curl_status(&["-H", "Host: fd.test", &url]).await == 200).then_some(()) },
+    )
+    .await
+    .unwrap();
     assert!(child.try_wait().unwrap().is_none());
-    let log = std::fs::read_to_string(&log.0).unwrap();
-    assert!(
-        log.contains("out of resources"),
-        "the limit was actually reached: {log}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
