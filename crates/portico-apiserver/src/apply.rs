@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::error::{ApiError, Cause};
 use crate::patch::{self, ListStrategy};
@@ -164,6 +164,7 @@ pub fn fields_of(config: &Value, kind: &str) -> FieldSet {
 
 fn value_fields<'a>(value: &'a Value, kind: &str, path: &mut Vec<&'a str>) -> FieldSet {
     match value {
+        Value::Object(_) if atomic_struct(kind, path) => FieldSet::default(),
         Value::Object(m) => {
             let mut set = FieldSet::default();
             for (k, v) in m {
@@ -184,16 +185,86 @@ fn value_fields<'a>(value: &'a Value, kind: &str, path: &mut Vec<&'a str>) -> Fi
             ListStrategy::MergeByKey(key) => {
                 let mut set = FieldSet::default();
                 for item in items {
-                    let Some(id) = item.get(key) else { continue };
+                    let Some(id) = element_key(kind, path, key, item) else {
+                        continue;
+                    };
                     let mut element = value_fields(item, kind, path);
                     element.0.insert(".".into(), FieldSet::default());
-                    set.0.insert(format!("k:{}", json!({ key: id })), element);
+                    set.0.insert(format!("k:{id}"), element);
                 }
                 set
             }
         },
         _ => FieldSet::default(),
     }
+}
+
+/// The `.` members of `object`: structured-merge-diff records a map, a struct below the top
+/// level (in these kinds, pointers: absent until set) or a list that is a map or a set as a
+/// member of its own besides its fields, so an update that creates one owns it.
+fn members(object: &Value, kind: &str) -> Vec<Vec<String>> {
+    fn walk(v: &Value, kind: &str, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        let Some(map) = v.as_object() else { return };
+        for (k, child) in map {
+            path.push(format!("f:{k}"));
+            let fields: Vec<&str> = path.iter().map(|p| &p[2..]).collect();
+            let member = match child {
+                Value::Array(items) => {
+                    !items.is_empty()
+                        && !matches!(patch::list_strategy(kind, &fields), ListStrategy::Atomic)
+                }
+                Value::Object(m) if !m.is_empty() && !atomic_struct(kind, &fields) => {
+                    let top_map = path.len() == 1
+                        && matches!(kind, "ConfigMap" | "Secret")
+                        && matches!(k.as_str(), "data" | "binaryData" | "stringData");
+                    walk(child, kind, path, out);
+                    path.len() >= 2 || top_map
+                }
+                _ => false,
+            };
+            if member {
+                let mut dot = path.clone();
+                dot.push(".".into());
+                out.push(dot);
+            }
+            path.pop();
+        }
+    }
+    let mut out = Vec::new();
+    walk(object, kind, &mut Vec::new(), &mut out);
+    out
+}
+
+/// Structs owned as a whole (`+structType=atomic`): an Ingress backend's Service port.
+fn atomic_struct(kind: &str, path: &[&str]) -> bool {
+    kind == "Ingress" && path.ends_with(&["service", "port"])
+}
+
+/// The key fields of a list element in FieldsV1 (`k:{...}`): a Service port is keyed by port
+/// and protocol (its `listMapKeys`, where the strategic merge key is the port alone), the
+/// protocol defaulting to TCP; other lists by their merge key.
+fn element_key(kind: &str, path: &[&str], merge_key: &str, item: &Value) -> Option<Value> {
+    let mut id = Map::new();
+    id.insert(merge_key.into(), item.get(merge_key)?.clone());
+    if kind == "Service" && path == ["spec", "ports"] {
+        id.insert("protocol".into(), key_field(item, "protocol")?.clone());
+    }
+    Some(Value::Object(id))
+}
+
+/// A key field of a list element, with its default when unset (a port's protocol is TCP).
+fn key_field<'v>(item: &'v Value, field: &str) -> Option<&'v Value> {
+    static TCP: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| "TCP".into());
+    match item.get(field) {
+        Some(v) => Some(v),
+        None if field == "protocol" => Some(&TCP),
+        None => None,
+    }
+}
+
+/// Whether a list element is the one a `k:{...}` path element names.
+fn key_matches(item: &Value, key: &Map<String, Value>) -> bool {
+    key.iter().all(|(k, v)| key_field(item, k) == Some(v))
 }
 
 /// Navigates to the value at a FieldsV1 path.
@@ -210,9 +281,7 @@ fn step<'v>(cur: &'v Value, element: &str) -> Option<&'v Value> {
         cur.get(field)
     } else if let Some(key) = element.strip_prefix("k:") {
         let key: Map<String, Value> = serde_json::from_str(key).ok()?;
-        cur.as_array()?
-            .iter()
-            .find(|item| key.iter().all(|(k, v)| item.get(k) == Some(v)))
+        cur.as_array()?.iter().find(|item| key_matches(item, &key))
     } else if let Some(v) = element.strip_prefix("v:") {
         let v: Value = serde_json::from_str(v).ok()?;
         cur.as_array()?.iter().find(|item| **item == v)
@@ -235,10 +304,8 @@ fn remove_at(root: &mut Value, path: &[String]) {
             cur.get_mut(field)
         } else if let Some(key) = p.strip_prefix("k:") {
             let key: Map<String, Value> = serde_json::from_str(key).unwrap_or_default();
-            cur.as_array_mut().and_then(|a| {
-                a.iter_mut()
-                    .find(|item| key.iter().all(|(k, v)| item.get(k) == Some(v)))
-            })
+            cur.as_array_mut()
+                .and_then(|a| a.iter_mut().find(|item| key_matches(item, &key)))
         } else {
             None
         };
@@ -254,7 +321,7 @@ fn remove_at(root: &mut Value, path: &[String]) {
     } else if let Some(key) = last.strip_prefix("k:") {
         let key: Map<String, Value> = serde_json::from_str(key).unwrap_or_default();
         if let Some(a) = cur.as_array_mut() {
-            a.retain(|item| !key.iter().all(|(k, v)| item.get(k) == Some(v)));
+            a.retain(|item| !key_matches(item, &key));
         }
     } else if let Some(v) = last.strip_prefix("v:") {
         let v: Value = serde_json::from_str(v).unwrap_or(Value::Null);
@@ -286,6 +353,23 @@ impl Entry {
             .and_then(Value::as_str)
             .unwrap_or_default()
     }
+
+    /// The manager as kube-apiserver's conflict messages print it (`printManager`): quoted,
+    /// with its subresource, and for an update the apiVersion and time it wrote with.
+    fn printed(&self) -> String {
+        let mut out = format!("{:?}", self.manager());
+        if !self.subresource().is_empty() {
+            out.push_str(&format!(" with subresource {:?}", self.subresource()));
+        }
+        if !self.is_apply() {
+            let api_version = self.raw.get("apiVersion").and_then(Value::as_str);
+            out.push_str(&format!(" using {}", api_version.unwrap_or_default()));
+            if let Some(time) = self.raw.get("time").and_then(Value::as_str) {
+                out.push_str(&format!(" at {time}"));
+            }
+        }
+        out
+    }
 }
 
 fn entries(object: &Value) -> Vec<Entry> {
@@ -310,6 +394,48 @@ fn path_display(path: &[String]) -> String {
             None => format!("[{}]", &p[2..]),
         })
         .collect()
+}
+
+/// kube-apiserver's apply conflict (`NewApplyConflict`): the causes alone as details, and a
+/// message naming the one conflict, or listing them by manager in sorted order.
+fn conflict_error(conflicts: &[(String, String)]) -> ApiError {
+    let message = match conflicts {
+        [(manager, field)] => {
+            format!("Apply failed with 1 conflict: conflict with {manager}: {field}")
+        }
+        _ => {
+            let mut by_manager: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for (manager, field) in conflicts {
+                by_manager.entry(manager).or_default().push(field);
+            }
+            let mut lines = Vec::new();
+            for (manager, fields) in by_manager {
+                lines.push(format!("conflicts with {manager}:"));
+                lines.extend(fields.iter().map(|f| format!("- {f}")));
+            }
+            format!(
+                "Apply failed with {} conflicts: {}",
+                conflicts.len(),
+                lines.join("\n")
+            )
+        }
+    };
+    let mut err = ApiError::new(409, "Conflict", message);
+    err.details = Some(Box::new(crate::error::Details {
+        name: String::new(),
+        group: String::new(),
+        kind: String::new(),
+        causes: conflicts
+            .iter()
+            .map(|(manager, field)| Cause {
+                reason: "FieldManagerConflict".into(),
+                message: format!("conflict with {manager}"),
+                field: field.clone(),
+            })
+            .collect(),
+        retry_after_seconds: None,
+    }));
+    err
 }
 
 /// The fields of the `kubectl.kubernetes.io/last-applied-configuration` annotation.
@@ -340,15 +466,25 @@ pub fn apply(
     req: &ApplyRequest<'_>,
 ) -> Result<Value, ApiError> {
     if req.manager.is_empty() {
-        return Err(ApiError::bad_request(
-            "PATCH with application/apply-patch+yaml requires the fieldManager parameter",
-        ));
+        // As kube-apiserver: the PatchOptions are invalid (422), not the request.
+        let mut err = ApiError::new(
+            422,
+            "Invalid",
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        );
+        err.details = Some(Box::new(crate::error::Details {
+            name: String::new(),
+            group: "meta.k8s.io".into(),
+            kind: "PatchOptions".into(),
+            causes: vec![Cause {
+                reason: "FieldValueRequired".into(),
+                message: "Required value: is required for apply patch".into(),
+                field: "fieldManager".into(),
+            }],
+            retry_after_seconds: None,
+        }));
+        return Err(err);
     }
-    let name = current
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
     let new_set = fields_of(config, info.kind);
     let mut all = entries(current);
     // (entry index, field) of every field another manager owns with a different value.
@@ -376,41 +512,17 @@ pub fn apply(
         FieldSet::default()
     };
     let force = req.force || clashes.iter().all(|(_, leaf)| allowed.contains_leaf(leaf));
-    let mut conflicts = Vec::new();
+    // (manager as printed, field) of every conflict.
+    let mut conflicts: Vec<(String, String)> = Vec::new();
     for (i, leaf) in clashes {
         if force {
             all[i].fields.remove(&leaf);
         } else if !allowed.contains_leaf(&leaf) {
-            conflicts.push(Cause {
-                reason: "FieldManagerConflict".into(),
-                message: format!("conflict with \"{}\"", all[i].manager()),
-                field: path_display(&leaf),
-            });
+            conflicts.push((all[i].printed(), path_display(&leaf)));
         }
     }
     if !conflicts.is_empty() {
-        let listing = conflicts
-            .iter()
-            .map(|c| format!("- {}: {}", c.message, c.field))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let mut err = ApiError::new(
-            409,
-            "Conflict",
-            format!(
-                "Apply failed with {} conflict{}: {listing}",
-                conflicts.len(),
-                if conflicts.len() == 1 { "" } else { "s" }
-            ),
-        );
-        err.details = Some(Box::new(crate::error::Details {
-            name,
-            group: info.group.into(),
-            kind: info.plural.into(),
-            causes: conflicts,
-            retry_after_seconds: None,
-        }));
-        return Err(err);
+        return Err(conflict_error(&conflicts));
     }
 
     let mut merged = current.clone();
@@ -501,16 +613,42 @@ pub fn track_update(
     let empty = Value::Object(Map::new());
     let before = scope(old.unwrap_or(&empty));
     let after = scope(new);
+    // A `.` member (a list element, a map) changes only by coming into being; what is inside
+    // it is tracked by its own fields.
     let changed: Vec<Vec<String>> = fields_of(&after, info.kind)
         .leaves()
         .into_iter()
-        .filter(|leaf| value_at(&before, leaf) != value_at(&after, leaf))
+        .filter(|leaf| match leaf.split_last() {
+            Some((dot, parent)) if dot == "." => value_at(&before, parent).is_none(),
+            // An empty map, struct or list is no field (Go's omitempty drops it).
+            _ => {
+                let now = value_at(&after, leaf);
+                value_at(&before, leaf) != now
+                    && !now.is_some_and(|v| {
+                        v.as_object().is_some_and(Map::is_empty)
+                            || v.as_array().is_some_and(Vec::is_empty)
+                    })
+            }
+        })
         .collect();
-    let removed: Vec<Vec<String>> = fields_of(&before, info.kind)
+    let mut removed: Vec<Vec<String>> = fields_of(&before, info.kind)
         .leaves()
         .into_iter()
         .filter(|leaf| value_at(&after, leaf).is_none())
         .collect();
+    // A map, struct or keyed list the update creates is a member of its set too (`.`); one
+    // that goes away leaves every set.
+    let mut changed = changed;
+    changed.extend(
+        members(&after, info.kind)
+            .into_iter()
+            .filter(|m| value_at(&before, &m[..m.len() - 1]).is_none()),
+    );
+    removed.extend(
+        members(&before, info.kind)
+            .into_iter()
+            .filter(|m| value_at(&after, &m[..m.len() - 1]).is_none()),
+    );
     if changed.is_empty() && removed.is_empty() {
         return;
     }
@@ -565,6 +703,7 @@ pub fn track_update(
 mod tests {
     use super::*;
     use crate::registry;
+    use serde_json::json;
 
     fn svc_info() -> &'static ResourceInfo {
         registry::get(registry::lookup("", "v1", "services").unwrap())
@@ -589,7 +728,7 @@ mod tests {
         assert_eq!(one["metadata"]["labels"], json!({"a": "1", "b": "2"}));
         let fields = &one["metadata"]["managedFields"][0]["fieldsV1"];
         assert!(
-            fields["f:spec"]["f:ports"]["k:{\"port\":80}"]["."].is_object(),
+            fields["f:spec"]["f:ports"]["k:{\"port\":80,\"protocol\":\"TCP\"}"]["."].is_object(),
             "{fields}"
         );
 

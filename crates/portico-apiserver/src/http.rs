@@ -625,9 +625,20 @@ fn list(
         "kind": info.list_kind,
         "apiVersion": info.api_version(),
         "metadata": metadata,
-        "items": items,
+        "items": items.iter().map(|o| list_item(o)).collect::<Vec<_>>(),
     });
     Ok(json_response(200, &body))
+}
+
+/// An object as a JSON list carries it: without `apiVersion` and `kind`, which the list's own
+/// say for every item (kube-apiserver's encoding; clients fill them in from the list).
+fn list_item(object: &Value) -> Value {
+    let mut item = object.clone();
+    if let Some(map) = item.as_object_mut() {
+        map.remove("apiVersion");
+        map.remove("kind");
+    }
+    item
 }
 
 fn delete_collection(
@@ -669,7 +680,7 @@ fn delete_collection(
             "kind": info.list_kind,
             "apiVersion": info.api_version(),
             "metadata": {"resourceVersion": shared.objects.store().current_rv().to_string()},
-            "items": deleted,
+            "items": deleted.iter().map(|o| list_item(o)).collect::<Vec<_>>(),
         }),
     ))
 }

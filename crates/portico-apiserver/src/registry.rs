@@ -57,6 +57,36 @@ impl ResourceInfo {
         }
     }
 
+    /// Whether kube-apiserver keeps `metadata.generation` for this kind (its registry strategy
+    /// sets it on create and raises it on spec changes); the other kinds never carry one.
+    pub fn tracks_generation(&self) -> bool {
+        matches!(
+            (self.group, self.kind),
+            (
+                "networking.k8s.io",
+                "Ingress" | "IngressClass" | "NetworkPolicy"
+            ) | ("discovery.k8s.io", "EndpointSlice")
+                | ("apps", "StatefulSet")
+                | ("policy", "PodDisruptionBudget")
+        )
+    }
+
+    /// Whether the field at `path` (field names from the top) is a map from strings, not a
+    /// struct: labels and annotations, a ConfigMap's or Secret's data, a Service's selector,
+    /// `matchLabels`, `nodeSelector`. kube-apiserver stores an empty one as absent.
+    pub fn is_map_field(&self, path: &[&str]) -> bool {
+        match path {
+            [field] => {
+                matches!(self.kind, "ConfigMap" | "Secret")
+                    && matches!(*field, "data" | "binaryData" | "stringData")
+            }
+            ["spec", "selector"] => self.kind == "Service",
+            [.., "metadata", "labels" | "annotations"] => true,
+            [.., "matchLabels" | "nodeSelector"] => true,
+            _ => false,
+        }
+    }
+
     /// Decodes `object` as the real Kubernetes type and re-encodes it. Errors name the bad field.
     pub(crate) fn decode_typed(&self, object: &Value) -> Result<Value, String> {
         (self.typed)(object)

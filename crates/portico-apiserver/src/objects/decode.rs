@@ -1,14 +1,14 @@
 //! Strict decoding through the real Kubernetes type (k8s-openapi, via the registry's typed
 //! check), and the fields a request carries that the type does not know.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::FieldValidation;
 use crate::error::ApiError;
 use crate::registry::ResourceInfo;
 
 /// Strict decoding through the real Kubernetes type; the stored form is the re-encoded one
-/// (unknown fields dropped, as kube-apiserver does for `Ignore`/`Warn`).
+/// (unknown fields dropped, as kube-apiserver does for `Ignore`/`Warn`; empty maps too).
 pub(crate) fn decode(
     info: &ResourceInfo,
     object: &Value,
@@ -34,6 +34,8 @@ pub(crate) fn decode(
             )));
         }
     }
+    let mut typed = typed;
+    drop_empty_maps(info, &mut typed, &mut Vec::new());
     Ok(typed)
 }
 
@@ -73,5 +75,24 @@ fn unknown_fields(input: &Value, decoded: &Value, path: &mut String, out: &mut V
             }
         }
         _ => {}
+    }
+}
+
+/// Removes empty maps, as Go's `omitempty` does when kube-apiserver encodes the object.
+fn drop_empty_maps(info: &ResourceInfo, value: &mut Value, path: &mut Vec<String>) {
+    let Some(map) = value.as_object_mut() else {
+        return;
+    };
+    map.retain(|k, v| {
+        path.push(k.clone());
+        let fields: Vec<&str> = path.iter().map(String::as_str).collect();
+        let keep = !(info.is_map_field(&fields) && v.as_object().is_some_and(Map::is_empty));
+        path.pop();
+        keep
+    });
+    for (k, v) in map.iter_mut() {
+        path.push(k.clone());
+        drop_empty_maps(info, v, path);
+        path.pop();
     }
 }

@@ -115,3 +115,44 @@ pub(crate) fn defaults(
         _ => {}
     }
 }
+
+/// The fields the registry allocates rather than the scheme defaults (a Namespace's
+/// finalizers, a Service's cluster IPs and IP families), as JSON pointers. kube-apiserver sets
+/// them after it has tracked the request's fields, so no manager owns them unless its request
+/// set them.
+fn allocated(info: &ResourceInfo) -> &'static [&'static str] {
+    match (info.group, info.kind) {
+        ("", "Namespace") => &["/spec/finalizers"],
+        ("", "Service") => &[
+            "/spec/clusterIP",
+            "/spec/clusterIPs",
+            "/spec/ipFamilies",
+            "/spec/ipFamilyPolicy",
+        ],
+        _ => &[],
+    }
+}
+
+/// `object` as field tracking sees it: the allocated fields as `requested` had them.
+pub(crate) fn as_tracked(info: &ResourceInfo, requested: &Value, object: &Value) -> Value {
+    let mut view = object.clone();
+    for pointer in allocated(info) {
+        let (parent, field) = pointer.rsplit_once('/').expect("a pointer below the root");
+        let Some(Value::Object(map)) = view.pointer_mut(parent) else {
+            continue;
+        };
+        match requested.pointer(pointer) {
+            Some(v) => map.insert(field.into(), v.clone()),
+            None => map.remove(field),
+        };
+        // A struct that holds only allocated fields was not in the request either.
+        if map.is_empty()
+            && requested.pointer(parent).is_none()
+            && let Some((grand, name)) = parent.rsplit_once('/')
+            && let Some(Value::Object(up)) = view.pointer_mut(grand)
+        {
+            up.remove(name);
+        }
+    }
+    view
+}

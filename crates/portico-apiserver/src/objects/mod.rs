@@ -5,7 +5,8 @@
 //! read-modify-write closure: the old object, the requested new object and the rules meet in
 //! one place, so the invariants hold for every verb:
 //! - `uid`, `creationTimestamp`, `name`, `namespace`, `deletionTimestamp` come from the server;
-//! - `generation` starts at 1 and grows when anything outside `metadata` and `status` changes;
+//! - `generation` (kinds that keep one) starts at 1 and grows when anything outside `metadata` and
+//!   `status` changes;
 //! - main-resource writes keep the stored `.status`; `/status` writes change only `.status`;
 //! - an object being deleted whose last finalizer is removed is deleted.
 //!
@@ -175,6 +176,7 @@ impl Objects {
         let info = registry::get(resource);
         self.store.mutate(resource, key, opts.dry_run, |current| {
             let requested = build(current)?;
+            let tracked = track.then(|| requested.clone());
             let mut object = rules::prepare(
                 info,
                 current.map(|c| &**c),
@@ -183,17 +185,23 @@ impl Objects {
                 opts,
                 &self.next_cluster_ip,
             )?;
-            if track {
+            if let Some(requested) = tracked {
+                // Fields the registry allocates are nobody's unless the request set them.
+                let mut view = defaults::as_tracked(info, &requested, &object);
                 let subresource = if part == Part::Status { "status" } else { "" };
                 let manager = opts.update_manager();
                 apply::track_update(
                     info,
                     current.map(|c| &**c),
-                    &mut object,
+                    &mut view,
                     &manager,
                     subresource,
                     &now(),
                 );
+                match meta(&view).get("managedFields") {
+                    Some(mf) => meta_mut(&mut object).insert("managedFields".into(), mf.clone()),
+                    None => meta_mut(&mut object).remove("managedFields"),
+                };
             }
             if let Some(current) = current {
                 if **current == object {

@@ -58,7 +58,11 @@ pub(crate) fn prepare(
             let m = meta_mut(&mut object);
             m.insert("uid".into(), new_uid().into());
             m.insert("creationTimestamp".into(), now().into());
-            m.insert("generation".into(), 1.into());
+            if info.tracks_generation() {
+                m.insert("generation".into(), 1.into());
+            } else {
+                m.remove("generation");
+            }
             m.remove("deletionTimestamp");
             m.remove("deletionGracePeriodSeconds");
             m.remove("resourceVersion");
@@ -92,7 +96,6 @@ pub(crate) fn prepare(
                 };
             }
             let cur_meta = meta(current).clone();
-            let changed_spec = spec_part(current) != spec_part(&object);
             let m = meta_mut(&mut object);
             for field in [
                 "uid",
@@ -113,14 +116,8 @@ pub(crate) fn prepare(
             {
                 m.insert("managedFields".into(), mf.clone());
             }
-            let generation = cur_meta
-                .get("generation")
-                .and_then(Value::as_i64)
-                .unwrap_or(1);
-            m.insert(
-                "generation".into(),
-                (generation + i64::from(changed_spec)).into(),
-            );
+            // Set below, once defaulted and decoded, as kube-apiserver compares.
+            m.remove("generation");
             m.insert(
                 "resourceVersion".into(),
                 cur_meta
@@ -157,7 +154,20 @@ pub(crate) fn prepare(
         meta_mut(&mut object).remove("managedFields");
     }
     defaults::defaults(info, current, &mut object, ips);
-    let typed = decode::decode(info, &object, opts.field_validation)?;
+    let mut typed = decode::decode(info, &object, opts.field_validation)?;
+    if let Some(current) = current
+        && info.tracks_generation()
+    {
+        let generation = meta(current)
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let changed_spec = spec_part(current) != spec_part(&typed);
+        meta_mut(&mut typed).insert(
+            "generation".into(),
+            (generation + i64::from(changed_spec)).into(),
+        );
+    }
     validate::object(info, current, &typed, part)?;
     Ok(typed)
 }
