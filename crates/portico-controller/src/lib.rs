@@ -4,9 +4,9 @@
 //! # Modules
 //! * [`election`]: Lease leader election, client-go's algorithm (GET, then PUT with the
 //!   resourceVersion; POST when absent; expiry by the local monotonic clock).
-//! * `reconcile` (leader work): kube-runtime watchers → `Change` deltas, debounced into
-//!   `Change::Batch` proposals; a full `Change::Resync` on every (re)list. Its module docs
-//!   list the RBAC the controller needs.
+//! * `reconcile` (leader work): kube-runtime watchers → the difference from the committed
+//!   table, debounced, within the limits, in log entries of at most 1 MiB; every (re)list
+//!   compares every object. Its module docs list the RBAC the controller needs.
 //! * `status` (leader work): Ingress `status.loadBalancer` and Events, from the committed
 //!   table only.
 //! * [`metrics`]: Prometheus metrics.
@@ -98,6 +98,9 @@ pub struct ControllerConfig {
     /// Roles there are enough (IngressClasses are cluster-scoped: always all). Empty: every
     /// namespace.
     pub watch_namespaces: std::collections::BTreeSet<String>,
+    /// What one object and one namespace may put into the table; the rest is refused with
+    /// an Event (`ObjectTooLarge`, `NamespaceQuotaExceeded`).
+    pub limits: portico_model::Limits,
 }
 
 impl ControllerConfig {
@@ -114,6 +117,7 @@ impl ControllerConfig {
             settings: portico_model::Settings::default(),
             debounce: Duration::from_millis(25),
             watch_namespaces: std::collections::BTreeSet::new(),
+            limits: portico_model::Limits::default(),
         }
     }
 
@@ -132,6 +136,9 @@ impl ControllerConfig {
             .find(|ns| !portico_model::validate::is_dns1123_label(ns))
         {
             return bad(&format!("watch namespace {ns:?} is not a namespace name"));
+        }
+        if let Err(e) = self.limits.validate() {
+            return bad(&e.to_string());
         }
         if self.retry_period.is_zero() {
             return bad("retry_period must be positive");
@@ -171,6 +178,9 @@ pub(crate) enum LeaderWorkError {
     /// (raise the transport's `max_body_bytes`).
     #[error("a proposal was refused: {0}")]
     Refused(String),
+    /// This replica had not applied our own last commit in time (Raft leadership moved).
+    #[error("the table here is at version {applied}, behind our commit {version}")]
+    TableBehind { version: u64, applied: u64 },
     #[error("every watcher ended")]
     WatchersEnded,
     #[error("cancelled")]

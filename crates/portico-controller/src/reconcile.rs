@@ -6,13 +6,23 @@
 //!
 //! * Only the TLS Secrets that Ingresses of our class name (and the default certificate)
 //!   are proposed ([`crate::secrets`]); the others are held in memory only.
-//! * Every object change becomes a `Change::Upsert` or `Change::Delete`; changes arriving
-//!   within `debounce` of the first are proposed together as one `Change::Batch`, one at a
-//!   time and in order, so the log has them in the order the API server sent them.
+//! * Limits per object and per namespace (`portico_model::limits`) keep what one tenant puts
+//!   into the table bounded; a refused object is treated as absent (deleted from the table
+//!   if it was there), and gets a log line and an Event ([`refusals`]).
+//! * What is proposed is the difference between what the API server holds (within those
+//!   rules) and the committed table's inputs, which this replica, the Raft leader, has
+//!   applied: an upsert for each object that differs, a delete for each that is gone.
+//!   Changes arriving within `debounce` of the first are compared together, so an object
+//!   rewritten many times costs one change, and a change undone within the window none.
 //! * When leader work starts, and whenever a watcher (re)lists (a 410 Gone, a dropped watch
-//!   that cannot resume), deltas are held back until every kind has a complete list; then
-//!   one `Change::Resync` replaces every input, so the table matches the API server
-//!   exactly, whatever the previous leader did or missed.
+//!   that cannot resume), nothing is proposed until every kind has a complete list; then
+//!   every object is compared (and the settings), so the table matches the API server
+//!   exactly, whatever the previous leader did or missed. A table that already matches
+//!   costs one entry holding no object (a marker, so every resync shows in the log).
+//! * The changes of one flush go in order (settings; classes, Services, EndpointSlices and
+//!   Secrets; Ingresses; then the deletes of what Ingresses pointed at) into `Change::Batch`
+//!   entries of at most `MAX_ENTRY_BYTES` (1 MiB) each, proposed one after another. Each
+//!   leaves a valid table; the status worker hears of a flush only once all have committed.
 //! * A proposal that is refused for a stale epoch ends leader work (we were deposed); one
 //!   that cannot commit is retried with the same content while we lead (changes are whole
 //!   objects, so a retry of a change that did commit is harmless).
@@ -46,9 +56,11 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
+use portico_model::limits::{self, Candidate, Refusal};
 use portico_model::{
-    Change, EndpointSliceSource, IngressClassSource, IngressSource, ObjectKey, Resource,
-    ResourceKind, SECRET_TYPE_TLS, SecretSource, ServiceSource,
+    Change, EndpointSliceSource, IngressClassSource, IngressSource, Limits, MAX_ENTRY_BYTES,
+    ObjectKey, Resource, ResourceKind, RoutingTable, SECRET_TYPE_TLS, SecretSource, ServiceSource,
+    Settings, UnixSeconds,
 };
 use portico_raft::{ProposeError, Replica};
 use serde_json::Value;
@@ -57,11 +69,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::metrics::{KindLabel, Metrics};
-use crate::secrets::{self, SecretFilter};
+use crate::secrets;
 use crate::status::{LbAddress, StatusInputs, StatusWork};
 use crate::{ControllerConfig, LeaderWorkError};
 
 mod merge;
+mod refusals;
+
+use refusals::Refused;
 
 const KINDS: [ResourceKind; 5] = [
     ResourceKind::Ingress,
@@ -79,6 +94,9 @@ struct Seen {
     load_balancer: Vec<LbAddress>,
     /// An Ingress's resourceVersion: the precondition of our status writes.
     resource_version: Option<String>,
+    /// `metadata.creationTimestamp` and `uid`, filled in by [`watch_kind`] for every kind.
+    created: Option<UnixSeconds>,
+    uid: Option<String>,
 }
 
 #[derive(Debug)]
@@ -115,8 +133,20 @@ pub(crate) async fn run(
         ctx.config.clone(),
         tx,
     )));
+    let (refusals_tx, refusals_rx) = mpsc::unbounded_channel();
+    let _refusals = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(refusals::run(
+        refusals::ReporterContext {
+            client: ctx.client.clone(),
+            identity: ctx.config.identity.clone(),
+            lease: ctx.lease.clone(),
+            metrics: ctx.metrics.clone(),
+        },
+        refusals_rx,
+    )));
     let mut state = State::new(&ctx.config);
     let mut flush_at: Option<tokio::time::Instant> = None;
+    // The version of our last commit: the table a flush compares with must include it.
+    let mut committed = 0;
     loop {
         let due =
             flush_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
@@ -140,18 +170,49 @@ pub(crate) async fn run(
             }
             () = tokio::time::sleep_until(due), if flush_at.is_some() => {
                 flush_at = None;
-                if let Some((change, scope)) = state.take_proposal(&ctx.config) {
-                    let span = tracing::info_span!("reconcile", epoch = ctx.epoch, kind = scope.label());
-                    let version = propose(&ctx, change, scope.label()).instrument(span).await?;
-                    ctx.metrics.reconciles.inc();
-                    let _ = status.send(StatusWork::Committed {
-                        version,
-                        scope: scope.into_status_scope(),
-                    });
+                let table = committed_table(&ctx, committed).await?;
+                let Some(plan) = state.take_proposal(&table) else { continue };
+                for refused in plan.refused {
+                    let _ = refusals_tx.send(refused);
                 }
+                if plan.entries.is_empty() {
+                    continue;
+                }
+                let span = tracing::info_span!("reconcile", epoch = ctx.epoch, kind = plan.scope.label());
+                let mut version = table.version();
+                for entry in plan.entries {
+                    version = propose(&ctx, entry, plan.scope.label()).instrument(span.clone()).await?;
+                }
+                committed = committed.max(version);
+                ctx.metrics.reconciles.inc();
+                // Only now, with every entry of a resync committed, may status follow it.
+                let _ = status.send(StatusWork::Committed {
+                    version,
+                    scope: plan.scope.into_status_scope(),
+                });
             }
         }
     }
+}
+
+/// How long a flush waits for this replica to apply our own last commit. Leader work runs
+/// on the Raft leader, which applies a change before its proposal returns, so this is
+/// only reached when leadership moved away (and leader work is about to end anyway).
+const TABLE_WAIT: Duration = Duration::from_secs(5);
+
+/// The committed table with every change of ours applied (`version`): what a flush
+/// compares the API server's objects with, so it proposes only what differs.
+async fn committed_table(
+    ctx: &LeaderContext,
+    version: u64,
+) -> Result<Arc<RoutingTable>, LeaderWorkError> {
+    if version > 0 {
+        ctx.replica
+            .wait_for_version(version, TABLE_WAIT)
+            .await
+            .map_err(|applied| LeaderWorkError::TableBehind { version, applied })?;
+    }
+    Ok(ctx.replica.table().borrow().clone())
 }
 
 /// Proposes `change`, retrying while it cannot commit; a stale epoch ends leader work. A
@@ -277,20 +338,62 @@ impl Scope {
     }
 }
 
-/// The controller's view of the API server, and what is still to be proposed.
+/// An object as the watchers last showed it, with what the limits judge it by.
+#[derive(Clone, Debug)]
+pub(crate) struct Held {
+    pub resource: Resource,
+    /// `metadata.creationTimestamp`: the oldest objects of a namespace are kept.
+    pub created: Option<UnixSeconds>,
+    pub uid: Option<String>,
+    /// [`limits::encoded_size`], measured once when the object arrives.
+    pub bytes: usize,
+}
+
+impl Held {
+    fn new(seen: &Seen) -> Self {
+        Self {
+            bytes: limits::encoded_size(&seen.resource),
+            resource: seen.resource.clone(),
+            created: seen.created,
+            uid: seen.uid.clone(),
+        }
+    }
+}
+
+/// The controller's view of the API server: every object, by kind.
+pub(crate) type Objects = BTreeMap<ResourceKind, BTreeMap<ObjectKey, Held>>;
+
+type Object = (ResourceKind, ObjectKey);
+
+/// One flush: the log entries to propose in order (each at most [`MAX_ENTRY_BYTES`]), what
+/// they cover, and the objects newly refused by the limits.
+struct Plan {
+    entries: Vec<Change>,
+    scope: Scope,
+    refused: Vec<Refused>,
+}
+
+/// The controller's view of the API server, and what changed since the last proposal.
 struct State {
-    objects: BTreeMap<ResourceKind, BTreeMap<ObjectKey, Resource>>,
+    objects: Objects,
     /// Kinds whose current list is complete.
     listed: BTreeSet<ResourceKind>,
     /// Objects of a kind being relisted, replacing `objects[kind]` when the list completes.
-    relisting: BTreeMap<ResourceKind, BTreeMap<ObjectKey, Resource>>,
+    relisting: BTreeMap<ResourceKind, BTreeMap<ObjectKey, Held>>,
     resync_needed: bool,
-    pending: Vec<Change>,
-    pending_scope: (BTreeSet<ObjectKey>, bool),
+    /// Objects changed since the last proposal.
+    dirty: BTreeSet<Object>,
+    /// An Ingress's TLS Secrets or class, or an IngressClass, changed since the last
+    /// proposal: which Secrets the table needs may have changed.
+    references_dirty: bool,
     publish_service: Option<ObjectKey>,
     inputs: StatusInputs,
-    /// Which TLS Secrets go into the table; the others stay in `objects` only.
-    secrets: SecretFilter,
+    settings: Settings,
+    limits: Limits,
+    /// The TLS Secrets the table needs ([`secrets::referenced`]); the others stay here only.
+    referenced: BTreeSet<ObjectKey>,
+    /// Objects the limits keep out of the table, and why (reported once each).
+    refused: BTreeMap<Object, Refusal>,
 }
 
 impl State {
@@ -300,14 +403,17 @@ impl State {
             listed: BTreeSet::new(),
             relisting: BTreeMap::new(),
             resync_needed: true,
-            pending: Vec::new(),
-            pending_scope: (BTreeSet::new(), false),
+            dirty: BTreeSet::new(),
+            references_dirty: false,
             publish_service: config
                 .publish_service
                 .as_ref()
                 .map(|(ns, name)| ObjectKey::new(ns.as_str(), name.as_str())),
             inputs: StatusInputs::default(),
-            secrets: SecretFilter::new(config.settings.clone()),
+            settings: config.settings.clone(),
+            limits: config.limits,
+            referenced: BTreeSet::new(),
+            refused: BTreeMap::new(),
         }
     }
 
@@ -315,7 +421,7 @@ impl State {
         if self.resync_needed {
             self.listed.len() == KINDS.len()
         } else {
-            !self.pending.is_empty()
+            !self.dirty.is_empty() || self.references_dirty
         }
     }
 
@@ -334,7 +440,7 @@ impl State {
                 self.relisting
                     .entry(kind)
                     .or_default()
-                    .insert(key, seen.resource);
+                    .insert(key, Held::new(&seen));
             }
             Observation::ListDone(kind) => {
                 let objects = self.relisting.remove(&kind).unwrap_or_default();
@@ -358,20 +464,16 @@ impl State {
                 let kind = seen.resource.kind();
                 let key = seen.resource.key().clone();
                 let objects = self.objects.entry(kind).or_default();
-                if objects.get(&key) == Some(&seen.resource) {
+                if objects.get(&key).map(|h| &h.resource) == Some(&seen.resource) {
                     return; // only the status (or something routing ignores) changed
                 }
-                let previous = objects.insert(key.clone(), seen.resource.clone());
-                if kind == ResourceKind::Secret {
-                    if let Some(change) = self.secrets.applied(&seen.resource) {
-                        self.push(change, kind, key);
-                    }
-                    return;
-                }
-                let references =
-                    secrets::may_change_references(previous.as_ref(), Some(&seen.resource));
-                self.push(Change::Upsert(seen.resource), kind, key);
-                self.after_references(kind, references);
+                let previous = objects.insert(key.clone(), Held::new(&seen));
+                self.references_dirty |= kind == ResourceKind::IngressClass
+                    || secrets::may_change_references(
+                        previous.as_ref().map(|h| &h.resource),
+                        Some(&seen.resource),
+                    );
+                self.dirty.insert((kind, key));
             }
             Observation::Deleted(seen) => {
                 let kind = seen.resource.kind();
@@ -384,39 +486,10 @@ impl State {
                 let Some(previous) = self.objects.entry(kind).or_default().remove(&key) else {
                     return;
                 };
-                if kind == ResourceKind::Secret {
-                    if let Some(change) = self.secrets.deleted(&key) {
-                        self.push(change, kind, key);
-                    }
-                    return;
-                }
-                let references = secrets::may_change_references(Some(&previous), None);
-                self.push(
-                    Change::Delete {
-                        kind,
-                        key: key.clone(),
-                    },
-                    kind,
-                    key,
-                );
-                self.after_references(kind, references);
+                self.references_dirty |= kind == ResourceKind::IngressClass
+                    || secrets::may_change_references(Some(&previous.resource), None);
+                self.dirty.insert((kind, key));
             }
-        }
-    }
-
-    /// After an Ingress or IngressClass change that may change which Secrets are needed:
-    /// proposes the Secrets that became needed and deletes those no longer needed.
-    fn after_references(&mut self, kind: ResourceKind, ingress_changed: bool) {
-        if kind != ResourceKind::IngressClass && !ingress_changed {
-            return;
-        }
-        for change in self.secrets.references_changed(&self.objects) {
-            let key = match &change {
-                Change::Upsert(r) => r.key().clone(),
-                Change::Delete { key, .. } => key.clone(),
-                _ => continue,
-            };
-            self.push(change, ResourceKind::Secret, key);
         }
     }
 
@@ -465,94 +538,173 @@ impl State {
         }
     }
 
-    fn push(&mut self, change: Change, kind: ResourceKind, key: ObjectKey) {
-        if self.resync_needed {
-            return; // the coming resync carries it
+    /// What the table should hold for `kind`/`key`: the object, unless it is an unreferenced
+    /// Secret or refused by the limits.
+    fn desired(&self, kind: ResourceKind, key: &ObjectKey) -> Option<&Resource> {
+        if kind == ResourceKind::Secret && !self.referenced.contains(key) {
+            return None;
         }
-        match kind {
-            ResourceKind::Ingress => {
-                self.pending_scope.0.insert(key);
-            }
-            ResourceKind::EndpointSlice => {}
-            _ => self.pending_scope.1 = true,
+        if self.refused.contains_key(&(kind, key.clone())) {
+            return None;
         }
-        self.pending.push(change);
+        self.objects.get(&kind)?.get(key).map(|h| &h.resource)
     }
 
-    fn take_proposal(&mut self, config: &ControllerConfig) -> Option<(Change, Scope)> {
-        if self.resync_needed {
+    /// The next flush, against `table` (the committed table, with every change of ours
+    /// applied): the difference between what the API server holds (within the limits) and
+    /// the table's inputs, for the objects changed since the last flush, or for every object
+    /// after a (re)list. `None` while a list is incomplete or nothing changed.
+    fn take_proposal(&mut self, table: &RoutingTable) -> Option<Plan> {
+        let full = self.resync_needed;
+        if full {
             if self.listed.len() < KINDS.len() {
                 return None;
             }
             self.resync_needed = false;
-            self.pending.clear();
-            self.pending_scope = (BTreeSet::new(), false);
-            // Every object but the Secrets, and of those only the ones Ingresses use.
-            let mut resources: Vec<Resource> = self
-                .objects
-                .iter()
-                .filter(|(kind, _)| **kind != ResourceKind::Secret)
-                .flat_map(|(_, objects)| objects.values().cloned())
-                .collect();
-            resources.extend(self.secrets.resync(&self.objects));
-            tracing::info!(objects = resources.len(), "proposing a full resync");
-            return Some((
-                Change::Resync {
-                    settings: config.settings.clone(),
-                    resources,
-                },
-                Scope::Resync,
-            ));
-        }
-        if self.pending.is_empty() {
+        } else if self.dirty.is_empty() && !self.references_dirty {
             return None;
         }
-        let mut changes = latest_per_object(std::mem::take(&mut self.pending));
-        let (ingresses, everything) = std::mem::take(&mut self.pending_scope);
-        let change = if changes.len() == 1 {
-            changes.pop().expect("one change")
+        let mut dirty = std::mem::take(&mut self.dirty);
+        if std::mem::take(&mut self.references_dirty) || full {
+            let referenced = secrets::referenced(&self.settings, &self.objects);
+            for key in referenced.symmetric_difference(&self.referenced) {
+                dirty.insert((ResourceKind::Secret, key.clone()));
+            }
+            self.referenced = referenced;
+        }
+        let refused = self.judge_limits(full, &mut dirty);
+
+        let keys: BTreeSet<Object> = if full {
+            let held = self
+                .objects
+                .iter()
+                .flat_map(|(kind, objects)| objects.keys().map(|key| (*kind, key.clone())));
+            let committed = table.input_keys().map(|(kind, key)| (kind, key.clone()));
+            held.chain(committed).collect()
         } else {
-            Change::Batch(changes)
+            dirty
         };
-        Some((
-            change,
-            Scope::Delta {
-                ingresses,
-                everything,
+        let mut changes = Vec::new();
+        if full && table.settings() != &self.settings {
+            changes.push((0, Change::Settings(self.settings.clone())));
+        }
+        let (mut ingresses, mut everything) = (BTreeSet::new(), full);
+        for (kind, key) in keys {
+            let want = self.desired(kind, &key);
+            let have = table.input(kind, &key);
+            if want == have.as_ref() {
+                continue;
+            }
+            match kind {
+                ResourceKind::Ingress => drop(ingresses.insert(key.clone())),
+                ResourceKind::EndpointSlice => {}
+                _ => everything = true,
+            }
+            changes.push(match want {
+                Some(resource) => (order(kind, true), Change::Upsert(resource.clone())),
+                None => (order(kind, false), Change::Delete { kind, key }),
+            });
+        }
+        // Stable: objects of one kind keep their key order.
+        changes.sort_by_key(|(order, _)| *order);
+        let changes: Vec<Change> = changes.into_iter().map(|(_, c)| c).collect();
+        if full {
+            tracing::info!(
+                changes = changes.len(),
+                bytes = changes.iter().map(Change::encoded_len).sum::<usize>(),
+                refused = self.refused.len(),
+                "resync: proposing the difference from the committed table"
+            );
+        }
+        let entries = if full && changes.is_empty() {
+            // A resync that finds the table matching still commits one entry, holding no
+            // object: every resync is then visible in the log and in
+            // `proposals_total{kind="resync"}`, which operators and tests watch for.
+            vec![Change::Batch(Vec::new())]
+        } else {
+            portico_model::chunks(changes, MAX_ENTRY_BYTES)
+        };
+        Some(Plan {
+            entries,
+            scope: if full {
+                Scope::Resync
+            } else {
+                Scope::Delta {
+                    ingresses,
+                    everything,
+                }
             },
-        ))
+            refused,
+        })
+    }
+
+    /// Judges the limits again for the namespaces of `dirty` (every namespace when `full`):
+    /// objects whose admission changed join `dirty`; returns the refusals not reported yet.
+    fn judge_limits(&mut self, full: bool, dirty: &mut BTreeSet<Object>) -> Vec<Refused> {
+        let namespaces: BTreeSet<Arc<str>> =
+            dirty.iter().map(|(_, key)| key.namespace.clone()).collect();
+        let in_scope = |key: &ObjectKey| full || namespaces.contains(&key.namespace);
+        let candidates = self
+            .objects
+            .iter()
+            .flat_map(|(kind, objects)| objects.iter().map(move |(key, held)| (*kind, key, held)))
+            .filter(|(kind, key, _)| {
+                in_scope(key) && (*kind != ResourceKind::Secret || self.referenced.contains(*key))
+            })
+            .map(|(kind, key, held)| Candidate {
+                kind,
+                key: key.clone(),
+                created: held.created,
+                bytes: held.bytes,
+            });
+        let now = limits::refusals(&self.limits, candidates);
+        let mut before = BTreeMap::new();
+        self.refused.retain(|object, refusal| {
+            if in_scope(&object.1) {
+                before.insert(object.clone(), refusal.clone());
+                false
+            } else {
+                true
+            }
+        });
+        let mut reports = Vec::new();
+        for (object, refusal) in &now {
+            if before.get(object) != Some(refusal) {
+                let uid = self
+                    .objects
+                    .get(&object.0)
+                    .and_then(|o| o.get(&object.1))
+                    .and_then(|h| h.uid.clone());
+                reports.push(Refused {
+                    kind: object.0,
+                    key: object.1.clone(),
+                    uid,
+                    refusal: refusal.clone(),
+                });
+            }
+        }
+        for object in before.keys().chain(now.keys()) {
+            if before.contains_key(object) != now.contains_key(object) {
+                dirty.insert(object.clone());
+            }
+        }
+        self.refused.extend(now);
+        reports
     }
 }
 
-/// Keeps only the last change of each object in a burst, in its place: changes carry whole
-/// objects, so the last one is the object's state, and an object rewritten many times within
-/// one debounce window costs one entry's worth of log, not one per write. (A Secret version
-/// replaced within the window is never applied, so it never becomes the last good one.)
-fn latest_per_object(changes: Vec<Change>) -> Vec<Change> {
-    fn object(change: &Change) -> Option<(ResourceKind, &ObjectKey)> {
-        match change {
-            Change::Upsert(resource) => Some((resource.kind(), resource.key())),
-            Change::Delete { kind, key } => Some((*kind, key)),
-            _ => None,
-        }
-    }
-    let mut last = BTreeMap::new();
-    for (i, change) in changes.iter().enumerate() {
-        if let Some(object) = object(change) {
-            last.insert(object, i);
-        }
-    }
-    let keep: BTreeSet<usize> = last.into_values().collect();
-    let kept: Vec<bool> = changes
-        .iter()
-        .enumerate()
-        .map(|(i, change)| object(change).is_none() || keep.contains(&i))
-        .collect();
-    changes
-        .into_iter()
-        .zip(kept)
-        .filter_map(|(change, kept)| kept.then_some(change))
-        .collect()
+/// Where a change goes in a flush: settings first; then what Ingresses point at, so a new
+/// Ingress finds its Services, endpoints and certificates already there; then Ingresses;
+/// then the deletes of what they pointed at.
+fn order(kind: ResourceKind, upsert: bool) -> u8 {
+    let rank = match kind {
+        ResourceKind::IngressClass => 0,
+        ResourceKind::Service => 1,
+        ResourceKind::EndpointSlice => 2,
+        ResourceKind::Secret => 3,
+        ResourceKind::Ingress => return 10,
+    };
+    if upsert { 1 + rank } else { 20 - rank }
 }
 
 /// Starts the watchers of every kind (per namespace with `watch_namespaces`) and forwards
@@ -586,6 +738,8 @@ async fn watch_all(
                 resource: Resource::IngressClass(Arc::new(IngressClassSource::from(c))),
                 load_balancer: Vec::new(),
                 resource_version: None,
+                created: None,
+                uid: None,
             },
         ),
         watch_scoped::<Service>(
@@ -606,6 +760,8 @@ async fn watch_all(
                 resource: Resource::EndpointSlice(Arc::new(EndpointSliceSource::from(s))),
                 load_balancer: Vec::new(),
                 resource_version: None,
+                created: None,
+                uid: None,
             },
         ),
         watch_scoped::<Secret>(
@@ -618,6 +774,8 @@ async fn watch_all(
                 resource: Resource::Secret(Arc::new(SecretSource::from(s))),
                 load_balancer: Vec::new(),
                 resource_version: None,
+                created: None,
+                uid: None,
             },
         ),
     ];
@@ -695,10 +853,10 @@ where
         .filter_map(move |event| async move {
             match event {
                 Ok(Event::Init) => Some(Observation::Listing(kind)),
-                Ok(Event::InitApply(object)) => Some(Observation::Listed(convert(&object))),
+                Ok(Event::InitApply(object)) => Some(Observation::Listed(seen(&object, convert))),
                 Ok(Event::InitDone) => Some(Observation::ListDone(kind)),
-                Ok(Event::Apply(object)) => Some(Observation::Applied(convert(&object))),
-                Ok(Event::Delete(object)) => Some(Observation::Deleted(convert(&object))),
+                Ok(Event::Apply(object)) => Some(Observation::Applied(seen(&object, convert))),
+                Ok(Event::Delete(object)) => Some(Observation::Deleted(seen(&object, convert))),
                 Err(e) => {
                     tracing::warn!(%kind, error = %e, "watch failed; retrying with backoff");
                     None
@@ -706,6 +864,16 @@ where
             }
         })
         .boxed()
+}
+
+/// `object` converted, with the metadata the limits need.
+fn seen<K: kube::Resource>(object: &K, convert: fn(&K) -> Seen) -> Seen {
+    let meta = object.meta();
+    Seen {
+        created: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
+        uid: meta.uid.clone(),
+        ..convert(object)
+    }
 }
 
 /// Retry delays after a watch error: 100 ms doubling to 5 s, reset by the next success.
@@ -765,6 +933,8 @@ fn seen_ingress(ingress: &Ingress) -> Seen {
         resource: Resource::Ingress(Arc::new(IngressSource::from(ingress))),
         load_balancer,
         resource_version: ingress.metadata.resource_version.clone(),
+        created: None,
+        uid: None,
     }
 }
 
@@ -780,6 +950,8 @@ fn seen_service(service: &Service) -> Seen {
         resource: Resource::Service(Arc::new(ServiceSource::from(service))),
         load_balancer,
         resource_version: None,
+        created: None,
+        uid: None,
     }
 }
 
@@ -815,40 +987,242 @@ fn load_balancer_patch(addresses: &[LbAddress]) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use portico_model::SecretSource;
+    use portico_model::{IngressTlsSource, SecretSource};
 
     use super::*;
 
-    fn secret(name: &str, crt: &[u8]) -> Change {
-        Change::Upsert(Resource::Secret(Arc::new(SecretSource {
-            key: ObjectKey::new("ns", name),
+    fn config(limits: Limits) -> ControllerConfig {
+        let mut config = ControllerConfig::new("portico", "test");
+        // No IngressClass in these tests: take Ingresses without class.
+        config.settings.watch_ingress_without_class = true;
+        config.limits = limits;
+        config
+    }
+
+    fn seen(resource: Resource, created: i64) -> Seen {
+        Seen {
+            resource,
+            load_balancer: Vec::new(),
+            resource_version: None,
+            created: Some(created),
+            uid: None,
+        }
+    }
+
+    fn secret(ns: &str, name: &str, bytes: usize) -> Resource {
+        Resource::Secret(Arc::new(SecretSource {
+            key: ObjectKey::new(ns, name),
             type_: Some(SECRET_TYPE_TLS.into()),
-            tls_crt: Some(crt.to_vec()),
-            tls_key: None,
+            tls_crt: Some(vec![b'c'; bytes]),
+            tls_key: Some(b"key".to_vec()),
             oversize: None,
-        })))
+        }))
+    }
+
+    fn ingress(ns: &str, name: &str, secret: Option<&str>) -> Resource {
+        Resource::Ingress(Arc::new(IngressSource {
+            key: ObjectKey::new(ns, name),
+            tls: secret
+                .map(|s| IngressTlsSource {
+                    hosts: vec![],
+                    secret_name: Some(s.into()),
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        }))
+    }
+
+    /// A state that has listed `objects` (every kind, so a resync is due).
+    fn listed(config: &ControllerConfig, objects: &[(Resource, i64)]) -> State {
+        let (status, _) = mpsc::unbounded_channel();
+        let mut state = State::new(config);
+        for kind in KINDS {
+            state.observe(Observation::Listing(kind), &status);
+        }
+        for (resource, created) in objects {
+            state.observe(
+                Observation::Listed(seen(resource.clone(), *created)),
+                &status,
+            );
+        }
+        for kind in KINDS {
+            state.observe(Observation::ListDone(kind), &status);
+        }
+        state
+    }
+
+    fn apply_all(table: &mut RoutingTable, entries: &[Change]) {
+        for entry in entries {
+            table.apply(table.version() + 1, entry);
+        }
+    }
+
+    fn flatten(entries: &[Change]) -> Vec<String> {
+        let mut out = Vec::new();
+        for entry in entries {
+            match entry {
+                Change::Batch(inner) => out.extend(flatten(inner)),
+                Change::Upsert(r) => out.push(format!("upsert {} {}", r.kind(), r.key())),
+                Change::Delete { kind, key } => out.push(format!("delete {kind} {key}")),
+                Change::Settings(_) => out.push("settings".into()),
+                Change::Resync { .. } => out.push("resync".into()),
+            }
+        }
+        out
     }
 
     #[test]
-    fn a_burst_keeps_the_last_change_of_each_object_in_its_place() {
-        let delete_b = Change::Delete {
-            kind: ResourceKind::Secret,
-            key: ObjectKey::new("ns", "b"),
-        };
-        let mut burst: Vec<Change> = (0..1000u32)
-            .map(|i| secret("a", &i.to_be_bytes()))
-            .collect();
-        burst.insert(10, secret("b", b"1"));
-        burst.insert(20, delete_b.clone());
-        burst.push(secret("c", b"1"));
-        let kept = latest_per_object(burst);
+    fn a_resync_is_the_difference_in_bounded_entries_and_nothing_when_it_matches() {
+        let config = config(Limits::default());
+        // 40 referenced Secrets of 60 KiB: 2.4 MiB, more than two entries.
+        let mut objects = Vec::new();
+        for i in 0..40 {
+            let name = format!("s{i}");
+            objects.push((secret("t", &name, 60 << 10), i));
+            objects.push((ingress("t", &format!("i{i}"), Some(&name)), i));
+        }
+        objects.push((secret("t", "unused", 10), 0));
+        let mut state = listed(&config, &objects);
+        let mut table = RoutingTable::default();
+        let plan = state.take_proposal(&table).expect("a resync");
+        assert!(matches!(plan.scope, Scope::Resync));
+        assert!(plan.entries.len() >= 3, "{} entries", plan.entries.len());
+        for entry in &plan.entries {
+            assert!(entry.encoded_len() <= MAX_ENTRY_BYTES);
+        }
+        let changes = flatten(&plan.entries);
+        assert_eq!(changes[0], "settings");
+        assert_eq!(changes.len(), 81, "settings, 40 Secrets, 40 Ingresses");
+        assert!(!changes.iter().any(|c| c.contains("unused")));
+        // Secrets before the Ingresses that name them.
+        let last_secret = changes.iter().rposition(|c| c.contains("Secret")).unwrap();
+        let first_ingress = changes.iter().position(|c| c.contains("Ingress")).unwrap();
+        assert!(last_secret < first_ingress);
+        apply_all(&mut table, &plan.entries);
+
+        // A new leader over the same objects: the table matches, nothing to propose.
+        let mut next = listed(&config, &objects);
+        let plan = next.take_proposal(&table).expect("a resync");
         assert_eq!(
-            kept,
+            plan.entries,
+            [Change::Batch(Vec::new())],
+            "an empty marker only"
+        );
+
+        // Only what changed while no one led: one Ingress gone, one Secret rewritten.
+        objects.retain(|(r, _)| r.key().name.as_ref() != "i3");
+        objects.push((secret("t", "s5", 100), 5));
+        let mut next = listed(&config, &objects);
+        let plan = next.take_proposal(&table).expect("a resync");
+        assert_eq!(
+            flatten(&plan.entries),
             [
-                delete_b,
-                secret("a", &999u32.to_be_bytes()),
-                secret("c", b"1")
+                "upsert Secret t/s5",
+                "delete Ingress t/i3",
+                "delete Secret t/s3"
             ]
+        );
+    }
+
+    #[test]
+    fn a_burst_costs_one_change_per_object_and_an_undone_change_none() {
+        let config = config(Limits::default());
+        let objects = [
+            (ingress("t", "web", Some("a")), 1),
+            (secret("t", "a", 10), 1),
+        ];
+        let mut state = listed(&config, &objects);
+        let mut table = RoutingTable::default();
+        let first = state.take_proposal(&table).unwrap();
+        apply_all(&mut table, &first.entries);
+        let (status, _) = mpsc::unbounded_channel();
+        for i in 0..1000 {
+            let obs = Observation::Applied(seen(secret("t", "a", 20 + i % 7), 1));
+            state.observe(obs, &status);
+        }
+        // A Secret no Ingress names, created and deleted within the window.
+        state.observe(Observation::Applied(seen(secret("t", "b", 5), 2)), &status);
+        state.observe(Observation::Deleted(seen(secret("t", "b", 5), 2)), &status);
+        let plan = state.take_proposal(&table).unwrap();
+        assert_eq!(flatten(&plan.entries), ["upsert Secret t/a"]);
+    }
+
+    #[test]
+    fn over_limit_objects_are_refused_once_and_never_push_out_another_namespace() {
+        let limits = Limits {
+            max_object_bytes: 100 << 10,
+            max_namespace_bytes: 1 << 20,
+            max_namespace_objects: 10,
+        };
+        let config = config(limits);
+        let mut objects = vec![
+            (ingress("quiet", "web", Some("cert")), 100),
+            (secret("quiet", "cert", 1000), 100),
+        ];
+        for i in 0..30 {
+            objects.push((ingress("flood", &format!("i{i:02}"), None), i));
+        }
+        objects.push((ingress("flood", "huge", Some("big")), 0));
+        objects.push((secret("flood", "big", 200 << 10), 0));
+        let mut state = listed(&config, &objects);
+        let mut table = RoutingTable::default();
+        let plan = state.take_proposal(&table).unwrap();
+        let refused: Vec<String> = plan
+            .refused
+            .iter()
+            .map(|r| format!("{} {} {}", r.refusal.reason(), r.kind, r.key))
+            .collect();
+        assert!(refused.contains(&"ObjectTooLarge Secret flood/big".to_owned()));
+        // huge (created 0) and i00..i08 fill flood's 10; i09.. are refused.
+        assert_eq!(
+            refused
+                .iter()
+                .filter(|r| r.starts_with("NamespaceQuotaExceeded"))
+                .count(),
+            21,
+            "{refused:?}"
+        );
+        assert!(!refused.iter().any(|r| r.contains("quiet/")));
+        apply_all(&mut table, &plan.entries);
+        assert!(
+            table
+                .input(ResourceKind::Ingress, &ObjectKey::new("quiet", "web"))
+                .is_some()
+        );
+        assert!(
+            table
+                .input(ResourceKind::Secret, &ObjectKey::new("quiet", "cert"))
+                .is_some()
+        );
+        assert!(
+            table
+                .input(ResourceKind::Ingress, &ObjectKey::new("flood", "i08"))
+                .is_some()
+        );
+        assert!(
+            table
+                .input(ResourceKind::Ingress, &ObjectKey::new("flood", "i09"))
+                .is_none()
+        );
+        assert!(
+            table
+                .input(ResourceKind::Secret, &ObjectKey::new("flood", "big"))
+                .is_none()
+        );
+
+        // The oldest flood Ingress goes: the next one takes its place, reported nowhere
+        // again; the refusals already reported are not repeated.
+        let (status, _) = mpsc::unbounded_channel();
+        state.observe(
+            Observation::Deleted(seen(ingress("flood", "i00", None), 0)),
+            &status,
+        );
+        let plan = state.take_proposal(&table).unwrap();
+        assert!(plan.refused.is_empty(), "{:?}", plan.refused);
+        assert_eq!(
+            flatten(&plan.entries),
+            ["delete Ingress flood/i00", "upsert Ingress flood/i09"]
         );
     }
 }

@@ -131,6 +131,8 @@ mod tests {
             })),
             load_balancer: Vec::new(),
             resource_version: None,
+            created: None,
+            uid: None,
         }
     }
 

@@ -6,6 +6,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod c2_bounded_resync;
+mod c2_compaction;
 mod c2_h1_unreferenced_secrets;
 mod h3_host_ownership;
 

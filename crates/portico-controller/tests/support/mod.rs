@@ -98,6 +98,8 @@ pub struct Cluster {
     pub writes: Arc<Mutex<Vec<StatusWrite>>>,
     pub admin: Client,
     pub timings: Timings,
+    /// Applied to each controller's configuration as it starts.
+    pub configure: fn(&mut ControllerConfig),
 }
 
 pub fn init_tracing() {
@@ -155,6 +157,28 @@ impl Cluster {
     }
 
     pub async fn start_with(timings: Timings) -> Self {
+        let mut cluster = Self::replicas(
+            timings,
+            RaftSettings::default(),
+            TransportSettings::default(),
+            |_| {},
+        )
+        .await;
+        for i in 0..3 {
+            cluster.start_controller(i);
+        }
+        cluster
+    }
+
+    /// Three replicas with `raft` (but this suite's Raft timings) and `transport` settings
+    /// and no controller yet; each controller started later gets its configuration through
+    /// `configure`.
+    pub async fn replicas(
+        timings: Timings,
+        raft: RaftSettings,
+        transport: TransportSettings,
+        configure: fn(&mut ControllerConfig),
+    ) -> Self {
         init_tracing();
         let api = ApiServer::builder().build().unwrap();
         let admin = Client::new(api.service(), NAMESPACE);
@@ -181,9 +205,9 @@ impl Cluster {
                     heartbeat_interval: Duration::from_millis(100),
                     election_timeout_min: Duration::from_millis(600),
                     election_timeout_max: Duration::from_millis(1200),
-                    ..RaftSettings::default()
+                    ..raft.clone()
                 },
-                transport: TransportSettings::default(),
+                transport: transport.clone(),
             };
             let replica = Replica::start(config, listener).await.unwrap();
             let cut = Arc::new(AtomicBool::new(false));
@@ -196,17 +220,15 @@ impl Cluster {
                 client,
             });
         }
-        let mut cluster = Self {
+        let cluster = Self {
             api,
             nodes,
             writes,
             admin,
             timings,
+            configure,
         };
         cluster.wait_for_raft_leader().await;
-        for i in 0..3 {
-            cluster.start_controller(i);
-        }
         cluster
     }
 
@@ -221,6 +243,7 @@ impl Cluster {
         ) = self.timings;
         config.debounce = Duration::from_millis(20);
         config.publish_status_addresses = vec![STATUS_ADDRESS.to_owned()];
+        (self.configure)(&mut config);
         let mut registry = Registry::default();
         let controller = Controller::new(
             config,
