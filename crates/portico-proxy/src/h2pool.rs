@@ -242,19 +242,11 @@ impl H2Pool {
             loop {
                 interval.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                // Let go after the lock: dropping a sender wakes its connection task.
-                let mut gone = Vec::new();
                 if let Ok(mut conns) = inner.conns.lock() {
-                    conns.retain(|key, open| {
-                        let keep = !open.sender.is_closed()
-                            && open.last_used.elapsed() < UPSTREAM_IDLE_TIMEOUT;
-                        if !keep {
-                            gone.push((key.clone(), open.sender.clone()));
-                        }
-                        keep
+                    conns.retain(|_, open| {
+                        !open.sender.is_closed() && open.last_used.elapsed() < UPSTREAM_IDLE_TIMEOUT
                     });
                 }
-                drop(gone);
             }
         });
     }
@@ -263,5 +255,103 @@ impl H2Pool {
 async fn drive<F: Future<Output = hyper::Result<()>>>(conn: F, target: Target) {
     if let Err(e) = conn.await {
         tracing::debug!(upstream = %target, error = %e, "upstream HTTP/2 connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    /// An h2c backend answering each request with its `:authority`, closing each connection
+    /// after `per_connection` responses (when set). Counts accepted connections.
+    async fn backend(per_connection: Option<usize>) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let served = Arc::new(AtomicUsize::new(0));
+                let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+                let done_tx = Arc::new(Mutex::new(Some(done_tx)));
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let n = served.fetch_add(1, Ordering::SeqCst) + 1;
+                    if per_connection == Some(n)
+                        && let Some(tx) = done_tx.lock().unwrap().take()
+                    {
+                        let _ = tx.send(());
+                    }
+                    let authority = req.uri().authority().map(|a| a.to_string());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(authority.unwrap_or_default()),
+                        )))
+                    }
+                });
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = done_rx => {
+                            // Answer what was asked, then say goodbye (GOAWAY).
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(pool: &H2Pool, addr: SocketAddr) -> String {
+        let req = Request::get("http://app.test/x")
+            .body(crate::body::empty())
+            .unwrap();
+        let resp = pool
+            .send(
+                Target::Endpoint(addr),
+                BackendProtocol::H2c,
+                Duration::from_secs(2),
+                req,
+            )
+            .await
+            .unwrap_or_else(|f| panic!("{}", f.error));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_share_one_connection_and_name_their_own_authority() {
+        let (addr, accepted) = backend(None).await;
+        let pool = H2Pool::new(Arc::from([]));
+        for _ in 0..5 {
+            assert_eq!(get(&pool, addr).await, "app.test");
+        }
+        let all = futures_util::future::join_all((0..8).map(|_| get(&pool, addr))).await;
+        assert!(all.iter().all(|a| a == "app.test"), "{all:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_backend_closes_is_replaced() {
+        let (addr, accepted) = backend(Some(1)).await;
+        let pool = H2Pool::new(Arc::from([]));
+        for _ in 0..5 {
+            assert_eq!(get(&pool, addr).await, "app.test");
+        }
+        assert!(
+            accepted.load(Ordering::SeqCst) >= 2,
+            "a fresh connection was made"
+        );
     }
 }
