@@ -34,6 +34,11 @@ pub fn config(args: &RunArgs, settings: Settings) -> anyhow::Result<ControllerCo
     config.settings = settings;
     config.publish_status_addresses = args.publish_status_address.clone();
     config.watch_namespaces = args.watch_namespaces.iter().cloned().collect();
+    config.limits = portico_model::Limits {
+        max_object_bytes: args.max_object_bytes,
+        max_namespace_bytes: args.max_namespace_bytes,
+        max_namespace_objects: args.max_namespace_objects,
+    };
     if let Some(service) = &args.publish_service {
         let key = parse_key(service).map_err(|e| e.context("--publish-service"))?;
         config.publish_service = Some((key.namespace.to_string(), key.name.to_string()));

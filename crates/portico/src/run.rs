@@ -102,6 +102,18 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub watch_namespaces: Vec<String>,
+    /// Largest object (Ingress, Service, EndpointSlice, TLS Secret) the routing table takes,
+    /// in bytes as replicated; a larger one is refused with an ObjectTooLarge Event. At most
+    /// 112 KiB (one Raft log entry is at most 128 KiB).
+    #[arg(long, env = "PORTICO_MAX_OBJECT_BYTES", default_value_t = portico_model::Limits::default().max_object_bytes)]
+    pub max_object_bytes: usize,
+    /// Bytes one namespace's objects may take in the routing table; past it its newest
+    /// objects are refused (NamespaceQuotaExceeded), never another namespace's.
+    #[arg(long, env = "PORTICO_MAX_NAMESPACE_BYTES", default_value_t = portico_model::Limits::default().max_namespace_bytes)]
+    pub max_namespace_bytes: usize,
+    /// Objects one namespace may have in the routing table; past it its newest are refused.
+    #[arg(long, env = "PORTICO_MAX_NAMESPACE_OBJECTS", default_value_t = portico_model::Limits::default().max_namespace_objects)]
+    pub max_namespace_objects: usize,
 
     // --- Raft ---
     /// The Raft store (a persistent volume in a StatefulSet).
@@ -693,6 +705,19 @@ mod tests {
         assert_eq!(explicit.initial_members().unwrap(), vec!["a:1", "b:2"]);
         assert_eq!(host_of("[::1]:9444"), "::1");
         assert_eq!(host_of("portico-0.x:9444"), "portico-0.x");
+    }
+
+    #[test]
+    fn limits_default_to_the_models_and_an_object_limit_above_one_entry_is_refused() {
+        let settings = portico_model::Settings::default();
+        let config = crate::controller::config(&args(&[]), settings.clone()).unwrap();
+        assert_eq!(config.limits, portico_model::Limits::default());
+        let a = args(&["--max-object-bytes", "50000", "--max-namespace-objects", "7"]);
+        let config = crate::controller::config(&a, settings.clone()).unwrap();
+        assert_eq!(config.limits.max_object_bytes, 50_000);
+        assert_eq!(config.limits.max_namespace_objects, 7);
+        let too_big = args(&["--max-object-bytes", "1048576"]);
+        assert!(crate::controller::config(&too_big, settings).is_err());
     }
 
     #[test]
