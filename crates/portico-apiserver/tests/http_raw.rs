@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use portico_apiserver::{ApiServer, ApiService};
+use portico_test_support::wait_for;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -41,6 +42,17 @@ async fn post(svc: &ApiService, uri: &str, body: Value) -> (StatusCode, Value) {
 
 /// Reads watch frames (JSON lines) until `count` frames or the timeout.
 async fn watch_frames(svc: &ApiService, uri: &str, count: usize) -> (StatusCode, Vec<Value>) {
+    watch_frames_telling(svc, uri, count, |_| {}).await
+}
+
+/// [`watch_frames`], calling `on_frame` with each frame as it arrives: the signal that the
+/// watch is open, for a test that acts on open watches.
+async fn watch_frames_telling(
+    svc: &ApiService,
+    uri: &str,
+    count: usize,
+    mut on_frame: impl FnMut(&Value),
+) -> (StatusCode, Vec<Value>) {
     let req = Request::builder()
         .uri(uri)
         .body(Full::new(Bytes::new()))
@@ -60,7 +72,9 @@ async fn watch_frames(svc: &ApiService, uri: &str, count: usize) -> (StatusCode,
         }
         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
-            frames.push(serde_json::from_slice(&line).unwrap());
+            let frame = serde_json::from_slice(&line).unwrap();
+            on_frame(&frame);
+            frames.push(frame);
         }
     }
     (status, frames)
@@ -240,11 +254,12 @@ async fn watch_frames_bookmarks_and_in_stream_410() {
     // Label selector transitions become ADDED / DELETED.
     let now = server.store().current_rv();
     let sel = format!("{CMS}?watch=true&labelSelector=x%3Dy&resourceVersion={now}");
+    // The watch starts at resourceVersion `now`: the patches below reach it whenever it is
+    // registered, so nothing has to wait for it.
     let watcher = tokio::spawn({
         let svc = svc.clone();
         async move { watch_frames(&svc, &sel, 2).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let merge = "application/merge-patch+json";
     call(
         &svc,
@@ -298,12 +313,25 @@ async fn admin_endpoint_switches_faults() {
     put(json!({"expireNextWatch": true})).await;
     let (_, frames) = watch_frames(&svc, &format!("{CMS}?watch=true"), 1).await;
     assert_eq!(frames[0]["object"]["code"], 410);
-    // drop-watches ends open streams.
+    // drop-watches ends open streams: once the watch has sent its first frame (ADDED for
+    // the ConfigMap), it is open.
+    let (opened, mut first) = tokio::sync::mpsc::unbounded_channel();
     let w = tokio::spawn({
         let svc = svc.clone();
-        async move { watch_frames(&svc, &format!("{CMS}?watch=true"), 100).await }
+        async move {
+            let uri = format!("{CMS}?watch=true");
+            watch_frames_telling(&svc, &uri, 100, |f| drop(opened.send(f.clone()))).await
+        }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let frame = wait_for(
+        "the watch's first frame",
+        Duration::from_secs(10),
+        first.recv(),
+    )
+    .await
+    .unwrap()
+    .expect("a frame");
+    assert_eq!(frame["type"], "ADDED", "{frame}");
     call(
         &svc,
         Method::POST,
@@ -312,9 +340,9 @@ async fn admin_endpoint_switches_faults() {
         Bytes::new(),
     )
     .await;
-    let (_, frames) = tokio::time::timeout(Duration::from_secs(10), w)
+    let (_, frames) = wait_for("the dropped watch to end", Duration::from_secs(10), w)
         .await
-        .expect("stream ended")
+        .unwrap()
         .unwrap();
     assert_eq!(frames.len(), 1, "{frames:?}");
     let (status, _) = call(

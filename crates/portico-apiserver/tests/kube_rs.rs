@@ -10,6 +10,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchPara
 use kube::runtime::{reflector, watcher};
 use kube::{Client, ResourceExt};
 use portico_apiserver::ApiServer;
+use portico_test_support::poll_until;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -249,22 +250,19 @@ async fn reflector_follows_create_update_delete() {
         .iter()
         .map(|c| (c.name_any(), c.resource_version().unwrap()))
         .collect();
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
-        let state: BTreeMap<String, String> = reader
+    // The reflector's store offers nothing to subscribe to: poll it.
+    let state = || -> BTreeMap<String, String> {
+        reader
             .state()
             .iter()
             .map(|c| (c.name_any(), c.resource_version().unwrap()))
-            .collect();
-        if state == expected {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "reflector out of sync: {state:?} vs {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .collect()
+    };
+    poll_until("the reflector to hold every version", LONG, || {
+        std::future::ready((state() == expected).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?} vs {expected:?}", state()));
     assert_eq!(expected.len(), 10);
 }
 
@@ -353,18 +351,13 @@ async fn forced_410_makes_the_watcher_relist_and_resync() {
             .unwrap();
     }
     api.delete("c0", &DeleteParams::default()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
-        let names: HashSet<String> = reader.state().iter().map(|c| c.name_any()).collect();
-        if names.len() == 9 && !names.contains("c0") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "reflector never resynced: {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let names = || -> HashSet<String> { reader.state().iter().map(|c| c.name_any()).collect() };
+    poll_until("the reflector to resync without c0", LONG, || {
+        let names = names();
+        std::future::ready((names.len() == 9 && !names.contains("c0")).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", names()));
 }
 
 #[tokio::test]
@@ -516,11 +509,11 @@ async fn kube_client_over_http_from_the_kubeconfig() {
     api.create(&PostParams::default(), &cm("over-http", "1"))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + LONG;
-    while reader.state().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until("the reflector to see over-http", LONG, || {
+        std::future::ready((!reader.state().is_empty()).then_some(()))
+    })
+    .await
+    .unwrap();
     // Faults through the admin endpoint: 503, then back to normal.
     let admin = format!("{}/admin/faults", handle.url());
     let put = tokio::process::Command::new("curl")
@@ -755,13 +748,12 @@ async fn reflector_with_streaming_lists() {
     api.delete("before0", &DeleteParams::default())
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
-        let names: HashSet<String> = reader.state().iter().map(|c| c.name_any()).collect();
-        if names.len() == 5 && names.contains("after") && !names.contains("before0") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{names:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let names = || -> HashSet<String> { reader.state().iter().map(|c| c.name_any()).collect() };
+    poll_until("the reflector to see after and not before0", LONG, || {
+        let names = names();
+        let done = names.len() == 5 && names.contains("after") && !names.contains("before0");
+        std::future::ready(done.then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", names()));
 }

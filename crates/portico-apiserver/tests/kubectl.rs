@@ -2,11 +2,12 @@
 //! server's reported minor, so each test serves a chosen minor; every test gets a fresh HOME and
 //! KUBECONFIG.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use portico_apiserver::{ApiServer, ServerHandle};
+use portico_test_support::{poll_until, testdata};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -22,12 +23,6 @@ struct Output {
     ok: bool,
     stdout: String,
     stderr: String,
-}
-
-fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name)
 }
 
 impl Kubectl {
@@ -129,7 +124,7 @@ async fn workflow(minor: u32) {
     assert!(ns.contains("default") && ns.contains("Active"), "{ns}");
 
     // Client-side apply of the docs' minimal Ingress, unchanged.
-    let minimal = data("minimal-ingress.yaml");
+    let minimal = testdata("minimal-ingress.yaml");
     let out = k.ok(&["apply", "-f", minimal.to_str().unwrap()]).await;
     assert!(
         out.contains("ingress.networking.k8s.io/minimal-ingress created"),
@@ -302,7 +297,7 @@ async fn workflow(minor: u32) {
     );
 
     // The conformance manifests, unchanged.
-    for entry in std::fs::read_dir(data("conformance")).unwrap() {
+    for entry in std::fs::read_dir(testdata("manifests")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
             let out = k.ok(&["apply", "-f", path.to_str().unwrap()]).await;
@@ -358,16 +353,18 @@ async fn workflow(minor: u32) {
         .spawn()
         .unwrap();
     // Wait until the server has marked the object, then check kubectl is still waiting.
-    let mut marked = false;
-    for _ in 0..100 {
-        let ing = k.json(&["get", "ingress", "minimal-ingress"]).await;
-        if ing["metadata"]["deletionTimestamp"].is_string() {
-            marked = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(marked, "DELETE never reached the server");
+    poll_until(
+        "the DELETE to mark the object",
+        Duration::from_secs(10),
+        || async {
+            let ing = k.json(&["get", "ingress", "minimal-ingress"]).await;
+            ing["metadata"]["deletionTimestamp"]
+                .is_string()
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
     assert!(
         delete.try_wait().unwrap().is_none(),
         "kubectl delete --wait returned while a finalizer was pending"
