@@ -11,6 +11,9 @@
 //! * `store`: the log, vote and snapshots in one redb file (`raft.redb`) in the data
 //!   directory; the state machine (the routing table) in memory.
 //! * `identity`: the node ID, stored with the log.
+//! * `incarnation`: a new incarnation at every start, carried by every RPC, so a restored
+//!   or cloned volume is refused instead of voting with a stale vote and log.
+//! * `recover`: [`force_single_voter`], the way out of a lost quorum.
 //! * `transport`: HTTP/2 over mutually authenticated TLS between replicas.
 //! * `replica`: openraft wiring, forwarding of writes, bootstrap and membership.
 //!
@@ -42,10 +45,15 @@
 //! replica joins it instead (so a wiped `portico-0` never starts a second cluster). Use
 //! `podManagementPolicy: Parallel` so all initial members come up together.
 //!
-//! **Restart.** The replica reopens its store: same ID, same log. The table is rebuilt
-//! from the stored snapshot, then the log up to the stored commit index is re-applied;
-//! the leader then sends whatever it missed (log entries, or a snapshot if they were
-//! compacted away).
+//! **Restart.** The replica reopens its store: same ID, same log, a new incarnation (its
+//! peers take it once the previous one has been quiet for an election timeout). The table
+//! is rebuilt from the stored snapshot, then the log up to the stored commit index is
+//! re-applied; the leader then sends whatever it missed (log entries, or a snapshot if
+//! they were compacted away).
+//!
+//! **Restored or cloned volume.** Never start one: its peers refuse it (see the
+//! `incarnation` module) and it reports [`ReplicaMetrics::stale_volume`]. Delete the data
+//! directory; the replica rejoins as a wiped one.
 //!
 //! **Scale up / wiped replica.** A replica whose store is empty draws a fresh ID and asks
 //! a contact to add it (the request is forwarded to the leader). The leader adds it as a
@@ -57,6 +65,9 @@
 //! **Scale down.** Call [`Replica::remove_member`] with the departing node's ID (see
 //! [`ReplicaMetrics::voters`]) before deleting the pod, one member at a time, keeping a
 //! majority of the remaining voters up.
+//!
+//! **Quorum lost for good.** Stop one survivor, run [`force_single_voter`] on its data
+//! directory (`portico raft recover`), delete the lost replicas' volumes, start again.
 //!
 //! **Compaction.** After `snapshot_after_entries` entries a snapshot is built (the table's
 //! own encoding plus the highest epoch), stored, and the log purged up to it, keeping

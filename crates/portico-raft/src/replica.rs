@@ -859,6 +859,16 @@ impl Inner {
         if let Err(e) = self.raft.add_learner(request.node_id, node, true).await {
             return client_write_failure(e);
         }
+        // Read again: the catch-up can take long, and another join (a second wiped replica)
+        // may have changed the membership meanwhile; promoting from the old copy would drop
+        // that newcomer or bring back the identity it replaced (M6).
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
         let stale: BTreeSet<NodeId> = membership
             .nodes()
             .filter(|(id, node)| **id != request.node_id && node.addr == request.addr)

@@ -7,7 +7,10 @@
 //! connect/RPC timeouts, exponential reconnect backoff, and a bound on the request bytes in
 //! flight to it (a semaphore of bytes). Raft RPCs carry the target node ID in a header; a
 //! replica refuses (`421`) RPCs meant for another ID, so a wiped replica that came back at
-//! the same address under a fresh ID never answers for its old identity.
+//! the same address under a fresh ID never answers for its old identity. Every request and
+//! answer carries the sender's incarnation, and Raft RPCs what the sender knows of the
+//! target's: a stale copy of a volume is refused (`409`), or finds out and stands down
+//! (`410`); see the `incarnation` module.
 //!
 //! Why HTTP/2 over TCP rather than QUIC: replication is a handful of long-lived peer pairs
 //! on a cluster network, where QUIC's strengths (connection migration, 0-RTT, independent
