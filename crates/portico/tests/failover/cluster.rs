@@ -482,23 +482,54 @@ impl Cluster {
             Backend::InProcess => NAMESPACE,
             Backend::Real => "portico-system",
         };
-        let (ca, ca_key) = write_ca(dir.path());
+        let mut cluster = Cluster {
+            replicas: Vec::new(),
+            echoes: Vec::new(),
+            api,
+            dir,
+            lease_namespace,
+        };
+        // A port free_port found may be taken before the replica binds it (kubectl's and
+        // curl's own ephemeral ports come from the same range, and other tests run
+        // alongside): a replica that exits while starting has every replica started again,
+        // on fresh ports with fresh data.
+        for attempt in 0.. {
+            cluster.replicas = cluster.spawn_replicas(n, attempt, extra);
+            match cluster.wait_ready() {
+                Ok(()) => break,
+                Err(failed) if attempt < 2 => {
+                    eprintln!("{failed}; starting the replicas again");
+                    cluster.replicas.clear();
+                }
+                Err(failed) => panic!("{failed}"),
+            }
+        }
+        let all: Vec<usize> = (0..n).collect();
+        cluster.wait_leader(&all, Duration::from_secs(60));
+        cluster
+    }
+
+    /// `n` replicas, a Raft cluster of their own (attempt `attempt`'s data dirs).
+    fn spawn_replicas(&self, n: usize, attempt: usize, extra: &[&str]) -> Vec<Replica> {
+        let tries = self.dir.path().join(format!("try-{attempt}"));
+        std::fs::create_dir_all(&tries).unwrap();
+        let (ca, ca_key) = write_ca(&tries);
         let raft: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let members: Vec<String> = raft.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let mut replicas = Vec::new();
         for (i, raft_port) in raft.iter().enumerate() {
-            let kubeconfig = api.kubeconfig(i, dir.path());
+            let kubeconfig = self.api.kubeconfig(i, self.dir.path());
             let (http, https, admin) = (free_port(), free_port(), free_port());
             let mut args: Vec<String> = [
                 "run",
                 "--pod-name",
                 &format!("portico-{i}"),
                 "--namespace",
-                lease_namespace,
+                self.lease_namespace,
                 "--kubeconfig",
                 &kubeconfig.to_string_lossy(),
                 "--data-dir",
-                &dir.path().join(format!("data-{i}")).to_string_lossy(),
+                &tries.join(format!("data-{i}")).to_string_lossy(),
                 "--raft-listen",
                 &format!("127.0.0.1:{raft_port}"),
                 "--initial-members",
@@ -528,29 +559,42 @@ impl Cluster {
             args.extend(extra.iter().map(|s| s.to_string()));
             let name = format!("portico-{i}");
             replicas.push(Replica {
-                proc: Proc::spawn(&name, &args, dir.path().join(format!("{name}.log"))),
+                proc: Proc::spawn(&name, &args, tries.join(format!("{name}.log"))),
                 http,
                 https,
                 admin: format!("127.0.0.1:{admin}"),
             });
         }
-        let cluster = Cluster {
-            replicas,
-            echoes: Vec::new(),
-            api,
-            dir,
-            lease_namespace,
-        };
-        for r in &cluster.replicas {
-            wait_until(
+        replicas
+    }
+
+    /// Waits until every replica is ready; the error names one that exited instead, with the
+    /// end of its log.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        for r in &mut self.replicas {
+            let ready = wait_until(
                 &format!("{} /readyz", r.proc.name),
                 Duration::from_secs(60),
-                || get(&r.admin, "/readyz").filter(|(code, _)| *code == 200),
+                || {
+                    let child = r.proc.child.as_mut()?;
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Some(Err(status));
+                    }
+                    get(&r.admin, "/readyz").filter(|(code, _)| *code == 200)?;
+                    Some(Ok(()))
+                },
             );
+            if let Err(status) = ready {
+                let log = r.proc.log_text();
+                let tail: Vec<&str> = log.lines().filter(|l| !l.starts_with("  ")).collect();
+                return Err(format!(
+                    "{} exited while starting ({status}):\n{}",
+                    r.proc.name,
+                    tail[tail.len().saturating_sub(6)..].join("\n")
+                ));
+            }
         }
-        let all: Vec<usize> = (0..n).collect();
-        cluster.wait_leader(&all, Duration::from_secs(60));
-        cluster
+        Ok(())
     }
 
     /// How far each replica's log has got: marks for [`Cluster::assert_no_403`].
@@ -752,7 +796,16 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            // What the replicas said, to judge a failure without rerunning.
+            // What the replicas (and a real API server) said, to judge a failure without
+            // rerunning.
+            if let Some((real, _)) = &self.api.real {
+                let log = real.log();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!("---- last lines of kube-testenv's log ----");
+                for l in &lines[lines.len().saturating_sub(30)..] {
+                    eprintln!("{l}");
+                }
+            }
             for r in &mut self.replicas {
                 // Whether it is still running, or how it ended (a crash leaves no log line).
                 let state = match r.proc.child.as_mut().map(|c| c.try_wait()) {

@@ -246,7 +246,14 @@ fn events_are_stored_by_the_real_server_with_reason_type_object_and_series() {
     assert!(old[0].series.is_none(), "{:?}", old[0]);
     let first_count = old[0].count;
 
-    // The Service appears (the problem goes), then goes again (the problem is back).
+    // The Service appears (the problem goes), then goes again (the problem is back). The
+    // leader's count of invalid Ingresses shows when it has seen the problem go.
+    let invalid = |cluster: &Cluster| {
+        let metrics = cluster.metrics(0)?;
+        let name = "portico_controller_invalid_ingresses{reason=\"ServiceNotFound\"}";
+        Some(metric(&metrics, name).unwrap_or(0.0))
+    };
+    assert_eq!(invalid(&cluster), Some(1.0), "the problem counted");
     let services: Api<Service> = Api::namespaced(cluster.api.client.clone(), NAMESPACE);
     cluster.api.apply::<Service>(json!({
         "apiVersion": "v1", "kind": "Service",
@@ -254,9 +261,7 @@ fn events_are_stored_by_the_real_server_with_reason_type_object_and_series() {
         "spec": {"ports": [{"port": 80, "protocol": "TCP"}]},
     }));
     wait_until("the problem gone", Duration::from_secs(30), || {
-        let metrics = cluster.metrics(0)?;
-        let invalid = "portico_controller_invalid_ingresses{reason=\"ServiceNotFound\"}";
-        (metric(&metrics, invalid).unwrap_or(0.0) == 0.0).then_some(())
+        (invalid(&cluster)? == 0.0).then_some(())
     });
     cluster
         .api
