@@ -21,6 +21,26 @@
 //! [`openapi`] and [`table`] (what kubectl reads), [`protobuf`] (protobuf request bodies),
 //! [`faults`], [`persist`] (data directory),
 //! [`server`] (builder, tower service, HTTP serving, kubeconfig).
+//!
+//! # Known differences from kube-apiserver
+//!
+//! `crates/portico/tests/real_apiserver/differential.rs` sends one sequence of kubectl
+//! commands and raw requests to this server and to a real kube-apiserver and compares the
+//! answers field by field. It asserts each difference below, so a fix shows up there:
+//! - **Loopback endpoints are accepted.** kube-apiserver refuses an EndpointSlice address in
+//!   127.0.0.0/8 or ::1 (422); this server stores it, because `portico local` and the
+//!   controller tests run their backends on loopback addresses.
+//! - **Strategic merge of a keyed list keeps the stored order** (e.g. a Service's ports);
+//!   kube-apiserver puts the patch's elements first, in the patch's order.
+//! - **A failed JSON patch `test`** answers 422 with a message naming the failed operation and
+//!   no empty `details`; kube-apiserver's message stops at "due to an error in our request".
+//!
+//! Outside what it compares, by design: no authentication or authorization (every client is
+//! an administrator), no admission webhooks and no controllers (deleting a namespace deletes
+//! its objects at once; nothing collects garbage), a watch window counted in events
+//! ([`ApiServerBuilder::watch_window`]) rather than etcd's compaction, JSON responses only, and
+//! field ownership computed from a small per-kind schema (which fields are maps, atomic
+//! structs, keyed lists) instead of the OpenAPI documents.
 
 pub mod apply;
 pub mod discovery;

@@ -10,6 +10,7 @@ mod common;
 mod control;
 mod controller_suite;
 mod deploy;
+mod differential;
 mod explain;
 mod kubectl_create;
 mod local;
