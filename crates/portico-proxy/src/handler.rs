@@ -388,9 +388,10 @@ struct UpstreamHead {
 }
 
 /// The head the backend sees: hop-by-hop headers stripped (RFC 9110 §7.6.1), the upgrade
-/// asked again, the routed host, the forwarding values (added by the exchange), the
-/// upstream version, and the path (rewritten, canonical or as sent). `None`: the path does
-/// not make a request target (400).
+/// asked again, the routed host, the forwarding values (added to the head, or written by
+/// the lean exchange itself, once the upstream path is chosen), the upstream version, and
+/// the path (rewritten, canonical or as sent). `None`: the path does not make a request
+/// target (400).
 fn upstream_request(
     shared: &Shared,
     conn: ConnInfo,

@@ -91,7 +91,10 @@ fn is_canonical(path: &[u8]) -> bool {
     true
 }
 
-/// Unreserved escapes decoded, the rest upper-cased; separators and NUL refused.
+/// Unreserved escapes decoded, the rest upper-cased; separators and NUL refused. Not the
+/// `percent-encoding` crate's decoder (in the lock file): it decodes every escape, `%2F`
+/// into a separator, and passes a malformed one through, where this rule keeps most escapes
+/// as sent and refuses the malformed.
 fn decode_unreserved(path: &str) -> Result<String, PathError> {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
