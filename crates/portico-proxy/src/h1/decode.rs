@@ -10,8 +10,15 @@ use http_body::{Frame, SizeHint};
 
 use super::head::MAX_RESPONSE_HEADERS;
 
-/// A chunk-size line (with extensions) or the trailer section larger than this is refused.
-const MAX_CHUNK_LINE: usize = 4096;
+/// Chunk extension bytes (after each `;`) one body may carry in all; the byte that reaches
+/// this is refused, as hyper's decoder refuses it.
+const MAX_EXTENSION_BYTES: u64 = 16 * 1024;
+/// A trailer section (CRLFs included) this long or longer is refused, as hyper refuses it.
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// A chunk-size line longer than this is refused, complete or not: lines are parsed whole
+/// from the buffer, so they are bounded. Room for all the extension bytes hyper allows; only
+/// padding hyper streams past byte by byte (leading zeros, spaces) gets refused here.
+const MAX_CHUNK_LINE: usize = 32 * 1024;
 
 /// How a message body is delimited on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +65,8 @@ pub(crate) enum Decoded {
 pub(crate) struct Decoder {
     framing: Framing,
     chunk: ChunkState,
+    /// Chunk extension bytes seen so far in this body.
+    extension_bytes: u64,
 }
 
 impl Decoder {
@@ -69,6 +78,7 @@ impl Decoder {
         Self {
             framing,
             chunk: ChunkState::Size,
+            extension_bytes: 0,
         }
     }
 
@@ -126,7 +136,14 @@ impl Decoder {
         loop {
             match self.chunk {
                 ChunkState::Size => match chunk_size_line(buf)? {
+                    Some((_, len)) if len > MAX_CHUNK_LINE => {
+                        return Err("chunk size line too long");
+                    }
                     Some((size, len)) => {
+                        self.extension_bytes += extension_bytes(&buf[..len]);
+                        if self.extension_bytes >= MAX_EXTENSION_BYTES {
+                            return Err("chunk extensions over 16 KiB");
+                        }
                         buf.advance(len);
                         self.chunk = if size == 0 {
                             ChunkState::Trailers
@@ -173,11 +190,15 @@ impl Decoder {
             return Ok(Decoded::End);
         }
         let Some(end) = find(buf, b"\r\n\r\n") else {
-            if buf.len() > MAX_CHUNK_LINE {
+            // The section, still open, is already longer than the buffer.
+            if buf.len() >= MAX_TRAILER_BYTES {
                 return Err("trailers too large");
             }
             return Ok(Decoded::More);
         };
+        if end + 4 >= MAX_TRAILER_BYTES {
+            return Err("trailers too large");
+        }
         let section = buf.split_to(end + 4);
         let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
         let mut trailers = HeaderMap::new();
@@ -197,6 +218,15 @@ impl Decoder {
         self.end();
         Ok(Decoded::Frame(Frame::trailers(trailers)))
     }
+}
+
+/// The extension bytes of a complete chunk-size line: those after its first `;`, before CR.
+fn extension_bytes(line: &[u8]) -> u64 {
+    let content = &line[..line.len() - 2];
+    content
+        .iter()
+        .position(|&b| b == b';')
+        .map_or(0, |at| (content.len() - at - 1) as u64)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -338,11 +368,44 @@ mod tests {
             decode_all(Framing::Chunked, b"0\r\nBad Trailer\r\n\r\n").2,
             Err("malformed trailers")
         );
-        // A line still open past the limit is refused without waiting for its end.
-        let long = [b"5;".as_slice(), &[b'x'; MAX_CHUNK_LINE]].concat();
+        // A line longer than the limit is refused, still open or complete.
+        let zeros = [&[b'0'; MAX_CHUNK_LINE][..], b"5"].concat();
         assert_eq!(
-            decode_all(Framing::Chunked, &long).2,
+            decode_all(Framing::Chunked, &zeros).2,
             Err("chunk size line too long")
+        );
+        let line = [&zeros[..], b"\r\nhello\r\n0\r\n\r\n"].concat();
+        assert_eq!(
+            decode_all(Framing::Chunked, &line).2,
+            Err("chunk size line too long")
+        );
+        // Extension bytes count over the whole body, up to hyper's limit exactly.
+        let chunk = |ext: usize| [b"1;".as_slice(), &vec![b'x'; ext], b"\r\nd\r\n"].concat();
+        let body = |exts: &[usize]| {
+            let chunks: Vec<u8> = exts.iter().flat_map(|&e| chunk(e)).collect();
+            [&chunks[..], b"0\r\n\r\n"].concat()
+        };
+        let limit = MAX_EXTENSION_BYTES as usize;
+        assert_eq!(
+            decode_all(Framing::Chunked, &body(&[limit / 2, limit / 2 - 1])).2,
+            Ok(())
+        );
+        assert_eq!(
+            decode_all(Framing::Chunked, &body(&[limit / 2, limit / 2])),
+            (b"d".to_vec(), false, Err("chunk extensions over 16 KiB"))
+        );
+        // Trailers: a section of 16 KiB less one byte is taken, not one byte more.
+        let trailers = |len: usize| {
+            let line = [b"X-T: ".as_slice(), &vec![b'v'; len - 9], b"\r\n\r\n"].concat();
+            [b"0\r\n".as_slice(), &line].concat()
+        };
+        assert_eq!(
+            decode_all(Framing::Chunked, &trailers(MAX_TRAILER_BYTES - 1)),
+            (Vec::new(), true, Ok(()))
+        );
+        assert_eq!(
+            decode_all(Framing::Chunked, &trailers(MAX_TRAILER_BYTES)).2,
+            Err("trailers too large")
         );
     }
 
