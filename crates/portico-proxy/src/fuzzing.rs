@@ -1,12 +1,16 @@
-//! Entry points for the fuzz targets in `fuzz/` (issue 14): thin wrappers over the request
-//! head path's private functions, so the targets run the code the proxy runs. Not an API:
-//! hidden from the docs, and free to change with the targets.
+//! Entry points for the fuzz targets in `fuzz/` (issue 14) and the differential test against
+//! hyper (`tests/h1_differential.rs`, issue 17): thin wrappers over the request head path's
+//! private functions, so they run the code the proxy runs. Not an API: hidden from the docs,
+//! and free to change with their users.
 
 use std::borrow::Cow;
 
 use bytes::BytesMut;
+use http::Method;
+use http_body_util::BodyExt as _;
+use tokio::net::TcpStream;
 
-use crate::h1::{decode, head};
+use crate::h1::{client, decode, head};
 use crate::request_path;
 
 /// The canonical path routing and policy see, or why it is refused (400).
@@ -84,4 +88,64 @@ pub fn response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, String>
 /// A chunk-size line at the front of `buf`: its size and length, `None` while incomplete.
 pub fn chunk_size_line(buf: &[u8]) -> Result<Option<(u64, usize)>, &'static str> {
     decode::chunk_size_line(buf)
+}
+
+/// What the lean upstream exchange made of a response, read to the body's end.
+#[derive(Debug)]
+pub struct LeanResponse {
+    pub status: u16,
+    /// The body's length when the framing says it (Content-Length, or none at all).
+    pub exact_length: Option<u64>,
+    /// Every body byte delivered, up to the end or the error.
+    pub body: Vec<u8>,
+    pub trailers: Vec<(String, Vec<u8>)>,
+    /// Why the body was cut off (the client sees a truncated response), if it was.
+    pub body_error: Option<String>,
+}
+
+/// Sends a bodiless request (HEAD when `head`, else GET) on `stream` and reads the response
+/// as the lean upstream path does: `Err` when it refuses the head (a 502 for the client).
+pub async fn lean_exchange(stream: TcpStream, head: bool) -> Result<LeanResponse, String> {
+    let (method, request): (Method, &[u8]) = if head {
+        (Method::HEAD, b"HEAD / HTTP/1.1\r\nhost: test\r\n\r\n")
+    } else {
+        (Method::GET, b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+    };
+    let mut conn = client::Conn::new(stream);
+    client::write_head(&mut conn, request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let resp = client::read_response(conn, &method, Box::new(drop))
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut out = LeanResponse {
+        status,
+        exact_length: http_body::Body::size_hint(&body).exact(),
+        body: Vec::new(),
+        trailers: Vec::new(),
+        body_error: None,
+    };
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Err(e) => {
+                out.body_error = Some(e.to_string());
+                break;
+            }
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => out.body.extend_from_slice(&data),
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        out.trailers.extend(
+                            trailers
+                                .iter()
+                                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())),
+                        );
+                    }
+                }
+            },
+        }
+    }
+    Ok(out)
 }
