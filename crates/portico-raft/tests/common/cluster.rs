@@ -3,9 +3,10 @@
 //! replica has its own identity as in a StatefulSet (where each Pod has its DNS name).
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use portico_raft::{RaftSettings, Replica, ReplicaConfig, TlsMaterial, TransportSettings};
+use portico_test_support::poll_until;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
@@ -141,28 +142,26 @@ impl Cluster {
     }
 
     /// Waits until every running replica sees `voters` voters and the same leader, which is
-    /// running; returns the leader's index.
+    /// running; returns the leader's index. Replica metrics are a snapshot with nothing to
+    /// subscribe to, so this polls.
     pub async fn wait_for_leader(&self, voters: usize) -> usize {
-        let started = Instant::now();
-        loop {
-            let views: Vec<_> = self.running().map(|(i, r)| (i, r.metrics())).collect();
+        let views = || -> Vec<_> { self.running().map(|(i, r)| (i, r.metrics())).collect() };
+        let agreed = || {
+            let views = views();
             let leader = views[0].1.leader;
             let agreed = views
                 .iter()
                 .all(|(_, m)| m.leader == leader && m.voters.len() == voters);
-            if let (true, Some(leader)) = (agreed, leader)
-                && let Some((i, _)) = views
-                    .iter()
-                    .find(|(_, m)| m.node_id == leader && m.is_leader)
-            {
-                return *i;
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "no agreed leader with {voters} voters: {views:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            let leader = leader.filter(|_| agreed)?;
+            let (i, _) = views
+                .iter()
+                .find(|(_, m)| m.node_id == leader && m.is_leader)?;
+            Some(*i)
+        };
+        let what = format!("an agreed leader with {voters} voters");
+        poll_until(what, PATIENCE, || std::future::ready(agreed()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {:#?}", views()))
     }
 
     /// Waits until every running replica applied `version` and holds identical table bytes.

@@ -1,4 +1,5 @@
-//! Shared test helpers: a cluster CA with rcgen, small changes, and a raw mTLS client.
+//! Shared test helpers: node certificates from the workspace's test CA, small changes, and a
+//! raw mTLS client.
 #![allow(dead_code)]
 
 pub mod cluster;
@@ -12,29 +13,25 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portico_model::{Change, ObjectKey, Resource, ServicePortSource, ServiceSource};
 use portico_raft::TlsMaterial;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use portico_test_support::{LeafSpec, TestCa};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-/// A cluster CA that signs node certificates valid for 127.0.0.1 and localhost.
+/// A cluster CA that signs node certificates, as the replicas take them ([`TlsMaterial`]).
 pub struct Pki {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    ca: TestCa,
 }
 
 impl Pki {
     pub fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Self { issuer }
+        Self {
+            ca: TestCa::new(name),
+        }
     }
 
     pub fn ca_pem(&self) -> String {
-        self.issuer.pem()
+        self.ca.cert_pem()
     }
 
     /// A node certificate for 127.0.0.1 and localhost signed by this CA, trusting this CA.
@@ -44,16 +41,11 @@ impl Pki {
 
     /// A certificate with common name `name` for `names` (DNS names or IP addresses).
     pub fn node_for(&self, name: &str, names: &[String]) -> TlsMaterial {
-        let mut params = CertificateParams::new(names.to_vec()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let leaf = self.ca.issue(&LeafSpec::new(names).common_name(name));
         TlsMaterial {
-            ca_pem: self.ca_pem().into_bytes(),
-            cert_pem: cert.pem().into_bytes(),
-            key_pem: key.serialize_pem().into_bytes(),
+            ca_pem: leaf.ca_pem.into_bytes(),
+            cert_pem: leaf.cert_pem.into_bytes(),
+            key_pem: leaf.key_pem.into_bytes(),
         }
     }
 }
