@@ -71,6 +71,17 @@ impl Output {
         self.lines.lock().unwrap().clone()
     }
 
+    /// Waits until every stream read has ended (the child exited or closed them), for at most
+    /// `deadline`; returns all the lines.
+    pub async fn ended(&self, deadline: Duration) -> Result<Vec<String>, WaitError> {
+        let mut count = self.count.clone();
+        wait_for("the child's output to end", deadline, async {
+            while count.changed().await.is_ok() {}
+        })
+        .await?;
+        Ok(self.lines())
+    }
+
     /// Waits for a line (read earlier or later) for which `pred` holds, for at most `deadline`;
     /// fails at once if the streams end first (the child exited without saying it).
     pub async fn wait_for_line(
@@ -212,5 +223,25 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, WaitError::Closed { .. }), "{err}");
         assert_eq!(output.lines().len(), 2);
+        let all = output.ended(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(all, ["starting", "ready http=[127.0.0.1:9]"]);
+    }
+
+    #[tokio::test]
+    async fn both_streams_are_read_until_both_end() {
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", "echo out; echo err >&2"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let output = Output::default();
+        output.read(child.stdout.take().unwrap());
+        output.read(child.stderr.take().unwrap());
+        output.seal();
+        let mut all = output.ended(Duration::from_secs(10)).await.unwrap();
+        all.sort();
+        assert_eq!(all, ["err", "out"]);
     }
 }
