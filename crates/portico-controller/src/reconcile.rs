@@ -985,6 +985,13 @@ fn load_balancer_patch(addresses: &[LbAddress]) -> Value {
     serde_json::json!({"status": {"loadBalancer": {"ingress": list}}})
 }
 
+/// The routing model's benchmark cluster: 10,000 Ingresses, 1,000 Services with 30
+/// endpoints each, 1,000 TLS Secrets, in one namespace.
+#[cfg(test)]
+#[allow(dead_code, unused_imports)]
+#[path = "../../portico-model/benches/support/cluster.rs"]
+mod cluster;
+
 #[cfg(test)]
 mod tests {
     use portico_model::{IngressTlsSource, SecretSource};
@@ -1122,6 +1129,64 @@ mod tests {
                 "delete Ingress t/i3",
                 "delete Secret t/s3"
             ]
+        );
+    }
+
+    /// Before: one `Resync` entry of the whole table. After: bounded entries, and a marker
+    /// of a few bytes when a new leader finds the table matching. The figures:
+    /// `cargo test -p portico-controller --lib ten_thousand -- --nocapture`.
+    #[test]
+    fn a_ten_thousand_ingress_resync_is_bounded_entries_and_a_matching_one_a_few_bytes() {
+        let mut config = ControllerConfig::new("portico", "test");
+        config.settings = Settings::default();
+        let objects: Vec<(Resource, i64)> = cluster::large_cluster()
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (r, i as i64))
+            .collect();
+        let before = Change::Resync {
+            settings: config.settings.clone(),
+            resources: objects.iter().map(|(r, _)| r.clone()).collect(),
+        }
+        .encoded_len();
+        let mut state = listed(&config, &objects);
+        let mut table = RoutingTable::default();
+        let plan = state.take_proposal(&table).unwrap();
+        assert!(
+            plan.refused.is_empty(),
+            "the default limits refuse none of it"
+        );
+        let sizes: Vec<usize> = plan.entries.iter().map(Change::encoded_len).collect();
+        let total: usize = sizes.iter().sum();
+        let largest = *sizes.iter().max().unwrap();
+        assert!(largest <= MAX_ENTRY_BYTES);
+        // An Upsert's tag per object and a few bytes per entry, nothing more.
+        assert!(
+            total <= before + objects.len() + 16 * sizes.len(),
+            "{total} vs {before}"
+        );
+        apply_all(&mut table, &plan.entries);
+        let compiled = RoutingTable::compile(
+            config.settings.clone(),
+            objects.iter().map(|(r, _)| r.clone()).collect(),
+        );
+        let inputs = |t: &RoutingTable| {
+            t.input_keys()
+                .map(|(kind, key)| t.input(kind, key))
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            inputs(&table) == inputs(&compiled),
+            "the chunks build the same table"
+        );
+        assert_eq!(table.routes().count(), compiled.routes().count());
+        let mut next = listed(&config, &objects);
+        let again = next.take_proposal(&table).unwrap();
+        let marker: usize = again.entries.iter().map(Change::encoded_len).sum();
+        assert!(marker < 8, "{marker} bytes");
+        println!(
+            "10,000-Ingress resync: before one entry of {before} bytes; after {} entries, {total} bytes in all, the largest {largest} bytes; a new leader over the same table: {marker} bytes",
+            sizes.len()
         );
     }
 
