@@ -32,6 +32,52 @@ impl Drop for TaskGuard {
     }
 }
 
+/// The standalone binary, for the tests that run the proxy as a process.
+pub const STANDALONE: &str = env!("CARGO_BIN_EXE_portico-proxy-standalone");
+
+/// A started standalone proxy: the child, its stdout and stderr read line by line, and the
+/// `ready http=[…] https=[…] h3=[…]` line it printed. It binds port 0 itself and reports
+/// what it got, so no port is chosen for it and released first.
+pub struct Standalone {
+    pub child: tokio::process::Child,
+    pub output: portico_test_support::child::Output,
+    ready: String,
+}
+
+impl Standalone {
+    /// Starts `command` (its output piped and read) and waits for the ready line.
+    pub async fn start(mut command: tokio::process::Command) -> Standalone {
+        use std::process::Stdio;
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("spawn standalone proxy");
+        let output = portico_test_support::child::Output::default();
+        output.read(child.stdout.take().unwrap());
+        output.read(child.stderr.take().unwrap());
+        output.seal();
+        let ready = output
+            .wait_for_line("the ready line", Duration::from_secs(30), |l| {
+                l.starts_with("ready ")
+            })
+            .await
+            .unwrap();
+        Standalone {
+            child,
+            output,
+            ready,
+        }
+    }
+
+    /// The first address the `listener` (`http`, `https` or `h3`) bound.
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        portico_test_support::child::addr_after(&self.ready, listener)
+            .unwrap_or_else(|| panic!("no {listener} address in {:?}", self.ready))
+    }
+}
+
 /// An echo backend: answers with a JSON description of the request it received.
 /// `/bytes/N` streams N bytes; `/upload` counts the body; `/slow/MS` waits first;
 /// `/trailers` ends with gRPC-style trailers; `/ws` is a WebSocket echo.

@@ -1,11 +1,9 @@
 //! The per-request observation point: counters by protocol and status class, upstream
 //! errors, the latency histogram, and the access log (only when enabled).
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use portico_proxy::{Protocol, StatusClass};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::common::*;
@@ -64,8 +62,6 @@ async fn counters_count_requests_by_protocol_and_status_class() {
     assert!(m.latency.sum_seconds > 0.0);
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_portico-proxy-standalone");
-
 /// Runs the standalone binary (with `extra` flags), sends one request with a query string,
 /// stops it, and returns its stderr.
 async fn standalone_stderr(extra: &[&str]) -> String {
@@ -74,7 +70,7 @@ async fn standalone_stderr(extra: &[&str]) -> String {
         "observe-routes.yaml",
         &(service("echo", &[backend.addr]) + &ingress("e", "log.test", "/", "echo", &[])),
     );
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(STANDALONE);
     cmd.args([
         "--table",
         file.path(),
@@ -84,35 +80,19 @@ async fn standalone_stderr(extra: &[&str]) -> String {
         "1",
     ])
     .args(extra)
-    .env("RUST_LOG", "info")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .stdin(Stdio::null())
-    .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("spawn standalone proxy");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("ready line in time")
-        .unwrap()
-        .expect("ready line");
-    let http = line
-        .split("http=[")
-        .nth(1)
-        .and_then(|r| r.split(']').next())
-        .expect("http address");
-    let url = format!("http://{http}/logged/path?token=s3cr3t");
+    .env("RUST_LOG", "info");
+    let mut proxy = Standalone::start(cmd).await;
+    let url = format!("http://{}/logged/path?token=s3cr3t", proxy.addr("http"));
     assert_eq!(curl_status(&["-H", "Host: log.test", &url]).await, 200);
-    let pid = child.id().unwrap().to_string();
+    let pid = proxy.child.id().unwrap().to_string();
     assert!(run("kill", &["-TERM", &pid]).await.status.success());
-    let mut stderr = String::new();
-    let mut pipe = child.stderr.take().unwrap();
-    tokio::time::timeout(Duration::from_secs(30), pipe.read_to_string(&mut stderr))
+    let lines = proxy
+        .output
+        .ended(Duration::from_secs(30))
         .await
-        .expect("proxy exits after SIGTERM")
-        .unwrap();
-    let _ = child.wait().await;
-    stderr
+        .expect("proxy exits after SIGTERM");
+    let _ = proxy.child.wait().await;
+    lines.join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

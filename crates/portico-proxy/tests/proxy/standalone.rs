@@ -1,41 +1,26 @@
 //! The standalone binary, and process-level behaviour: reload, drain, fd exhaustion, IPv6,
 //! idle connections.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use portico_test_support::child::{Output, addr_after};
 use portico_test_support::poll_until;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_portico-proxy-standalone");
-
-/// Starts `command` with its stdout and stderr read line by line, and waits for its
-/// `ready http=[…]` line: the proxy binds port 0 itself and says which port it got. Returns
-/// the first HTTP address.
-async fn start_standalone(mut command: Command) -> (Child, Output, std::net::SocketAddr) {
-    command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let mut child = command.spawn().expect("spawn standalone proxy");
-    let output = Output::default();
-    output.read(child.stdout.take().unwrap());
-    output.read(child.stderr.take().unwrap());
-    output.seal();
-    let line = output
-        .wait_for_line("the ready line", Duration::from_secs(30), |l| {
-            l.starts_with("ready ")
-        })
-        .await
-        .unwrap();
-    let addr = addr_after(&line, "http").expect("an HTTP address");
-    (child, output, addr)
+/// Starts `command` as a [`Standalone`]; returns the child, its output and its HTTP address.
+async fn start_standalone(
+    command: Command,
+) -> (
+    tokio::process::Child,
+    portico_test_support::child::Output,
+    std::net::SocketAddr,
+) {
+    let proxy = Standalone::start(command).await;
+    let http = proxy.addr("http");
+    (proxy.child, proxy.output, http)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,7 +30,7 @@ async fn standalone_serves_reloads_on_sighup_and_drains_on_sigterm() {
         "routes.yaml",
         &(service("echo", &[backend.addr]) + &ingress("e", "one.test", "/", "echo", &[])),
     );
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(STANDALONE);
     cmd.args([
         "--table",
         file.path(),
@@ -103,7 +88,7 @@ async fn accept_loop_survives_file_descriptor_exhaustion() {
         &(service("echo", &[backend.addr]) + &ingress("e", "fd.test", "/", "echo", &[])),
     );
     let script = format!(
-        "ulimit -n 64; exec {BIN} --table {} --http 127.0.0.1:0 --workers 1",
+        "ulimit -n 64; exec {STANDALONE} --table {} --http 127.0.0.1:0 --workers 1",
         file.path()
     );
     let mut cmd = Command::new("bash");

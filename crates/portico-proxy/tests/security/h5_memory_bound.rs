@@ -22,8 +22,6 @@ use tokio::process::{Child, Command};
 use crate::common::*;
 use crate::raw_h2;
 
-const BIN: &str = env!("CARGO_BIN_EXE_portico-proxy-standalone");
-
 /// Measured: 89 MiB (about 8 KiB per idle connection or slow stream, with its upstream
 /// connection); the bound leaves headroom for allocator and kernel differences.
 const SLOW_AND_IDLE_BOUND: u64 = 160 << 20;
@@ -83,37 +81,20 @@ async fn raise_nofile() {
 
 /// The standalone proxy on `table`: the child, its HTTP and its QUIC address.
 async fn start_proxy(table: &TempFile) -> (Child, SocketAddr, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args([
-            "--table",
-            table.path(),
-            "--http",
-            "127.0.0.1:0",
-            "--h3",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn standalone proxy");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("ready in time")
-        .unwrap()
-        .expect("ready line");
-    let addr = |key: &str| -> SocketAddr {
-        line.split(key)
-            .nth(1)
-            .and_then(|r| r.split(']').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("{key} in {line}"))
-    };
-    (child, addr(" http=["), addr(" h3=["))
+    let mut command = Command::new(STANDALONE);
+    command.args([
+        "--table",
+        table.path(),
+        "--http",
+        "127.0.0.1:0",
+        "--h3",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+    ]);
+    let proxy = Standalone::start(command).await;
+    let (http, h3) = (proxy.addr("http"), proxy.addr("h3"));
+    (proxy.child, http, h3)
 }
 
 /// Idle connections from 127.0.1.1 upwards, 500 per address: under the default per-IP limit.
