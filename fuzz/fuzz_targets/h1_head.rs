@@ -1,5 +1,5 @@
-//! The HTTP/1.1 head path: the lean loop's request verdict (h1server), the upstream
-//! response head parser with its framing facts, and the chunk-size line (h1conn). None may
+//! The HTTP/1.1 head path (`h1::head`, `h1::decode`): the lean loop's request verdict, the
+//! upstream response head parser with its framing facts, and the chunk-size line. None may
 //! panic; each is held to what must be true of its answer, and requests to httparse's own
 //! verdict. The first byte picks the parser, the rest is the input.
 #![no_main]
