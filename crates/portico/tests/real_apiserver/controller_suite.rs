@@ -13,7 +13,20 @@ mod scenarios;
 #[path = "../failover/stream.rs"]
 mod stream;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use cluster::Backend::Real;
+use cluster::{Cluster, NAMESPACE, metric, node_address};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use scenarios::{CLASS, CONTROLLER, apply_ingress, simple_ingress, wait_status};
+use serde_json::{Value, json};
+
+use crate::common::wait_until;
 
 #[test]
 fn docs_conformance_and_tls_ingresses_are_served_everywhere_and_status_has_one_writer() {
@@ -41,20 +54,6 @@ fn api_server_stopped_every_replica_keeps_serving_then_the_leader_resyncs() {
 fn publish_service_addresses_follow_the_service_and_leave_with_the_class() {
     scenarios::publish_service_addresses_follow_the_service_and_leave_with_the_class(Real);
 }
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
-
-use cluster::{Cluster, NAMESPACE, metric, node_address};
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::Ingress;
-use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use scenarios::{CLASS, CONTROLLER, apply_ingress, simple_ingress, wait_status};
-use serde_json::{Value, json};
-
-use crate::common::wait_until;
 
 /// One replica against the real server (as deploy/'s ServiceAccount), publishing this
 /// machine's address, with our IngressClass as the default and the echo Service `web`.
