@@ -988,7 +988,6 @@ fn load_balancer_patch(addresses: &[LbAddress]) -> Value {
 /// The routing model's benchmark cluster: 10,000 Ingresses, 1,000 Services with 30
 /// endpoints each, 1,000 TLS Secrets, in one namespace.
 #[cfg(test)]
-#[allow(dead_code, unused_imports)]
 #[path = "../../portico-model/benches/support/cluster.rs"]
 mod cluster;
 
