@@ -235,9 +235,14 @@ fn members(object: &Value, kind: &str) -> Vec<Vec<String>> {
     out
 }
 
-/// Structs owned as a whole (`+structType=atomic`): an Ingress backend's Service port.
+/// Structs owned as a whole (`+structType=atomic`): an Ingress backend's Service port, an
+/// Event's object references.
 fn atomic_struct(kind: &str, path: &[&str]) -> bool {
-    kind == "Ingress" && path.ends_with(&["service", "port"])
+    match kind {
+        "Ingress" => path.ends_with(&["service", "port"]),
+        "Event" => matches!(path, ["involvedObject" | "related" | "regarding"]),
+        _ => false,
+    }
 }
 
 /// The key fields of a list element in FieldsV1 (`k:{...}`): a Service port is keyed by port

@@ -34,6 +34,9 @@
 //!   kube-apiserver puts the patch's elements first, in the patch's order.
 //! - **A failed JSON patch `test`** answers 422 with a message naming the failed operation and
 //!   no empty `details`; kube-apiserver's message stops at "due to an error in our request".
+//! - **Server-side Table columns carry no descriptions** (kubectl prints none).
+//! - **A watch bookmark's object** is apiVersion, kind and metadata only; kube-apiserver's is
+//!   the kind's Go zero value (an Ingress's has `spec: {}` and `status: {loadBalancer: {}}`).
 //!
 //! Outside what it compares, by design: no authentication or authorization (every client is
 //! an administrator), no admission webhooks and no controllers (deleting a namespace deletes

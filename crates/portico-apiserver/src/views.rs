@@ -51,11 +51,20 @@ fn rename(
 }
 
 fn event_to_view(core: &Value) -> Value {
-    rename(
+    let mut view = rename(
         core,
         "events.k8s.io/v1",
         EVENT_FIELDS.iter().map(|(v, c)| (*c, *v)),
-    )
+    );
+    // Core encodes these empty; events.k8s.io/v1 leaves them out (omitempty).
+    if let Some(map) = view.as_object_mut() {
+        for field in ["reportingController", "reportingInstance"] {
+            if map.get(field).is_some_and(|v| v == "") {
+                map.remove(field);
+            }
+        }
+    }
+    view
 }
 
 fn event_to_storage(view: &Value) -> Value {

@@ -36,6 +36,7 @@ pub(crate) fn decode(
     }
     let mut typed = typed;
     drop_empty_maps(info, &mut typed, &mut Vec::new());
+    go_zero_fields(info, &mut typed);
     Ok(typed)
 }
 
@@ -94,5 +95,18 @@ fn drop_empty_maps(info: &ResourceInfo, value: &mut Value, path: &mut Vec<String
         path.push(k.clone());
         drop_empty_maps(info, v, path);
         path.pop();
+    }
+}
+
+/// Fields Go always encodes (no `omitempty`) that the Rust types leave out when unset: a core
+/// Event's `eventTime` (null) and reporting component and instance (empty).
+fn go_zero_fields(info: &ResourceInfo, value: &mut Value) {
+    if (info.group, info.kind) != ("", "Event") {
+        return;
+    }
+    if let Some(map) = value.as_object_mut() {
+        map.entry("eventTime").or_insert(Value::Null);
+        map.entry("reportingComponent").or_insert_with(|| "".into());
+        map.entry("reportingInstance").or_insert_with(|| "".into());
     }
 }

@@ -117,11 +117,13 @@ pub(crate) fn defaults(
 }
 
 /// The fields the registry allocates rather than the scheme defaults (a Namespace's
-/// finalizers, a Service's cluster IPs and IP families), as JSON pointers. kube-apiserver sets
+/// finalizers, a Service's cluster IPs and IP families), and those only encoding fills in (a
+/// core Event's zero `eventTime` and reporting fields), as JSON pointers. kube-apiserver sets
 /// them after it has tracked the request's fields, so no manager owns them unless its request
 /// set them.
 fn allocated(info: &ResourceInfo) -> &'static [&'static str] {
     match (info.group, info.kind) {
+        ("", "Event") => &["/eventTime", "/reportingComponent", "/reportingInstance"],
         ("", "Namespace") => &["/spec/finalizers"],
         ("", "Service") => &[
             "/spec/clusterIP",
