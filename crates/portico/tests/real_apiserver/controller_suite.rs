@@ -77,16 +77,49 @@ fn log_lines(cluster: &Cluster, from: usize, message: &str) -> Vec<Value> {
 }
 
 /// A concurrent writer changes the Ingresses (an annotation, as fast as the real server
-/// answers) while the leader wants to write their status: its writes carry the
-/// resourceVersion it read as a precondition, the real server refuses the stale ones with
-/// 409, and the leader retries from what the watch shows next. Once the writer stops, every
-/// Ingress gets its status, and the writer's last change is what the server holds (the
-/// status write overwrote nothing).
+/// answers) while the leader has their status to write: its writes carry the resourceVersion
+/// it read as a precondition, the real server refuses the stale ones with 409, and the leader
+/// retries from what the watch shows next. The published address (`--publish-service`)
+/// flips every half second until a refusal is seen, so every flip is one more status write
+/// per Ingress racing the writer. Once the writer stops, every Ingress gets the last address,
+/// and the writer's last change is what the server holds (the status writes overwrote
+/// nothing).
 #[test]
 fn a_status_write_racing_a_concurrent_change_is_refused_with_409_and_retried() {
     let _serial = scenarios::serial();
-    let (cluster, address) = one_replica(&[]);
-    let names: Vec<String> = (0..8).map(|i| format!("race-{i}")).collect();
+    let mut cluster = Cluster::start_n(Real, 1, &["--publish-service", "default/portico-lb"]);
+    cluster.ingress_class(CLASS, CONTROLLER, true);
+    cluster.echo_service("web", 1);
+    cluster.api.apply::<Service>(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "portico-lb", "namespace": NAMESPACE},
+        "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+    }));
+    let services: Api<Service> = Api::namespaced(cluster.api.client.clone(), NAMESPACE);
+    let publish = |ip: &str| {
+        let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}});
+        cluster
+            .api
+            .runtime
+            .block_on(services.patch_status(
+                "portico-lb",
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            ))
+            .unwrap();
+    };
+    publish("192.0.2.1");
+    let names: Vec<String> = (0..4).map(|i| format!("race-{i}")).collect();
+    for name in &names {
+        apply_ingress(
+            &cluster,
+            simple_ingress(name, &format!("{name}.race.test"), "web", CLASS),
+        );
+    }
+    for name in &names {
+        wait_status(&cluster, name, &["192.0.2.1"]);
+    }
+
     let api: Api<Ingress> = Api::namespaced(cluster.api.client.clone(), NAMESPACE);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -99,44 +132,40 @@ fn a_status_write_racing_a_concurrent_change_is_refused_with_409_and_retried() {
                 for name in &names {
                     seq += 1;
                     let patch = json!({"metadata": {"annotations": {"test/seq": seq.to_string()}}});
-                    let patched = runtime.block_on(api.patch(
-                        name,
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    ));
-                    // Only an Ingress not created yet may be missing.
-                    match patched {
-                        Ok(_) => {
-                            last.insert(name.clone(), seq);
-                        }
-                        Err(kube::Error::Api(e)) if e.code == 404 => {}
-                        Err(e) => panic!("the concurrent writer's patch of {name}: {e}"),
-                    }
+                    runtime
+                        .block_on(api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)))
+                        .unwrap_or_else(|e| panic!("the concurrent writer's patch of {name}: {e}"));
+                    last.insert(name.clone(), seq);
                 }
             }
             (seq, last)
         })
     };
     let mark = cluster.replicas[0].proc.log_text().len();
-    for name in &names {
-        apply_ingress(
-            &cluster,
-            simple_ingress(name, &format!("{name}.race.test"), "web", CLASS),
-        );
-    }
-    // The leader meets the writer: at least one status write refused with the real 409.
     let refused = "status write refused: the Ingress changed since we read it";
-    wait_until(
-        "a status write refused with 409",
-        Duration::from_secs(60),
-        || (!log_lines(&cluster, mark, refused).is_empty()).then_some(()),
-    );
-    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    let mut flips = 0;
+    let mut address = "192.0.2.1";
+    while log_lines(&cluster, mark, refused).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no status write refused with 409 in {flips} address changes"
+        );
+        address = if address == "192.0.2.1" {
+            "192.0.2.2"
+        } else {
+            "192.0.2.1"
+        };
+        publish(address);
+        flips += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::SeqCst);
     let (patches, last) = writer.join().unwrap();
     let refusals = log_lines(&cluster, mark, refused).len();
     for name in &names {
-        wait_status(&cluster, name, &[&address]);
+        wait_status(&cluster, name, &[address]);
         let ingress = cluster.api.runtime.block_on(api.get(name)).unwrap();
         let seq = ingress.metadata.annotations.unwrap_or_default()["test/seq"].clone();
         assert_eq!(
@@ -152,7 +181,8 @@ fn a_status_write_racing_a_concurrent_change_is_refused_with_409_and_retried() {
         "{refusals} refusals logged, {errors} counted"
     );
     eprintln!(
-        "{patches} concurrent patches; {refusals} status writes refused with 409, then every status written"
+        "{patches} concurrent patches, {flips} address changes; {refusals} status writes \
+         refused with 409, then every status written"
     );
     cluster.assert_no_403(None);
 }
