@@ -394,9 +394,15 @@ impl Incarnations {
         self.stale.subscribe()
     }
 
-    /// RPCs and answers refused for a stale or not-yet-taken incarnation.
+    /// RPCs and answers refused for a stale or not-yet-taken incarnation, and Raft RPCs a
+    /// stale peer declined.
     pub(crate) fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Counts a Raft RPC declined by a peer that found its own volume stale (410).
+    pub(crate) fn note_stale_peer(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Marks this replica's own volume as stale (for good): `why` is what a peer said.

@@ -42,7 +42,8 @@ pub struct ReplicaMetrics {
     /// from a backup or cloned): why, and what to do. It then takes no part in Raft.
     pub stale_volume: Option<String>,
     /// RPCs and answers from other nodes refused for their incarnation (a stale copy of a
-    /// volume, or a restart not taken yet), since this process started.
+    /// volume, or a restart not taken yet), and Raft RPCs declined by a node that found its
+    /// own volume stale, since this process started.
     pub refused_incarnations: u64,
     /// This start's incarnation (one more at every start of the volume).
     pub incarnation: u64,

@@ -214,6 +214,9 @@ impl PeerChannel {
                     self.addr,
                     String::from_utf8_lossy(&body[..body.len().min(512)]).trim_end()
                 ));
+            } else if status == StatusCode::GONE {
+                // The target found its own volume stale and takes no part: count it too.
+                incarnations.note_stale_peer();
             } else if status == StatusCode::OK
                 && let Some(target) = target
             {
