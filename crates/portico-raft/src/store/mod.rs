@@ -20,7 +20,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -33,6 +33,17 @@ pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
 pub(crate) const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 pub(crate) const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
 pub(crate) const KEY_NODE_ID: &str = "node_id";
+/// The store's format ([`STORE_FORMAT`]), written when the file is created.
+pub(crate) const KEY_FORMAT: &str = "format";
+
+/// How everything in `raft.redb` is encoded: postcard of openraft 0.9's entries carrying
+/// `Proposal { epoch, change: portico_model::Change }`, of the vote and of the other records
+/// (snapshots also carry their own `SNAPSHOT_FORMAT`). postcard is not self-describing, so a
+/// build that changed those types would misread an older file, or read garbage as entries:
+/// raise this with any change to their encoding (appending an enum variant keeps old data
+/// readable), and a file of another format is refused when opened, with a clear error,
+/// instead of being misread. A file from before this key existed is format 1.
+pub const STORE_FORMAT: u32 = 1;
 /// This volume's incarnation (see the `incarnation` module).
 pub(crate) const KEY_INCARNATION: &str = "incarnation";
 /// The incarnation accepted from every other node.
@@ -52,6 +63,10 @@ pub enum StoreError {
         #[source]
         source: postcard::Error,
     },
+    #[error(
+        "the Raft store is in format {found} and this build reads format {STORE_FORMAT}: run the version that wrote it, or wipe the data directory (the routing table is rebuilt from the API server)"
+    )]
+    Format { found: u32 },
     #[error("a blocking store task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("data directory {path}: {source}")]
@@ -98,7 +113,26 @@ impl Db {
         // Create both tables up front so readers never see "table does not exist".
         let tx = db.begin_write().map_err(redb::Error::from)?;
         tx.open_table(LOG).map_err(redb::Error::from)?;
-        tx.open_table(META).map_err(redb::Error::from)?;
+        {
+            let mut meta = tx.open_table(META).map_err(redb::Error::from)?;
+            let found = match meta.get(KEY_FORMAT).map_err(redb::Error::from)? {
+                Some(value) => Some(postcard::from_bytes::<u32>(value.value()).map_err(
+                    |source| StoreError::Corrupt {
+                        key: KEY_FORMAT,
+                        source,
+                    },
+                )?),
+                None => None,
+            };
+            match found {
+                Some(STORE_FORMAT) => {}
+                Some(found) => return Err(StoreError::Format { found }),
+                None => drop(
+                    meta.insert(KEY_FORMAT, encode(&STORE_FORMAT).as_slice())
+                        .map_err(redb::Error::from)?,
+                ),
+            }
+        }
         tx.commit().map_err(redb::Error::from)?;
         Ok(Self(Arc::new(db)))
     }
@@ -192,6 +226,40 @@ mod tests {
         drop(db);
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join(STORE_FILE)), 0o600);
+    }
+
+    #[test]
+    fn a_store_of_another_format_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(
+            Db::read_meta::<u32>(&db.0, KEY_FORMAT).unwrap(),
+            Some(STORE_FORMAT)
+        );
+        // A newer build's file.
+        Db::write_meta(&db.0, KEY_FORMAT, &(STORE_FORMAT + 1)).unwrap();
+        drop(db);
+        let error = Db::open(dir.path()).err().expect("refused");
+        assert!(
+            matches!(error, StoreError::Format { found } if found == STORE_FORMAT + 1),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("wipe the data directory"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_store_from_before_the_format_key_is_format_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let tx = db.0.begin_write().unwrap();
+        tx.open_table(META).unwrap().remove(KEY_FORMAT).unwrap();
+        tx.commit().unwrap();
+        drop(db);
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(Db::read_meta::<u32>(&db.0, KEY_FORMAT).unwrap(), Some(1));
     }
 
     #[test]
