@@ -188,9 +188,10 @@ impl Backend {
         }
     }
 
-    /// Watches are dropped and re-watches get 410 Expired. For the real server: two writes
-    /// (so the current revision is at least two past any resourceVersion a watcher holds, and
-    /// a re-watch starts below it), etcd compacted at that revision, then the watches dropped.
+    /// Watches are dropped and re-watches get 410 Expired. For the real server: new watches
+    /// held at the proxy, the watches cut (so no watcher's resourceVersion moves any more), two
+    /// writes (etcd's revision is now at least two past any of them, so a re-watch starts
+    /// below it), etcd compacted at that revision, and the held re-watches let through.
     /// Returns what was done, for the log.
     pub async fn force_410(&self, client: &kube::Client) -> anyhow::Result<String> {
         match self {
@@ -200,6 +201,9 @@ impl Backend {
                 Ok("next watch answered 410".to_string())
             }
             Backend::Real { plane, proxy } => {
+                let held = proxy.hold_watches().await;
+                let before = proxy.watches_cut();
+                proxy.drop_watches();
                 let maps: Api<ConfigMap> =
                     Api::namespaced(client.clone(), crate::writer::NAMESPACE);
                 for n in 0..2 {
@@ -216,9 +220,7 @@ impl Backend {
                     .await?;
                 }
                 let revision = plane.compact_etcd().await?;
-                let before = proxy.watches_cut();
-                proxy.drop_watches();
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                drop(held);
                 Ok(format!(
                     "etcd compacted at revision {revision}, {} watches cut",
                     proxy.watches_cut() - before

@@ -14,7 +14,11 @@
 //! no arrival time on the harness's clock.
 //!
 //! The drop-watches fault ends every watch response in flight (the replica's connection and
-//! its upstream one close): what a cut connection to a real server looks like.
+//! its upstream one close): what a cut connection to a real server looks like. New watch
+//! requests can be held back for a moment ([`ApiProxy::hold_watches`]), so force-410 can cut
+//! the watches, move etcd's revision past where they stopped and compact it before any
+//! re-watch reaches the server: with the writer and the leader's status writes going on, a
+//! watcher could otherwise have seen the very revision compacted at, and resume.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -50,6 +54,8 @@ pub struct ApiProxy {
     watches: Arc<Mutex<CancellationToken>>,
     /// Watch responses ended by [`ApiProxy::drop_watches`], in all.
     cut: Arc<AtomicUsize>,
+    /// New watch requests wait for a read lock; [`ApiProxy::hold_watches`] takes the write.
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for ApiProxy {
@@ -71,6 +77,11 @@ impl ApiProxy {
     pub fn drop_watches(&self) {
         let mut current = self.watches.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::take(&mut *current).cancel();
+    }
+
+    /// Holds every new watch request (before it is forwarded) until the guard is dropped.
+    pub async fn hold_watches(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.gate.clone().write_owned().await
     }
 
     /// How many watch responses the drop-watches fault has ended so far.
@@ -97,7 +108,12 @@ pub fn serve(
     let addr = listener.local_addr()?;
     let watches = Arc::new(Mutex::new(CancellationToken::new()));
     let cut = Arc::new(AtomicUsize::new(0));
-    let shared = (watches.clone(), cut.clone());
+    let gate = Arc::new(tokio::sync::RwLock::new(()));
+    let shared = Shared {
+        watches: watches.clone(),
+        cut: cut.clone(),
+        gate: gate.clone(),
+    };
     let task = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         loop {
@@ -121,7 +137,16 @@ pub fn serve(
         task,
         watches,
         cut,
+        gate,
     })
+}
+
+/// What every connection shares with the proxy's handle.
+#[derive(Clone)]
+struct Shared {
+    watches: Arc<Mutex<CancellationToken>>,
+    cut: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// One replica connection and its own upstream connection. When the upstream cannot be
@@ -131,7 +156,7 @@ async fn connection(
     replica: Option<usize>,
     upstream: Upstream,
     recorder: Arc<Recorder>,
-    (watches, cut_count): (Arc<Mutex<CancellationToken>>, Arc<AtomicUsize>),
+    shared: Shared,
 ) {
     let _ = stream.set_nodelay(true);
     let Ok(sender) = connect(&upstream).await else {
@@ -141,19 +166,27 @@ async fn connection(
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let sender = sender.clone();
         let recorder = recorder.clone();
-        let watches = watches.clone();
-        let cut_count = cut_count.clone();
+        let shared = shared.clone();
         async move {
             // A write counts from when it arrived here, before it is forwarded.
             let t = recorder.now();
             let method = req.method().clone();
             let path = req.uri().path().to_string();
             let watch = is_watch(req.uri().query());
-            let cut = watches
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .cancelled_owned();
+            // A watch waits while watches are held, and takes the fault's signal before the
+            // gate can close again, so a later drop-watches reaches it.
+            let cut = {
+                let _open = match watch {
+                    true => Some(shared.gate.read().await),
+                    false => None,
+                };
+                shared
+                    .watches
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .cancelled_owned()
+            };
             let result = {
                 let mut sender = sender.lock().await;
                 match sender.ready().await {
@@ -181,7 +214,7 @@ async fn connection(
             let response = result?;
             Ok::<_, hyper::Error>(response.map(|body| Cuttable {
                 body,
-                cut: watch.then(|| (Box::pin(cut), cut_count)),
+                cut: watch.then(|| (Box::pin(cut), shared.cut)),
             }))
         }
     });
@@ -248,6 +281,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    use http_body_util::{Either, Full, StreamBody};
+
     #[test]
     fn watches_are_told_from_lists() {
         assert!(is_watch(Some("watch=true&resourceVersion=5")));
@@ -257,10 +292,47 @@ mod tests {
         assert!(!is_watch(None));
     }
 
-    /// A stand-in upstream over TLS: a watch streams a line every 50 ms forever, `/forbidden`
-    /// answers 403, a POST 201, anything else 200.
-    async fn upstream() -> (SocketAddr, Arc<rustls::ClientConfig>, JoinHandle<()>) {
-        use http_body_util::{Either, Full, StreamBody};
+    type UpstreamBody = Either<
+        StreamBody<
+            futures_util::stream::BoxStream<
+                'static,
+                Result<Frame<Bytes>, std::convert::Infallible>,
+            >,
+        >,
+        Full<Bytes>,
+    >;
+
+    /// The stand-in upstream's answers: a watch streams a line every 50 ms forever (and is
+    /// counted in `watches`), `/forbidden` answers 403, a POST 201, anything else 200.
+    fn answer(req: &Request<Incoming>, watches: &AtomicUsize) -> http::Response<UpstreamBody> {
+        use futures_util::StreamExt;
+        let status = match (req.method(), req.uri().path()) {
+            (_, "/forbidden") => 403,
+            (&Method::POST, _) => 201,
+            _ => 200,
+        };
+        let body = if is_watch(req.uri().query()) {
+            watches.fetch_add(1, Ordering::SeqCst);
+            let lines = futures_util::stream::unfold(0u64, |n| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let line = Bytes::from(format!("{{\"n\":{n}}}\n"));
+                Some((Ok(Frame::data(line)), n + 1))
+            });
+            Either::Left(StreamBody::new(lines.boxed()))
+        } else {
+            Either::Right(Full::new(Bytes::from_static(b"{}")))
+        };
+        http::Response::builder().status(status).body(body).unwrap()
+    }
+
+    /// A stand-in upstream over TLS (see [`answer`]): its address, a client config trusting
+    /// it, its accept loop, and the count of watches it received.
+    async fn upstream() -> (
+        SocketAddr,
+        Arc<rustls::ClientConfig>,
+        JoinHandle<()>,
+        Arc<AtomicUsize>,
+    ) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
             .unwrap()
@@ -286,33 +358,20 @@ mod tests {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let watches = Arc::new(AtomicUsize::new(0));
+        let seen = watches.clone();
         let task = tokio::spawn(async move {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
                 let acceptor = acceptor.clone();
+                let seen = seen.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                        let status = match (req.method(), req.uri().path()) {
-                            (_, "/forbidden") => 403,
-                            (&Method::POST, _) => 201,
-                            _ => 200,
-                        };
-                        let body = if is_watch(req.uri().query()) {
-                            let lines = futures_util::stream::unfold(0u64, |n| async move {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                let line = Bytes::from(format!("{{\"n\":{n}}}\n"));
-                                Some((Ok::<_, std::convert::Infallible>(Frame::data(line)), n + 1))
-                            });
-                            Either::Left(StreamBody::new(lines))
-                        } else {
-                            Either::Right(Full::new(Bytes::from_static(b"{}")))
-                        };
-                        Ok::<_, std::convert::Infallible>(
-                            http::Response::builder().status(status).body(body).unwrap(),
-                        )
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let response = answer(&req, &seen);
+                        async move { Ok::<_, std::convert::Infallible>(response) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), svc)
@@ -320,7 +379,7 @@ mod tests {
                 });
             }
         });
-        (addr, Arc::new(client), task)
+        (addr, Arc::new(client), task, watches)
     }
 
     fn curl(args: &[&str]) -> tokio::process::Child {
@@ -347,12 +406,13 @@ mod tests {
     }
 
     /// Over real sockets with curl: requests go through to a TLS upstream and back, writes
-    /// and 403s are recorded with the sender's replica and the status, drop-watches ends a
-    /// watch in flight (curl sees the transfer cut) and not a list, and with the upstream
-    /// gone a request's connection closes unanswered.
+    /// and 403s are recorded with the sender's replica and the status, a held watch reaches
+    /// the upstream only once released, drop-watches ends a watch in flight (curl sees the
+    /// transfer cut) and not a later one, and with the upstream gone a request's connection
+    /// closes unanswered.
     #[tokio::test]
-    async fn forwards_records_cuts_watches_and_closes_when_the_upstream_is_gone() {
-        let (addr, tls, server) = upstream().await;
+    async fn forwards_records_holds_cuts_watches_and_closes_when_the_upstream_is_gone() {
+        let (addr, tls, server, upstream_watches) = upstream().await;
         let recorder = Arc::new(Recorder::new(1));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = serve(listener, Upstream { addr, tls }, recorder.clone(), |ip| {
@@ -379,8 +439,13 @@ mod tests {
             assert_eq!(o.api_forbidden[0].path, "/forbidden");
         });
 
+        let held = proxy.hold_watches().await;
         let watch = curl(&[&format!("{base}/api/v1/things?watch=true")]);
         tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(upstream_watches.load(Ordering::SeqCst), 0, "held");
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(upstream_watches.load(Ordering::SeqCst), 1, "let through");
         assert_eq!(proxy.watches_cut(), 0);
         proxy.drop_watches();
         let (code, _) = finish(watch).await;
