@@ -3,12 +3,13 @@
 //! * `real` (what `tests/run` runs): the real kube-apiserver and etcd ([`crate::realapi`]),
 //!   reached by the replicas through [`crate::apiproxy`] as deploy/'s ServiceAccount. The
 //!   faults are real: api-unavailable stops kube-apiserver and starts it again over the same
-//!   etcd (a restart also empties its watch caches, so watchers of the cached kinds re-watch
-//!   into 410 and relist); drop-watches closes every watch connection; force-410 writes twice,
-//!   compacts etcd past every resourceVersion the replicas hold and then drops the watches, so
-//!   the re-watches of the kinds served from etcd ([`crate::realapi::UNCACHED_KINDS`]) get 410
-//!   from etcd and relist (the run checks the leader's log for both). Real validation,
-//!   defaulting and RBAC judge every object and call.
+//!   etcd (stop, 10 s, start: longer than the lease, so the next leader lists afresh);
+//!   drop-watches closes every watch connection; force-410 holds new watches at the proxy,
+//!   cuts the watches, writes twice and compacts etcd (past every resourceVersion the
+//!   replicas hold), then lets the re-watches through, so those of the kinds served from etcd
+//!   ([`crate::realapi::UNCACHED_KINDS`]) get 410 from etcd and relist (the run checks the
+//!   leader's log for both). Real validation, defaulting and RBAC judge every object and
+//!   call.
 //! * `in-process`: portico-apiserver, served by [`crate::apifront`], with its fault hooks
 //!   (503 to every request, every watch ended, the next watch answered 410).
 
