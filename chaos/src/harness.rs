@@ -1,7 +1,7 @@
 //! One chaos run, start to end: network, API server (real or in-process, see [`crate::api`]),
-//! replicas, load, writer, faults, final checks, report. Every resource is held by a guard (processes, namespaces, the API
-//! server's task), so an error, a panic or a cancelled future (Ctrl-C, the time bound)
-//! still removes everything.
+//! replicas, load, writer, faults, final checks, report. Every resource is held by a guard
+//! (processes, namespaces, the API server and its front), so an error, a panic or a cancelled
+//! future (Ctrl-C, the time bound) still removes everything.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -272,17 +272,15 @@ async fn inject(fault: Fault, ctx: &mut Ctx<'_>) -> anyhow::Result<FaultWindow> 
                 // The leader watches five kinds: some watch must have been cut.
                 let cut = after - before;
                 eprintln!("portico-chaos: drop-watches: {cut} watches cut");
-                ctx.checks.push(Check::from_violations(
-                    "drop-watches: the real server's watch connections were cut",
-                    if cut == 0 {
-                        vec!["no watch was in flight".to_string()]
-                    } else {
-                        Vec::new()
+                let name = "drop-watches: the real server's watch connections were cut";
+                ctx.checks.push(match cut {
+                    0 => Check::from_violations(name, vec!["no watch was in flight".into()]),
+                    n => Check {
+                        name: name.to_string(),
+                        passed: true,
+                        details: vec![format!("{n} watch responses ended")],
                     },
-                ));
-                if let Some(c) = ctx.checks.last_mut().filter(|c| c.passed) {
-                    c.details.push(format!("{cut} watch responses ended"));
-                }
+                });
             }
         }
         Fault::Force410 => {
