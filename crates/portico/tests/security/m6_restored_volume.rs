@@ -1,4 +1,10 @@
-//! M6: losing quorum has a documented, tested way out (`portico raft recover`).
+//! M6 with `portico run`: a restored volume fails the replica's probes, and losing quorum
+//! has a documented, tested way out (`portico raft recover`).
+//!
+//! The holder of a backup of a replica's volume restores it after the replica ran on. The
+//! restored replica must not serve its stale table as if all were well: its `/healthz` and
+//! `/readyz` fail saying the volume is a stale copy to delete, `portico_raft_stale_volume`
+//! is 1, and the other two keep serving new Ingresses.
 //!
 //! Two of three replicas are lost for good (SIGKILL, volumes deleted). The survivor keeps
 //! serving the last committed table, but nothing new commits: a new Ingress is never
@@ -157,6 +163,19 @@ impl Drop for Replicas {
                     eprintln!("{l}");
                 }
             }
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
         }
     }
 }
@@ -323,6 +342,84 @@ fn after_losing_quorum_raft_recover_lets_changes_commit_and_replacements_rejoin(
     let (_, metrics) = get(&replicas.admin[0], "/metrics").unwrap();
     assert!(metrics.contains("portico_raft_voters 3"), "{metrics}");
     assert!(metrics.contains("portico_raft_stale_volume 0"), "{metrics}");
+
+    drop(replicas);
+    let _ = echo.kill();
+    let _ = echo.wait();
+    runtime.block_on(handle.shutdown());
+}
+
+#[test]
+fn a_restored_volume_fails_its_probes_and_says_to_wipe_it() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = portico_apiserver::ApiServer::builder()
+        .minor_version(33)
+        .build()
+        .unwrap();
+    let handle = runtime
+        .block_on(async { server.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await?) })
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    handle.write_kubeconfig(&kubeconfig).unwrap();
+    let echo_port = free_port();
+    let mut echo = Command::new(PORTICO)
+        .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
+        .args(["--service", "echo", "--pod", "echo-0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    kubectl_apply(&kubeconfig, &backend_yaml(echo_port));
+    kubectl_apply(&kubeconfig, &ingress("before"));
+    let mut replicas = Replicas::new(dir.path(), &kubeconfig, 3);
+    for i in 0..3 {
+        replicas.spawn(i);
+    }
+    for i in 0..3 {
+        replicas.wait_ready(i);
+    }
+
+    // The backup of portico-1's volume, taken while it is stopped; then it runs on.
+    replicas.kill(1);
+    let backup = dir.path().join("backup");
+    copy_dir(&replicas.data_dir(1), &backup);
+    replicas.spawn(1);
+    replicas.wait_ready(1);
+    // Its peers take the new incarnation once the old one has been quiet for an election
+    // timeout (1.2 s); until then nothing it says counts, and a copy of what it was before
+    // would be harmless. Past that, it acknowledges for real.
+    std::thread::sleep(Duration::from_secs(3));
+    kubectl_apply(&kubeconfig, &ingress("later"));
+    for i in 0..3 {
+        replicas.wait_served(i, "later");
+    }
+
+    // Restored and started: it fails its probes, saying what to do.
+    replicas.kill(1);
+    std::fs::remove_dir_all(replicas.data_dir(1)).unwrap();
+    copy_dir(&backup, &replicas.data_dir(1));
+    replicas.spawn(1);
+    let (_, health) = wait_until(
+        "portico-1 /healthz failing",
+        Duration::from_secs(60),
+        || get(&replicas.admin[1], "/healthz").filter(|(code, _)| *code == 500),
+    );
+    assert!(
+        health.contains("stale copy") && health.contains("Delete the data directory"),
+        "{health}"
+    );
+    assert_eq!(get(&replicas.admin[1], "/readyz").unwrap().0, 503);
+    let (_, metrics) = get(&replicas.admin[1], "/metrics").unwrap();
+    assert!(metrics.contains("portico_raft_stale_volume 1"), "{metrics}");
+
+    // The other two commit and serve on.
+    kubectl_apply(&kubeconfig, &ingress("after"));
+    for i in [0, 2] {
+        replicas.wait_served(i, "after");
+        let (_, metrics) = get(&replicas.admin[i], "/metrics").unwrap();
+        assert!(metrics.contains("portico_raft_stale_volume 0"), "{metrics}");
+    }
 
     drop(replicas);
     let _ = echo.kill();
