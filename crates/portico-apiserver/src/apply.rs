@@ -377,6 +377,35 @@ impl Entry {
     }
 }
 
+/// The entries as `managedFields`, in kube-apiserver's order (`sortEncodedManagedFields`):
+/// by operation (Apply first), then time in seconds, manager, apiVersion, subresource.
+fn encode_entries(all: Vec<Entry>) -> Vec<Value> {
+    let mut managed: Vec<Entry> = all.into_iter().filter(|e| !e.fields.is_empty()).collect();
+    let text = |e: &Entry, field: &str| -> String {
+        e.raw
+            .get(field)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    managed.sort_by_key(|e| {
+        (
+            text(e, "operation"),
+            text(e, "time"),
+            text(e, "manager"),
+            text(e, "apiVersion"),
+            text(e, "subresource"),
+        )
+    });
+    managed
+        .into_iter()
+        .map(|mut e| {
+            e.raw.insert("fieldsV1".into(), e.fields.to_fields_v1());
+            Value::Object(e.raw)
+        })
+        .collect()
+}
+
 fn entries(object: &Value) -> Vec<Entry> {
     object
         .pointer("/metadata/managedFields")
@@ -574,14 +603,7 @@ pub fn apply(
         Some(i) => all[i] = new_entry,
         None => all.push(new_entry),
     }
-    let managed: Vec<Value> = all
-        .into_iter()
-        .filter(|e| !e.fields.is_empty())
-        .map(|mut e| {
-            e.raw.insert("fieldsV1".into(), e.fields.to_fields_v1());
-            Value::Object(e.raw)
-        })
-        .collect();
+    let managed = encode_entries(all);
     if let Some(meta) = merged.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("managedFields".into(), Value::Array(managed));
     }
@@ -687,14 +709,7 @@ pub fn track_update(
         }
         all.push(Entry { raw, fields });
     }
-    let managed: Vec<Value> = all
-        .into_iter()
-        .filter(|e| !e.fields.is_empty())
-        .map(|mut e| {
-            e.raw.insert("fieldsV1".into(), e.fields.to_fields_v1());
-            Value::Object(e.raw)
-        })
-        .collect();
+    let managed = encode_entries(all);
     if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
         if managed.is_empty() {
             meta.remove("managedFields");

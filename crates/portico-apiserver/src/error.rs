@@ -132,10 +132,14 @@ impl ApiError {
 
     /// `422 Invalid` with one cause per field, message built like kube-apiserver's.
     pub fn invalid(info: &ResourceInfo, name: &str, causes: Vec<Cause>) -> Self {
-        let list = causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect::<Vec<_>>();
+        // As field.ErrorList.ToAggregate: the message names each distinct error once.
+        let mut list: Vec<String> = Vec::new();
+        for c in &causes {
+            let one = format!("{}: {}", c.field, c.message);
+            if !list.contains(&one) {
+                list.push(one);
+            }
+        }
         let joined = if list.len() == 1 {
             list[0].clone()
         } else {

@@ -132,15 +132,21 @@ pub fn spawn(store: Arc<Store>, faults: &Faults, req: WatchRequest) -> mpsc::Rec
                 position = event.rv;
                 let now = req.visible(&event.object);
                 let before = event.previous.as_ref().is_some_and(|p| req.visible(p));
-                let kind = match event.kind {
-                    EventType::Added if now => "ADDED",
-                    EventType::Modified if now && before => "MODIFIED",
-                    EventType::Modified if now => "ADDED",
-                    EventType::Modified if before => "DELETED",
-                    EventType::Deleted if now || before => "DELETED",
+                let sent = match event.kind {
+                    EventType::Added if now => frame("ADDED", &event.object),
+                    EventType::Modified if now && before => frame("MODIFIED", &event.object),
+                    EventType::Modified if now => frame("ADDED", &event.object),
+                    // Leaving the selector: the object as it last matched, at this version
+                    // (kube-apiserver's watch cache sends the previous object).
+                    EventType::Modified if before => {
+                        let mut left = event.previous.as_deref().cloned().unwrap_or_default();
+                        left["metadata"]["resourceVersion"] = event.rv.to_string().into();
+                        frame("DELETED", &left)
+                    }
+                    EventType::Deleted if now || before => frame("DELETED", &event.object),
                     _ => continue,
                 };
-                if tx.send(frame(kind, &event.object)).await.is_err() {
+                if tx.send(sent).await.is_err() {
                     return;
                 }
             }

@@ -30,7 +30,8 @@ pub(crate) fn decode(
                 .collect::<Vec<_>>()
                 .join(", ");
             return Err(ApiError::bad_request(format!(
-                "strict decoding error: {list}"
+                "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {list}",
+                info.kind, info.version, info.kind
             )));
         }
     }

@@ -174,7 +174,8 @@ impl Objects {
         F: FnOnce(Option<&Arc<Value>>) -> Result<Value, ApiError>,
     {
         let info = registry::get(resource);
-        self.store.mutate(resource, key, opts.dry_run, |current| {
+        let mut released = None;
+        let committed = self.store.mutate(resource, key, opts.dry_run, |current| {
             let requested = build(current)?;
             let tracked = track.then(|| requested.clone());
             let mut object = rules::prepare(
@@ -208,10 +209,20 @@ impl Objects {
                     return Ok(Mutation::Unchanged);
                 }
                 if meta(&object).get("deletionTimestamp").is_some() && !finalizers(&object) {
+                    released = Some(object);
                     return Ok(Mutation::Delete);
                 }
             }
             Ok(Mutation::Put(object))
-        })
+        })?;
+        // The write that removed the last finalizer answers with what it wrote, as
+        // kube-apiserver does, not with the object as it was stored.
+        match released {
+            Some(object) => Ok(Committed {
+                kind: committed.kind,
+                object: Arc::new(object),
+            }),
+            None => Ok(committed),
+        }
     }
 }

@@ -137,12 +137,23 @@ pub(crate) fn prepare(
                     .and_then(Value::as_array)
                     .cloned()
                     .unwrap_or_default();
-                if after.iter().any(|f| !before.contains(f)) {
-                    return Err(ApiError::invalid(info, &name, vec![Cause {
+                let added: Vec<String> = after
+                    .iter()
+                    .filter(|f| !before.contains(f))
+                    .map(|f| format!("{:?}", f.as_str().unwrap_or_default()))
+                    .collect();
+                if !added.is_empty() {
+                    let cause = Cause {
                         reason: "FieldValueForbidden".into(),
-                        message: "Forbidden: no new finalizers can be added if the object is being deleted".into(),
+                        message: format!(
+                            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                            added.join(", ")
+                        ),
                         field: "metadata.finalizers".into(),
-                    }]));
+                    };
+                    // kube-apiserver validates the update's metadata twice (generic and
+                    // strategy), so the cause comes twice.
+                    return Err(ApiError::invalid(info, &name, vec![cause.clone(), cause]));
                 }
             }
         }

@@ -125,6 +125,12 @@ impl Objects {
             },
             Part::Main,
         )?;
+        if opts.dry_run {
+            // Nothing was stored, so there is no version of it (as kube-apiserver answers).
+            let mut object = (*committed.object).clone();
+            meta_mut(&mut object).remove("resourceVersion");
+            return Ok(Arc::new(object));
+        }
         Ok(committed.object)
     }
 
@@ -316,9 +322,18 @@ impl Objects {
             };
             if let Some(uid) = preconditions.get("uid").and_then(Value::as_str)
                 && str_field(current, "uid") != Some(uid) {
-                    return Err(ApiError::new(409, "Conflict", format!(
-                        "Operation cannot be fulfilled on {} \"{}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        info.qualified_plural(), key.name, str_field(current, "uid").unwrap_or_default())));
+                    // As kube-apiserver's storage: the kind (with its group) and the name.
+                    let mut err = ApiError::new(409, "Conflict", format!(
+                        "Operation cannot be fulfilled on {} \"{}\": the UID in the precondition ({uid}) does not match the UID in record ({}). The object might have been deleted and then recreated",
+                        info.kind, key.name, str_field(current, "uid").unwrap_or_default()));
+                    err.details = Some(Box::new(crate::error::Details {
+                        name: key.name.clone(),
+                        group: info.group.into(),
+                        kind: info.kind.into(),
+                        causes: Vec::new(),
+                        retry_after_seconds: None,
+                    }));
+                    return Err(err);
                 }
             if let Some(rv) = preconditions.get("resourceVersion").and_then(Value::as_str)
                 && str_field(current, "resourceVersion") != Some(rv) {

@@ -262,7 +262,10 @@ fn normalise(value: &Value) -> Value {
                     "clusterIP" | "clusterIPs" => "<cluster-ip>",
                     // Opaque to clients, and each server encodes its own position.
                     "continue" => "<continue>",
-                    _ => return,
+                    _ => {
+                        *s = without_uuids(s);
+                        return;
+                    }
                 };
                 *s = placeholder.to_owned();
             }
@@ -271,7 +274,51 @@ fn normalise(value: &Value) -> Value {
     }
     let mut v = value.clone();
     walk(&mut v, "");
+    sort_managed_fields(&mut v);
     v
+}
+
+/// `text` with every UUID (a uid quoted in a message) replaced by `<uid>`.
+fn without_uuids(text: &str) -> String {
+    let is_uuid = |w: &[u8]| {
+        w.len() == 36
+            && w.iter().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => *b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            })
+    };
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes.len() - i >= 36 && is_uuid(&bytes[i..i + 36]) {
+            out.push_str("<uid>");
+            i += 36;
+        } else {
+            let c = text[i..].chars().next().expect("in bounds");
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+/// managedFields entries in an order of their own: kube-apiserver sorts them by the second of
+/// their time first, and two servers asked a moment apart can cross a second differently.
+fn sort_managed_fields(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::Array(entries)) = map.get_mut("managedFields") {
+                entries.sort_by_key(|e| {
+                    ["operation", "manager", "apiVersion", "subresource"]
+                        .map(|k| e[k].as_str().unwrap_or_default().to_owned())
+                });
+            }
+            map.values_mut().for_each(sort_managed_fields);
+        }
+        Value::Array(items) => items.iter_mut().for_each(sort_managed_fields),
+        _ => {}
+    }
 }
 
 /// Every path where `real` and `local` differ, with both values.
@@ -388,8 +435,12 @@ impl Both<'_> {
         let l = self.local.http(method, path, content_type, body);
         self.ledger.answers(step, &r, &l);
         for (side, answer) in [(self.real.name, &r), (self.local.name, &l)] {
-            // A DELETE answers with a Status, which has no resourceVersion.
-            if method != "GET" && answer.status < 300 && answer.body["kind"] != "Status" {
+            // A DELETE answers with a Status, and a dry run stores nothing: no resourceVersion
+            // (whether one is there is compared above).
+            if method != "GET"
+                && answer.status < 300
+                && answer.body["metadata"]["resourceVersion"].is_string()
+            {
                 self.ledger.wrote(side, step, &answer.body);
             }
         }
@@ -959,6 +1010,87 @@ fn raw_steps(both: &mut Both, api: &RealApiServer) {
         "",
     );
 
+    // Out of a label selector and back: a selector watch sees DELETED, then ADDED.
+    for (step, patch) in [
+        ("label removed", r#"{"metadata":{"labels":{"l":null}}}"#),
+        ("label back", r#"{"metadata":{"labels":{"l":"v"}}}"#),
+    ] {
+        both.http(
+            step,
+            "PATCH",
+            &format!("{INGRESSES}/raw"),
+            Some("application/merge-patch+json"),
+            patch,
+        );
+    }
+
+    // Writes that store nothing, or refuse an unknown field.
+    both.http(
+        "dry-run create",
+        "POST",
+        &format!("{CONFIGMAPS}?dryRun=All"),
+        Some("application/json"),
+        r#"{"metadata":{"name":"dry"},"data":{"a":"b"}}"#,
+    );
+    both.http(
+        "dry-run left nothing",
+        "GET",
+        &format!("{CONFIGMAPS}/dry"),
+        None,
+        "",
+    );
+    both.http(
+        "strict field validation",
+        "POST",
+        &format!("{CONFIGMAPS}?fieldValidation=Strict"),
+        Some("application/json"),
+        r#"{"metadata":{"name":"strict"},"data":{"a":"b"},"spec":{"x":1}}"#,
+    );
+
+    // A finalizer holds a deletion until it is removed.
+    both.http(
+        "create with a finalizer",
+        "POST",
+        CONFIGMAPS,
+        Some("application/json"),
+        r#"{"metadata":{"name":"held","finalizers":["example.com/hold"]},"data":{"a":"b"}}"#,
+    );
+    both.http(
+        "delete held by a finalizer",
+        "DELETE",
+        &format!("{CONFIGMAPS}/held"),
+        None,
+        "",
+    );
+    both.http(
+        "a new finalizer while deleting (422)",
+        "PATCH",
+        &format!("{CONFIGMAPS}/held"),
+        Some("application/merge-patch+json"),
+        r#"{"metadata":{"finalizers":["example.com/hold","example.com/other"]}}"#,
+    );
+    both.http(
+        "last finalizer removed",
+        "PATCH",
+        &format!("{CONFIGMAPS}/held"),
+        Some("application/merge-patch+json"),
+        r#"{"metadata":{"finalizers":null}}"#,
+    );
+    both.http(
+        "gone once released",
+        "GET",
+        &format!("{CONFIGMAPS}/held"),
+        None,
+        "",
+    );
+    both.http(
+        "delete with a stale uid precondition (409)",
+        "DELETE",
+        &format!("{CONFIGMAPS}/applied"),
+        Some("application/json"),
+        r#"{"kind":"DeleteOptions","apiVersion":"v1","preconditions":{"uid":"00000000-0000-0000-0000-000000000000"}}"#,
+    );
+
     both.http("delete", "DELETE", &format!("{INGRESSES}/raw"), None, "");
     both.http(
         "delete again (404)",
@@ -966,6 +1098,23 @@ fn raw_steps(both: &mut Both, api: &RealApiServer) {
         &format!("{INGRESSES}/raw"),
         None,
         "",
+    );
+
+    // The same with a label selector: objects enter and leave it as ADDED and DELETED.
+    let (rw, lw) = (
+        both.real.watch(&format!(
+            "{INGRESSES}?watch=1&labelSelector=l%3Dv&resourceVersion={}&timeoutSeconds=1",
+            start.0
+        )),
+        both.local.watch(&format!(
+            "{INGRESSES}?watch=1&labelSelector=l%3Dv&resourceVersion={}&timeoutSeconds=1",
+            start.1
+        )),
+    );
+    both.ledger.compare(
+        "watch with a label selector",
+        &json!({"status": rw.0, "types": rw.1.iter().map(|e| e["type"].clone()).collect::<Vec<_>>(), "events": rw.1}),
+        &json!({"status": lw.0, "types": lw.1.iter().map(|e| e["type"].clone()).collect::<Vec<_>>(), "events": lw.1}),
     );
 
     // The watch from before the raw writes: the same events, in the same order.
