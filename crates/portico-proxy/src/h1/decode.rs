@@ -83,15 +83,18 @@ impl Decoder {
     }
 
     /// The body is complete (or was given up on): nothing more will be decoded.
+    #[inline]
     pub(crate) fn is_end(&self) -> bool {
         self.framing == Framing::Empty
     }
 
     /// Stops decoding: the body ends here (after an error, or at the close).
+    #[inline]
     pub(crate) fn end(&mut self) {
         self.framing = Framing::Empty;
     }
 
+    #[inline]
     pub(crate) fn size_hint(&self) -> SizeHint {
         match self.framing {
             Framing::Empty => SizeHint::with_exact(0),
@@ -101,6 +104,8 @@ impl Decoder {
     }
 
     /// Decodes the next frame from the front of `buf`, or why the bytes cannot be this body.
+    /// (Inlined into the body's `poll_frame`, where it runs once per frame.)
+    #[inline]
     pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, &'static str> {
         match self.framing {
             Framing::Empty => Ok(Decoded::End),
