@@ -144,3 +144,26 @@ fn append_single_voter(db: &redb::Database, dry_run: bool) -> Result<Recovered, 
     tx.commit().map_err(|e| redb_error(e.into()))?;
     Ok(recovered)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_directory_without_a_cluster_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = force_single_voter(dir.path(), false).await;
+        assert!(
+            matches!(missing, Err(RecoverError::NoStore(_))),
+            "{missing:?}"
+        );
+        assert!(!dir.path().join(STORE_FILE).exists(), "no store created");
+
+        // A store with an ID but no log: never part of a cluster.
+        let db = Db::open(dir.path()).unwrap();
+        crate::identity::load_or_create(&db).await.unwrap();
+        drop(db);
+        let empty = force_single_voter(dir.path(), false).await;
+        assert!(matches!(empty, Err(RecoverError::Empty)), "{empty:?}");
+    }
+}
