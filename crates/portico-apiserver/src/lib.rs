@@ -34,16 +34,18 @@
 //!   kube-apiserver puts the patch's elements first, in the patch's order.
 //! - **A failed JSON patch `test`** answers 422 with a message naming the failed operation and
 //!   no empty `details`; kube-apiserver's message stops at "due to an error in our request".
+//! - **Deleting a namespace deletes it and its objects at once** and answers a Status;
+//!   kube-apiserver answers with the namespace, `Terminating`, and leaves emptying it to the
+//!   namespace controller of kube-controller-manager.
 //! - **Server-side Table columns carry no descriptions** (kubectl prints none).
 //! - **A watch bookmark's object** is apiVersion, kind and metadata only; kube-apiserver's is
 //!   the kind's Go zero value (an Ingress's has `spec: {}` and `status: {loadBalancer: {}}`).
 //!
 //! Outside what it compares, by design: no authentication or authorization (every client is
-//! an administrator), no admission webhooks and no controllers (deleting a namespace deletes
-//! its objects at once; nothing collects garbage), a watch window counted in events
-//! ([`ApiServerBuilder::watch_window`]) rather than etcd's compaction, JSON responses only, and
-//! field ownership computed from a small per-kind schema (which fields are maps, atomic
-//! structs, keyed lists) instead of the OpenAPI documents.
+//! an administrator), no admission webhooks and no controllers (nothing collects garbage), a
+//! watch window counted in events ([`ApiServerBuilder::watch_window`]) rather than etcd's
+//! compaction, JSON responses only, and field ownership computed from a small per-kind schema
+//! (which fields are maps, atomic structs, keyed lists) instead of the OpenAPI documents.
 
 pub mod apply;
 pub mod discovery;

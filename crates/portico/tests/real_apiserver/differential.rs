@@ -36,6 +36,18 @@ struct Known {
 /// kube-apiserver"). Each must still be observed.
 const KNOWN: &[Known] = &[
     Known {
+        step: "delete the namespace",
+        path: "body",
+        why: "a namespace is deleted at once, answering a Status; kube-apiserver answers with \
+              the namespace, Terminating, for the namespace controller to empty",
+    },
+    Known {
+        step: "the namespace's objects after its deletion",
+        path: "body.items",
+        why: "its objects go with it; kube-apiserver keeps them for the namespace controller \
+              (kube-testenv runs none)",
+    },
+    Known {
         step: "server-side table",
         path: "body.columnDefinitions",
         why: "Table columns carry no descriptions (kubectl prints none)",
@@ -1200,6 +1212,24 @@ fn raw_steps(both: &mut Both, api: &RealApiServer) {
         "watch from a too-old resourceVersion (410)",
         &json!({"status": rw.0, "events": digits(rw.1)}),
         &json!({"status": lw.0, "events": digits(lw.1)}),
+    );
+
+    // Deleting the namespace, last: kube-apiserver marks it Terminating and leaves its objects
+    // to the namespace controller (there is none here); portico-apiserver deletes it and its
+    // objects at once.
+    let (r, l) = (
+        both.real
+            .http("DELETE", "/api/v1/namespaces/diff", None, ""),
+        both.local
+            .http("DELETE", "/api/v1/namespaces/diff", None, ""),
+    );
+    both.ledger.answers("delete the namespace", &r, &l);
+    both.http(
+        "the namespace's objects after its deletion",
+        "GET",
+        CONFIGMAPS,
+        None,
+        "",
     );
 }
 
