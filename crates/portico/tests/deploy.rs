@@ -113,7 +113,18 @@ fn kustomize_renders_what_the_issue_asks_for() {
     assert_eq!(set["spec"]["podManagementPolicy"], "Parallel");
     assert!(!set["spec"]["volumeClaimTemplates"][0].is_null());
     let pod = &set["spec"]["template"]["spec"];
-    assert!(!pod["affinity"]["podAntiAffinity"].is_null());
+    // One Raft voter per node (M6): required, not preferred, anti-affinity by hostname,
+    // and a spread over zones.
+    let anti = &pod["affinity"]["podAntiAffinity"];
+    assert!(anti["preferredDuringSchedulingIgnoredDuringExecution"].is_null());
+    assert_eq!(
+        anti["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    assert_eq!(
+        pod["topologySpreadConstraints"][0]["topologyKey"],
+        "topology.kubernetes.io/zone"
+    );
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let container = &pod["containers"][0];
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
