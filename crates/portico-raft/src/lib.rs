@@ -8,6 +8,7 @@
 //! [`Replica::metrics`]. No openraft type appears in the public API.
 //!
 //! # Modules
+//! * [`backoff`]: the jittered exponential backoff of every control-plane retry loop.
 //! * `store`: the log, vote and snapshots in one redb file (`raft.redb`) in the data
 //!   directory; the state machine (the routing table) in memory.
 //! * `identity`: the node ID, stored with the log.
@@ -74,6 +75,7 @@
 //! `entries_kept_after_snapshot` entries so briefly lagging peers still catch up by log.
 
 mod authorize;
+pub mod backoff;
 mod identity;
 mod incarnation;
 mod metrics;

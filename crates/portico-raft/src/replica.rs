@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::authorize::{self, Members};
+use crate::backoff::Backoff;
 use crate::identity::{self, IdentityError};
 use crate::incarnation::{self, Incarnation, IncarnationError, Incarnations, Ledger, Refusal};
 use crate::metrics::{Counters, Leadership, ReplicaMetrics};
@@ -789,7 +790,7 @@ impl Inner {
     {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last_problem = String::from("no leader known");
-        let mut pause = Duration::from_millis(20);
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         loop {
             let hint = match self.run_local(request.clone()).await {
                 LocalOutcome::Done(value) => return Ok(value),
@@ -817,11 +818,11 @@ impl Inner {
                     Err(e) => last_problem = e,
                 }
             }
+            let pause = backoff.next_delay();
             if tokio::time::Instant::now() + pause >= deadline {
                 return Err(ForwardFailure::Unavailable(last_problem));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
 
@@ -1179,7 +1180,7 @@ async fn track_leadership(inner: Arc<Inner>) {
 ///   other initial member answered: initialize the cluster with all of them.
 /// * Otherwise wait and ask again.
 async fn join_cluster(inner: Arc<Inner>) {
-    let mut pause = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let settings = inner.peers.settings().clone();
     loop {
         let is_voter = inner
@@ -1278,7 +1279,7 @@ async fn join_cluster(inner: Arc<Inner>) {
         let mut metrics = inner.raft.metrics();
         let id = inner.id;
         let _ = tokio::time::timeout(
-            pause,
+            backoff.next_delay(),
             metrics.wait_for(|m| {
                 m.membership_config
                     .membership()
@@ -1287,6 +1288,5 @@ async fn join_cluster(inner: Arc<Inner>) {
             }),
         )
         .await;
-        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }

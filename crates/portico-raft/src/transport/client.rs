@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::{TransportSettings, wire};
+use crate::backoff::Backoff;
 use crate::incarnation::{Incarnation, Incarnations};
 use crate::types::NodeId;
 
@@ -84,7 +85,10 @@ impl Peers {
                     connector: self.connector.clone(),
                     settings: self.settings.clone(),
                     sender: tokio::sync::Mutex::new(None),
-                    backoff: Mutex::new(Backoff::default()),
+                    backoff: Mutex::new(Reconnect {
+                        delays: Backoff::new(self.settings.min_backoff, self.settings.max_backoff),
+                        not_before: None,
+                    }),
                     in_flight: Semaphore::new(self.settings.max_in_flight_bytes_per_peer),
                     incarnations: self.incarnations.clone(),
                 })
@@ -93,10 +97,21 @@ impl Peers {
     }
 }
 
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
+/// After a failed connection, no new attempt before `not_before`; reset by a success.
+struct Reconnect {
+    delays: Backoff,
     not_before: Option<Instant>,
+}
+
+impl Reconnect {
+    fn succeeded(&mut self) {
+        self.delays.reset();
+        self.not_before = None;
+    }
+
+    fn failed(&mut self) {
+        self.not_before = Some(Instant::now() + self.delays.next_delay());
+    }
 }
 
 /// One peer: its connection, reconnect backoff, and in-flight byte budget.
@@ -105,7 +120,7 @@ pub(crate) struct PeerChannel {
     connector: TlsConnector,
     settings: TransportSettings,
     sender: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
-    backoff: Mutex<Backoff>,
+    backoff: Mutex<Reconnect>,
     in_flight: Semaphore,
     incarnations: Option<Arc<Incarnations>>,
 }
@@ -283,7 +298,10 @@ impl PeerChannel {
         }
         match tokio::time::timeout(self.settings.connect_timeout, self.connect()).await {
             Ok(Ok(sender)) => {
-                *self.backoff.lock().expect("backoff lock poisoned") = Backoff::default();
+                self.backoff
+                    .lock()
+                    .expect("backoff lock poisoned")
+                    .succeeded();
                 *slot = Some(sender.clone());
                 Ok(sender)
             }
@@ -292,14 +310,7 @@ impl PeerChannel {
                     Ok(Err(reason)) => reason,
                     _ => "connect timed out".to_owned(),
                 };
-                let mut backoff = self.backoff.lock().expect("backoff lock poisoned");
-                let delay = self
-                    .settings
-                    .min_backoff
-                    .saturating_mul(1 << backoff.failures.min(16))
-                    .min(self.settings.max_backoff);
-                backoff.failures += 1;
-                backoff.not_before = Some(Instant::now() + delay);
+                self.backoff.lock().expect("backoff lock poisoned").failed();
                 Err(CallError::Unreachable {
                     addr: self.addr.clone(),
                     reason,

@@ -39,7 +39,8 @@ pub struct TransportSettings {
     pub max_body_bytes: usize,
     /// Request bytes allowed in flight to one peer at once; further RPCs wait.
     pub max_in_flight_bytes_per_peer: usize,
-    /// First reconnect delay after a failed connection; doubles up to `max_backoff`.
+    /// First reconnect delay after a failed connection; doubles up to `max_backoff`, jittered
+    /// (see `backoff`).
     pub min_backoff: Duration,
     pub max_backoff: Duration,
 }

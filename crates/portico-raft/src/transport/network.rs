@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::client::{CallError, PeerChannel, Peers};
 use super::wire;
+use crate::backoff::Backoff;
 use crate::types::{Node, NodeId, RaftError, TypeConfig};
 
 /// Creates one [`PeerNetwork`] per replication stream; all streams to one peer share its
@@ -154,11 +155,10 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     }
 
     fn backoff(&self) -> openraft::network::Backoff {
-        // Unreachable peer: retry quickly at first, then settle at one attempt a second.
-        openraft::network::Backoff::new(
-            (0..)
-                .map(|n: u32| Duration::from_millis(50u64.saturating_mul(1 << n.min(5))))
-                .map(|d| d.min(Duration::from_secs(1))),
-        )
+        // Unreachable peer: retry quickly at first, then settle at one attempt every 0.5-1 s.
+        openraft::network::Backoff::new(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_secs(1),
+        ))
     }
 }
