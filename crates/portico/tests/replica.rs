@@ -7,7 +7,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, get, wait_until, write_ca};
+use common::{free_port, get, wait_until};
+use portico_test_support::TestCa;
 
 const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
 
@@ -125,7 +126,7 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
     handle.write_kubeconfig(&kubeconfig).unwrap();
 
     // A CA given as files; the replica signs its own certificate at first boot.
-    let ca = write_ca(dir.path());
+    let ca = TestCa::new("portico test CA").write(dir.path());
     let (raft, admin, http) = (free_port(), free_port(), free_port());
     let admin_addr = format!("127.0.0.1:{admin}");
     let mut child = KillOnDrop(

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{free_port, get, wait_until, write_ca};
+use crate::common::{free_port, get, wait_until};
+use portico_test_support::TestCa;
 
 const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
 
@@ -42,7 +43,7 @@ fn epoch_seconds(date: &str) -> i64 {
 #[test]
 fn pki_issue_signs_a_short_lived_certificate_that_run_serves_raft_with() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, ca_key) = write_ca(dir.path());
+    let (ca, ca_key) = TestCa::new("portico test CA").write(dir.path());
     let tls = dir.path().join("tls");
     let out = Command::new(PORTICO)
         .args(["pki", "issue", "--name", "127.0.0.1"])

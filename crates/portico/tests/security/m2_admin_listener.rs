@@ -12,7 +12,8 @@ use std::net::{IpAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, get, wait_until, write_ca};
+use crate::common::{free_port, get, wait_until};
+use portico_test_support::TestCa;
 
 const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
 /// The admin listener's header timeout (`admin::HEADER_READ_TIMEOUT`) and connection limit.
@@ -57,7 +58,7 @@ fn start(admin: &[String], env: &[(&str, String)], ready_at: &str) -> Replica {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).unwrap();
-    let ca = write_ca(dir.path());
+    let ca = TestCa::new("portico test CA").write(dir.path());
     let child = Command::new(PORTICO)
         .args(["run", "--pod-name", "portico-0", "--namespace", "default"])
         .arg("--kubeconfig")

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, get, wait_until, write_ca};
+use crate::common::{free_port, get, wait_until};
+use portico_test_support::TestCa;
 
 const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
 
@@ -40,7 +41,7 @@ impl Replicas {
         Self {
             dir: dir.to_owned(),
             kubeconfig: kubeconfig.to_owned(),
-            ca: write_ca(dir),
+            ca: TestCa::new("portico test CA").write(dir),
             raft: (0..n).map(|_| free_port()).collect(),
             http: (0..n).map(|_| free_port()).collect(),
             admin: (0..n)
