@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{free_port, get, wait_until};
 use portico_test_support::TestCa;
+use portico_test_support::child::{Output, addr_after};
 
 const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
 
@@ -127,7 +128,10 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
 
     // A CA given as files; the replica signs its own certificate at first boot.
     let ca = TestCa::new("portico test CA").write(dir.path());
-    let (raft, admin, http) = (free_port(), free_port(), free_port());
+    // The proxy listeners bind port 0 and the 'serving' log line says what they got; the
+    // admin and Raft ports are chosen here (portico run logs the admin address as configured
+    // and does not log the Raft one).
+    let (raft, admin) = (free_port(), free_port());
     let admin_addr = format!("127.0.0.1:{admin}");
     let mut child = KillOnDrop(
         Command::new(PORTICO)
@@ -143,7 +147,7 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
             .arg(&ca.1)
             .args([
                 "--http",
-                &format!("127.0.0.1:{http}"),
+                "127.0.0.1:0",
                 "--https",
                 "127.0.0.1:0",
                 "--http3",
@@ -164,13 +168,27 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
             .unwrap(),
     );
 
+    let stderr = child.0.stderr.take().unwrap();
+    let output = runtime.block_on(async {
+        Output::capture(tokio::process::ChildStderr::from_std(stderr).unwrap())
+    });
+    let serving = runtime
+        .block_on(
+            output.wait_for_line("the serving line", Duration::from_secs(60), |l| {
+                l.contains(r#""message":"serving""#)
+            }),
+        )
+        .unwrap();
+    let http_addr = addr_after(&serving, "http")
+        .unwrap_or_else(|| panic!("no HTTP address in {serving}"))
+        .to_string();
+
     // Ready once the (empty) committed table is applied.
     wait_until("/readyz 200", Duration::from_secs(60), || {
         get(&admin_addr, "/readyz").filter(|(code, _)| *code == 200)
     });
     assert_eq!(get(&admin_addr, "/healthz").unwrap().0, 200);
     // One data-plane request (no Ingress yet: 404), counted and logged without its query.
-    let http_addr = format!("127.0.0.1:{http}");
     assert_eq!(
         get(&http_addr, "/observed/path?token=s3cr3t").unwrap().0,
         404
@@ -243,8 +261,10 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
     });
     assert!(status.success(), "{status}");
     assert_eq!(holder(), "", "the Lease is released on shutdown");
-    let mut logs = String::new();
-    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    let logs = runtime
+        .block_on(output.ended(Duration::from_secs(10)))
+        .unwrap()
+        .join("\n");
     assert!(
         logs.lines().all(|l| l.starts_with('{')),
         "JSON logs:\n{logs}"
