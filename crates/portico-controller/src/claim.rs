@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use portico_raft::backoff::Backoff;
 use portico_raft::{ProposeError, Replica};
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +21,7 @@ pub(crate) async fn claim_epoch(
     lease: &LeaseValidity,
     token: &CancellationToken,
 ) -> Result<(), LeaderWorkError> {
-    let mut pause = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         if !lease.is_valid() {
             return Err(LeaderWorkError::LeaseExpired);
@@ -45,9 +46,8 @@ pub(crate) async fn claim_epoch(
                 tracing::warn!(error = %why, epoch, "claiming the epoch did not commit; retrying");
                 tokio::select! {
                     () = token.cancelled() => return Err(LeaderWorkError::Cancelled),
-                    () = tokio::time::sleep(pause) => {}
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                pause = (pause * 2).min(Duration::from_secs(2));
             }
             Err(other) => return Err(LeaderWorkError::Refused(other.to_string())),
         }

@@ -62,6 +62,7 @@ use portico_model::{
     ObjectKey, Resource, ResourceKind, RoutingTable, SECRET_TYPE_TLS, SecretSource, ServiceSource,
     Settings, UnixSeconds,
 };
+use portico_raft::backoff::{self, Backoff};
 use portico_raft::{ProposeError, Replica};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -246,7 +247,7 @@ async fn propose_one(
     change: Change,
     kind: &str,
 ) -> Result<Proposed, LeaderWorkError> {
-    let mut pause = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         let started = Instant::now();
         ctx.metrics
@@ -292,9 +293,8 @@ async fn propose_one(
                 tracing::warn!(error = %why, "proposal did not commit; retrying");
                 tokio::select! {
                     () = ctx.token.cancelled() => return Err(LeaderWorkError::Cancelled),
-                    () = tokio::time::sleep(pause) => {}
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                pause = (pause * 2).min(Duration::from_secs(2));
             }
             // Any other refusal (portico-raft refuses a change too large for one log
             // entry): split a batch, else give up leader work with the reason.
@@ -849,7 +849,7 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
 {
     watcher::watcher(api, config)
-        .backoff(WatchBackoff::default())
+        .backoff(watch_backoff())
         .filter_map(move |event| async move {
             match event {
                 Ok(Event::Init) => Some(Observation::Listing(kind)),
@@ -876,37 +876,11 @@ fn seen<K: kube::Resource>(object: &K, convert: fn(&K) -> Seen) -> Seen {
     }
 }
 
-/// Retry delays after a watch error: 100 ms doubling to 5 s, reset by the next success.
-/// (kube's default starts at 800 ms and grows to 30 s, too slow for a routing controller.)
-struct WatchBackoff {
-    next: Duration,
-}
-
-impl WatchBackoff {
-    const MIN: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-}
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        Self { next: Self::MIN }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        Some(delay)
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = Self::MIN;
-    }
+/// Retry delays after a watch error: 100 ms doubling to 5 s, jittered, reset by the next
+/// success. (kube's default starts at 800 ms and grows to 30 s, too slow for a routing
+/// controller.)
+fn watch_backoff() -> watcher::ExponentialBackoff {
+    backoff::jittered(Duration::from_millis(100), Duration::from_secs(5)).into()
 }
 
 /// Ingress and Service statuses list addresses in two types of the same shape.
