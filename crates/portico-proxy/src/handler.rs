@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -151,12 +150,26 @@ async fn route_and_forward(
         Cow::Borrowed("no route for this host and path"),
     ))?;
     let backend = policy(&table, route, conn, host, &req)?;
+    let exchange = upstream_request(
+        shared,
+        conn,
+        host,
+        route,
+        backend,
+        &mut req,
+        upgrade.is_some(),
+    )?;
     // Boxed: hyper keeps room for the whole request future in every connection, idle or
-    // not; the forwarding state (the largest part) is only allocated while forwarding.
-    Box::pin(forward(
-        shared, conn, host, route, backend, req, upgrade, trace,
+    // not; the exchange (the largest part) is only allocated while forwarding. The phases
+    // before it are plain functions, so its future is built once, straight into the box.
+    let answer = Box::pin(exchange.run(req, trace)).await?;
+    Ok(respond(
+        shared,
+        answer.response,
+        upgrade,
+        route.policy.read_timeout,
+        answer.set_cookie,
     ))
-    .await
 }
 
 /// Requests no proxy forwards, refused before routing: a loop through this cluster (508),
@@ -307,52 +320,49 @@ fn redirect_to_https(host: &str, uri: &Uri) -> Refusal {
     }
 }
 
-/// The upstream work: the request the backend sees, the upstream path chosen once, the
-/// exchange (with retries), the response.
-// Each argument is borrowed from a different owner (table, connection, request, caller).
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    shared: &Shared,
+/// The request the backend sees, made in place, and the way to it: the client body's limit
+/// and send watch, the upstream head ([`upstream_head`]), the affinity endpoint, the
+/// upstream path chosen once ([`Upstream::choose`]). Refused: a path that makes no request
+/// target (400), a backend with nothing to send to (503, 502).
+// The request is changed in place, not taken apart and rebuilt: each move of it (and of
+// the exchange) between phases was a copy of a few hundred bytes per request.
+fn upstream_request<'a>(
+    shared: &'a Shared,
     conn: ConnInfo,
-    host: &str,
-    route: &Route,
-    backend: &Backend,
-    req: Request<ProxyBody>,
-    client_upgrade: Option<OnUpgrade>,
-    trace: &mut Trace,
-) -> Result<Response<ProxyBody>, Refusal> {
+    host: &'a str,
+    route: &'a Route,
+    backend: &'a Backend,
+    req: &mut Request<ProxyBody>,
+    upgrade: bool,
+) -> Result<Exchange<'a>, Refusal> {
     let policy = &route.policy;
-    let (parts, body) = req.into_parts();
 
     // A body gets its client-side layer (size limit, client faults) inside the send watch
     // (proxy-send-timeout: only a body can stall on its way upstream), in one box.
     let client_fault = Arc::new(ClientBodyFault::default());
-    let send_watch = (!body.is_end_stream()).then(SendWatch::new);
-    let body = match &send_watch {
-        Some(watch) => ProxyBody::new(WatchedBody::new(
+    let send_watch = (!req.body().is_end_stream()).then(SendWatch::new);
+    if let Some(watch) = &send_watch {
+        let body = std::mem::replace(req.body_mut(), body::empty());
+        *req.body_mut() = ProxyBody::new(WatchedBody::new(
             LimitedBody::new(body, policy.max_body_bytes, client_fault.clone()),
             watch.clone(),
-        )),
-        None => body,
-    };
-    let bodyless = client_upgrade.is_none() && body.is_end_stream();
+        ));
+    }
+    let bodyless = !upgrade && send_watch.is_none();
 
-    let UpstreamHead {
-        mut head,
-        path,
-        forwarded,
-    } = upstream_request(shared, conn, host, route, parts, client_upgrade.is_some()).ok_or(
-        Refusal::Error(
+    let Some((path, forwarded)) = upstream_head(shared, conn, host, route, req, upgrade) else {
+        return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
-            Cow::Borrowed("invalid request target"),
-        ),
-    )?;
-    let sticky_cookie = policy.affinity.as_ref().map(|a| a.cookie_name.as_str());
-    let sticky = sticky_cookie
-        .and_then(|name| headers::cookie(&head.headers, name))
+            "invalid request target",
+        ));
+    };
+    let sticky = policy
+        .affinity
+        .as_ref()
+        .and_then(|a| headers::cookie(req.headers(), &a.cookie_name))
         .and_then(|token| upstream::endpoint_for_token(backend, token));
-    let upstream = Upstream::choose(shared, backend, policy, bodyless, forwarded, &mut head)?;
-    let exchange = Exchange {
+    let upstream = Upstream::choose(shared, backend, policy, bodyless, forwarded, &path, req)?;
+    Ok(Exchange {
         shared,
         backend,
         policy,
@@ -360,77 +370,56 @@ async fn forward(
         path,
         host,
         sticky,
-        send_watch: send_watch.as_deref(),
-        client_fault: &client_fault,
-    };
-    let answer = exchange.run(Request::from_parts(head, body), trace).await?;
-    let cookie = match (sticky_cookie, answer.endpoint) {
-        (Some(name), Some(addr)) if sticky != Some(addr) => Some(format!(
-            "{name}={}; Path=/; HttpOnly",
-            upstream::affinity_token(addr)
-        )),
-        _ => None,
-    };
-    Ok(respond(
-        shared,
-        answer.response,
-        client_upgrade,
-        policy.read_timeout,
-        cookie,
-    ))
-}
-
-/// The request head as the backend gets it, its path, and the forwarding headers for it.
-struct UpstreamHead {
-    head: Parts,
-    path: PathAndQuery,
-    forwarded: ForwardedValues,
+        send_watch,
+        client_fault,
+    })
 }
 
 /// The head the backend sees: hop-by-hop headers stripped (RFC 9110 §7.6.1), the upgrade
 /// asked again, the routed host, the forwarding values (added to the head, or written by
 /// the lean exchange itself, once the upstream path is chosen), the upstream version, and
 /// the path (rewritten, canonical or as sent). `None`: the path does not make a request
-/// target (400).
-fn upstream_request(
+/// target (400). Returns the path and the forwarding values.
+fn upstream_head(
     shared: &Shared,
     conn: ConnInfo,
     host: &str,
     route: &Route,
-    mut parts: Parts,
+    req: &mut Request<ProxyBody>,
     upgrade: bool,
-) -> Option<UpstreamHead> {
+) -> Option<(PathAndQuery, ForwardedValues)> {
     let policy = &route.policy;
-    let upgrade_token = upgrade
-        .then(|| parts.headers.get(header::UPGRADE).cloned())
-        .flatten();
     let h2_upstream = matches!(
         policy.backend_protocol,
         BackendProtocol::H2c | BackendProtocol::Grpcs
     );
-    headers::strip_hop_by_hop(&mut parts.headers, h2_upstream);
+    let client_version = req.version();
+    let absolute_form = req.uri().authority().is_some();
+    let fields = req.headers_mut();
+    let upgrade_token = upgrade
+        .then(|| fields.get(header::UPGRADE).cloned())
+        .flatten();
+    headers::strip_hop_by_hop(fields, h2_upstream);
     // We answer `Expect: 100-continue` ourselves (hyper does when the body is first read).
-    parts.headers.remove(header::EXPECT);
+    fields.remove(header::EXPECT);
     if let Some(token) = upgrade_token
         && !h2_upstream
     {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, token);
+        fields.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        fields.insert(header::UPGRADE, token);
     }
     // The backend sees the host we routed by (finding M1): with an absolute-form target or
     // `:authority`, a different `Host` from the client is replaced (RFC 9112 §3.2.2). Over
     // HTTP/2 it goes as `:authority` (the exchange's URI), never beside it (finding L3).
     if h2_upstream {
-        parts.headers.remove(header::HOST);
-    } else if (parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST))
+        fields.remove(header::HOST);
+    } else if (absolute_form || !fields.contains_key(header::HOST))
         && let Ok(v) = HeaderValue::from_str(host)
     {
-        parts.headers.insert(header::HOST, v);
+        fields.insert(header::HOST, v);
     }
     let forwarded = headers::forwarded_values(
-        &parts.headers,
+        fields,
         &Forwarded {
             trusted: shared.trusts(conn.peer),
             client: conn.peer.ip(),
@@ -443,8 +432,8 @@ fn upstream_request(
             port: conn.local.port(),
         },
     )
-    .with_via(shared.hop.value(parts.version).clone());
-    parts.version = if h2_upstream {
+    .with_via(shared.hop.value(client_version).clone());
+    *req.version_mut() = if h2_upstream {
         Version::HTTP_2
     } else {
         Version::HTTP_11
@@ -452,28 +441,24 @@ fn upstream_request(
     // The original path and query are reused as they are (no re-parse) unless rewritten.
     // rewrite-target captures come from the path routes matched (canonical, no parameters).
     let path = match &policy.rewrite_target {
-        None if shared.forward_original_path => parts
-            .extensions
+        None if shared.forward_original_path => req
+            .extensions_mut()
             .remove::<OriginalTarget>()
             .map(|original| original.0)
-            .or_else(|| parts.uri.path_and_query().cloned()),
-        None => parts.uri.path_and_query().cloned(),
+            .or_else(|| req.uri().path_and_query().cloned()),
+        None => req.uri().path_and_query().cloned(),
         Some(_) => {
             let path = route
-                .upstream_path(&request_path::without_params(parts.uri.path()))
+                .upstream_path(&request_path::without_params(req.uri().path()))
                 .into_owned();
-            let target = match parts.uri.query() {
+            let target = match req.uri().query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path,
             };
             PathAndQuery::try_from(target).ok()
         }
     }?;
-    Some(UpstreamHead {
-        head: parts,
-        path,
-        forwarded,
-    })
+    Some((path, forwarded))
 }
 
 /// The response as the client sees it: a WebSocket tunnel started on a 101, hop-by-hop

@@ -26,8 +26,6 @@ use tokio::net::TcpStream;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::h1::client::{self as h1conn, Conn, ExchangeError, RawBody};
-use crate::h1::head::encode_request_head;
-use crate::headers::ForwardedValues;
 
 /// Idle connections kept per endpoint at most (as the legacy client's `pool_max_idle_per_host`).
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
@@ -267,7 +265,8 @@ impl H1Pool {
     }
 
     /// Sends a request without a body (and not asking for an upgrade) over the lean path:
-    /// the head is written by us and the response read by its own body, no connection task.
+    /// `head` (the request's, encoded by the exchange with its forwarding values) is written
+    /// by us and the response read by its own body, no connection task.
     /// A pooled connection found closed, or failing the write, is replaced (the peer was
     /// gone, so it processed nothing), and so is one closed without a byte of answer when
     /// the method is idempotent; a failure before anything was written hands the request
@@ -277,10 +276,9 @@ impl H1Pool {
         addr: SocketAddr,
         connect_timeout: Duration,
         req: Request<ProxyBody>,
-        forwarded: &ForwardedValues,
+        head: &[u8],
     ) -> Result<Response<UpstreamBody>, PoolFailure> {
         self.start_sweeper();
-        let head = encode_request_head(&req, forwarded);
         let mut stale = 0;
         loop {
             let pooled = std::future::poll_fn(|cx| Poll::Ready(self.checkout_raw(addr, cx))).await;
@@ -296,7 +294,7 @@ impl H1Pool {
                     }
                 },
             };
-            if let Err(e) = h1conn::write_head(&mut conn, &head).await {
+            if let Err(e) = h1conn::write_head(&mut conn, head).await {
                 if reused && stale < MAX_STALE_RETRIES {
                     stale += 1;
                     continue;
@@ -522,6 +520,8 @@ impl Body for UpstreamBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::h1::head::encode_request_head;
+    use crate::headers::ForwardedValues;
     use http::Method;
     use http_body_util::BodyExt;
     use std::sync::atomic::AtomicUsize;
@@ -607,16 +607,21 @@ mod tests {
         Ok(resp.into_body().collect().await.expect("body").to_bytes())
     }
 
+    /// `req` over the lean path, its head encoded as the exchange does (no forwarding values).
+    async fn send_lean(
+        pool: &H1Pool,
+        addr: SocketAddr,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, PoolFailure> {
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let head = encode_request_head(&req, target, &ForwardedValues::none());
+        pool.send_bodyless(addr, Duration::from_secs(2), req, &head)
+            .await
+    }
+
     /// The same over the lean path for bodiless requests.
     async fn fetch_lean(pool: &H1Pool, addr: SocketAddr) -> Result<Bytes, PoolFailure> {
-        let resp = pool
-            .send_bodyless(
-                addr,
-                Duration::from_secs(2),
-                get(),
-                &ForwardedValues::none(),
-            )
-            .await?;
+        let resp = send_lean(pool, addr, get()).await?;
         Ok(resp.into_body().collect().await.expect("body").to_bytes())
     }
 
@@ -763,28 +768,12 @@ mod tests {
             false,
         )
         .await;
-        let resp = pool
-            .send_bodyless(
-                addr,
-                Duration::from_secs(2),
-                get(),
-                &ForwardedValues::none(),
-            )
-            .await
-            .unwrap();
+        let resp = send_lean(&pool, addr, get()).await.unwrap();
         assert_eq!(resp.status(), 200);
         let collected = resp.into_body().collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["x-check"], "1");
         assert_eq!(collected.to_bytes(), "abcde");
-        let resp = pool
-            .send_bodyless(
-                addr,
-                Duration::from_secs(2),
-                get(),
-                &ForwardedValues::none(),
-            )
-            .await
-            .unwrap();
+        let resp = send_lean(&pool, addr, get()).await.unwrap();
         assert_eq!(resp.status(), 204);
         assert!(resp.body().is_end_stream());
         drop(resp);
@@ -816,15 +805,7 @@ mod tests {
             true,
         )
         .await;
-        let resp = pool
-            .send_bodyless(
-                addr,
-                Duration::from_secs(2),
-                get(),
-                &ForwardedValues::none(),
-            )
-            .await
-            .unwrap();
+        let resp = send_lean(&pool, addr, get()).await.unwrap();
         assert!(resp.into_body().collect().await.is_err());
         // Conflicting lengths are refused.
         let (addr, _) = scripted(
@@ -832,15 +813,7 @@ mod tests {
             true,
         )
         .await;
-        let Err(err) = pool
-            .send_bodyless(
-                addr,
-                Duration::from_secs(2),
-                get(),
-                &ForwardedValues::none(),
-            )
-            .await
-        else {
+        let Err(err) = send_lean(&pool, addr, get()).await else {
             panic!("conflicting Content-Length accepted");
         };
         assert!(!err.error.nothing_sent(), "{}", err.error);
@@ -863,10 +836,7 @@ mod tests {
             .header("host", "pool.test")
             .body(crate::body::empty())
             .unwrap();
-        let resp = pool
-            .send_bodyless(addr, Duration::from_secs(2), head, &ForwardedValues::none())
-            .await
-            .unwrap();
+        let resp = send_lean(&pool, addr, head).await.unwrap();
         assert_eq!(resp.headers()["content-length"], "1000");
         assert!(
             resp.into_body()

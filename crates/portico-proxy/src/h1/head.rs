@@ -163,17 +163,14 @@ pub(crate) fn encode_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// The request head in HTTP/1.1 wire form (origin-form target, as the handler builds it),
-/// with the forwarded values in place of what the client sent under those names.
+/// The request head in HTTP/1.1 wire form, to the origin-form `target` (the handler's
+/// upstream path), with the forwarded values in place of what the client sent under those
+/// names.
 pub(crate) fn encode_request_head(
     req: &Request<ProxyBody>,
+    target: &str,
     forwarded: &ForwardedValues,
 ) -> Vec<u8> {
-    let target = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
     let mut size = req.method().as_str().len() + target.len() + 16;
     for (name, value) in req.headers().iter().chain(forwarded.iter()) {
         size += name.as_str().len() + value.len() + 4;
@@ -535,7 +532,12 @@ mod tests {
             .header("x-request-id", "from-client")
             .body(crate::body::empty())
             .unwrap();
-        let head = String::from_utf8(encode_request_head(&req, &ForwardedValues::none())).unwrap();
+        let head = String::from_utf8(encode_request_head(
+            &req,
+            "/a?b=1",
+            &ForwardedValues::none(),
+        ))
+        .unwrap();
         assert_eq!(
             head,
             "POST /a?b=1 HTTP/1.1\r\nhost: x.test\r\nx-two: 1\r\nx-two: 2\r\nx-real-ip: 6.6.6.6\r\nx-request-id: from-client\r\ncontent-length: 0\r\n\r\n"
@@ -549,7 +551,7 @@ mod tests {
             port: 443,
         };
         let values = crate::headers::forwarded_values(req.headers(), &fwd);
-        let head = String::from_utf8(encode_request_head(&req, &values)).unwrap();
+        let head = String::from_utf8(encode_request_head(&req, "/a?b=1", &values)).unwrap();
         assert!(!head.contains("6.6.6.6"), "{head}");
         assert!(head.contains("\r\nx-real-ip: 192.0.2.1\r\n"), "{head}");
         assert!(
