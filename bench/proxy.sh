@@ -48,7 +48,7 @@ WITH_ENVOY=${WITH_ENVOY:-0} WITH_TRAEFIK=${WITH_TRAEFIK:-0} bash "$SHARED/anchor
 
 log "building portico-proxy-standalone (release)"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/portico-target}
-(cd "$ROOT" && cargo build -q --release -p portico-proxy --bin portico-proxy-standalone)
+(cd "$ROOT" && cargo build -q --release -p portico-proxy --features standalone --bin portico-proxy-standalone)
 BIN=${PORTICO_BIN:-$CARGO_TARGET_DIR/release/portico-proxy-standalone} # PORTICO_BIN: compare another build
 
 # The same two backends behind one Service; one catch-all Ingress (wrk sends Host: 127.0.0.1:PORT).

@@ -1,0 +1,131 @@
+//! Leader-only operations (a proposal, a join, a removal): run here when this replica
+//! leads, else sent to the leader it knows of, following hints until a deadline; and the
+//! answer to one forwarded here.
+
+use std::time::Duration;
+
+use openraft::error::ClientWriteError as OpenraftClientWriteError;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Inner;
+use crate::backoff::Backoff;
+use crate::transport::server::RpcRejection;
+use crate::transport::wire::{self, ForwardError, LeaderHint};
+use crate::types::{ClientWriteError, RaftError};
+
+/// Why a leader-only operation failed after following leader hints.
+pub(super) enum ForwardFailure {
+    ShuttingDown,
+    /// The leader refused it (not retried).
+    Failed(String),
+    /// No leader took it before the deadline.
+    Unavailable(String),
+}
+
+/// The leader-only operations, run locally when this replica leads.
+pub(super) enum LocalOutcome<T> {
+    Done(T),
+    NotLeader(Option<LeaderHint>),
+    Failed(String),
+    ShuttingDown,
+}
+
+/// An operation that only the leader can run.
+pub(super) trait LocalOp<Req, Resp> {
+    fn run_local(
+        &self,
+        request: Req,
+    ) -> impl std::future::Future<Output = LocalOutcome<Resp>> + Send;
+}
+
+impl Inner {
+    /// Runs a leader-only operation here if this replica leads, or on the leader it points
+    /// to, following hints until `timeout`.
+    pub(super) async fn forward<Req, Resp>(
+        &self,
+        path: &'static str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, ForwardFailure>
+    where
+        Req: Serialize + Clone + Send + Sync + 'static,
+        Resp: Serialize + DeserializeOwned + Send + 'static,
+        Self: LocalOp<Req, Resp>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last_problem = String::from("no leader known");
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+        loop {
+            let hint = match self.run_local(request.clone()).await {
+                LocalOutcome::Done(value) => return Ok(value),
+                LocalOutcome::Failed(m) => return Err(ForwardFailure::Failed(m)),
+                LocalOutcome::ShuttingDown => return Err(ForwardFailure::ShuttingDown),
+                LocalOutcome::NotLeader(hint) => hint,
+            };
+            if let Some(leader) = hint.filter(|l| l.node_id != self.id) {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let answer = self
+                    .peers
+                    .channel(&leader.addr)
+                    .call(path, wire::encode(request), left)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|body| {
+                        wire::decode::<Result<Resp, ForwardError>>(&body).map_err(|e| e.to_string())
+                    });
+                match answer {
+                    Ok(Ok(value)) => return Ok(value),
+                    Ok(Err(ForwardError::Failed(m))) => return Err(ForwardFailure::Failed(m)),
+                    Ok(Err(ForwardError::NotLeader { .. })) => {
+                        last_problem = format!("{} is no longer the leader", leader.addr)
+                    }
+                    Err(e) => last_problem = e,
+                }
+            }
+            let pause = backoff.next_delay();
+            if tokio::time::Instant::now() + pause >= deadline {
+                return Err(ForwardFailure::Unavailable(last_problem));
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+pub(super) fn client_write_failure<T>(e: RaftError<ClientWriteError>) -> LocalOutcome<T> {
+    match e {
+        RaftError::APIError(OpenraftClientWriteError::ForwardToLeader(forward)) => {
+            LocalOutcome::NotLeader(match (forward.leader_id, forward.leader_node) {
+                (Some(node_id), Some(node)) => Some(LeaderHint {
+                    node_id,
+                    addr: node.addr,
+                }),
+                _ => None,
+            })
+        }
+        RaftError::APIError(OpenraftClientWriteError::ChangeMembershipError(e)) => {
+            LocalOutcome::Failed(e.to_string())
+        }
+        RaftError::Fatal(_) => LocalOutcome::ShuttingDown,
+    }
+}
+
+/// Answers a forwarded leader-only operation: run here if leader, else say who leads.
+pub(super) async fn answer_forwarded<Req, Resp>(
+    inner: &Inner,
+    request: Req,
+) -> Result<Vec<u8>, RpcRejection>
+where
+    Resp: Serialize,
+    Inner: LocalOp<Req, Resp>,
+{
+    let answer: Result<Resp, ForwardError> = match inner.run_local(request).await {
+        LocalOutcome::Done(value) => Ok(value),
+        LocalOutcome::NotLeader(leader) => Err(ForwardError::NotLeader { leader }),
+        LocalOutcome::Failed(m) => Err(ForwardError::Failed(m)),
+        LocalOutcome::ShuttingDown => {
+            return Err(RpcRejection::Unavailable("shutting down".into()));
+        }
+    };
+    Ok(wire::encode(&answer))
+}
