@@ -13,6 +13,8 @@ use portico_raft::ProposeError;
 use support::*;
 
 const MANIFESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../portico-model/tests/data");
+/// The workspace's test data shared by several crates (testdata/README.md).
+const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata");
 
 fn key(name: &str) -> ObjectKey {
     ObjectKey::new(NAMESPACE, name)
@@ -25,11 +27,7 @@ async fn load_manifests(cluster: &Cluster) -> Vec<String> {
     apply_class(client, "conformance").await;
     apply_class(client, "nginx-example").await;
     let mut names = Vec::new();
-    let docs = std::fs::read_to_string(format!(
-        "{}/../portico-apiserver/tests/data/minimal-ingress.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
+    let docs = std::fs::read_to_string(format!("{TESTDATA}/minimal-ingress.yaml")).unwrap();
     let mut documents = vec![docs];
     for file in [
         "default-backend",
@@ -39,7 +37,7 @@ async fn load_manifests(cluster: &Cluster) -> Vec<String> {
         "path-rules",
     ] {
         documents
-            .push(std::fs::read_to_string(format!("{MANIFESTS}/manifests/{file}.yaml")).unwrap());
+            .push(std::fs::read_to_string(format!("{TESTDATA}/manifests/{file}.yaml")).unwrap());
     }
     for text in documents {
         let mut ingress: Ingress = serde_yaml::from_str(&text).unwrap();

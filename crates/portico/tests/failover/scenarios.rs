@@ -30,6 +30,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
+use portico_test_support::ConformanceCase;
 use serde_json::{Value, json};
 
 /// One three-replica cluster at a time: the machine has two cores.
@@ -55,7 +56,7 @@ pub const CLASS: &str = "portico";
 pub const CONTROLLER: &str = "portico.dev/ingress-controller";
 
 fn data_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../portico-model/tests/data")
+    portico_test_support::testdata("")
 }
 
 fn yaml_documents(path: &Path) -> Vec<Value> {
@@ -82,41 +83,6 @@ fn service_names(value: &Value, out: &mut BTreeSet<String>) {
         Value::Array(list) => list.iter().for_each(|v| service_names(v, out)),
         _ => {}
     }
-}
-
-/// One row of conformance-cases.tsv.
-struct Case {
-    id: String,
-    manifest: String,
-    scheme: String,
-    method: String,
-    host: String,
-    path: String,
-    status: Option<u16>,
-    service: String,
-    other: String,
-}
-
-fn conformance_cases() -> Vec<Case> {
-    std::fs::read_to_string(data_dir().join("conformance-cases.tsv"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.starts_with("case_id") && !l.trim().is_empty())
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            Case {
-                id: f[0].into(),
-                manifest: f[2].into(),
-                scheme: f[3].into(),
-                method: f[4].into(),
-                host: f[5].into(),
-                path: f[6].into(),
-                status: f[7].parse().ok(),
-                service: f[8].into(),
-                other: f.get(9).copied().unwrap_or_default().into(),
-            }
-        })
-        .collect()
 }
 
 pub fn apply_ingress(cluster: &Cluster, mut object: Value) -> String {
@@ -226,12 +192,9 @@ pub fn docs_conformance_and_tls_ingresses_are_served_everywhere_and_status_has_o
     // The docs' Ingress names class nginx-example; here that class is ours.
     cluster.ingress_class("nginx-example", CONTROLLER, false);
 
-    let cases = conformance_cases();
+    let cases = ConformanceCase::all();
     let manifests: BTreeSet<String> = cases.iter().map(|c| c.manifest.clone()).collect();
-    let docs = yaml_documents(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../portico-apiserver/tests/data/minimal-ingress.yaml"),
-    );
+    let docs = yaml_documents(&data_dir().join("minimal-ingress.yaml"));
     let mut services = BTreeSet::new();
     for m in &manifests {
         yaml_documents(&data_dir().join("manifests").join(m))
@@ -312,7 +275,8 @@ pub fn docs_conformance_and_tls_ingresses_are_served_everywhere_and_status_has_o
     // sent to every replica.
     let mut checked = 0;
     for manifest in &manifests {
-        let rows: Vec<&Case> = cases.iter().filter(|c| &c.manifest == manifest).collect();
+        let rows: Vec<&ConformanceCase> =
+            cases.iter().filter(|c| &c.manifest == manifest).collect();
         let objects = yaml_documents(&data_dir().join("manifests").join(manifest));
         let names: Vec<String> = objects
             .into_iter()
