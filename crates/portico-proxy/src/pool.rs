@@ -25,7 +25,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, ProxyBody};
-use crate::h1::client::{self as h1conn, Conn, ExchangeError, RawBody};
+use crate::h1;
+use crate::h1::client::{Conn, ExchangeError, RawBody};
 
 /// Idle connections kept per endpoint at most (as the legacy client's `pool_max_idle_per_host`).
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
@@ -147,7 +148,7 @@ impl<T> IdleStack<T> {
 
 struct Inner {
     idle: IdleStack<SendRequest<ProxyBody>>,
-    /// Idle connections of the lean path (`h1conn`), which needs no hyper connection.
+    /// Idle connections of the lean path (`h1::client`), which needs no hyper connection.
     idle_raw: IdleStack<Conn>,
     idle_timeout: Duration,
     /// Advanced by the sweeper; read when a connection is put back (no clock on the hot path).
@@ -294,7 +295,7 @@ impl H1Pool {
                     }
                 },
             };
-            if let Err(e) = h1conn::write_head(&mut conn, head).await {
+            if let Err(e) = h1::client::write_head(&mut conn, head).await {
                 if reused && stale < MAX_STALE_RETRIES {
                     stale += 1;
                     continue;
@@ -310,7 +311,7 @@ impl H1Pool {
                     pool.put_back_raw(addr, conn);
                 }
             });
-            return match h1conn::read_response(conn, req.method(), done).await {
+            return match h1::client::read_response(conn, req.method(), done).await {
                 Ok(resp) => Ok(resp.map(UpstreamBody::Raw)),
                 // The backend closed a reused connection as our request arrived (its idle
                 // timeout raced our reuse). An idempotent request may be sent again

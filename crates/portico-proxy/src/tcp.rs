@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::activity::{Activity, FromClient, ToClient, Tracked};
 use crate::body;
 use crate::config::Limits;
-use crate::h1::server::{self as h1server, Prefixed};
+use crate::h1::{self, server::Prefixed};
 use crate::handler::{self, ConnInfo, Shared, Transport};
 use crate::limits::{ConnCounters, ConnLimits, ConnPermit};
 
@@ -275,7 +275,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let idle = AtomicBool::new(true);
-    let lean = h1server::serve(
+    let lean = h1::server::serve(
         io,
         info,
         &serve.shared,
@@ -289,14 +289,14 @@ where
         let raised = watch.raised(cx);
         if raised & Watch::DROP != 0 || (raised & Watch::CLOSE != 0 && idle.load(Ordering::Acquire))
         {
-            return Poll::Ready(h1server::Next::Closed);
+            return Poll::Ready(h1::server::Next::Closed);
         }
         lean.as_mut().poll(cx)
     })
     .await;
     match next {
-        h1server::Next::Closed => None,
-        h1server::Next::HandOver(prefix) => Some(prefix),
+        h1::server::Next::Closed => None,
+        h1::server::Next::HandOver(prefix) => Some(prefix),
     }
 }
 

@@ -3,7 +3,8 @@
 //! strictly as hyper reads one, because two parsers that disagree about where a chunk ends
 //! are a smuggling channel. No `+5`, no leading space, no `0x`, and a bare LF is an error at
 //! once rather than a wait for a CRLF that never comes. Requests are parsed by hyper; the
-//! one hand-written chunk parser is `h1conn`'s, for upstream responses: both are shown here.
+//! one hand-written chunk parser is `h1::decode`'s, which `h1::client` reads upstream
+//! responses with: both are shown here.
 
 use std::time::{Duration, Instant};
 
