@@ -1,5 +1,5 @@
 //! After the faults: the ingress-controller-conformance routing expectations
-//! (`crates/portico-model/tests/data/conformance-cases.tsv` and its manifests), re-checked
+//! (`testdata/conformance-cases.tsv` and its manifests), re-checked
 //! against every replica over real HTTP, so a run proves the survivors still route right.
 //!
 //! Each manifest is applied on its own (as the conformance suite does), with an echo backend
@@ -422,7 +422,7 @@ mod tests {
     use super::*;
 
     fn data() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/portico-model/tests/data")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata")
     }
 
     #[test]

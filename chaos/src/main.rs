@@ -71,7 +71,7 @@ struct Args {
     #[arg(long, default_value_t = 500)]
     write_every_ms: u64,
     /// The conformance cases re-checked after the run (conformance-cases.tsv, manifests/).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/portico-model/tests/data"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata"))]
     conformance_data: PathBuf,
     /// Which API server the replicas run against: `real` (kube-apiserver and etcd from
     /// tests/kube, faults made on the real thing) or `in-process` (portico-apiserver).
