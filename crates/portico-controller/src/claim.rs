@@ -49,7 +49,12 @@ pub(crate) async fn claim_epoch(
                     () = tokio::time::sleep(backoff.next_delay()) => {}
                 }
             }
-            Err(other) => return Err(LeaderWorkError::Refused(other.to_string())),
+            Err(
+                e @ (ProposeError::TooLarge { .. }
+                | ProposeError::EpochOutOfRange { .. }
+                | ProposeError::Refused(_)
+                | ProposeError::StaleVolume),
+            ) => return Err(LeaderWorkError::Refused(e.to_string())),
         }
     }
 }

@@ -296,13 +296,21 @@ async fn propose_one(
                     () = tokio::time::sleep(backoff.next_delay()) => {}
                 }
             }
-            // Any other refusal (portico-raft refuses a change too large for one log
-            // entry): split a batch, else give up leader work with the reason.
-            #[allow(unreachable_patterns)]
-            Err(other) => {
+            // This replica's volume is a stale copy: it takes no part, so no leader work.
+            Err(e @ ProposeError::StaleVolume) => {
                 ctx.metrics.proposal_errors.inc();
-                tracing::warn!(error = %other, "proposal refused");
-                return Ok(Proposed::Refused(change, other.to_string()));
+                return Err(LeaderWorkError::Refused(e.to_string()));
+            }
+            // Refused outright (a change too large for one log entry, above all): split a
+            // batch, else give up leader work with the reason.
+            Err(
+                e @ (ProposeError::TooLarge { .. }
+                | ProposeError::EpochOutOfRange { .. }
+                | ProposeError::Refused(_)),
+            ) => {
+                ctx.metrics.proposal_errors.inc();
+                tracing::warn!(error = %e, "proposal refused");
+                return Ok(Proposed::Refused(change, e.to_string()));
             }
         }
     }

@@ -92,8 +92,8 @@ pub use incarnation::IncarnationError;
 pub use metrics::{Leadership, ReplicaMetrics};
 pub use recover::{RecoverError, Recovered, force_single_voter};
 pub use replica::{
-    CommittedChange, MembershipError, ProposeError, RaftSettings, Replica, ReplicaConfig,
-    StartError, StepDown,
+    BoxError, CommittedChange, MembershipError, ProposeError, RaftSettings, Replica, ReplicaConfig,
+    StartError, StepDown, Unavailable,
 };
 pub use store::{STORE_FILE, StoreError};
 pub use tls::{TlsError, TlsMaterial};

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, PATIENCE, test_settings};
 use common::{Pki, client_config, raw_post, raw_post_to, service_change};
-use portico_raft::{Proposal, ProposeError, RaftSettings, StepDown, TransportSettings};
+use portico_raft::{
+    Proposal, ProposeError, RaftSettings, StepDown, TransportSettings, Unavailable,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_proposed_on_any_replica_is_applied_on_all() {
@@ -124,6 +126,47 @@ async fn new_leader_after_the_leader_stops_and_stopped_replica_catches_up_by_sna
     );
     assert_eq!(cluster.replica(leader).table().borrow().to_bytes(), bytes);
     assert!(cluster.replica(new_leader).metrics().snapshots_built >= 1);
+}
+
+/// Without a quorum a write fails once its request timeout is spent, and says why in a
+/// type the caller can match (here: no leader known), with the reason kept as its source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_without_a_quorum_is_unavailable_with_a_typed_reason() {
+    let transport = TransportSettings {
+        request_timeout: Duration::from_secs(1),
+        ..TransportSettings::default()
+    };
+    let mut cluster = Cluster::start_with(3, test_settings(), transport).await;
+    let leader = cluster.wait_for_leader(3).await;
+    let survivor = (0..3).find(|n| *n != leader).unwrap();
+    for n in (0..3).filter(|n| *n != survivor) {
+        cluster.stop(n).await;
+    }
+    // Once its election timer has run out, the survivor knows of no leader.
+    let started = Instant::now();
+    while cluster.replica(survivor).metrics().leader.is_some() {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the survivor still names a leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let asked = Instant::now();
+    let refused = cluster
+        .replica(survivor)
+        .propose(1, service_change(0))
+        .await;
+    let Err(e @ ProposeError::Unavailable(Unavailable::NoLeader)) = refused else {
+        panic!("expected Unavailable(NoLeader), got {refused:?}");
+    };
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
+        "gave up after {waited:?}, the request timeout is 1 s"
+    );
+    let source = std::error::Error::source(&e).expect("the reason is the source");
+    assert_eq!(source.to_string(), "no leader known");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

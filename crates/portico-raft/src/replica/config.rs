@@ -80,6 +80,6 @@ pub(super) fn raft_config(settings: &RaftSettings) -> Result<Arc<openraft::Confi
     };
     let config = config
         .validate()
-        .map_err(|e| StartError::Settings(e.to_string()))?;
+        .map_err(|e| StartError::Settings(Box::new(e)))?;
     Ok(Arc::new(config))
 }

@@ -8,7 +8,7 @@ use openraft::error::ClientWriteError as OpenraftClientWriteError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::Inner;
+use super::{BoxError, Inner, Unavailable};
 use crate::backoff::Backoff;
 use crate::transport::server::RpcRejection;
 use crate::transport::wire::{self, ForwardError, LeaderHint};
@@ -18,16 +18,16 @@ use crate::types::{ClientWriteError, RaftError};
 pub(super) enum ForwardFailure {
     ShuttingDown,
     /// The leader refused it (not retried).
-    Failed(String),
+    Refused(BoxError),
     /// No leader took it before the deadline.
-    Unavailable(String),
+    Unavailable(Unavailable),
 }
 
 /// The leader-only operations, run locally when this replica leads.
 pub(super) enum LocalOutcome<T> {
     Done(T),
     NotLeader(Option<LeaderHint>),
-    Failed(String),
+    Refused(BoxError),
     ShuttingDown,
 }
 
@@ -54,12 +54,12 @@ impl Inner {
         Self: LocalOp<Req, Resp>,
     {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut last_problem = String::from("no leader known");
+        let mut last_problem = Unavailable::NoLeader;
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         loop {
             let hint = match self.run_local(request.clone()).await {
                 LocalOutcome::Done(value) => return Ok(value),
-                LocalOutcome::Failed(m) => return Err(ForwardFailure::Failed(m)),
+                LocalOutcome::Refused(e) => return Err(ForwardFailure::Refused(e)),
                 LocalOutcome::ShuttingDown => return Err(ForwardFailure::ShuttingDown),
                 LocalOutcome::NotLeader(hint) => hint,
             };
@@ -70,17 +70,27 @@ impl Inner {
                     .channel(&leader.addr)
                     .call(path, wire::encode(request), left)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(BoxError::from)
                     .and_then(|body| {
-                        wire::decode::<Result<Resp, ForwardError>>(&body).map_err(|e| e.to_string())
+                        wire::decode::<Result<Resp, ForwardError>>(&body).map_err(BoxError::from)
                     });
                 match answer {
                     Ok(Ok(value)) => return Ok(value),
-                    Ok(Err(ForwardError::Failed(m))) => return Err(ForwardFailure::Failed(m)),
-                    Ok(Err(ForwardError::NotLeader { .. })) => {
-                        last_problem = format!("{} is no longer the leader", leader.addr)
+                    Ok(Err(ForwardError::Failed(m))) => {
+                        return Err(ForwardFailure::Refused(m.into()));
                     }
-                    Err(e) => last_problem = e,
+                    Ok(Err(ForwardError::NotLeader { .. })) => {
+                        last_problem = Unavailable::NotLeader {
+                            node_id: leader.node_id,
+                            addr: leader.addr,
+                        }
+                    }
+                    Err(source) => {
+                        last_problem = Unavailable::Transport {
+                            addr: leader.addr,
+                            source,
+                        }
+                    }
                 }
             }
             let pause = backoff.next_delay();
@@ -104,7 +114,7 @@ pub(super) fn client_write_failure<T>(e: RaftError<ClientWriteError>) -> LocalOu
             })
         }
         RaftError::APIError(OpenraftClientWriteError::ChangeMembershipError(e)) => {
-            LocalOutcome::Failed(e.to_string())
+            LocalOutcome::Refused(Box::new(e))
         }
         RaftError::Fatal(_) => LocalOutcome::ShuttingDown,
     }
@@ -122,7 +132,7 @@ where
     let answer: Result<Resp, ForwardError> = match inner.run_local(request).await {
         LocalOutcome::Done(value) => Ok(value),
         LocalOutcome::NotLeader(leader) => Err(ForwardError::NotLeader { leader }),
-        LocalOutcome::Failed(m) => Err(ForwardError::Failed(m)),
+        LocalOutcome::Refused(e) => Err(ForwardError::Failed(e.to_string())),
         LocalOutcome::ShuttingDown => {
             return Err(RpcRejection::Unavailable("shutting down".into()));
         }

@@ -45,8 +45,8 @@ impl Replica {
 fn membership_error(e: ForwardFailure) -> MembershipError {
     match e {
         ForwardFailure::ShuttingDown => MembershipError::ShuttingDown,
-        ForwardFailure::Failed(m) => MembershipError::Refused(m),
-        ForwardFailure::Unavailable(m) => MembershipError::Unavailable(m),
+        ForwardFailure::Refused(e) => MembershipError::Refused(e),
+        ForwardFailure::Unavailable(e) => MembershipError::Unavailable(e),
     }
 }
 

@@ -42,7 +42,7 @@ use crate::transport::server;
 use crate::types::{NodeId, Raft};
 
 pub use config::{RaftSettings, ReplicaConfig};
-pub use error::{MembershipError, ProposeError, StartError};
+pub use error::{BoxError, MembershipError, ProposeError, StartError, Unavailable};
 pub use leadership::StepDown;
 pub use propose::CommittedChange;
 
@@ -92,10 +92,10 @@ impl Replica {
         if config.raft.snapshot_chunk_bytes.saturating_add(64 << 10)
             > config.transport.max_body_bytes as u64
         {
-            return Err(StartError::Settings(format!(
-                "snapshot_chunk_bytes ({}) must be at least 64 KiB below max_body_bytes ({})",
-                config.raft.snapshot_chunk_bytes, config.transport.max_body_bytes
-            )));
+            return Err(StartError::SnapshotChunkTooLarge {
+                chunk_bytes: config.raft.snapshot_chunk_bytes,
+                max_body_bytes: config.transport.max_body_bytes,
+            });
         }
         let tls = config.tls.configs()?;
         let db = Db::open(&config.data_dir)?;
@@ -120,7 +120,7 @@ impl Replica {
         let raft_config = raft_config(&config.raft)?;
         let raft = Raft::new(id, raft_config, network, log_store, state_machine)
             .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+            .map_err(|e| StartError::Raft(Box::new(e)))?;
 
         let inner = Arc::new(Inner {
             id,

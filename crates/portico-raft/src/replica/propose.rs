@@ -60,6 +60,10 @@ impl Replica {
         if size > limit {
             return Err(ProposeError::TooLarge { size, limit });
         }
+        // A stale copy takes no part any more: the leader would refuse its incarnation anyway.
+        if self.inner.incarnations.stale().is_some() {
+            return Err(ProposeError::StaleVolume);
+        }
         let committed: Committed = self
             .inner
             .forward(
@@ -70,9 +74,8 @@ impl Replica {
             .await
             .map_err(|e| match e {
                 ForwardFailure::ShuttingDown => ProposeError::ShuttingDown,
-                ForwardFailure::Failed(m) | ForwardFailure::Unavailable(m) => {
-                    ProposeError::Unavailable(m)
-                }
+                ForwardFailure::Refused(e) => ProposeError::Refused(e),
+                ForwardFailure::Unavailable(e) => ProposeError::Unavailable(e),
             })?;
         match committed.outcome {
             ApplyOutcome::RefusedStaleEpoch {
