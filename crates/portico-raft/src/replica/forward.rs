@@ -120,16 +120,12 @@ pub(super) fn client_write_failure<T>(e: RaftError<ClientWriteError>) -> LocalOu
     }
 }
 
-/// Answers a forwarded leader-only operation: run here if leader, else say who leads.
-pub(super) async fn answer_forwarded<Req, Resp>(
-    inner: &Inner,
-    request: Req,
-) -> Result<Vec<u8>, RpcRejection>
-where
-    Resp: Serialize,
-    Inner: LocalOp<Req, Resp>,
-{
-    let answer: Result<Resp, ForwardError> = match inner.run_local(request).await {
+/// The answer to a leader-only operation forwarded here, once it ran here: its result, or
+/// who leads.
+pub(super) fn answer_forwarded<Resp: Serialize>(
+    outcome: LocalOutcome<Resp>,
+) -> Result<Vec<u8>, RpcRejection> {
+    let answer: Result<Resp, ForwardError> = match outcome {
         LocalOutcome::Done(value) => Ok(value),
         LocalOutcome::NotLeader(leader) => Err(ForwardError::NotLeader { leader }),
         LocalOutcome::Refused(e) => Err(ForwardError::Failed(e.to_string())),

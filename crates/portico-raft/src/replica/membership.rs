@@ -53,7 +53,7 @@ fn membership_error(e: ForwardFailure) -> MembershipError {
 impl Inner {
     /// Leader side of a join: learner, catch-up, promotion (replacing stale identities
     /// that share the joiner's address).
-    async fn join(&self, request: JoinRequest) -> LocalOutcome<()> {
+    pub(super) async fn join(&self, request: JoinRequest) -> LocalOutcome<()> {
         if self.raft.metrics().borrow().state != ServerState::Leader {
             return LocalOutcome::NotLeader(self.leader_hint());
         }
@@ -130,7 +130,7 @@ impl Inner {
         LocalOutcome::Done(())
     }
 
-    async fn remove(&self, node_id: NodeId) -> LocalOutcome<()> {
+    pub(super) async fn remove(&self, node_id: NodeId) -> LocalOutcome<()> {
         if self.raft.metrics().borrow().state != ServerState::Leader {
             return LocalOutcome::NotLeader(self.leader_hint());
         }

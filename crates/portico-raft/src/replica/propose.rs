@@ -1,5 +1,7 @@
-//! Where a proposal enters, on any replica: checked here, then written by the leader (this
-//! replica or the one it forwards to).
+//! Where a proposal enters, on any replica: `Replica::propose` and `Replica::claim_epoch`
+//! check it (`submit`), then `forward` has the leader write it with `Inner::write`, here
+//! when this replica leads, else over the propose RPC, whose handler (`rpc`) calls the same
+//! `Inner::write` on the leader. No proposal is written any other way.
 
 use portico_model::Change;
 
@@ -96,7 +98,9 @@ impl Replica {
 }
 
 impl Inner {
-    async fn write(&self, proposal: Proposal) -> LocalOutcome<Committed> {
+    /// The leader's write of a proposal, the only one: a follower answers that it does not
+    /// lead, with a hint.
+    pub(super) async fn write(&self, proposal: Proposal) -> LocalOutcome<Committed> {
         match self.raft.client_write(proposal).await {
             Ok(response) => LocalOutcome::Done(Committed {
                 index: response.log_id.index,

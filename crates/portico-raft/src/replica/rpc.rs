@@ -11,7 +11,7 @@ use crate::incarnation::{Incarnation, Refusal};
 use crate::peer::PeerIdentity;
 use crate::store::state_machine::SnapshotCheck;
 use crate::transport::server::{RpcHandler, RpcMeta, RpcRejection};
-use crate::transport::wire::{self, Committed, JoinRequest, NodeStatus};
+use crate::transport::wire::{self, JoinRequest, NodeStatus};
 use crate::types::{NodeId, Proposal, TypeConfig};
 
 pub(super) struct ReceivingSnapshot {
@@ -216,16 +216,16 @@ impl RpcHandler for Inner {
             }
             wire::PROPOSE => {
                 let request: Proposal = wire::decode(&body).map_err(bad_request)?;
-                answer_forwarded::<Proposal, Committed>(self, request).await
+                answer_forwarded(self.write(request).await)
             }
             wire::JOIN => {
                 let request: JoinRequest = wire::decode(&body).map_err(bad_request)?;
                 authorize::join(&self.members(), &self.policy, caller, &request)?;
-                answer_forwarded::<JoinRequest, ()>(self, request).await
+                answer_forwarded(self.join(request).await)
             }
             wire::REMOVE => {
                 let request: NodeId = wire::decode(&body).map_err(bad_request)?;
-                answer_forwarded::<NodeId, ()>(self, request).await
+                answer_forwarded(self.remove(request).await)
             }
             wire::STATUS => Ok(wire::encode(&self.status())),
             wire::ELECT => {
