@@ -142,23 +142,23 @@ async fn route_and_forward(
     upgrade: Option<OnUpgrade>,
     trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    admit(shared, &mut req, host)?;
-    let host = host.as_str();
     let table = shared.table.load_full();
-    let route = route(&table, host, &req, trace).ok_or(Refusal::Error(
-        StatusCode::NOT_FOUND,
-        Cow::Borrowed("no route for this host and path"),
-    ))?;
-    let backend = policy(&table, route, conn, host, &req)?;
-    let exchange = upstream_request(
+    let decided = decide(
         shared,
         conn,
+        &table,
         host,
-        route,
-        backend,
         &mut req,
         upgrade.is_some(),
-    )?;
+        trace,
+    );
+    let (route, exchange) = match decided {
+        Ok(decided) => decided,
+        Err(refusal) => {
+            discard_body(req.into_body());
+            return Err(refusal);
+        }
+    };
     // Boxed: hyper keeps room for the whole request future in every connection, idle or
     // not; the exchange (the largest part) is only allocated while forwarding. The phases
     // before it are plain functions, so its future is built once, straight into the box.
@@ -170,6 +170,56 @@ async fn route_and_forward(
         route.policy.read_timeout,
         answer.set_cookie,
     ))
+}
+
+/// The phases before the exchange: admit, route, policy, and the request the backend sees.
+fn decide<'a>(
+    shared: &'a Shared,
+    conn: ConnInfo,
+    table: &'a RoutingTable,
+    host: &'a RequestHost,
+    req: &mut Request<ProxyBody>,
+    upgrade: bool,
+    trace: &mut Trace,
+) -> Result<(&'a Route, Exchange<'a>), Refusal> {
+    admit(shared, req, host)?;
+    let host = host.as_str();
+    let route = route(table, host, req, trace).ok_or(Refusal::Error(
+        StatusCode::NOT_FOUND,
+        Cow::Borrowed("no route for this host and path"),
+    ))?;
+    let backend = policy(table, route, conn, host, req)?;
+    let exchange = upstream_request(shared, conn, host, route, backend, req, upgrade)?;
+    Ok((route, exchange))
+}
+
+/// What a refused request may still send of its body is read and thrown away, after the
+/// refusal is answered and within bounds (as nginx discards it): closing an HTTP/1.1
+/// connection with the client's bytes unread makes the kernel answer with a reset, which
+/// can destroy the refusal before the client reads it. Past the bounds the body is dropped
+/// and the connection closes as before.
+fn discard_body(body: ProxyBody) {
+    /// nginx's lingering_timeout is 5 s; a refused client gets no more than this.
+    const DISCARD_FOR: Duration = Duration::from_secs(5);
+    const DISCARD_BYTES: usize = 64 * 1024;
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        use http_body_util::BodyExt as _;
+        let mut body = std::pin::pin!(body);
+        let mut left = DISCARD_BYTES;
+        let drain = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                let len = frame.data_ref().map_or(0, |d| d.len());
+                match left.checked_sub(len) {
+                    Some(rest) => left = rest,
+                    None => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_FOR, drain).await;
+    });
 }
 
 /// Requests no proxy forwards, refused before routing: a loop through this cluster (508),
