@@ -57,13 +57,7 @@ impl Inner {
         if self.raft.metrics().borrow().state != ServerState::Leader {
             return LocalOutcome::NotLeader(self.leader_hint());
         }
-        let membership = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.membership();
         if membership.voter_ids().any(|id| id == request.node_id) {
             return LocalOutcome::Done(());
         }
@@ -78,13 +72,7 @@ impl Inner {
         // Read again: the catch-up can take long, and another join (a second wiped replica)
         // may have changed the membership meanwhile; promoting from the old copy would drop
         // that newcomer or bring back the identity it replaced (M6).
-        let membership = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.membership();
         let stale: BTreeSet<NodeId> = membership
             .nodes()
             .filter(|(id, node)| **id != request.node_id && node.addr == request.addr)
@@ -108,13 +96,7 @@ impl Inner {
         {
             return client_write_failure(e);
         }
-        let membership = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.membership();
         let stale_learners: BTreeSet<NodeId> = membership
             .learner_ids()
             .filter(|id| stale.contains(id))
@@ -134,13 +116,7 @@ impl Inner {
         if self.raft.metrics().borrow().state != ServerState::Leader {
             return LocalOutcome::NotLeader(self.leader_hint());
         }
-        let membership = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.membership();
         let change = if membership.voter_ids().any(|id| id == node_id) {
             ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
         } else if membership.learner_ids().any(|id| id == node_id) {
@@ -179,14 +155,7 @@ pub(super) async fn join_cluster(inner: Arc<Inner>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let settings = inner.peers.settings().clone();
     loop {
-        let is_voter = inner
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|id| id == inner.id);
+        let is_voter = inner.membership().voter_ids().any(|id| id == inner.id);
         if is_voter {
             tracing::info!(node_id = inner.id, "this replica is a voting member");
             return;

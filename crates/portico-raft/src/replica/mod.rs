@@ -22,7 +22,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::ServerState;
+use openraft::{BasicNode, Membership, ServerState};
 use portico_model::RoutingTable;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -73,6 +73,19 @@ struct Inner {
     /// This start's incarnation and those accepted from the other nodes (restored or
     /// cloned volumes).
     incarnations: Arc<Incarnations>,
+}
+
+impl Inner {
+    /// The membership in effect as this replica knows it: a copy, so no borrow of the
+    /// metrics is held across an await.
+    fn membership(&self) -> Membership<NodeId, BasicNode> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone()
+    }
 }
 
 /// A running replica. Cloning gives another handle to the same replica.
