@@ -220,7 +220,10 @@ async fn older_kubectls_explain_too() {
         let out = k
             .ok(&["explain", "ingress.spec.rules.http.paths.pathType"])
             .await;
-        assert!(out.contains("FIELD: pathType <string>"), "1.{minor}:\n{out}");
+        assert!(
+            out.contains("FIELD: pathType <string>"),
+            "1.{minor}:\n{out}"
+        );
         assert!(out.contains("Possible enum values:"), "1.{minor}:\n{out}");
     }
 }
