@@ -712,7 +712,12 @@ mod tests {
         let settings = portico_model::Settings::default();
         let config = crate::controller::config(&args(&[]), settings.clone()).unwrap();
         assert_eq!(config.limits, portico_model::Limits::default());
-        let a = args(&["--max-object-bytes", "50000", "--max-namespace-objects", "7"]);
+        let a = args(&[
+            "--max-object-bytes",
+            "50000",
+            "--max-namespace-objects",
+            "7",
+        ]);
         let config = crate::controller::config(&a, settings.clone()).unwrap();
         assert_eq!(config.limits.max_object_bytes, 50_000);
         assert_eq!(config.limits.max_namespace_objects, 7);
