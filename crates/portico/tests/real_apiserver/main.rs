@@ -17,6 +17,7 @@ mod local;
 mod namespaced;
 mod replica;
 mod support;
+mod tenant_attacks;
 mod validation;
 
 use std::path::{Path, PathBuf};
