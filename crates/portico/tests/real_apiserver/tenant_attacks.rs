@@ -611,6 +611,7 @@ fn a_tenant_with_edit_rights_cannot_take_hosts_certificates_catch_alls_loopback_
             (500..600).contains(&code),
             "H2: ExternalName {external} ({name}) answered {code}: {body}"
         );
+        eprintln!("H2: ExternalName {external} ({name}): {code}");
         assert!(
             !body.contains("recorder") && !body.contains("controller:"),
             "H2: {name} reached {external}: {body}"
@@ -693,9 +694,13 @@ fn a_tenant_with_edit_rights_cannot_take_hosts_certificates_catch_alls_loopback_
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);
     let (rounds, flood_for) = flooder.join().unwrap();
+    assert!(
+        rounds >= 2,
+        "C2: the flood rewrote its Secrets only {rounds} times"
+    );
     eprintln!(
         "C2: alice's new Ingress served {:.2} s after kubectl apply returned, during a flood of \
-         {rounds} rounds x 20 Secrets in {:.1} s",
+         {rounds} rounds x (20 Secrets and a ~110 KiB Ingress) in {:.1} s",
         delay.as_secs_f64(),
         flood_for.as_secs_f64()
     );
