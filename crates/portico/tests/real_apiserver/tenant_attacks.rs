@@ -418,7 +418,8 @@ fn a_tenant_with_edit_rights_cannot_take_hosts_certificates_catch_alls_loopback_
     );
     let listed = run(mallory.kubectl_in("alice").args(["get", "ingresses"]));
     assert!(
-        !listed.status.success() && String::from_utf8_lossy(&listed.stderr).contains("forbidden")
+        !listed.status.success() && String::from_utf8_lossy(&listed.stderr).contains("forbidden"),
+        "mallory must not list alice's Ingresses"
     );
 
     // Alice serves shop.example with her certificate.
@@ -466,10 +467,11 @@ fn a_tenant_with_edit_rights_cannot_take_hosts_certificates_catch_alls_loopback_
     mallory.wait_event("steal", "HostOwnedByAnotherNamespace");
     alice_answers(&replica, &alice_fp, "H3 host takeover");
 
-    // H1/H3 certificate takeover. Mallory's Secret has SANs *.example and shop.example; her
-    // Ingress lists only other.example in tls.hosts with it. Must hold: other.example gets
-    // her certificate (the Secret is live), shop.example still gets alice's.
-    let (wild_crt, wild_key) = certificate(&["*.example", "shop.example"]);
+    // H1/H3 certificate takeover. Mallory's Secret has SANs *.example and shop.example (and
+    // her own claim.mallory.example); her Ingress lists only other.example in tls.hosts with
+    // it. Must hold: other.example gets her certificate (the Secret is live), shop.example
+    // still gets alice's.
+    let (wild_crt, wild_key) = certificate(&["*.example", "shop.example", "claim.mallory.example"]);
     let wild_fp = fingerprint(&wild_crt);
     mallory.apply(&tls_secret("wild-tls", &wild_crt, &wild_key, 0, 0));
     mallory.apply(&simple(
@@ -484,6 +486,22 @@ fn a_tenant_with_edit_rights_cannot_take_hosts_certificates_catch_alls_loopback_
         .then_some(())
     });
     alice_answers(&replica, &alice_fp, "H1/H3 certificate takeover");
+    // The same Secret, and this time shop.example itself listed in tls.hosts (with a rule
+    // only for her own host). Must hold: shop.example still gets alice's certificate.
+    mallory.apply(&simple(
+        "cert-claim",
+        "claim.mallory.example",
+        &[(&["shop.example", "claim.mallory.example"], "wild-tls")],
+    ));
+    wait_until("mallory's cert-claim live", WAIT, || {
+        (fetch(&https, "https", "claim.mallory.example", "/") == Some((200, "mallory".into())))
+            .then_some(())
+    });
+    alice_answers(
+        &replica,
+        &alice_fp,
+        "H1/H3 certificate claimed in tls.hosts",
+    );
 
     // H3 catch-all. Mallory's Ingress has only a defaultBackend. Must hold: it answers
     // neither alice's host nor an unknown host (Portico's own 404), with a CatchAllNotAllowed
