@@ -375,6 +375,22 @@ impl RoutingTable {
                 );
             }
         }
+        // `tls.hosts` names another namespace owns: this Ingress's certificate is not
+        // served for them (rebuild_sni skips them); said here, never silently.
+        for tls in &plan.tls {
+            for name in &tls.hosts {
+                let owner = self.host_owner(&HostKey::from_rule(Some(name)));
+                if !self.may_use(owner.as_ref(), &key.namespace) {
+                    problems.push(Problem::new(
+                        format!("{}.hosts", tls.field),
+                        ProblemReason::HostOwnedByAnotherNamespace,
+                        format!(
+                            "TLS host {name:?} belongs to another namespace (the one whose Ingress claimed it first); this Ingress's certificate is not served for it"
+                        ),
+                    ));
+                }
+            }
+        }
         // Backends that cannot take requests.
         let mut seen = BTreeSet::new();
         let backends = plan

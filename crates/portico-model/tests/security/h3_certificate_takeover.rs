@@ -89,6 +89,21 @@ fn listing_another_tenants_host_in_tls_hosts_changes_nothing() {
         cert_secret(&table, "www.shop.example.com").as_deref(),
         Some("tenant-b/evil")
     );
+    // Not silently: B's Ingress is told that its tls.hosts entry for A's host is not served
+    // (its Event), and only that entry.
+    let problems = table.problems(&ObjectKey::new("tenant-b", "list"), 0);
+    let tls: Vec<&Problem> = problems
+        .iter()
+        .filter(|p| p.field.starts_with("spec.tls") && p.field.ends_with(".hosts"))
+        .collect();
+    assert_eq!(tls.len(), 1, "{problems:?}");
+    assert_eq!(tls[0].reason, ProblemReason::HostOwnedByAnotherNamespace);
+    assert_eq!(tls[0].field, "spec.tls[0].hosts");
+    assert!(
+        tls[0].message.contains("shop.example.com"),
+        "{}",
+        tls[0].message
+    );
 }
 
 #[test]
