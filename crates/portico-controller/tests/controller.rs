@@ -380,8 +380,10 @@ async fn partitioned_leader_stops_before_the_next_starts_and_its_epoch_is_refuse
 
     // Cut the leader off the API server: it must step down by its renew deadline, though
     // it cannot tell anyone.
-    let cut_at = Instant::now();
+    // Cut first, then the time: every write the old leader sent at or after `cut_at` met
+    // the cut (see `StatusWrite::at`).
     cluster.nodes[old].cut.store(true, Ordering::SeqCst);
+    let cut_at = Instant::now();
     tokio::time::timeout(PATIENCE, old_status.wait_for(|s| !s.is_leader))
         .await
         .unwrap()
@@ -516,8 +518,10 @@ async fn leader_cut_off_from_the_api_server_only_hands_over_and_changes_keep_lan
         .status
         .clone();
 
-    let cut_at = Instant::now();
+    // Cut first, then the time: every write the old leader sent at or after `cut_at` met
+    // the cut (see `StatusWrite::at`).
     cluster.nodes[old].cut.store(true, Ordering::SeqCst);
+    let cut_at = Instant::now();
     apply(&cluster.admin, &ingress("during", "during.example", "/")).await;
     tokio::time::timeout(PATIENCE, old_status.wait_for(|s| !s.is_leader))
         .await

@@ -35,7 +35,9 @@ pub const RETRY: Duration = Duration::from_millis(500);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A status write seen on the wire: which replica's client sent it, and when it succeeded.
+/// A successful status write seen on the wire: which replica's client sent it, and when it
+/// was sent (it passed the partition check). Not when its answer came: a write sent just
+/// before a cut is answered after it, and is not the cut-off leader acting after the cut.
 #[derive(Clone, Debug)]
 pub struct StatusWrite {
     pub node: usize,
@@ -125,6 +127,9 @@ fn node_client(
         let cut = cut.clone();
         let writes = writes.clone();
         let fut: Pin<Box<dyn Future<Output = Result<_, BoxError>> + Send>> = Box::pin(async move {
+            // Before the check: a write that passes it was sent before any cut that a test
+            // timestamps after setting `cut`.
+            let sent = Instant::now();
             if cut.load(Ordering::SeqCst) {
                 return Err::<_, BoxError>("partitioned from the API server (test)".into());
             }
@@ -136,7 +141,7 @@ fn node_client(
             if status_write && response.status().is_success() {
                 writes.lock().unwrap().push(StatusWrite {
                     node,
-                    at: Instant::now(),
+                    at: sent,
                     path,
                 });
             }
