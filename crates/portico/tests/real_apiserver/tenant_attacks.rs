@@ -487,7 +487,8 @@ fn a_tenant_with_edit_rights_cannot_take_hosts_certificates_catch_alls_loopback_
     });
     alice_answers(&replica, &alice_fp, "H1/H3 certificate takeover");
     // The same Secret, and this time shop.example itself listed in tls.hosts (with a rule
-    // only for her own host). Must hold: shop.example still gets alice's certificate.
+    // only for her own host). Must hold: shop.example still gets alice's certificate, and
+    // her Ingress is told so (nothing protective is silently ignored).
     mallory.apply(&simple(
         "cert-claim",
         "claim.mallory.example",
@@ -502,6 +503,7 @@ fn a_tenant_with_edit_rights_cannot_take_hosts_certificates_catch_alls_loopback_
         &alice_fp,
         "H1/H3 certificate claimed in tls.hosts",
     );
+    mallory.wait_event("cert-claim", "HostOwnedByAnotherNamespace");
 
     // H3 catch-all. Mallory's Ingress has only a defaultBackend. Must hold: it answers
     // neither alice's host nor an unknown host (Portico's own 404), with a CatchAllNotAllowed
