@@ -18,8 +18,8 @@ use portico_apiserver::ApiServer;
 use portico_controller::{Controller, ControllerConfig, ControllerStatus};
 use portico_model::RoutingTable;
 use portico_raft::{RaftSettings, Replica, ReplicaConfig, TlsMaterial, TransportSettings};
+use portico_test_support::{LeafSpec, TestCa};
 use prometheus_client::registry::Registry;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -45,33 +45,27 @@ pub struct StatusWrite {
     pub path: String,
 }
 
+/// The cluster CA of a test cluster (portico-test-support's), signing node certificates as
+/// the replicas take them.
 struct Pki {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    ca: TestCa,
 }
 
 impl Pki {
     fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "portico-controller-test-ca");
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Self { issuer }
+        Self {
+            ca: TestCa::new("portico-controller-test-ca"),
+        }
     }
 
     fn node(&self, name: &str) -> TlsMaterial {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let leaf = self
+            .ca
+            .issue(&LeafSpec::new(&["localhost", "127.0.0.1"]).common_name(name));
         TlsMaterial {
-            ca_pem: self.issuer.pem().into_bytes(),
-            cert_pem: cert.pem().into_bytes(),
-            key_pem: key.serialize_pem().into_bytes(),
+            ca_pem: leaf.ca_pem.into_bytes(),
+            cert_pem: leaf.cert_pem.into_bytes(),
+            key_pem: leaf.key_pem.into_bytes(),
         }
     }
 }
