@@ -47,14 +47,7 @@ pub fn get(addr: &str, path: &str) -> Option<(u16, String)> {
 
 /// A CA written as PEM files in `dir`: (certificate, key).
 pub fn write_ca(dir: &Path) -> (PathBuf, PathBuf) {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let (c, k) = (dir.join("ca.crt"), dir.join("ca.key"));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
+    portico_test_support::TestCa::new("portico-test-ca").write(dir)
 }
 
 /// The first non-loopback IPv4 address of this machine. The real API server refuses loopback
