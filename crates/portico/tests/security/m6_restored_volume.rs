@@ -250,8 +250,15 @@ ports: [{{name: http, port: {port}, protocol: TCP}}]
     )
 }
 
-#[test]
-fn after_losing_quorum_raft_recover_lets_changes_commit_and_replacements_rejoin() {
+/// The in-process API server, a kubeconfig for it, and an echo backend with the Ingress
+/// `before` routed to it: what both process tests below start from.
+fn api_server_and_backend() -> (
+    tokio::runtime::Runtime,
+    portico_apiserver::ServerHandle,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::process::Child,
+) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = portico_apiserver::ApiServer::builder()
         .minor_version(33)
@@ -263,7 +270,6 @@ fn after_losing_quorum_raft_recover_lets_changes_commit_and_replacements_rejoin(
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     handle.write_kubeconfig(&kubeconfig).unwrap();
-
     let echo_port = free_port();
     let mut echo = Command::new(PORTICO)
         .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
@@ -274,6 +280,12 @@ fn after_losing_quorum_raft_recover_lets_changes_commit_and_replacements_rejoin(
         .unwrap();
     kubectl_apply(&kubeconfig, &backend_yaml(echo_port));
     kubectl_apply(&kubeconfig, &ingress("before"));
+    (runtime, handle, dir, kubeconfig, echo)
+}
+
+#[test]
+fn after_losing_quorum_raft_recover_lets_changes_commit_and_replacements_rejoin() {
+    let (runtime, handle, dir, kubeconfig, mut echo) = api_server_and_backend();
 
     let mut replicas = Replicas::new(dir.path(), &kubeconfig, 3);
     for i in 0..3 {
@@ -352,27 +364,7 @@ fn after_losing_quorum_raft_recover_lets_changes_commit_and_replacements_rejoin(
 
 #[test]
 fn a_restored_volume_fails_its_probes_and_says_to_wipe_it() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = portico_apiserver::ApiServer::builder()
-        .minor_version(33)
-        .build()
-        .unwrap();
-    let handle = runtime
-        .block_on(async { server.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await?) })
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    handle.write_kubeconfig(&kubeconfig).unwrap();
-    let echo_port = free_port();
-    let mut echo = Command::new(PORTICO)
-        .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
-        .args(["--service", "echo", "--pod", "echo-0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    kubectl_apply(&kubeconfig, &backend_yaml(echo_port));
-    kubectl_apply(&kubeconfig, &ingress("before"));
+    let (runtime, handle, dir, kubeconfig, mut echo) = api_server_and_backend();
     let mut replicas = Replicas::new(dir.path(), &kubeconfig, 3);
     for i in 0..3 {
         replicas.spawn(i);
