@@ -271,7 +271,7 @@ fn api_server_and_backend() -> (
     let kubeconfig = dir.path().join("kubeconfig");
     handle.write_kubeconfig(&kubeconfig).unwrap();
     let echo_port = free_port();
-    let mut echo = Command::new(PORTICO)
+    let echo = Command::new(PORTICO)
         .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
         .args(["--service", "echo", "--pod", "echo-0"])
         .stdout(Stdio::null())
