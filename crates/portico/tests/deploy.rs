@@ -2,33 +2,16 @@
 //! --strict), `kubectl kustomize` renders the base and the overlays, and real kubectl applies
 //! the rendered base to the in-process API server (what it serves; the rest is listed).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::deploy_rbac::{deploy_dir, kustomize_text, objects, ok};
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn deploy() -> PathBuf {
-    root().join("deploy")
-}
-
-fn output(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn kustomize(dir: &Path) -> String {
-    output(Command::new("kubectl").arg("kustomize").arg(dir))
 }
 
 fn validate(path: &Path) {
@@ -75,7 +58,7 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn every_manifest_validates_strictly_for_kubernetes_1_33() {
     let mut files = Vec::new();
-    yaml_files(&deploy(), &mut files);
+    yaml_files(&deploy_dir(), &mut files);
     let manifests: Vec<&PathBuf> = files
         .iter()
         .filter(|p| p.file_name().unwrap() != "kustomization.yaml")
@@ -87,22 +70,20 @@ fn every_manifest_validates_strictly_for_kubernetes_1_33() {
     // And what kustomize makes of them.
     let dir = tempfile::tempdir().unwrap();
     for (name, source) in [
-        ("base", deploy()),
-        ("overlay", deploy().join("overlays/example")),
-        ("namespaced", deploy().join("overlays/namespaced")),
+        ("base", deploy_dir()),
+        ("overlay", deploy_dir().join("overlays/example")),
+        ("namespaced", deploy_dir().join("overlays/namespaced")),
     ] {
         let rendered = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&rendered, kustomize(&source)).unwrap();
+        std::fs::write(&rendered, kustomize_text(&source)).unwrap();
         validate(&rendered);
     }
 }
 
 #[test]
 fn kustomize_renders_what_the_issue_asks_for() {
-    let rendered = kustomize(&deploy());
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&rendered)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
+    let rendered = kustomize_text(&deploy_dir());
+    let docs = objects(&rendered);
     let find = |kind: &str, name: &str| {
         docs.iter()
             .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
@@ -197,14 +178,13 @@ fn kubectl_applies_the_rendered_base_to_the_in_process_api_server() {
         cmd
     };
 
-    let rendered = kustomize(&deploy());
+    let rendered = kustomize_text(&deploy_dir());
     let file = dir.path().join("deploy.yaml");
     std::fs::write(&file, &rendered).unwrap();
     // Default (strict) validation, as a user would run it.
-    let applied = output(&mut kubectl(&["apply", "-f", file.to_str().unwrap()]));
+    let applied = ok(&mut kubectl(&["apply", "-f", file.to_str().unwrap()]));
     let mut kinds = BTreeSet::new();
-    for doc in rendered.split("\n---\n") {
-        let value: serde_yaml::Value = serde_yaml::from_str(doc).unwrap();
+    for value in objects(&rendered) {
         let kind = value["kind"].as_str().unwrap();
         let name = value["metadata"]["name"].as_str().unwrap();
         let group = value["apiVersion"]
@@ -229,7 +209,7 @@ fn kubectl_applies_the_rendered_base_to_the_in_process_api_server() {
     // stored-only StatefulSet and PodDisruptionBudget are reported "configured" on a second
     // apply: the server lacks kube-apiserver's defaulting for those kinds, so kubectl's
     // three-way diff is never empty (a known gap, noted in the apiserver crate's limits).
-    let again = output(&mut kubectl(&["apply", "-f", file.to_str().unwrap()]));
+    let again = ok(&mut kubectl(&["apply", "-f", file.to_str().unwrap()]));
     for line in again.lines() {
         let stored_only = line.starts_with("statefulset.apps/")
             || line.starts_with("poddisruptionbudget.policy/");
@@ -238,7 +218,7 @@ fn kubectl_applies_the_rendered_base_to_the_in_process_api_server() {
             "{again}"
         );
     }
-    let ports = output(&mut kubectl(&[
+    let ports = ok(&mut kubectl(&[
         "-n",
         "portico-system",
         "get",
@@ -248,7 +228,7 @@ fn kubectl_applies_the_rendered_base_to_the_in_process_api_server() {
         "jsonpath={range .spec.ports[*]}{.protocol}/{.port} {end}",
     ]));
     assert_eq!(ports.trim(), "TCP/80 TCP/443 UDP/443");
-    let replicas = output(&mut kubectl(&[
+    let replicas = ok(&mut kubectl(&[
         "-n",
         "portico-system",
         "get",

@@ -1,6 +1,7 @@
-//! deploy/'s RBAC on a real API server: the kustomization rendered with `kubectl kustomize`,
-//! applied (less one rule, to show it is needed), and a kubeconfig of its ServiceAccount
-//! `portico-system/portico`, so replicas run with exactly what deploy/ grants.
+//! deploy/ rendered with `kubectl kustomize` (the one renderer the binary's tests use), and its
+//! RBAC on a real API server: applied (less one rule, to show it is needed), and a kubeconfig
+//! of its ServiceAccount `portico-system/portico`, so replicas run with exactly what deploy/
+//! grants.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,7 +9,7 @@ use std::process::Command;
 use super::real_apiserver::RealApiServer;
 
 /// stdout of a command that must succeed.
-fn ok(cmd: &mut Command) -> String {
+pub fn ok(cmd: &mut Command) -> String {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
@@ -25,9 +26,18 @@ pub fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
 }
 
+/// A kustomization rendered by `kubectl kustomize`, as it prints it.
+pub fn kustomize_text(path: &Path) -> String {
+    ok(Command::new("kubectl").arg("kustomize").arg(path))
+}
+
 /// A kustomization rendered by `kubectl kustomize`, one value per object.
 pub fn kustomize(path: &Path) -> Vec<serde_yaml::Value> {
-    let rendered = ok(Command::new("kubectl").arg("kustomize").arg(path));
+    objects(&kustomize_text(path))
+}
+
+/// The objects of a YAML stream as kustomize prints it, one value per object.
+pub fn objects(rendered: &str) -> Vec<serde_yaml::Value> {
     rendered
         .split("\n---\n")
         .map(|doc| serde_yaml::from_str(doc).unwrap())
