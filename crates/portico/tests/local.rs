@@ -2,13 +2,11 @@
 //! aioquic for HTTP/3), then stopped with SIGINT; and a SIGKILLed `portico local` leaves
 //! no process behind.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::wait_until;
+use portico_test_support::poll_until_blocking;
 use serde_json::Value;
 
 const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
@@ -66,7 +64,7 @@ fn start_local(state: &Path) -> LocalGuard {
 
 fn wait_for_cluster(state: &Path, guard: &mut LocalGuard) -> Value {
     let path = state.join("cluster.json");
-    let info: Value = wait_until("cluster.json", Duration::from_secs(300), || {
+    let info: Value = poll_until_blocking("cluster.json", Duration::from_secs(300), || {
         if let Some(status) = guard.child.as_mut().unwrap().try_wait().unwrap() {
             panic!(
                 "portico local exited early ({status}):\n{}",
@@ -74,7 +72,8 @@ fn wait_for_cluster(state: &Path, guard: &mut LocalGuard) -> Value {
             );
         }
         serde_json::from_slice(&std::fs::read(&path).ok()?).ok()
-    });
+    })
+    .unwrap();
     for entry in info["replicas"]
         .as_array()
         .unwrap()
@@ -209,10 +208,11 @@ spec:
 fn wait_served(http: &str, host: &str, path: &str, service: &str, within: Duration) {
     let resolve = format!("{host}:{}:127.0.0.1", port(http));
     let url = format!("http://{host}:{}{path}", port(http));
-    wait_until(&format!("{url} on {http}"), within, || {
+    poll_until_blocking(&format!("{url} on {http}"), within, || {
         let (_, code, body) = curl(&["--resolve", &resolve], &url)?;
         (code == 200 && body["service"] == service).then_some(())
-    });
+    })
+    .unwrap();
 }
 
 #[test]
@@ -299,9 +299,10 @@ fn local_cluster_end_to_end() {
         assert_eq!(body["service"], "web");
 
         let http3 = r["http3"].as_str().unwrap();
-        let (code, body) = wait_until("HTTP/3 answer", Duration::from_secs(20), || {
+        let (code, body) = poll_until_blocking("HTTP/3 answer", Duration::from_secs(20), || {
             h3_get(http3, "e2e.portico.test", "/e2e/h3", None)
-        });
+        })
+        .unwrap();
         assert_eq!(code, 200, "{body}");
         assert_eq!(body["service"], "web");
         let (code, body) =
@@ -310,7 +311,7 @@ fn local_cluster_end_to_end() {
     }
 
     // Status written by the leader, seen through kubectl.
-    wait_until("Ingress status", Duration::from_secs(30), || {
+    poll_until_blocking("Ingress status", Duration::from_secs(30), || {
         let ip = kubectl(
             &kubeconfig,
             &[
@@ -323,7 +324,8 @@ fn local_cluster_end_to_end() {
             None,
         );
         (ip == "127.0.0.1").then_some(())
-    });
+    })
+    .unwrap();
 
     // `portico routes` prints the committed table.
     let (ok, out, err) = run(Command::new(PORTICO).args([
@@ -361,11 +363,12 @@ fn local_cluster_end_to_end() {
     // (the leader may be the one killed: Raft and the Lease move on).
     let victim = replicas[0]["pid"].as_i64().unwrap() as i32;
     signal(victim, rustix::process::Signal::KILL);
-    wait_until(
+    poll_until_blocking(
         "the killed replica to be gone",
         Duration::from_secs(10),
         || (!alive(victim)).then_some(()),
-    );
+    )
+    .unwrap();
     for r in &replicas[1..] {
         wait_served(
             r["http"].as_str().unwrap(),
@@ -393,16 +396,18 @@ fn local_cluster_end_to_end() {
     // Ctrl-C: everything stops, nothing is left behind.
     let mut child = guard.child.take().unwrap();
     signal(child.id() as i32, rustix::process::Signal::INT);
-    let status = wait_until("portico local to exit", Duration::from_secs(60), || {
+    let status = poll_until_blocking("portico local to exit", Duration::from_secs(60), || {
         child.try_wait().unwrap()
-    });
+    })
+    .unwrap();
     assert!(status.success(), "portico local exited with {status}");
     for &pid in &guard.pids {
-        wait_until(
+        poll_until_blocking(
             &format!("pid {pid} to be gone"),
             Duration::from_secs(10),
             || (!alive(pid)).then_some(()),
-        );
+        )
+        .unwrap();
     }
     assert!(
         !state.join("cluster.json").exists(),
@@ -425,10 +430,11 @@ fn local_cluster_end_to_end() {
     child.kill().unwrap();
     child.wait().unwrap();
     for &pid in &guard.pids {
-        wait_until(
+        poll_until_blocking(
             &format!("pid {pid} to die with its parent"),
             Duration::from_secs(10),
             || (!alive(pid)).then_some(()),
-        );
+        )
+        .unwrap();
     }
 }
