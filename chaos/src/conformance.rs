@@ -23,6 +23,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
+use portico_test_support::{ConformanceCase as Case, Table};
 use serde_json::{Value, json};
 
 use crate::cluster::{Cluster, admin_addr, http_addr, https_addr};
@@ -30,38 +31,12 @@ use crate::net::{BACKEND_ADDRS, replica_addr};
 use crate::observe;
 use crate::writer::NAMESPACE;
 
-/// One row of conformance-cases.tsv.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Case {
-    pub id: String,
-    pub manifest: String,
-    pub scheme: String,
-    pub method: String,
-    pub host: String,
-    pub path: String,
-    pub status: Option<u16>,
-    pub service: String,
-    pub other: String,
-}
-
-pub fn parse_cases(tsv: &str) -> Vec<Case> {
-    tsv.lines()
-        .filter(|l| !l.starts_with('#') && !l.starts_with("case_id") && !l.trim().is_empty())
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (f.len() >= 9).then(|| Case {
-                id: f[0].into(),
-                manifest: f[2].into(),
-                scheme: f[3].into(),
-                method: f[4].into(),
-                host: f[5].into(),
-                path: f[6].into(),
-                status: f[7].parse().ok(),
-                service: f[8].into(),
-                other: f.get(9).copied().unwrap_or_default().into(),
-            })
-        })
-        .collect()
+/// The cases of a conformance table, read with the workspace's one table reader.
+fn read_cases(path: &Path) -> anyhow::Result<Vec<Case>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let table = Table::parse(&text).with_context(|| format!("{} has no header", path.display()))?;
+    Case::from_table(&table).with_context(|| path.display().to_string())
 }
 
 /// Every backend Service name a manifest's Ingresses reference.
@@ -251,10 +226,7 @@ pub async fn recheck(
     client: &kube::Client,
     data: &Path,
 ) -> anyhow::Result<Outcome> {
-    let cases = parse_cases(
-        &std::fs::read_to_string(data.join("conformance-cases.tsv"))
-            .with_context(|| format!("reading {}", data.join("conformance-cases.tsv").display()))?,
-    );
+    let cases = read_cases(&data.join("conformance-cases.tsv"))?;
     anyhow::ensure!(
         !cases.is_empty(),
         "no conformance cases in {}",
@@ -427,8 +399,7 @@ mod tests {
 
     #[test]
     fn reads_every_case_and_the_services_of_every_manifest() {
-        let cases =
-            parse_cases(&std::fs::read_to_string(data().join("conformance-cases.tsv")).unwrap());
+        let cases = read_cases(&data().join("conformance-cases.tsv")).unwrap();
         assert!(cases.len() >= 30, "{}", cases.len());
         let c13 = cases.iter().find(|c| c.id == "C13").unwrap();
         assert_eq!(
@@ -456,6 +427,7 @@ mod tests {
     fn judges_status_service_and_redirect_rows() {
         let case = |status: u16, service: &str, other: &str| Case {
             id: "C".into(),
+            feature: "f".into(),
             manifest: "m".into(),
             scheme: "http".into(),
             method: "GET".into(),

@@ -58,10 +58,19 @@ impl Table {
 
     /// The index of column `name`; panics listing the header if there is none.
     pub fn column(&self, name: &str) -> usize {
+        self.try_column(name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The index of column `name`, for a reader that reports a malformed table rather than
+    /// panicking (the chaos harness reads the cases after a long run).
+    pub fn try_column(&self, name: &str) -> Result<usize, MissingColumn> {
         self.header
             .iter()
             .position(|h| h == name)
-            .unwrap_or_else(|| panic!("no column {name:?} in {:?}", self.header))
+            .ok_or_else(|| MissingColumn {
+                name: name.to_owned(),
+                header: self.header.clone(),
+            })
     }
 
     /// Column `name` of every row (an empty string where a row is short).
@@ -71,6 +80,14 @@ impl Table {
             .iter()
             .map(move |row| row.get(i).map_or("", String::as_str))
     }
+}
+
+/// A table lacks a column its reader needs.
+#[derive(Debug, thiserror::Error)]
+#[error("no column {name:?} in {header:?}")]
+pub struct MissingColumn {
+    pub name: String,
+    pub header: Vec<String>,
 }
 
 /// One row of `testdata/conformance-cases.tsv`: a scenario of kubernetes-sigs'
@@ -97,24 +114,25 @@ pub struct ConformanceCase {
 impl ConformanceCase {
     /// Every case of `testdata/conformance-cases.tsv`, in file order.
     pub fn all() -> Vec<Self> {
-        Self::from_table(&Table::read("conformance-cases.tsv"))
+        Self::from_table(&Table::read("conformance-cases.tsv")).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    pub fn from_table(table: &Table) -> Vec<Self> {
-        let col = |name| table.column(name);
+    /// The cases in `table`, which must have the columns of `conformance-cases.tsv`.
+    pub fn from_table(table: &Table) -> Result<Vec<Self>, MissingColumn> {
+        let col = |name| table.try_column(name);
         let (id, feature, manifest, scheme, method, host, path, status, service, other) = (
-            col("case_id"),
-            col("feature"),
-            col("manifest"),
-            col("scheme"),
-            col("method"),
-            col("host_header"),
-            col("path"),
-            col("expect_status"),
-            col("expect_service"),
-            col("expect_other"),
+            col("case_id")?,
+            col("feature")?,
+            col("manifest")?,
+            col("scheme")?,
+            col("method")?,
+            col("host_header")?,
+            col("path")?,
+            col("expect_status")?,
+            col("expect_service")?,
+            col("expect_other")?,
         );
-        table
+        Ok(table
             .rows
             .iter()
             .map(|row| {
@@ -132,7 +150,7 @@ impl ConformanceCase {
                     other: cell(other),
                 }
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -150,6 +168,17 @@ mod tests {
         let commented = Table::parse("# source\n# a\tb\n1\t2\n").unwrap();
         assert_eq!(commented.header, ["a", "b"]);
         assert_eq!(commented.rows, [vec!["1", "2"]]);
+    }
+
+    #[test]
+    fn a_table_without_a_conformance_column_is_an_error_naming_it() {
+        let table = Table::parse("case_id\tfeature\nC1\tx\n").unwrap();
+        let err = ConformanceCase::from_table(&table).unwrap_err();
+        assert_eq!(err.name, "manifest");
+        assert_eq!(
+            err.to_string(),
+            r#"no column "manifest" in ["case_id", "feature"]"#
+        );
     }
 
     #[test]
