@@ -10,6 +10,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use portico_model::{IngressVerdict, ObjectKey};
 use portico_raft::ProposeError;
+use portico_test_support::poll_until;
 use support::*;
 
 const MANIFESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../portico-model/tests/data");
@@ -149,27 +150,20 @@ async fn manifests_become_routes_everywhere_and_one_replica_writes_status() {
 
     // The invalid Ingress got an Event naming the field.
     let events = Api::<Event>::namespaced(cluster.admin.clone(), NAMESPACE);
-    let started = Instant::now();
-    loop {
+    let event = poll_until("an Event for the invalid Ingress", PATIENCE, || async {
         let list = events.list(&ListParams::default()).await.unwrap();
-        let found = list.items.iter().find(|e| {
+        list.items.into_iter().find(|e| {
             e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bad-annotation")
-        });
-        if let Some(event) = found {
-            assert_eq!(event.reason.as_deref(), Some("InvalidAnnotation"));
-            let note = event.note.clone().unwrap_or_default();
-            assert!(
-                note.contains("proxy-connect-timeout"),
-                "note names the field: {note}"
-            );
-            break;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "no Event for the invalid Ingress"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(event.reason.as_deref(), Some("InvalidAnnotation"));
+    let note = event.note.clone().unwrap_or_default();
+    assert!(
+        note.contains("proxy-connect-timeout"),
+        "note names the field: {note}"
+    );
     let metrics = cluster.metrics_text(leader);
     assert!(
         metrics.contains("portico_controller_is_leader 1"),
@@ -202,7 +196,7 @@ async fn manifests_become_routes_everywhere_and_one_replica_writes_status() {
 }
 
 /// Applies `count` changes to one Ingress (path /v0, /v1, ...) and a new Ingress per step,
-/// one every `every`, while `during` runs.
+/// one every `every`: paced on purpose, so that changes keep arriving while the leader fails.
 async fn stream_changes(client: &kube::Client, count: usize, every: Duration) {
     for i in 0..count {
         apply(
@@ -217,6 +211,15 @@ async fn stream_changes(client: &kube::Client, count: usize, every: Duration) {
         .await;
         tokio::time::sleep(every).await;
     }
+}
+
+/// The stream's first changes are served everywhere: the leader fails mid-stream.
+async fn stream_flowing(cluster: &Cluster) {
+    cluster
+        .wait_tables("the stream's first changes", |t| {
+            t.ingress_verdict(&key("stream-2")).is_some()
+        })
+        .await;
 }
 
 /// Every change of the stream landed, the last one last.
@@ -253,7 +256,7 @@ async fn killed_leader_is_replaced_within_a_lease_and_no_change_is_lost() {
     let client = cluster.admin.clone();
     let changes =
         tokio::spawn(async move { stream_changes(&client, 30, Duration::from_millis(100)).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream_flowing(&cluster).await;
     let killed_at = Instant::now();
     cluster.kill(old).await;
     let new = cluster.wait_for_controller_leader().await;
@@ -309,7 +312,7 @@ async fn cancelled_leader_hands_over_in_about_a_second() {
     let client = cluster.admin.clone();
     let changes =
         tokio::spawn(async move { stream_changes(&client, 20, Duration::from_millis(100)).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream_flowing(&cluster).await;
 
     let controller = cluster.nodes[old].controller.take().unwrap();
     let started = Instant::now();
@@ -363,7 +366,8 @@ async fn partitioned_leader_stops_before_the_next_starts_and_its_epoch_is_refuse
     let old_epoch = old_controller.status.borrow().epoch.unwrap();
     let mut old_status = old_controller.status.clone();
 
-    // Sample the old leader's own view of its lease.
+    // Sample the old leader's own view of its lease (a clock reading behind a mutex, with
+    // nothing to subscribe to; the sampling period bounds how late "last valid" can be).
     let validity = old_controller.lease.clone();
     let last_valid = Arc::new(Mutex::new(Instant::now()));
     let sampler = {
@@ -434,14 +438,17 @@ async fn partitioned_leader_stops_before_the_next_starts_and_its_epoch_is_refuse
     .await;
     // The API server makes the status visible before the writer's client has recorded its
     // response: wait for the record too.
-    let recorded = Instant::now();
-    let writes = loop {
-        let writes = cluster.writes.lock().unwrap().clone();
-        if writes.iter().any(|w| w.node != old) || recorded.elapsed() > PATIENCE {
-            break writes;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let writes = poll_until(
+        "the new leadership's status write recorded",
+        PATIENCE,
+        || {
+            let writes = cluster.writes.lock().unwrap().clone();
+            let new_wrote = writes.iter().any(|w| w.node != old);
+            async move { new_wrote.then_some(writes) }
+        },
+    )
+    .await
+    .unwrap();
     let last_old = writes.iter().filter(|w| w.node == old).map(|w| w.at).max();
     // Any replica but the old leader: with two replicas left, Raft leadership (and so the
     // Lease) may still move once after `new` first leads.
@@ -475,11 +482,11 @@ async fn partitioned_leader_stops_before_the_next_starts_and_its_epoch_is_refuse
     // A late proposal from the deposed leader, with its epoch, is refused everywhere.
     assert!(new_epoch > old_epoch);
     let replica = cluster.replica(new).clone();
-    let started = Instant::now();
-    while replica.metrics().highest_epoch < new_epoch {
-        assert!(started.elapsed() < PATIENCE);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until("the new epoch applied", PATIENCE, || async {
+        (replica.metrics().highest_epoch >= new_epoch).then_some(())
+    })
+    .await
+    .unwrap();
     let late = portico_model::Change::Delete {
         kind: portico_model::ResourceKind::Ingress,
         key: key("before"),
@@ -591,16 +598,19 @@ async fn api_server_outage_keeps_every_table_and_the_leader_resyncs_after() {
         .api
         .faults()
         .set_availability(Availability::Unavailable);
-    let started = Instant::now();
-    while started.elapsed() < outage {
-        for (i, replica) in cluster.running() {
-            let table = replica.table().borrow().clone();
-            assert!(
-                (0..3).all(|n| table.lookup(&format!("o{n}.example"), "/").is_some()),
-                "replica {i} lost routes during the outage"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    // Every table each replica applies during the outage is looked at, not samples of them.
+    let lost_routes = cluster.running().map(|(i, replica)| {
+        let mut table = replica.table();
+        Box::pin(async move {
+            let lost = table
+                .wait_for(|t| !(0..3).all(|n| t.lookup(&format!("o{n}.example"), "/").is_some()));
+            (i, lost.await.map(|t| t.version()))
+        })
+    });
+    if let Ok(((i, lost), _, _)) =
+        tokio::time::timeout(outage, futures_util::future::select_all(lost_routes)).await
+    {
+        panic!("replica {i} lost routes during the outage: {lost:?}");
     }
     let leaders = cluster
         .nodes
@@ -612,11 +622,11 @@ async fn api_server_outage_keeps_every_table_and_the_leader_resyncs_after() {
     cluster.api.faults().reset();
 
     let leader = cluster.wait_for_controller_leader().await;
-    let started = Instant::now();
-    while resyncs(&cluster.metrics_text(leader)) <= resyncs_before[leader] {
-        assert!(started.elapsed() < PATIENCE, "no resync after the outage");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until("a resync after the outage", PATIENCE, || async {
+        (resyncs(&cluster.metrics_text(leader)) > resyncs_before[leader]).then_some(())
+    })
+    .await
+    .unwrap();
     apply(&cluster.admin, &ingress("after", "after.example", "/")).await;
     cluster
         .wait_tables("the change after the outage", |t| {
@@ -660,13 +670,17 @@ async fn forced_410_dropped_watches_and_409s_are_recovered() {
     cluster
         .wait_tables("f1", |t| t.lookup("f1.example", "/").is_some())
         .await;
-    let started = Instant::now();
-    while cluster.wait_for_controller_leader().await == leader
-        && resyncs(&cluster.metrics_text(leader)) <= resyncs_at_start
-    {
-        assert!(started.elapsed() < PATIENCE, "no resync after the 410");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(
+        "a resync (or a new leader) after the 410",
+        PATIENCE,
+        || async {
+            (cluster.wait_for_controller_leader().await != leader
+                || resyncs(&cluster.metrics_text(leader)) > resyncs_at_start)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
 
     // Dropped watches: resumed, nothing missed.
     faults.drop_watches();
@@ -688,14 +702,11 @@ async fn forced_410_dropped_watches_and_409s_are_recovered() {
         )
         .await;
         faults.fail_nth_write(1, code);
-        let started = Instant::now();
-        while faults.current().fail_write.is_some() {
-            assert!(
-                started.elapsed() < PATIENCE,
-                "the injected failure was never hit"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        poll_until("the injected failure hit", PATIENCE, || async {
+            faults.current().fail_write.is_none().then_some(())
+        })
+        .await
+        .unwrap();
     }
     // Everything converges: every Ingress routed and given status.
     let names: Vec<String> = ["f0", "f1", "f2", "f3"]

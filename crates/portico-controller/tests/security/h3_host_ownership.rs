@@ -4,7 +4,7 @@
 //! hold: every replica keeps routing the host to tenant A's backend with tenant A's
 //! certificate, and tenant B's Ingress gets a `HostOwnedByAnotherNamespace` Event.
 
-use portico_model::ObjectKey;
+use portico_model::{ObjectKey, ResourceKind};
 
 use crate::support::*;
 use crate::{Kubectl, ingress, namespace, wait_event};
@@ -55,8 +55,24 @@ async fn another_namespace_cannot_take_over_a_host_or_its_certificate() {
                 .is_some_and(|r| r.ingress == a)
         })
         .await;
-    // creationTimestamp has a one-second resolution: make B's Ingress clearly newer.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // creationTimestamp has a one-second resolution: B's Ingress must be created in a later
+    // second than A's (the API server stamps with the wall clock; nothing to wait on but it).
+    let created = kube::Api::<k8s_openapi::api::networking::v1::Ingress>::namespaced(
+        cluster.admin.clone(),
+        "tenant-a",
+    )
+    .get("shop")
+    .await
+    .unwrap()
+    .metadata
+    .creation_timestamp
+    .unwrap()
+    .0
+    .as_second();
+    let next_second = std::time::UNIX_EPOCH + std::time::Duration::from_secs(created as u64 + 1);
+    if let Ok(wait) = next_second.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
 
     // Tenant B, with kubectl: a certificate naming A's host, and an Ingress for it.
     let kubectl = Kubectl::start(&cluster.api).await;
@@ -92,6 +108,25 @@ async fn another_namespace_cannot_take_over_a_host_or_its_certificate() {
         described.contains("HostOwnedByAnotherNamespace"),
         "the tenant sees why: {described}"
     );
+    // The absence below holds after every replica has applied B's objects, not after some
+    // time: the Secret, then the Ingress, then a marker Ingress applied after them (changes
+    // commit in order).
+    apply(
+        &cluster.admin,
+        &crate::support::ingress("marker", "marker.example", "/"),
+    )
+    .await;
+    let (evil, grab) = (
+        ObjectKey::new("tenant-b", "evil"),
+        ObjectKey::new("tenant-b", "grab"),
+    );
+    cluster
+        .wait_tables("tenant B's objects and the marker applied", |t| {
+            t.ingress_verdict(&grab).is_some()
+                && t.input(ResourceKind::Secret, &evil).is_some()
+                && t.lookup("marker.example", "/").is_some()
+        })
+        .await;
     for (i, replica) in cluster.running() {
         let table = replica.table().borrow().clone();
         let route = table.lookup("shop.example", "/checkout/pay").unwrap();

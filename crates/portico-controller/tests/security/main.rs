@@ -11,35 +11,42 @@ mod c2_compaction;
 mod c2_h1_unreferenced_secrets;
 mod h3_host_ownership;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::{Api, Client};
+use portico_test_support::poll_until;
 
 use support::PATIENCE;
 
 /// Waits for an Event about the Ingress `name` in `namespace` with `reason`; returns its note.
 pub async fn wait_event(client: &Client, namespace: &str, name: &str, reason: &str) -> String {
     let events = Api::<Event>::namespaced(client.clone(), namespace);
-    let started = Instant::now();
-    loop {
-        let list = events.list(&ListParams::default()).await.unwrap();
-        if let Some(event) = list.items.iter().find(|e| {
-            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-                && e.reason.as_deref() == Some(reason)
-        }) {
-            return event.note.clone().unwrap_or_default();
+    let found = poll_until(
+        format!("a {reason} Event for Ingress {namespace}/{name}"),
+        PATIENCE,
+        || async {
+            let list = events.list(&ListParams::default()).await.unwrap();
+            list.items.into_iter().find(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                    && e.reason.as_deref() == Some(reason)
+            })
+        },
+    )
+    .await;
+    match found {
+        Ok(event) => event.note.unwrap_or_default(),
+        Err(e) => {
+            let list = events.list(&ListParams::default()).await.unwrap();
+            panic!(
+                "{e}: {:?}",
+                list.items
+                    .iter()
+                    .map(|e| (&e.reason, &e.note))
+                    .collect::<Vec<_>>()
+            )
         }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "no {reason} Event for Ingress {namespace}/{name}: {:?}",
-            list.items
-                .iter()
-                .map(|e| (&e.reason, &e.note))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -18,7 +18,7 @@ use portico_apiserver::ApiServer;
 use portico_controller::{Controller, ControllerConfig, ControllerStatus};
 use portico_model::RoutingTable;
 use portico_raft::{RaftSettings, Replica, ReplicaConfig, TlsMaterial, TransportSettings};
-use portico_test_support::{LeafSpec, TestCa};
+use portico_test_support::{LeafSpec, TestCa, poll_until, wait_for};
 use prometheus_client::registry::Registry;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -280,45 +280,60 @@ impl Cluster {
             .filter_map(|(i, n)| n.replica.as_ref().map(|r| (i, r)))
     }
 
+    /// Raft's metrics offer nothing to subscribe to here (`Replica::metrics` is a snapshot):
+    /// polled.
     pub async fn wait_for_raft_leader(&self) -> usize {
-        let started = Instant::now();
-        loop {
-            if let Some((i, _)) = self.running().find(|(_, r)| {
-                let m = r.metrics();
-                m.is_leader && m.voters.len() == 3
-            }) {
-                return i;
-            }
-            assert!(started.elapsed() < PATIENCE, "no Raft leader");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The node whose controller is leader (exactly one), waiting for one.
-    pub async fn wait_for_controller_leader(&self) -> usize {
-        let started = Instant::now();
-        loop {
-            let leaders: Vec<usize> = self
-                .nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| {
-                    n.controller
-                        .as_ref()
-                        .is_some_and(|c| c.status.borrow().is_leader)
+        poll_until("a Raft leader with three voters", PATIENCE, || async {
+            self.running()
+                .find(|(_, r)| {
+                    let m = r.metrics();
+                    m.is_leader && m.voters.len() == 3
                 })
                 .map(|(i, _)| i)
-                .collect();
-            assert!(leaders.len() <= 1, "two controller leaders: {leaders:?}");
-            if let [leader] = leaders[..] {
-                return leader;
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The node whose controller is leader (exactly one), waiting for one: looks again
+    /// whenever a controller's status changes, and checks at each look that there are never
+    /// two.
+    pub async fn wait_for_controller_leader(&self) -> usize {
+        let mut statuses: Vec<(usize, watch::Receiver<ControllerStatus>)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| Some((i, n.controller.as_ref()?.status.clone())))
+            .collect();
+        let one_leader = async {
+            // The receivers whose controller still runs (a finished one cannot change).
+            let mut live: Vec<usize> = (0..statuses.len()).collect();
+            loop {
+                let leaders: Vec<usize> = statuses
+                    .iter_mut()
+                    .filter_map(|(i, s)| s.borrow_and_update().is_leader.then_some(*i))
+                    .collect();
+                assert!(leaders.len() <= 1, "two controller leaders: {leaders:?}");
+                if let [leader] = leaders[..] {
+                    return leader;
+                }
+                if live.is_empty() {
+                    std::future::pending::<()>().await;
+                }
+                let changed = statuses
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(k, _)| live.contains(k))
+                    .map(|(k, (_, s))| Box::pin(async move { (k, s.changed().await.is_ok()) }));
+                let ((k, open), _, _) = futures_util::future::select_all(changed).await;
+                if !open {
+                    live.retain(|l| *l != k);
+                }
             }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "no controller leader within {PATIENCE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        };
+        wait_for("a controller leader", PATIENCE, one_leader)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The class `conformance` and the Ingress `before` (before.example, `/`), waited for
@@ -332,19 +347,29 @@ impl Cluster {
         .await;
     }
 
-    /// Waits until every running replica's applied table satisfies `check`.
+    /// Waits until every running replica's applied table satisfies `check`: looks again
+    /// whenever a replica applies a change.
     pub async fn wait_tables(&self, what: &str, check: impl Fn(&RoutingTable) -> bool) {
-        let started = Instant::now();
-        loop {
-            if self.running().all(|(_, r)| check(&r.table().borrow())) {
-                return;
+        let mut tables: Vec<_> = self.running().map(|(_, r)| r.table()).collect();
+        let all = async {
+            loop {
+                for table in &mut tables {
+                    table
+                        .wait_for(|t| check(t))
+                        .await
+                        .expect("a replica stopped while waiting for its table");
+                }
+                // Each held in turn; all at once unless one moved on meanwhile.
+                if tables.iter().all(|t| check(&t.borrow())) {
+                    return;
+                }
             }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "tables never satisfied: {what}; versions {:?}",
+        };
+        if let Err(e) = wait_for(format!("tables: {what}"), PATIENCE, all).await {
+            panic!(
+                "{e}; versions {:?}",
                 self.running().map(|(_, r)| r.version()).collect::<Vec<_>>()
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -485,15 +510,15 @@ pub async fn wait_ingress(
     what: &str,
     check: impl Fn(&Ingress) -> bool,
 ) {
+    // Polled: the API server's watch is what the fault tests break on purpose.
     let api = Api::<Ingress>::namespaced(client.clone(), NAMESPACE);
-    let started = Instant::now();
-    loop {
-        if let Some(ingress) = api.get_opt(name).await.unwrap()
-            && check(&ingress)
-        {
-            return;
-        }
-        assert!(started.elapsed() < PATIENCE, "Ingress {name}: never {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(format!("Ingress {name} {what}"), PATIENCE, || async {
+        api.get_opt(name)
+            .await
+            .unwrap()
+            .filter(|ingress| check(ingress))
+            .map(|_| ())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }
