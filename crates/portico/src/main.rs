@@ -19,6 +19,7 @@ mod parent;
 mod pki;
 mod pki_issue;
 mod raft_admin;
+mod raft_cert_renewal;
 mod routes;
 mod routes_view;
 mod run;

@@ -150,7 +150,8 @@ pub struct RunArgs {
     #[arg(long, env = "PORTICO_RAFT_CA")]
     pub raft_ca: PathBuf,
     /// This replica's certificate chain (PEM), e.g. from cert-manager. Without it,
-    /// --raft-ca-key is required and a certificate is generated at first boot.
+    /// --raft-cert-issuer or --raft-ca-key is required (with the key, a certificate is
+    /// generated at first boot).
     #[arg(long, env = "PORTICO_RAFT_CERT", requires = "raft_key")]
     pub raft_cert: Option<PathBuf>,
     /// This replica's private key (PEM) for --raft-cert.
@@ -160,6 +161,8 @@ pub struct RunArgs {
     /// for --raft-advertise stored in DATA_DIR/tls/ (0600), when --raft-cert is not given.
     #[arg(long, env = "PORTICO_RAFT_CA_KEY", conflicts_with = "raft_cert")]
     pub raft_ca_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub raft_cert_issuer: crate::raft_cert_renewal::IssuerArgs,
     /// Raft heartbeat interval in milliseconds (elections time out after 6-12 heartbeats).
     #[arg(long, env = "PORTICO_RAFT_HEARTBEAT_MS", default_value_t = 100)]
     pub raft_heartbeat_ms: u64,
@@ -402,7 +405,9 @@ fn tls_material(args: &RunArgs, advertise: &str) -> anyhow::Result<TlsMaterial> 
         });
     }
     let Some(ca_key) = &args.raft_ca_key else {
-        bail!("give either --raft-cert and --raft-key, or --raft-ca-key to generate them");
+        bail!(
+            "give --raft-cert-issuer, or --raft-cert and --raft-key, or --raft-ca-key to generate them"
+        );
     };
     let dir = args.data_dir.join("tls");
     let (cert_path, key_path, names_path) = (
@@ -476,7 +481,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let initial_members = args.initial_members()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
-    let tls = tls_material(&args, &advertise)?;
+    // With an issuer, the certificate comes from it (before Raft starts) and is renewed.
+    let ca_pem = pki::read_string(&args.raft_ca)?.into_bytes();
+    let tls_dir = args.data_dir.join("tls");
+    let renewal = crate::raft_cert_renewal::Renewal::start(
+        &args.raft_cert_issuer,
+        &ca_pem,
+        &tls_dir,
+        host_of(&advertise),
+    )
+    .await?;
+    let tls = match &renewal {
+        Some(renewal) => renewal.material(&ca_pem),
+        None => tls_material(&args, &advertise)?,
+    };
     let loop_token = args.loop_token.clone().unwrap_or_else(|| {
         portico_proxy::LoopToken::for_cluster(&tls.ca_pem, &args.namespace, &args.lease_name)
     });
@@ -548,6 +566,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     crate::metrics::register(&mut registry, replica.clone(), state.clone());
     crate::metrics::register_proxy(&mut registry, proxy.metrics_handle());
+    if let Some(renewal) = renewal {
+        renewal.register(&mut registry);
+        let replica = replica.clone();
+        tokio::spawn(
+            renewal.keep_renewed(stop_admin.clone(), move |cert: &[u8], key: &[u8]| {
+                replica.replace_certificate(cert, key)
+            }),
+        );
+    }
     let controller =
         crate::controller::Leader::new(controller_config, client, replica.clone(), &mut registry);
 
