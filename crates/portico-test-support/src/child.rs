@@ -129,6 +129,35 @@ pub fn addr_after(line: &str, key: &str) -> Option<SocketAddr> {
     first_addr(rest).or_else(|| first_addr(rest.strip_prefix('[')?))
 }
 
+/// Every socket address in the value of `key` in `line`: a list as `Debug` writes it
+/// (`key=[127.0.0.1:80, [::1]:80]`, `"key":"[…]"`) or a single address; empty if none.
+pub fn addrs_after(line: &str, key: &str) -> Vec<SocketAddr> {
+    let Some((_, rest)) = line
+        .split_once(&format!("{key}="))
+        .or_else(|| line.split_once(&format!("\"{key}\":")))
+    else {
+        return Vec::new();
+    };
+    let rest = rest.trim_start_matches('"');
+    if let Some(addr) = first_addr(rest) {
+        return vec![addr];
+    }
+    // A list: IPv6 addresses inside it are bracketed, so `[` then a parse decides.
+    let Some(mut rest) = rest.strip_prefix('[') else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    while let Some(addr) = first_addr(rest) {
+        out.push(addr);
+        let used = addr.to_string().len();
+        match rest[used..].strip_prefix(", ") {
+            Some(next) => rest = next,
+            None => break,
+        }
+    }
+    out
+}
+
 /// The longest prefix of `text` that is a socket address.
 fn first_addr(text: &str) -> Option<SocketAddr> {
     let end = text
@@ -182,6 +211,12 @@ mod tests {
             assert_eq!(addr_after(line, key), Some(want), "{line}");
         }
         assert_eq!(addr_after("ready https=[]", "https"), None);
+        assert_eq!(
+            addrs_after("x http=[127.0.0.1:41233, [::1]:8443] y", "http"),
+            [v4, v6]
+        );
+        assert_eq!(addrs_after(r#""raft":"[::1]:8443","#, "raft"), [v6]);
+        assert!(addrs_after("ready https=[]", "https").is_empty());
         assert_eq!(addr_after("nothing here", "http"), None);
     }
 

@@ -9,9 +9,13 @@
 //!   only where there is nothing to subscribe to.
 //! - [`child`]: a child process's output read line by line, so a child that binds port 0 can
 //!   report the address it got (binding a port and releasing it for the child is a race).
+//! - [`process`]: the one starter of real processes under test (`portico run`, `portico echo`,
+//!   `portico-raft-node`): spawn with sockets handed over, read the reported addresses,
+//!   signal, restart, kill on drop.
 
 pub mod child;
 pub mod pki;
+pub mod process;
 pub mod tables;
 pub mod wait;
 

@@ -24,6 +24,7 @@ mod routes;
 mod routes_view;
 mod run;
 mod signals;
+mod socket_activation;
 mod state;
 
 use clap::{Parser, Subcommand};

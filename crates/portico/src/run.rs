@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use portico_model::{ObjectKey, Settings};
@@ -443,19 +443,13 @@ fn tls_material(args: &RunArgs, advertise: &str) -> anyhow::Result<TlsMaterial> 
     })
 }
 
-/// Binds, retrying briefly: the port may still be held by a process that just exited.
+/// Binds once: a restarted replica gets its old port back at once (tokio sets SO_REUSEADDR, so
+/// connections left in TIME_WAIT do not hold it), and tests bind port 0 or hand the Raft socket
+/// over (`socket_activation`) rather than pick a port for us to bind.
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    let started = Instant::now();
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(listener) => return Ok(listener),
-            Err(e) if started.elapsed() < Duration::from_secs(10) => {
-                tracing::debug!(%addr, error = %e, "bind failed, retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(e).with_context(|| format!("binding the {what} listener {addr}")),
-        }
-    }
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener {addr}"))
 }
 
 pub async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
@@ -475,6 +469,7 @@ pub async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Clie
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let inherited = crate::socket_activation::take()?;
     let settings = args.settings()?;
     let controller_config = crate::controller::config(&args, settings.clone())?;
     let advertise = args.raft_advertise();
@@ -507,9 +502,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     for addr in args.admin_addresses() {
         admin_listeners.push(bind(addr, "admin").await?);
     }
+    let admin_bound: Vec<SocketAddr> = admin_listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<Result<_, _>>()?;
 
-    // Raft.
-    let raft_listener = bind(args.raft_listen, "Raft").await?;
+    // Raft: the socket handed over, else --raft-listen.
+    let raft_listener = match inherited.raft {
+        Some(listener) => listener,
+        None => bind(args.raft_listen, "Raft").await?,
+    };
+    let raft_bound = raft_listener.local_addr()?;
     let replica = Replica::start(
         ReplicaConfig {
             data_dir: args.data_dir.clone(),
@@ -588,7 +591,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let admin_task = tokio::spawn(admin::serve_all(admin_listeners, admin, stop_admin.clone()));
 
     let bound = proxy.spawn_listeners()?;
-    tracing::info!(http = ?bound.http, https = ?bound.https, http3 = ?bound.h3, admin = ?args.admin_addresses(), "serving");
+    // Every address actually bound (a port 0 given resolved), in one line tests read.
+    tracing::info!(http = ?bound.http, https = ?bound.https, h3 = ?bound.h3, admin = ?admin_bound, raft = %raft_bound, "listening");
     let table_task = {
         let handle = proxy.table_handle();
         let state = state.clone();

@@ -174,8 +174,8 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
     });
     let serving = runtime
         .block_on(
-            output.wait_for_line("the serving line", Duration::from_secs(60), |l| {
-                l.contains(r#""message":"serving""#)
+            output.wait_for_line("the listening line", Duration::from_secs(60), |l| {
+                l.contains(r#""message":"listening""#)
             }),
         )
         .unwrap();

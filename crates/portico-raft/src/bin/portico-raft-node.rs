@@ -76,19 +76,27 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    // The port may still be held by a process that was just killed: retry briefly.
-    let started = Instant::now();
-    loop {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => return Ok(listener),
-            Err(e) if started.elapsed() < Duration::from_secs(10) => {
-                tracing::warn!(error = %e, "bind failed, retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(e).context("binding the Raft listener"),
-        }
+/// The Raft listener: the socket handed over by socket activation (`LISTEN_FDS`, named `raft`
+/// in `LISTEN_FDNAMES`; the multi-process tests hold each node's socket, so a restarted node
+/// is back on its address with no window for another process), else `--listen`.
+async fn listener(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return tokio::net::TcpListener::bind(addr)
+            .await
+            .context("binding the Raft listener");
     }
+    anyhow::ensure!(
+        fds.len() == 1 && names == "raft",
+        "expected one socket named raft, got {} named {names:?}",
+        fds.len()
+    );
+    let listener = fds
+        .take_tcp_listener(0)?
+        .context("fd 3 is not a TCP listener")?;
+    listener.set_nonblocking(true)?;
+    Ok(tokio::net::TcpListener::from_std(listener)?)
 }
 
 async fn propose(
@@ -213,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
         cert_pem: read(&args.cert)?,
         key_pem: read(&args.key)?,
     };
-    let listener = bind(args.listen).await?;
+    let listener = listener(args.listen).await?;
     let advertise = args.advertise.unwrap_or_else(|| args.listen.to_string());
     let config = ReplicaConfig {
         data_dir: args.data_dir,

@@ -1,46 +1,48 @@
-//! A cluster of `portico-raft-node` processes driven over their stdin/stdout.
+//! A cluster of `portico-raft-node` processes driven over their stdin/stdout, started by
+//! portico-test-support's process starter: the test binds every member's Raft socket and
+//! hands it over (socket activation), so the members know each other's addresses before any
+//! starts and a restarted member is back on its own address with no port ever released.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Pki;
+use portico_test_support::process::{self, Process, Program};
 use serde_json::Value;
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-pub struct Process {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: Lines<BufReader<ChildStdout>>,
-}
+/// One node's command channel: a command line in, one JSON answer out.
+pub struct Node(Process);
 
-impl Process {
+impl Node {
     pub async fn command(&mut self, line: &str) -> Value {
-        self.stdin
-            .write_all(format!("{line}\n").as_bytes())
+        let answer = self
+            .0
+            .command(line, PATIENCE)
             .await
-            .expect("node stdin");
-        let answer = tokio::time::timeout(PATIENCE, self.stdout.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("no answer to {line:?}"))
-            .expect("node stdout")
-            .unwrap_or_else(|| panic!("node exited while answering {line:?}"));
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.0.output_text()));
         serde_json::from_str(&answer).expect("JSON answer")
+    }
+
+    /// Its log (stderr) since it started.
+    pub fn log(&self) -> String {
+        self.0.output_text()
     }
 }
 
 pub struct Member {
     pub data_dir: PathBuf,
     pub addr: String,
+    /// Its Raft listener, held here for the cluster's life.
+    pub socket: Arc<TcpListener>,
     cert: PathBuf,
     key: PathBuf,
-    log: PathBuf,
-    process: Option<Process>,
+    process: Option<Node>,
 }
 
 pub struct ProcessCluster {
@@ -53,17 +55,6 @@ pub struct ProcessCluster {
     binary: PathBuf,
 }
 
-/// An unused loopback port. The node binds it again moments later (with SO_REUSEADDR); a
-/// restarted node must come back on the same address, which is its identity in the
-/// membership.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl ProcessCluster {
     /// Starts `size` replicas of `binary` (the `portico-raft-node` executable).
     pub async fn start(binary: &str, size: usize, extra_args: &[&str]) -> Self {
@@ -72,7 +63,7 @@ impl ProcessCluster {
         let ca = root.path().join("ca.pem");
         std::fs::write(&ca, pki.ca_pem()).unwrap();
         let mut members = Vec::new();
-        for i in 0..size {
+        for (i, socket) in process::raft_listeners(size).into_iter().enumerate() {
             let tls = pki.node(&format!("portico-{i}"));
             let cert = root.path().join(format!("node-{i}.crt"));
             let key = root.path().join(format!("node-{i}.key"));
@@ -80,10 +71,10 @@ impl ProcessCluster {
             std::fs::write(&key, &tls.key_pem).unwrap();
             members.push(Member {
                 data_dir: root.path().join(format!("data-{i}")),
-                addr: format!("127.0.0.1:{}", free_port()),
+                addr: socket.local_addr().unwrap().to_string(),
+                socket,
                 cert,
                 key,
-                log: root.path().join(format!("node-{i}.log")),
                 process: None,
             });
         }
@@ -102,23 +93,20 @@ impl ProcessCluster {
     }
 
     /// A scratch directory that lives as long as the cluster.
-    pub fn scratch(&self) -> &std::path::Path {
+    pub fn scratch(&self) -> &Path {
         self._root.path()
     }
 
-    pub fn spawn(&mut self, i: usize) {
+    /// A node with member `of`'s certificate, on `data_dir`, serving Raft on `socket`, told
+    /// the cluster's initial members: member `of` itself, or an impostor of it.
+    pub fn node(&self, of: usize, data_dir: &Path, socket: &Arc<TcpListener>) -> Node {
         let initial: Vec<&str> = self.members.iter().map(|m| m.addr.as_str()).collect();
-        let initial = initial.join(",");
-        let member = &mut self.members[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&member.log)
-            .unwrap();
-        let mut child = Command::new(&self.binary)
+        let member = &self.members[of];
+        let program = Program::new(&self.binary)
             .arg("--data-dir")
-            .arg(&member.data_dir)
-            .args(["--listen", &member.addr, "--initial-members", &initial])
+            .arg(data_dir)
+            .args(["--listen", &socket.local_addr().unwrap().to_string()])
+            .args(["--initial-members", &initial.join(",")])
             .arg("--ca")
             .arg(&self.ca)
             .arg("--cert")
@@ -126,29 +114,24 @@ impl ProcessCluster {
             .arg("--key")
             .arg(&member.key)
             .args(&self.extra_args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn portico-raft-node");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        member.process = Some(Process {
-            child,
-            stdin,
-            stdout,
-        });
+            .socket("raft", socket)
+            .command_channel();
+        Node(program.spawn(format!("node {of} ({})", data_dir.display())))
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let member = &self.members[i];
+        let node = self.node(i, &member.data_dir, &member.socket);
+        self.members[i].process = Some(node);
     }
 
     /// SIGKILL, no goodbye.
     pub async fn kill(&mut self, i: usize) {
-        let mut process = self.members[i].process.take().expect("running");
-        process.child.start_kill().unwrap();
-        process.child.wait().await.unwrap();
+        let mut node = self.members[i].process.take().expect("running");
+        node.0.kill().await;
     }
 
-    pub fn process(&mut self, i: usize) -> &mut Process {
+    pub fn process(&mut self, i: usize) -> &mut Node {
         self.members[i].process.as_mut().expect("running")
     }
 
@@ -166,11 +149,12 @@ impl ProcessCluster {
         out
     }
 
+    /// The running members' panics and last log lines.
     pub fn logs(&self) -> String {
         self.members
             .iter()
-            .map(|m| {
-                let text = std::fs::read_to_string(&m.log).unwrap_or_default();
+            .filter_map(|m| Some((m, m.process.as_ref()?.log())))
+            .map(|(m, text)| {
                 let panics: Vec<&str> = text
                     .lines()
                     .filter(|l| l.contains("panicked at") || l.contains("assertion"))

@@ -14,11 +14,10 @@
 //!   before.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use portico_test_support::process;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::common::processes::{PATIENCE, ProcessCluster};
 
@@ -138,8 +137,7 @@ async fn a_volume_restored_after_the_replica_ran_on_is_refused_and_never_counts(
         stale.contains("Delete the data directory") && stale.contains("new node ID"),
         "{stale}"
     );
-    let log =
-        std::fs::read_to_string(cluster.scratch().join(format!("node-{victim}.log"))).unwrap();
+    let log = cluster.process(victim).log();
     assert!(
         log.lines()
             .any(|l| l.contains("ERROR") && l.contains("Delete the data directory")),
@@ -195,60 +193,6 @@ async fn a_volume_restored_after_the_replica_ran_on_is_refused_and_never_counts(
     assert_eq!(restored["is_leader"], false, "{restored}");
 }
 
-/// One `portico-raft-node` outside the cluster's own members: the clone.
-struct Clone {
-    child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
-    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-}
-
-impl Clone {
-    async fn start(cluster: &ProcessCluster, of: usize, data_dir: &Path) -> Self {
-        let root = cluster.scratch();
-        let initial: Vec<&str> = cluster.members.iter().map(|m| m.addr.as_str()).collect();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::File::create(root.join("clone.log")).unwrap();
-        let mut child = tokio::process::Command::new(NODE)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--initial-members", &initial.join(",")])
-            .arg("--ca")
-            .arg(root.join("ca.pem"))
-            .arg("--cert")
-            .arg(root.join(format!("node-{of}.crt")))
-            .arg("--key")
-            .arg(root.join(format!("node-{of}.key")))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        Self {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    async fn status(&mut self) -> Value {
-        self.stdin.write_all(b"status\n").await.unwrap();
-        let line = tokio::time::timeout(PATIENCE, self.stdout.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("the clone exited");
-        serde_json::from_str(&line).unwrap()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clone_of_a_running_replicas_volume_is_refused() {
     let mut cluster = ProcessCluster::start(NODE, 3, &[]).await;
@@ -263,10 +207,12 @@ async fn a_clone_of_a_running_replicas_volume_is_refused() {
     let clone_dir = cluster.scratch().join("clone");
     copy_dir(&cluster.members[original].data_dir, &clone_dir);
     let original_id = cluster.process(original).command("status").await["node_id"].clone();
-    let mut clone = Clone::start(&cluster, original, &clone_dir).await;
+    // At an address of its own, held by the test like the members'.
+    let clone_socket = process::raft_listeners(1).remove(0);
+    let mut clone = cluster.node(original, &clone_dir, &clone_socket);
     let started = Instant::now();
     let stale = loop {
-        let status = clone.status().await;
+        let status = clone.command("status").await;
         assert_eq!(
             status["node_id"], original_id,
             "the clone has the original's ID"
@@ -277,7 +223,7 @@ async fn a_clone_of_a_running_replicas_volume_is_refused() {
         assert!(
             started.elapsed() < PATIENCE,
             "the clone was never refused: {status}\n{}",
-            std::fs::read_to_string(cluster.scratch().join("clone.log")).unwrap_or_default()
+            clone.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -292,12 +238,11 @@ async fn a_clone_of_a_running_replicas_volume_is_refused() {
         assert!(s["stale_volume"].is_null(), "replica {i}: {s}");
     }
     assert!(refused(&statuses[leader].1) > 0, "{:?}", statuses[leader]);
-    let clone_status = clone.status().await;
+    let clone_status = clone.command("status").await;
     assert!(
         clone_status["version"].as_u64() < Some(version),
         "the clone took entries: {clone_status}"
     );
-    clone.child.kill().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
