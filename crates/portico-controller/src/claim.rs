@@ -54,7 +54,7 @@ pub(crate) async fn claim_epoch(
                 | ProposeError::EpochOutOfRange { .. }
                 | ProposeError::Refused(_)
                 | ProposeError::StaleVolume),
-            ) => return Err(LeaderWorkError::Refused(e.to_string())),
+            ) => return Err(LeaderWorkError::Refused(e)),
         }
     }
 }

@@ -175,9 +175,11 @@ pub(crate) enum LeaderWorkError {
     #[error("the lease ran out before a proposal")]
     LeaseExpired,
     /// A change Raft refused outright, e.g. a full resync larger than one log entry may be
-    /// (raise the transport's `max_body_bytes`).
+    /// (raise the transport's `max_body_bytes`), or this replica's volume is a stale copy.
+    /// Only the refusals retrying cannot fix: `TooLarge`, `EpochOutOfRange`, `Refused`,
+    /// `StaleVolume`.
     #[error("a proposal was refused: {0}")]
-    Refused(String),
+    Refused(portico_raft::ProposeError),
     /// This replica had not applied our own last commit in time (Raft leadership moved).
     #[error("the table here is at version {applied}, behind our commit {version}")]
     TableBehind { version: u64, applied: u64 },

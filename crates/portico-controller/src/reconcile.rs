@@ -239,7 +239,7 @@ async fn propose(ctx: &LeaderContext, change: Change, kind: &str) -> Result<u64,
 enum Proposed {
     Committed(u64),
     /// Refused for a reason retrying cannot fix (for example too large for one entry).
-    Refused(Change, String),
+    Refused(Change, ProposeError),
 }
 
 async fn propose_one(
@@ -299,7 +299,7 @@ async fn propose_one(
             // This replica's volume is a stale copy: it takes no part, so no leader work.
             Err(e @ ProposeError::StaleVolume) => {
                 ctx.metrics.proposal_errors.inc();
-                return Err(LeaderWorkError::Refused(e.to_string()));
+                return Err(LeaderWorkError::Refused(e));
             }
             // Refused outright (a change too large for one log entry, above all): split a
             // batch, else give up leader work with the reason.
@@ -310,7 +310,7 @@ async fn propose_one(
             ) => {
                 ctx.metrics.proposal_errors.inc();
                 tracing::warn!(error = %e, "proposal refused");
-                return Ok(Proposed::Refused(change, e.to_string()));
+                return Ok(Proposed::Refused(change, e));
             }
         }
     }
