@@ -9,6 +9,7 @@ use common::{Pki, client_config, raw_post, raw_post_to, service_change};
 use portico_raft::{
     Proposal, ProposeError, RaftSettings, StepDown, TransportSettings, Unavailable,
 };
+use portico_test_support::poll_until;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_proposed_on_any_replica_is_applied_on_all() {
@@ -143,14 +144,17 @@ async fn a_write_without_a_quorum_is_unavailable_with_a_typed_reason() {
         cluster.stop(n).await;
     }
     // Once its election timer has run out, the survivor knows of no leader.
-    let started = Instant::now();
-    while cluster.replica(survivor).metrics().leader.is_some() {
-        assert!(
-            started.elapsed() < PATIENCE,
-            "the survivor still names a leader"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Raft's metrics are a snapshot with nothing to subscribe to: polled.
+    poll_until("the survivor to name no leader", PATIENCE, || async {
+        cluster
+            .replica(survivor)
+            .metrics()
+            .leader
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .unwrap();
 
     let asked = Instant::now();
     let refused = cluster

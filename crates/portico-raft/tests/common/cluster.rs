@@ -121,8 +121,15 @@ impl Cluster {
         let replica = self.nodes[i].replica.take().expect("running");
         replica.shutdown().await;
         drop(replica);
-        // Let the store's last blocking tasks finish and release the file.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The store's last blocking tasks may still hold its file: wait until redb opens
+        // it here (it refuses a file open elsewhere), so a restart finds it free.
+        let file = self.nodes[i].dir.path().join(portico_raft::STORE_FILE);
+        poll_until(format!("{} released", file.display()), PATIENCE, || {
+            let free = redb::Database::open(&file).is_ok();
+            std::future::ready(free.then_some(()))
+        })
+        .await
+        .unwrap();
     }
 
     pub async fn restart(&mut self, i: usize) {
