@@ -305,7 +305,8 @@ pub async fn replica_credentials(
     for doc in serde_yaml::Deserializer::from_str(&rendered) {
         let object = serde_yaml::Value::deserialize(doc)?;
         let kind = object["kind"].as_str().unwrap_or_default();
-        if kind == "ServiceAccount" {
+        // The replicas' ServiceAccount, not the Raft certificate issuer's (portico-pki).
+        if kind == "ServiceAccount" && object["metadata"]["name"] == "portico" {
             account = Some((
                 object["metadata"]["namespace"]
                     .as_str()
