@@ -18,14 +18,16 @@
 //!   are all served.
 
 use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableDatabase, ReadableTable};
-use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::networking::v1::Ingress;
 use portico_model::{Limits, MAX_ENTRY_BYTES, ObjectKey, ResourceKind, RoutingTable};
 use portico_raft::{RaftSettings, TransportSettings};
+use portico_test_support::poll_until;
 
 use crate::support::*;
 use crate::{Kubectl, ingress, namespace, wait_event};
@@ -60,13 +62,7 @@ fn junk_secret(ns: &str, name: &str, bytes: usize) -> Secret {
 }
 
 /// An Ingress of `paths` paths on `host`, using Secret `secret` for it.
-fn big_ingress(
-    ns: &str,
-    name: &str,
-    host: &str,
-    secret: Option<&str>,
-    paths: usize,
-) -> k8s_openapi::api::networking::v1::Ingress {
+fn big_ingress(ns: &str, name: &str, host: &str, secret: Option<&str>, paths: usize) -> Ingress {
     let paths: Vec<_> = (0..paths)
         .map(|i| {
             serde_json::json!({
@@ -118,6 +114,47 @@ fn holds(table: &RoutingTable, kind: ResourceKind, ns: &str, name: &str) -> bool
     table.input(kind, &ObjectKey::new(ns, name)).is_some()
 }
 
+/// Three replicas (Raft messages limited by `transport`, namespaces by `test_limits`), the
+/// `conformance` IngressClass and the two namespaces; no controller runs yet.
+async fn tenant_cluster(transport: TransportSettings) -> Cluster {
+    let cluster = Cluster::replicas(
+        TEST_TIMINGS,
+        RaftSettings::default(),
+        transport,
+        test_limits,
+    )
+    .await;
+    apply_class(&cluster.admin, "conformance").await;
+    namespace(&cluster.admin, TENANT).await;
+    namespace(&cluster.admin, QUIET).await;
+    cluster
+}
+
+fn start_controllers(cluster: &mut Cluster) {
+    for i in 0..3 {
+        cluster.start_controller(i);
+    }
+}
+
+/// Waits until this machine's clock, which the API server stamps `creationTimestamp` with, is
+/// past the second the tenant's Ingress `name` was made in: that field has second precision,
+/// so only what is made after this is newer.
+async fn wait_past_creation_of(client: &kube::Client, name: &str) {
+    let made = kube::Api::<Ingress>::namespaced(client.clone(), TENANT)
+        .get(name)
+        .await
+        .unwrap()
+        .metadata
+        .creation_timestamp
+        .expect("the API server stamps creationTimestamp")
+        .0
+        .as_second();
+    let next = UNIX_EPOCH + Duration::from_secs(u64::try_from(made).unwrap() + 1);
+    if let Ok(left) = next.duration_since(SystemTime::now()) {
+        tokio::time::sleep(left).await;
+    }
+}
+
 const RESYNC_PROPOSALS: &str = "portico_controller_proposals_total{kind=\"resync\"}";
 
 fn counter(metrics: &str, name: &str) -> u64 {
@@ -131,16 +168,7 @@ fn counter(metrics: &str, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_table_larger_than_one_message_resyncs_in_bounded_entries_and_a_matching_one_proposes_no_object()
  {
-    let mut cluster = Cluster::replicas(
-        TEST_TIMINGS,
-        RaftSettings::default(),
-        small_messages(),
-        test_limits,
-    )
-    .await;
-    apply_class(&cluster.admin, "conformance").await;
-    namespace(&cluster.admin, TENANT).await;
-    namespace(&cluster.admin, QUIET).await;
+    let mut cluster = tenant_cluster(small_messages()).await;
     // Before any controller runs: the first leader's resync must carry all of it.
     for i in 0..40 {
         let name = format!("big-{i:02}");
@@ -152,9 +180,7 @@ async fn a_table_larger_than_one_message_resyncs_in_bounded_entries_and_a_matchi
         )
         .await;
     }
-    for i in 0..3 {
-        cluster.start_controller(i);
-    }
+    start_controllers(&mut cluster);
     let started = Instant::now();
     cluster
         .wait_tables("the tenant's 40 Secrets and Ingresses", |t| {
@@ -235,15 +261,16 @@ async fn a_table_larger_than_one_message_resyncs_in_bounded_entries_and_a_matchi
         .collect();
     cluster.kill(leader).await;
     let next = cluster.wait_for_controller_leader().await;
-    let deadline = Instant::now() + PATIENCE;
-    while counter(
-        &cluster.metrics_text(next),
-        "portico_controller_reconciles_total",
-    ) == before[next].0
-    {
-        assert!(Instant::now() < deadline, "the new leader never resynced");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // A counter offers nothing to subscribe to: polled.
+    poll_until("the new leader's resync", PATIENCE, || async {
+        let reconciles = counter(
+            &cluster.metrics_text(next),
+            "portico_controller_reconciles_total",
+        );
+        (reconciles > before[next].0).then_some(())
+    })
+    .await
+    .unwrap();
     // One entry holding no object (a retry after a timeout would count twice), and every
     // input as it was.
     let metrics = cluster.metrics_text(next);
@@ -275,18 +302,8 @@ async fn a_table_larger_than_one_message_resyncs_in_bounded_entries_and_a_matchi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_object_over_the_limit_is_refused_with_an_event_and_nothing_else_is() {
-    let mut cluster = Cluster::replicas(
-        TEST_TIMINGS,
-        RaftSettings::default(),
-        TransportSettings::default(),
-        test_limits,
-    )
-    .await;
-    for i in 0..3 {
-        cluster.start_controller(i);
-    }
-    apply_class(&cluster.admin, "conformance").await;
-    namespace(&cluster.admin, TENANT).await;
+    let mut cluster = tenant_cluster(TransportSettings::default()).await;
+    start_controllers(&mut cluster);
     let kubectl = Kubectl::start(&cluster.api).await;
     let small = big_ingress(TENANT, "small", "small.tenant.example", None, 1);
     kubectl
@@ -356,21 +373,10 @@ async fn an_object_over_the_limit_is_refused_with_an_event_and_nothing_else_is()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_namespace_flooding_its_budget_never_refuses_another_namespaces_objects() {
-    let mut cluster = Cluster::replicas(
-        TEST_TIMINGS,
-        RaftSettings::default(),
-        TransportSettings::default(),
-        test_limits,
-    )
-    .await;
-    for i in 0..3 {
-        cluster.start_controller(i);
-    }
-    apply_class(&cluster.admin, "conformance").await;
-    namespace(&cluster.admin, TENANT).await;
-    namespace(&cluster.admin, QUIET).await;
+    let mut cluster = tenant_cluster(TransportSettings::default()).await;
+    start_controllers(&mut cluster);
     // 130 Ingresses where 100 objects are allowed; creationTimestamp has second precision,
-    // so the first ones are made a second before the rest.
+    // so the first ones are made in an earlier second than the rest.
     let flood = |i: usize| {
         big_ingress(
             TENANT,
@@ -383,12 +389,12 @@ async fn one_namespace_flooding_its_budget_never_refuses_another_namespaces_obje
     for i in 0..10 {
         apply(&cluster.admin, &flood(i)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    wait_past_creation_of(&cluster.admin, "flood-009").await;
     for i in 10..130 {
         apply(&cluster.admin, &flood(i)).await;
     }
     // The quiet namespace's Ingresses come after all of it: the newest in the cluster.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    wait_past_creation_of(&cluster.admin, "flood-129").await;
     for i in 0..20 {
         apply(
             &cluster.admin,
