@@ -31,33 +31,27 @@ pub(super) enum LocalOutcome<T> {
     ShuttingDown,
 }
 
-/// An operation that only the leader can run.
-pub(super) trait LocalOp<Req, Resp> {
-    fn run_local(
-        &self,
-        request: Req,
-    ) -> impl std::future::Future<Output = LocalOutcome<Resp>> + Send;
-}
-
 impl Inner {
-    /// Runs a leader-only operation here if this replica leads, or on the leader it points
-    /// to, following hints until `timeout`.
-    pub(super) async fn forward<Req, Resp>(
+    /// Runs a leader-only operation: `local` (the leader's side, e.g. [`Inner::write`]) if
+    /// this replica leads, else the `path` RPC on the leader it points to, whose handler runs
+    /// the same `local` there; following hints until `timeout`.
+    pub(super) async fn forward<Req, Resp, Local>(
         &self,
         path: &'static str,
         request: &Req,
         timeout: Duration,
+        local: impl Fn(Req) -> Local,
     ) -> Result<Resp, ForwardFailure>
     where
         Req: Serialize + Clone + Send + Sync + 'static,
         Resp: Serialize + DeserializeOwned + Send + 'static,
-        Self: LocalOp<Req, Resp>,
+        Local: Future<Output = LocalOutcome<Resp>>,
     {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last_problem = Unavailable::NoLeader;
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         loop {
-            let hint = match self.run_local(request.clone()).await {
+            let hint = match local(request.clone()).await {
                 LocalOutcome::Done(value) => return Ok(value),
                 LocalOutcome::Refused(e) => return Err(ForwardFailure::Refused(e)),
                 LocalOutcome::ShuttingDown => return Err(ForwardFailure::ShuttingDown),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use openraft::error::InitializeError;
 use openraft::{BasicNode, ChangeMembers, ServerState};
 
-use super::forward::{ForwardFailure, LocalOp, LocalOutcome, client_write_failure};
+use super::forward::{ForwardFailure, LocalOutcome, client_write_failure};
 use super::{Inner, MembershipError, Replica};
 use crate::backoff::Backoff;
 use crate::transport::client::CallError;
@@ -20,7 +20,9 @@ impl Replica {
     /// to the leader.
     pub async fn remove_member(&self, node_id: NodeId) -> Result<(), MembershipError> {
         self.inner
-            .forward::<NodeId, ()>(wire::REMOVE, &node_id, self.membership_timeout())
+            .forward(wire::REMOVE, &node_id, self.membership_timeout(), |id| {
+                self.inner.remove(id)
+            })
             .await
             .map_err(membership_error)
     }
@@ -32,7 +34,9 @@ impl Replica {
     pub async fn add_member(&self, node_id: NodeId, addr: String) -> Result<(), MembershipError> {
         let request = JoinRequest { node_id, addr };
         self.inner
-            .forward::<JoinRequest, ()>(wire::JOIN, &request, self.membership_timeout())
+            .forward(wire::JOIN, &request, self.membership_timeout(), |request| {
+                self.inner.join(request)
+            })
             .await
             .map_err(membership_error)
     }
@@ -128,18 +132,6 @@ impl Inner {
             Ok(_) => LocalOutcome::Done(()),
             Err(e) => client_write_failure(e),
         }
-    }
-}
-
-impl LocalOp<JoinRequest, ()> for Inner {
-    async fn run_local(&self, request: JoinRequest) -> LocalOutcome<()> {
-        self.join(request).await
-    }
-}
-
-impl LocalOp<NodeId, ()> for Inner {
-    async fn run_local(&self, request: NodeId) -> LocalOutcome<()> {
-        self.remove(request).await
     }
 }
 

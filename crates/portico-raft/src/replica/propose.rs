@@ -5,7 +5,7 @@
 
 use portico_model::Change;
 
-use super::forward::{ForwardFailure, LocalOp, LocalOutcome, client_write_failure};
+use super::forward::{ForwardFailure, LocalOutcome, client_write_failure};
 use super::{Inner, ProposeError, Replica};
 use crate::transport::wire::{self, Committed};
 use crate::types::{ApplyOutcome, Proposal};
@@ -72,6 +72,7 @@ impl Replica {
                 wire::PROPOSE,
                 &proposal,
                 self.inner.peers.settings().request_timeout,
+                |proposal| self.inner.write(proposal),
             )
             .await
             .map_err(|e| match e {
@@ -108,11 +109,5 @@ impl Inner {
             }),
             Err(e) => client_write_failure(e),
         }
-    }
-}
-
-impl LocalOp<Proposal, Committed> for Inner {
-    async fn run_local(&self, request: Proposal) -> LocalOutcome<Committed> {
-        self.write(request).await
     }
 }
