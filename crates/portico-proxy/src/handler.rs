@@ -155,7 +155,7 @@ async fn route_and_forward(
     let (route, exchange) = match decided {
         Ok(decided) => decided,
         Err(refusal) => {
-            discard_body(req.into_body());
+            discard_body(shared, req.into_body());
             return Err(refusal);
         }
     };
@@ -197,14 +197,15 @@ fn decide<'a>(
 /// refusal is answered and within bounds (as nginx discards it): closing an HTTP/1.1
 /// connection with the client's bytes unread makes the kernel answer with a reset, which
 /// can destroy the refusal before the client reads it. Past the bounds the body is dropped
-/// and the connection closes as before.
-fn discard_body(body: ProxyBody) {
+/// and the connection closes as before; so it is when too many bodies are being drained.
+fn discard_body(shared: &Shared, body: ProxyBody) {
     /// nginx's lingering_timeout is 5 s; a refused client gets no more than this.
     const DISCARD_FOR: Duration = Duration::from_secs(5);
     const DISCARD_BYTES: usize = 64 * 1024;
-    if body.is_end_stream() {
+    if body.is_end_stream() || !shared.metrics.refused_bodies.start() {
         return;
     }
+    let metrics = shared.metrics.clone();
     tokio::spawn(async move {
         use http_body_util::BodyExt as _;
         let mut body = std::pin::pin!(body);
@@ -219,6 +220,7 @@ fn discard_body(body: ProxyBody) {
             }
         };
         let _ = tokio::time::timeout(DISCARD_FOR, drain).await;
+        metrics.refused_bodies.finish();
     });
 }
 

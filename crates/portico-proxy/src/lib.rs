@@ -60,7 +60,9 @@ pub use config::{Limits, LoopToken, LoopTokenError, ProxyConfig};
 /// The type of [`ProxyConfig::trusted_proxies`].
 pub use ipnet::IpNet;
 pub use limits::ConnectionsSnapshot;
-pub use observe::{LATENCY_BUCKETS, LatencySnapshot, MetricsSnapshot, Protocol, StatusClass};
+pub use observe::{
+    LATENCY_BUCKETS, LatencySnapshot, MetricsSnapshot, Protocol, RefusedBodiesSnapshot, StatusClass,
+};
 pub use quic::QuicError;
 pub use tls::{TlsError, certified_key_from_pem, generate_default_certificate};
 

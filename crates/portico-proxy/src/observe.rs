@@ -75,6 +75,49 @@ pub(crate) struct ProxyMetrics {
     latency_sum_nanos: AtomicU64,
     /// Connection limits, idle closes and send timeouts (`limits`).
     pub(crate) connections: std::sync::Arc<crate::limits::ConnCounters>,
+    pub(crate) refused_bodies: RefusedBodies,
+}
+
+/// Bodies of refused requests read and thrown away in the background (see
+/// `handler::discard_body`): at most [`RefusedBodies::MAX_DRAINING`] at once, so a client
+/// refused on many HTTP/2 streams cannot make the proxy hold a task per stream.
+#[derive(Debug, Default)]
+pub(crate) struct RefusedBodies {
+    draining: AtomicU64,
+    drained: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl RefusedBodies {
+    pub(crate) const MAX_DRAINING: u64 = 1024;
+
+    /// Takes a drain slot, or counts the body as dropped (the connection then closes with
+    /// it unread, as before draining existed) when all are taken.
+    pub(crate) fn start(&self) -> bool {
+        let taken = self
+            .draining
+            .fetch_update(Relaxed, Relaxed, |n| {
+                (n < Self::MAX_DRAINING).then_some(n + 1)
+            })
+            .is_ok();
+        if !taken {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+        taken
+    }
+
+    pub(crate) fn finish(&self) {
+        self.draining.fetch_sub(1, Relaxed);
+        self.drained.fetch_add(1, Relaxed);
+    }
+
+    fn snapshot(&self) -> RefusedBodiesSnapshot {
+        RefusedBodiesSnapshot {
+            draining: self.draining.load(Relaxed),
+            drained: self.drained.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+        }
+    }
 }
 
 impl ProxyMetrics {
@@ -115,6 +158,7 @@ impl ProxyMetrics {
             requests,
             upstream_errors: self.upstream_errors.load(Relaxed),
             connections: self.connections.snapshot(),
+            refused_bodies: self.refused_bodies.snapshot(),
             latency: LatencySnapshot {
                 count: buckets.iter().map(|&(_, n)| n).sum(),
                 sum_seconds: self.latency_sum_nanos.load(Relaxed) as f64 / 1e9,
@@ -134,6 +178,18 @@ pub struct MetricsSnapshot {
     pub upstream_errors: u64,
     pub latency: LatencySnapshot,
     pub connections: crate::limits::ConnectionsSnapshot,
+    pub refused_bodies: RefusedBodiesSnapshot,
+}
+
+/// Bodies of refused requests read and discarded after the refusal was answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefusedBodiesSnapshot {
+    /// Being read now.
+    pub draining: u64,
+    /// Read to their end, or to the 64 KiB / 5 s bound.
+    pub drained: u64,
+    /// Dropped unread because `MAX_DRAINING` were already being read.
+    pub dropped: u64,
 }
 
 impl MetricsSnapshot {
@@ -205,4 +261,30 @@ pub(crate) fn observe(metrics: &ProxyMetrics, o: Observation<'_>) {
         client = %o.client.ip(),
         "request"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drains_past_the_cap_are_dropped_and_counted_and_a_finished_drain_frees_a_slot() {
+        let bodies = RefusedBodies::default();
+        for _ in 0..RefusedBodies::MAX_DRAINING {
+            assert!(bodies.start());
+        }
+        assert!(!bodies.start());
+        let full = bodies.snapshot();
+        assert_eq!(
+            (full.draining, full.drained, full.dropped),
+            (RefusedBodies::MAX_DRAINING, 0, 1)
+        );
+        bodies.finish();
+        assert!(bodies.start());
+        let after = bodies.snapshot();
+        assert_eq!(
+            (after.draining, after.drained, after.dropped),
+            (RefusedBodies::MAX_DRAINING, 1, 1)
+        );
+    }
 }

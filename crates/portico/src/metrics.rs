@@ -222,6 +222,25 @@ impl prometheus_client::collector::Collector for ProxyCollector {
             "QUIC Retry packets sent to validate client addresses",
             c.quic_retries,
         )?;
+        let r = &m.refused_bodies;
+        gauge(
+            e,
+            "portico_proxy_refused_body_drains_in_progress",
+            "Bodies of refused requests being read and discarded (64 KiB and 5 s at most each)",
+            r.draining as i64,
+        )?;
+        counter(
+            e,
+            "portico_proxy_refused_body_drains",
+            "Bodies of refused requests read and discarded, to their end or their bound",
+            r.drained,
+        )?;
+        counter(
+            e,
+            "portico_proxy_refused_bodies_dropped",
+            "Bodies of refused requests dropped unread because too many were being discarded",
+            r.dropped,
+        )?;
         let mut metric = encoder.encode_descriptor(
             "portico_proxy_request_duration_seconds",
             "Time from request to response head",

@@ -18,6 +18,7 @@ mod h5_http3;
 mod h5_idle_and_send_timeouts;
 mod h5_memory_bound;
 mod h5_quic_retry;
+mod h5_refused_body_drains;
 mod l1_forwarding_headers;
 mod l3_upstream_authority;
 mod m1_host_authority;
