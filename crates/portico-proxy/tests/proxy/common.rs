@@ -148,23 +148,7 @@ impl Backend {
             .await
             .expect("bind backend");
         let addr = listener.local_addr().unwrap();
-        let cert = test_cert("backend.test");
-        let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
-            rustls_pki_types::pem::PemObject::pem_slice_iter(cert.cert_pem.as_bytes())
-                .map(|c| c.unwrap())
-                .collect();
-        let private =
-            rustls_pki_types::pem::PemObject::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, private)
-        .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = backend_tls(&[b"h2", b"http/1.1"]);
         let (arrived, arrivals) = watch::channel(0);
         let task = tokio::spawn(async move {
             loop {
@@ -378,6 +362,27 @@ pub type TestCert = portico_test_support::Leaf;
 
 pub fn test_cert(host: &str) -> TestCert {
     portico_test_support::TestCa::new("portico test CA").leaf(&[host])
+}
+
+/// A backend's TLS side: a certificate for `backend.test` from the test CA, offering `alpn`.
+pub fn backend_tls(alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    let cert = test_cert("backend.test");
+    let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
+        rustls_pki_types::pem::PemObject::pem_slice_iter(cert.cert_pem.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+    let private =
+        rustls_pki_types::pem::PemObject::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, private)
+    .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 pub fn tls_secret(name: &str, cert: &TestCert) -> String {

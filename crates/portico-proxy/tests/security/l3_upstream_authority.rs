@@ -11,7 +11,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -39,25 +38,7 @@ async fn report(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 async fn authority_backend(tls: bool) -> (SocketAddr, TaskGuard) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let acceptor = tls.then(|| {
-        let cert = test_cert("backend.test");
-        let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
-            rustls_pki_types::pem::PemObject::pem_slice_iter(cert.cert_pem.as_bytes())
-                .map(|c| c.unwrap())
-                .collect();
-        let key =
-            rustls_pki_types::pem::PemObject::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        tokio_rustls::TlsAcceptor::from(Arc::new(config))
-    });
+    let acceptor = tls.then(|| backend_tls(&[b"h2"]));
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
