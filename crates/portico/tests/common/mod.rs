@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod deploy_rbac;
+pub mod portico_run;
 pub mod real_apiserver;
 
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,15 +23,15 @@ use hyper_util::server::conn::auto;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use portico_apiserver::ApiServer;
+use portico_test_support::process::{self, Process, Signal};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::common::deploy_rbac::{deploy_and_service_account, met_forbidden};
+use crate::common::portico_run::{self, LOOPBACK_PORT_0, Member};
 use crate::common::real_apiserver::RealApiServer;
-use crate::common::{free_port, get, wait_until, write_ca};
-
-pub const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
+use crate::common::{get, wait_until, write_ca};
 /// Where the tests' Ingresses, Services and Secrets live.
 pub const NAMESPACE: &str = "default";
 
@@ -361,51 +361,28 @@ impl Drop for ApiSide {
     }
 }
 
-/// A child process killed (SIGKILL) and reaped on drop.
-pub struct Proc {
-    pub name: String,
-    pub child: Option<Child>,
-    pub log: PathBuf,
-}
+/// A child process (portico-test-support's), killed on drop; its output kept in memory.
+pub struct Proc(pub Process);
 
 impl Proc {
-    fn spawn(name: &str, args: &[String], log: PathBuf) -> Self {
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(PORTICO)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Proc {
-            name: name.to_owned(),
-            child: Some(child),
-            log,
-        }
+    pub fn name(&self) -> &str {
+        self.0.name()
     }
 
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
-    }
-
-    pub fn signal(&self, signal: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.pid()).unwrap();
-        rustix::process::kill_process(pid, signal).unwrap();
+    pub fn signal(&self, signal: Signal) {
+        self.0.signal(signal);
     }
 
     /// Waits for the process to exit; its exit status.
     pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let child = self.child.as_mut().expect("running");
-        let status = wait_until(&format!("{} to exit", self.name), within, || {
-            child.try_wait().unwrap()
-        });
-        self.child = None;
-        status
+        self.0
+            .wait_blocking(within)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Its output so far (it only grows: a length is a mark).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.0.output_text()
     }
 
     /// The JSON log lines whose message is `message`.
@@ -415,15 +392,6 @@ impl Proc {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|v| v["message"] == message)
             .collect()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -439,6 +407,8 @@ pub struct Cluster {
     // Dropped in field order: replicas first, then backends, then the API server.
     pub replicas: Vec<Replica>,
     pub echoes: Vec<Proc>,
+    /// The replicas' Raft sockets, held by the test for the cluster's life.
+    raft: Vec<Arc<std::net::TcpListener>>,
     pub api: ApiSide,
     pub dir: tempfile::TempDir,
     /// The namespace of the Lease (deploy/'s Role grants it in portico-system only).
@@ -485,87 +455,56 @@ impl Cluster {
         let mut cluster = Cluster {
             replicas: Vec::new(),
             echoes: Vec::new(),
+            raft: process::raft_listeners(n),
             api,
             dir,
             lease_namespace,
         };
-        // A port free_port found may be taken before the replica binds it (kubectl's and
-        // curl's own ephemeral ports come from the same range, and other tests run
-        // alongside): a replica that exits while starting has every replica started again,
-        // on fresh ports with fresh data.
-        for attempt in 0.. {
-            cluster.replicas = cluster.spawn_replicas(n, attempt, extra);
-            match cluster.wait_ready() {
-                Ok(()) => break,
-                Err(failed) if attempt < 2 => {
-                    eprintln!("{failed}; starting the replicas again");
-                    cluster.replicas.clear();
-                }
-                Err(failed) => panic!("{failed}"),
-            }
+        cluster.replicas = cluster.spawn_replicas(extra);
+        if let Err(failed) = cluster.wait_ready() {
+            panic!("{failed}");
         }
         let all: Vec<usize> = (0..n).collect();
         cluster.wait_leader(&all, Duration::from_secs(60));
         cluster
     }
 
-    /// `n` replicas, a Raft cluster of their own (attempt `attempt`'s data dirs).
-    fn spawn_replicas(&self, n: usize, attempt: usize, extra: &[&str]) -> Vec<Replica> {
-        let tries = self.dir.path().join(format!("try-{attempt}"));
-        std::fs::create_dir_all(&tries).unwrap();
-        let (ca, ca_key) = write_ca(&tries);
-        let raft: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let members: Vec<String> = raft.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let mut replicas = Vec::new();
-        for (i, raft_port) in raft.iter().enumerate() {
-            let kubeconfig = self.api.kubeconfig(i, self.dir.path());
-            let (http, https, admin) = (free_port(), free_port(), free_port());
-            let mut args: Vec<String> = [
-                "run",
-                "--pod-name",
-                &format!("portico-{i}"),
-                "--namespace",
-                self.lease_namespace,
-                "--kubeconfig",
-                &kubeconfig.to_string_lossy(),
-                "--data-dir",
-                &tries.join(format!("data-{i}")).to_string_lossy(),
-                "--raft-listen",
-                &format!("127.0.0.1:{raft_port}"),
-                "--initial-members",
-                &members.join(","),
-                "--raft-ca",
-                &ca.to_string_lossy(),
-                "--raft-ca-key",
-                &ca_key.to_string_lossy(),
-                "--http",
-                &format!("127.0.0.1:{http}"),
-                "--https",
-                &format!("127.0.0.1:{https}"),
-                "--http3",
-                "127.0.0.1:0",
-                "--admin",
-                &format!("127.0.0.1:{admin}"),
-                "--log-format",
-                "json",
-                // Nothing stays connected to the data plane here; a short drain keeps a
-                // SIGTERMed replica from holding Raft leadership for the default 20 s.
-                "--drain-seconds",
-                "2",
-            ]
-            .iter()
-            .map(|s| s.to_string())
+    /// A replica per Raft socket, the members of one Raft cluster; each binds its other
+    /// listeners on port 0 and says which it got.
+    fn spawn_replicas(&self, extra: &[&str]) -> Vec<Replica> {
+        let ca = write_ca(self.dir.path());
+        let started: Vec<Proc> = (0..self.raft.len())
+            .map(|i| {
+                let member = Member {
+                    ordinal: i,
+                    raft: &self.raft,
+                    ca: &ca,
+                };
+                let kubeconfig = self.api.kubeconfig(i, self.dir.path());
+                let data_dir = self.dir.path().join(format!("data-{i}"));
+                let program =
+                    portico_run::run(&member, self.lease_namespace, &kubeconfig, &data_dir)
+                        .args(LOOPBACK_PORT_0)
+                        .args(["--admin", "127.0.0.1:0"])
+                        // Nothing stays connected to the data plane here; a short drain keeps
+                        // a SIGTERMed replica from holding Raft leadership for the default 20 s.
+                        .args(["--drain-seconds", "2"])
+                        .args(extra);
+                Proc(program.spawn(format!("portico-{i}")))
+            })
             .collect();
-            args.extend(extra.iter().map(|s| s.to_string()));
-            let name = format!("portico-{i}");
-            replicas.push(Replica {
-                proc: Proc::spawn(&name, &args, tries.join(format!("{name}.log"))),
-                http,
-                https,
-                admin: format!("127.0.0.1:{admin}"),
-            });
-        }
-        replicas
+        started
+            .into_iter()
+            .map(|proc| {
+                let listening = portico_run::listening(&proc.0);
+                Replica {
+                    http: listening.http().port(),
+                    https: listening.https().port(),
+                    admin: listening.admin(),
+                    proc,
+                }
+            })
+            .collect()
     }
 
     /// Waits until every replica is ready; the error names one that exited instead, with the
@@ -573,11 +512,10 @@ impl Cluster {
     fn wait_ready(&mut self) -> Result<(), String> {
         for r in &mut self.replicas {
             let ready = wait_until(
-                &format!("{} /readyz", r.proc.name),
+                &format!("{} /readyz", r.proc.name()),
                 Duration::from_secs(60),
                 || {
-                    let child = r.proc.child.as_mut()?;
-                    if let Ok(Some(status)) = child.try_wait() {
+                    if let Some(status) = r.proc.0.exit_status() {
                         return Some(Err(status));
                     }
                     get(&r.admin, "/readyz").filter(|(code, _)| *code == 200)?;
@@ -589,7 +527,7 @@ impl Cluster {
                 let tail: Vec<&str> = log.lines().filter(|l| !l.starts_with("  ")).collect();
                 return Err(format!(
                     "{} exited while starting ({status}):\n{}",
-                    r.proc.name,
+                    r.proc.name(),
                     tail[tail.len().saturating_sub(6)..].join("\n")
                 ));
             }
@@ -621,76 +559,54 @@ impl Cluster {
             assert!(
                 !met_forbidden(&checked),
                 "{} met a 403 with deploy/'s RBAC:\n{log}",
-                r.proc.name
+                r.proc.name()
             );
         }
     }
 
-    /// Starts `pods` echo backends for Service `service` (ports `http`=8080 and `web`=80,
-    /// both to the echo port) and the EndpointSlices an endpoints controller would write.
-    /// In-process: 127.0.0.1, .2, ... on one port, one slice. Real: this machine's address
-    /// (loopback is refused there) on a port per Pod, so one slice per Pod.
+    /// Starts `pods` echo backends for Service `service` (ports `http`=8080 and `web`=80) and
+    /// the EndpointSlices an endpoints controller would write, one per Pod (each echo binds
+    /// a port of its own). In-process: 127.0.0.1, .2, ...; real: this machine's address
+    /// (loopback is refused there).
     pub fn echo_service(&mut self, service: &str, pods: usize) {
         let real = self.api.backend() == Backend::Real;
         let host = node_address(self.api.backend());
-        let shared_port = free_port();
-        let mut slices: Vec<(Vec<Value>, u16)> = Vec::new();
-        let mut addrs = Vec::new();
+        let mut slices: Vec<(String, u16)> = Vec::new();
         for k in 0..pods {
             let pod = format!("{service}-{k}");
-            let (ip, port) = if real {
-                (host.clone(), free_port())
+            let ip = if real {
+                host.clone()
             } else {
-                (format!("127.0.0.{}", k + 1), shared_port)
+                format!("127.0.0.{}", k + 1)
             };
-            let args: Vec<String> = [
-                "echo",
-                "--listen",
-                &format!("{ip}:{port}"),
-                "--service",
-                service,
-                "--pod",
-                &pod,
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            let log = self.dir.path().join(format!("echo-{pod}.log"));
-            self.echoes.push(Proc::spawn(&pod, &args, log));
-            let endpoint = json!({"addresses": [ip], "conditions": {"ready": true}});
-            match slices.last_mut() {
-                Some((endpoints, _)) if !real => endpoints.push(endpoint),
-                _ => slices.push((vec![endpoint], port)),
-            }
-            addrs.push(format!("{ip}:{port}"));
+            let (echo, addr) = portico_run::echo(&ip, 0, service, &pod, NAMESPACE);
+            self.echoes.push(Proc(echo));
+            let port: u16 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+            slices.push((ip, port));
         }
+        let target = slices[0].1;
         self.api
             .apply::<k8s_openapi::api::core::v1::Service>(json!({
                 "apiVersion": "v1", "kind": "Service",
                 "metadata": {"name": service, "namespace": NAMESPACE},
                 "spec": {"ports": [
-                    {"name": "http", "port": 8080, "targetPort": shared_port, "protocol": "TCP"},
-                    {"name": "web", "port": 80, "targetPort": shared_port, "protocol": "TCP"},
+                    {"name": "http", "port": 8080, "targetPort": target, "protocol": "TCP"},
+                    {"name": "web", "port": 80, "targetPort": target, "protocol": "TCP"},
                 ]},
             }));
-        for (k, (endpoints, port)) in slices.into_iter().enumerate() {
+        for (k, (ip, port)) in slices.iter().enumerate() {
             self.api
                 .apply::<k8s_openapi::api::discovery::v1::EndpointSlice>(json!({
                     "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                     "metadata": {"name": format!("{service}-{}", k + 1), "namespace": NAMESPACE,
                                  "labels": {"kubernetes.io/service-name": service}},
                     "addressType": "IPv4",
-                    "endpoints": endpoints,
+                    "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
                     "ports": [
                         {"name": "http", "port": port, "protocol": "TCP"},
                         {"name": "web", "port": port, "protocol": "TCP"},
                     ],
                 }));
-        }
-        for addr in addrs {
-            wait_until(&format!("echo {addr}"), Duration::from_secs(20), || {
-                curl(&[], &format!("http://{addr}/")).filter(|(code, _, _)| *code == 200)
-            });
         }
     }
 
@@ -808,13 +724,11 @@ impl Drop for Cluster {
             }
             for r in &mut self.replicas {
                 // Whether it is still running, or how it ended (a crash leaves no log line).
-                let state = match r.proc.child.as_mut().map(|c| c.try_wait()) {
-                    Some(Ok(None)) => "running".to_owned(),
-                    Some(Ok(Some(status))) => format!("exited: {status}"),
-                    Some(Err(e)) => format!("unknown: {e}"),
-                    None => "stopped by the test".to_owned(),
+                let state = match r.proc.0.exit_status() {
+                    None => "running or stopped by the test".to_owned(),
+                    Some(status) => format!("exited: {status}"),
                 };
-                eprintln!("---- {}: {state} ----", r.proc.name);
+                eprintln!("---- {}: {state} ----", r.proc.name());
                 let text = r.proc.log_text();
                 // Without DEBUG lines and a panic's backtrace frames (indented), so the
                 // panic's message stays in view.
@@ -823,7 +737,7 @@ impl Drop for Cluster {
                     .filter(|l| !l.contains("\"level\":\"DEBUG\"") && !l.starts_with("  "))
                     .collect();
                 let tail = &lines[lines.len().saturating_sub(40)..];
-                eprintln!("---- last log lines of {} ----", r.proc.name);
+                eprintln!("---- last log lines of {} ----", r.proc.name());
                 for l in tail {
                     eprintln!("{l}");
                 }
