@@ -57,41 +57,9 @@ pub fn error_response(err: &ApiError) -> Response<ResponseBody> {
     resp
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                ) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn parse_query(query: Option<&str>) -> HashMap<String, String> {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
         .collect()
 }
 
@@ -773,4 +741,23 @@ fn view_frame(
     let mut bytes = serde_json::to_vec(&event).ok()?;
     bytes.push(b'\n');
     Some(Bytes::from(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_query;
+
+    #[test]
+    fn query_strings_decode_as_kubectl_and_client_go_encode_them() {
+        let query = parse_query(Some(
+            "labelSelector=app%3Dweb%2Ctier+in+%28a%2Cb%29&fieldSelector=metadata.name%3Dx&watch&limit=500&bad=%zz",
+        ));
+        assert_eq!(query["labelSelector"], "app=web,tier in (a,b)");
+        assert_eq!(query["fieldSelector"], "metadata.name=x");
+        assert_eq!(query["watch"], "");
+        assert_eq!(query["limit"], "500");
+        // A malformed escape stays as it was written.
+        assert_eq!(query["bad"], "%zz");
+        assert!(parse_query(None).is_empty());
+    }
 }
