@@ -221,6 +221,7 @@ async fn echo(
         return Ok(resp);
     }
     if let Some(ms) = path.strip_prefix("/slow/") {
+        // A slow backend is what these requests ask for.
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     }
     let method = req.method().to_string();

@@ -140,7 +140,8 @@ async fn every_kind_of_request_on_one_connection() {
         .unwrap();
     let chunked = read_answer(&mut s, &mut buf, false).await;
     assert_eq!(chunked.echoed_path(), "/trailers");
-    // A head in two writes, a pause between them.
+    // A head in two writes, a pause between them: so that the proxy reads it in two parts.
+    // Where one read ends is the kernel's doing, with no signal to wait for: real time.
     s.write_all(b"GET /split HTTP/1.1\r\nHo").await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     s.write_all(b"st: echo.test\r\n\r\n").await.unwrap();

@@ -14,7 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::common::*;
 
 /// A backend that answers every request head with `reply` and then holds the connection
-/// open (a parser waiting for more bytes would wait until its timeout).
+/// open until the proxy closes it (a parser waiting for more bytes would wait until its
+/// timeout).
 async fn holding_backend(reply: &'static [u8]) -> (std::net::SocketAddr, TaskGuard) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -33,7 +34,7 @@ async fn holding_backend(reply: &'static [u8]) -> (std::net::SocketAddr, TaskGua
                     }
                 }
                 let _ = stream.write_all(reply).await;
-                tokio::time::sleep(Duration::from_secs(60)).await;
+                while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
             });
         }
     });

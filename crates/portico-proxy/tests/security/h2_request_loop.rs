@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use portico_proxy::{LoopToken, Protocol, StatusClass};
+use portico_test_support::poll_until;
 
 use crate::common::*;
 
@@ -26,17 +27,17 @@ fn answered(proxy: &TestProxy) -> u64 {
         .sum()
 }
 
-/// Waits (briefly) until the proxy's open client connections are back to `baseline`.
+/// Waits (at most 5 s) until the proxy's open client connections are back to `baseline`;
+/// returns how many are open then. A counter with nothing to subscribe to: polled.
 async fn open_connections_settle(proxy: &TestProxy, baseline: u64) -> u64 {
-    let mut open = proxy.proxy.metrics().connections.open;
-    for _ in 0..50 {
-        if open == baseline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        open = proxy.proxy.metrics().connections.open;
-    }
-    open
+    let open = || proxy.proxy.metrics().connections.open;
+    let settled = poll_until(
+        "open connections back to the baseline",
+        Duration::from_secs(5),
+        || async { (open() == baseline).then_some(()) },
+    )
+    .await;
+    settled.map_or_else(|_| open(), |()| baseline)
 }
 
 fn cluster(token: &str) -> impl FnOnce(&mut portico_proxy::ProxyConfig) {

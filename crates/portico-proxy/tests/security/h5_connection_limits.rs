@@ -6,10 +6,12 @@
 //! when a connection closes.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use portico_test_support::poll_until;
 
 use crate::common::*;
 
@@ -30,15 +32,16 @@ async fn hold(proxy: &TestProxy, n: usize, open: u64) -> Vec<TcpStream> {
     held
 }
 
+/// The connection counters are plain counters, with nothing to subscribe to: polled.
 async fn wait_open(proxy: &TestProxy, open: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.proxy.metrics().connections.open != open {
-        assert!(
-            Instant::now() < deadline,
-            "{:?}",
-            proxy.proxy.metrics().connections
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let reached = poll_until(
+        format!("{open} open connections"),
+        Duration::from_secs(10),
+        || async { (proxy.proxy.metrics().connections.open == open).then_some(()) },
+    )
+    .await;
+    if let Err(e) = reached {
+        panic!("{e}: {:?}", proxy.proxy.metrics().connections);
     }
 }
 

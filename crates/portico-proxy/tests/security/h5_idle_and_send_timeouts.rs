@@ -10,8 +10,14 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use portico_test_support::poll_until;
+
 use crate::common::*;
 use crate::raw_h2;
+
+// Real time throughout: the watchdog under test reads `std::time::Instant` (`activity.rs`,
+// `send_watch.rs`), which Tokio's paused clock does not move, so the timeouts here are
+// short (1 s) rather than simulated.
 
 async fn start(idle: Duration, send: Duration) -> (Backend, TestProxy) {
     let backend = Backend::start().await;
@@ -24,6 +30,20 @@ async fn start(idle: Duration, send: Duration) -> (Backend, TestProxy) {
     (backend, proxy)
 }
 
+/// Runs `client` until the connection's task ends (the server closed it), for at most 10 s.
+async fn until_closed(
+    driver: &mut tokio::task::JoinHandle<Result<(), h2::Error>>,
+    client: impl std::future::Future<Output = ()>,
+) {
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::select! {
+            _ = driver => {}
+            () = client => {}
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_pings_do_not_keep_an_idle_connection_open() {
     let (_backend, proxy) = start(Duration::from_secs(1), Duration::from_secs(60)).await;
@@ -34,15 +54,20 @@ async fn http2_pings_do_not_keep_an_idle_connection_open() {
         .unwrap();
     assert_eq!(resp.await.unwrap().status(), 200);
 
-    // A PING every 200 ms, answered each time, until the server closes the connection.
+    // A PING every 200 ms (the attack), answered each time, until the server closes the
+    // connection: the client's connection task ends.
     let start = Instant::now();
     let mut pongs = 0;
-    while !h2.driver.is_finished() && start.elapsed() < Duration::from_secs(10) {
-        if h2.ping.ping(h2::Ping::opaque()).await.is_ok() {
-            pongs += 1;
+    let ping = &mut h2.ping;
+    let pinging = async {
+        loop {
+            if ping.ping(h2::Ping::opaque()).await.is_ok() {
+                pongs += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
+    until_closed(&mut h2.driver, pinging).await;
     let lasted = start.elapsed();
     assert!(
         h2.driver.is_finished(),
@@ -68,10 +93,14 @@ async fn http2_response_stalled_by_a_zero_window_is_cut_after_the_send_timeout()
     // Kept, not read: dropping it would cancel the stream (RST_STREAM).
     let _body = resp.into_body();
     let start = Instant::now();
-    while !h2.driver.is_finished() && start.elapsed() < Duration::from_secs(10) {
-        let _ = h2.ping.ping(h2::Ping::opaque()).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let ping = &mut h2.ping;
+    let pinging = async {
+        loop {
+            let _ = ping.ping(h2::Ping::opaque()).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    until_closed(&mut h2.driver, pinging).await;
     let lasted = start.elapsed();
     let m = proxy.proxy.metrics().connections;
     assert!(
@@ -100,12 +129,15 @@ async fn http1_client_that_stops_reading_is_cut_after_the_send_timeout() {
         let before = proxy.proxy.metrics().connections.send_timeouts;
         let mut s = TcpStream::connect(proxy.http()).await.unwrap();
         s.write_all(request.as_bytes()).await.unwrap();
-        // Read nothing until the proxy gives up on us, then take what is left.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while proxy.proxy.metrics().connections.send_timeouts == before {
-            assert!(Instant::now() < deadline, "no send timeout for {request:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // Read nothing until the proxy gives up on us (a counter: polled), then take what
+        // is left.
+        poll_until(
+            format!("a send timeout for {request:?}"),
+            Duration::from_secs(10),
+            || async { (proxy.proxy.metrics().connections.send_timeouts > before).then_some(()) },
+        )
+        .await
+        .unwrap();
         let mut total = 0usize;
         let mut buf = vec![0u8; 1 << 20];
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
@@ -142,6 +174,8 @@ async fn finished_responses_never_count_as_stalled() {
             let _ = body.flow_control().release_capacity(chunk.len());
         }
         assert_eq!(got, 100_000);
+        // Past the send timeout (1 s) and two watchdog periods (250 ms each): a finished
+        // response counted as stalled would have closed the connection by now.
         tokio::time::sleep(Duration::from_millis(2_500)).await;
     }
     assert!(!h2.driver.is_finished());
@@ -163,6 +197,7 @@ async fn finished_responses_never_count_as_stalled() {
             got.extend_from_slice(&buf[..n]);
         }
         assert!(got.starts_with(b"HTTP/1.1 200"));
+        // As above: past the send timeout and the watchdog's periods.
         tokio::time::sleep(Duration::from_millis(2_500)).await;
     }
     let m = proxy.proxy.metrics().connections;

@@ -49,7 +49,8 @@ fn rss(pid: u32) -> u64 {
     kb << 10
 }
 
-/// The most resident memory seen over a second (the proxy may still be settling).
+/// The most resident memory seen over a second (the proxy may still be settling): the
+/// kernel's count for another process, sampled.
 async fn settled_rss(pid: u32) -> u64 {
     let mut max = 0;
     for _ in 0..5 {
@@ -233,14 +234,20 @@ async fn http3_request_bodies_waiting_for_an_upstream_hold_at_most_the_receive_w
         .unwrap();
     stuck.listen(0).unwrap();
     let stuck_addr = stuck.local_addr().unwrap().as_socket().unwrap();
+    // The one connection a backlog of 0 queues: once its handshake completes the queue is
+    // full. More attempts behind it only make sure (they hang).
+    let queued_first =
+        tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(stuck_addr))
+            .await
+            .expect("the first connection is queued at once")
+            .unwrap();
     let mut queued = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..3 {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         s.set_nonblocking(true).unwrap();
         let _ = s.connect(&stuck_addr.into());
         queued.push(s);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let table = TempFile::new(
         "stuck.yaml",
         &(service("stuck", &[stuck_addr])
@@ -277,12 +284,22 @@ async fn http3_request_bodies_waiting_for_an_upstream_hold_at_most_the_receive_w
     let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
     let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
     assert_eq!(first.unwrap().unwrap().as_deref(), Some("uploading"));
-    let mut peak = 0;
-    for _ in 0..12 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        peak = peak.max(rss(pid));
-    }
-    let last = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+    // The peak while the client uploads: sampled (the kernel's count for another process)
+    // until the client reports the end.
+    let mut peak = rss(pid);
+    let last = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut sample = tokio::time::interval(Duration::from_millis(250));
+        let next = lines.next_line();
+        tokio::pin!(next);
+        loop {
+            tokio::select! {
+                line = &mut next => return line,
+                _ = sample.tick() => peak = peak.max(rss(pid)),
+            }
+        }
+    })
+    .await;
+    peak = peak.max(rss(pid));
     let last = last.unwrap().unwrap().unwrap_or_default();
     let sent: u64 = last
         .strip_prefix("sent_bytes=")
@@ -301,5 +318,5 @@ async fn http3_request_bodies_waiting_for_an_upstream_hold_at_most_the_receive_w
         "the connection window lets 1 MiB through: {sent}"
     );
     assert!(grown < HTTP3_UPLOAD_BOUND, "grew {} MiB", grown >> 20);
-    drop(queued);
+    drop((queued_first, queued));
 }
