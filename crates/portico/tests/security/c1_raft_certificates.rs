@@ -1,10 +1,11 @@
 //! C1: no long-lived CA private key in the serving process.
 //!
 //! The attacker compromises the process that serves Internet traffic. It must not find the
-//! cluster CA's private key there: `portico pki issue` (the StatefulSet's init container,
-//! the only container that mounts `ca.key`) signs a short-lived certificate naming the
-//! Pod's DNS name, and `portico run` serves Raft with it and the CA certificate alone. The
-//! shipped StatefulSet mounts the CA Secret in the init container only.
+//! cluster CA's private key there: a short-lived certificate naming the Pod's DNS name is
+//! signed elsewhere (`portico pki issue` by hand, or the issuer `portico pki serve`, the
+//! only Pod of the shipped manifests that mounts `ca.key`), and `portico run` serves Raft
+//! with it and the CA certificate alone. The shipped StatefulSet mounts no Secret at all.
+//! (Renewal from the issuer while running: `real_apiserver raft_rotation`.)
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -133,8 +134,11 @@ fn pki_issue_signs_a_short_lived_certificate_that_run_serves_raft_with() {
     );
 }
 
+/// The shipped manifests: the CA Secret (`ca.key`) is mounted by the issuer `portico-pki`
+/// alone; the StatefulSet's Pods mount no Secret at all (the CA certificate comes from a
+/// ConfigMap holding `ca.crt` only), run no init container and are told of no CA key.
 #[test]
-fn the_shipped_statefulset_mounts_the_ca_key_in_the_init_container_only() {
+fn the_shipped_statefulset_mounts_no_ca_key_only_the_issuer_does() {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
     let out = Command::new("kubectl")
         .arg("kustomize")
@@ -143,39 +147,59 @@ fn the_shipped_statefulset_mounts_the_ca_key_in_the_init_container_only() {
         .unwrap();
     assert!(out.status.success());
     let rendered = String::from_utf8_lossy(&out.stdout);
-    let set: serde_yaml::Value = rendered
+    let docs: Vec<serde_yaml::Value> = rendered
         .split("\n---\n")
         .map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).unwrap())
-        .find(|d| d["kind"] == "StatefulSet")
-        .unwrap();
-    let pod = &set["spec"]["template"]["spec"];
-    let ca_volume = pod["volumes"]
-        .as_sequence()
-        .unwrap()
+        .collect();
+    let pods = docs
         .iter()
-        .find(|v| v["secret"]["secretName"] == "portico-raft-ca")
-        .expect("the CA Secret volume")["name"]
-        .clone();
-    let mounts_ca = |container: &serde_yaml::Value| {
-        container["volumeMounts"]
-            .as_sequence()
-            .into_iter()
-            .flatten()
-            .any(|m| m["name"] == ca_volume)
-    };
-    let init = pod["initContainers"].as_sequence().unwrap();
-    assert!(init.iter().any(|c| mounts_ca(c) && c["args"][0] == "pki"));
-    for container in pod["containers"].as_sequence().unwrap() {
-        assert!(
-            !mounts_ca(container),
-            "{:?} mounts the CA",
-            container["name"]
-        );
-        let env = container["env"].as_sequence().unwrap();
-        assert!(
-            !env.iter().any(|e| e["name"] == "PORTICO_RAFT_CA_KEY"),
-            "{:?} is told where a CA key is",
-            container["name"]
-        );
+        .filter(|d| !d["spec"]["template"]["spec"].is_null())
+        .map(|d| (d["kind"].as_str().unwrap(), &d["spec"]["template"]["spec"]));
+    let mut holders = Vec::new();
+    for (kind, pod) in pods {
+        let volumes = pod["volumes"].as_sequence().cloned().unwrap_or_default();
+        let secrets: Vec<&serde_yaml::Value> = volumes
+            .iter()
+            .filter(|v| {
+                !v["secret"].is_null()
+                    || v["projected"]["sources"]
+                        .as_sequence()
+                        .into_iter()
+                        .flatten()
+                        .any(|s| !s["secret"].is_null())
+            })
+            .collect();
+        if kind == "StatefulSet" {
+            assert!(secrets.is_empty(), "a replica mounts a Secret: {secrets:?}");
+            assert!(pod["initContainers"].is_null(), "an init container");
+            for container in pod["containers"].as_sequence().unwrap() {
+                let env = container["env"].as_sequence().unwrap();
+                assert!(
+                    !env.iter().any(|e| e["name"] == "PORTICO_RAFT_CA_KEY"),
+                    "{:?} is told where a CA key is",
+                    container["name"]
+                );
+            }
+            for volume in &volumes {
+                if let Some(items) = volume["configMap"]["items"].as_sequence() {
+                    assert!(items.iter().all(|i| i["key"] == "ca.crt"), "{volume:?}");
+                }
+            }
+        }
+        if secrets
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "portico-raft-ca")
+        {
+            holders.push(kind.to_owned());
+            assert_eq!(pod["serviceAccountName"], "portico-pki");
+            let container = &pod["containers"][0];
+            assert_eq!(container["args"][0], "pki");
+            assert_eq!(container["args"][1], "serve");
+        }
     }
+    assert_eq!(
+        holders,
+        ["Deployment"],
+        "only the issuer mounts the CA Secret"
+    );
 }
