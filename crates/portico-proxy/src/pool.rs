@@ -678,14 +678,50 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 4);
     }
 
+    /// Waits (with a deadline, not a fixed time) until the sweeper task has emptied `len`.
+    async fn swept(len: impl Fn() -> usize) {
+        portico_test_support::wait::poll_until(
+            "idle connections swept",
+            Duration::from_secs(10),
+            || {
+                let now = len();
+                async move { (now == 0).then_some(()) }
+            },
+        )
+        .await
+        .unwrap();
+    }
+
     #[tokio::test]
-    async fn idle_connections_expire() {
+    async fn idle_connections_expire_after_one_timeout_of_sweeps() {
+        let (addr, accepted) = backend(None).await;
+        // Long enough that the sweeper task never ticks during the test: the sweeps are ours.
+        let pool = H1Pool::new(Duration::from_secs(600));
+        fetch(&pool, addr).await.unwrap();
+        fetch_lean(&pool, addr).await.unwrap();
+        for _ in 0..SWEEPS_PER_TIMEOUT {
+            pool.inner.sweep();
+        }
+        assert_eq!(pool.idle_count(addr), 1, "idle for less than one timeout");
+        assert_eq!(
+            pool.inner.idle_raw.len(addr),
+            1,
+            "lean: idle for less than one timeout"
+        );
+        pool.inner.sweep();
+        assert_eq!(pool.idle_count(addr), 0, "expired and closed");
+        assert_eq!(pool.inner.idle_raw.len(addr), 0, "lean: expired and closed");
+        fetch(&pool, addr).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_task_expires_idle_connections() {
         let (addr, accepted) = backend(None).await;
         let pool = H1Pool::new(Duration::from_millis(100));
         fetch(&pool, addr).await.unwrap();
         assert_eq!(pool.idle_count(addr), 1);
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(pool.idle_count(addr), 0, "expired and closed");
+        swept(|| pool.idle_count(addr)).await;
         fetch(&pool, addr).await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -751,12 +787,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn lean_path_idle_connections_expire() {
+    async fn the_sweeper_task_expires_lean_path_idle_connections() {
         let (addr, accepted) = backend(None).await;
         let pool = H1Pool::new(Duration::from_millis(100));
         fetch_lean(&pool, addr).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(pool.inner.idle_raw.len(addr), 0);
+        assert_eq!(pool.inner.idle_raw.len(addr), 1);
+        swept(|| pool.inner.idle_raw.len(addr)).await;
         fetch_lean(&pool, addr).await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
