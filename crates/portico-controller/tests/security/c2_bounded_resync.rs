@@ -61,12 +61,17 @@ fn junk_secret(ns: &str, name: &str, bytes: usize) -> Secret {
     secret
 }
 
+/// The `i`th path of a [`big_ingress`].
+fn path_number(i: usize) -> String {
+    format!("/some/rather/long/path/number/{i:05}/to/make/the/ingress/big")
+}
+
 /// An Ingress of `paths` paths on `host`, using Secret `secret` for it.
 fn big_ingress(ns: &str, name: &str, host: &str, secret: Option<&str>, paths: usize) -> Ingress {
     let paths: Vec<_> = (0..paths)
         .map(|i| {
             serde_json::json!({
-                "path": format!("/some/rather/long/path/number/{i:05}/to/make/the/ingress/big"),
+                "path": path_number(i),
                 "pathType": "Prefix",
                 "backend": {"service": {"name": "svc", "port": {"number": 80}}}
             })
@@ -305,50 +310,39 @@ async fn an_object_over_the_limit_is_refused_with_an_event_and_nothing_else_is()
     let mut cluster = tenant_cluster(TransportSettings::default()).await;
     start_controllers(&mut cluster);
     let kubectl = Kubectl::start(&cluster.api).await;
-    let small = big_ingress(TENANT, "small", "small.tenant.example", None, 1);
-    kubectl
-        .run(
-            &["apply", "-f", "-"],
-            &serde_json::to_string(&small).unwrap(),
-        )
-        .await;
-    cluster
-        .wait_tables("the small Ingress", |t| {
-            t.lookup(
-                "small.tenant.example",
-                "/some/rather/long/path/number/00000/to/make/the/ingress/big",
-            )
-            .is_some()
-        })
-        .await;
+    // As a tenant would, with kubectl; `--server-side` where client-side apply would copy the
+    // object into an annotation, over 256 KiB.
+    let kubectl_apply = async |ingress: &Ingress, server_side: bool| {
+        let yaml = serde_json::to_string(ingress).unwrap();
+        let args: &[&str] = if server_side {
+            &["apply", "--server-side", "-f", "-"]
+        } else {
+            &["apply", "-f", "-"]
+        };
+        kubectl.run(args, &yaml).await;
+    };
+    let served = async |host: &str| {
+        cluster
+            .wait_tables(&format!("{host} served"), |t| {
+                t.lookup(host, &path_number(0)).is_some()
+            })
+            .await;
+    };
+    kubectl_apply(
+        &big_ingress(TENANT, "small", "small.tenant.example", None, 1),
+        false,
+    )
+    .await;
+    served("small.tenant.example").await;
     // 2,000 paths: about 180 KiB for routing, over the default 96 KiB limit.
     let huge = big_ingress(TENANT, "huge", "huge.tenant.example", None, 2000);
-    // Server-side: client-side apply would copy it into an annotation, over 256 KiB.
-    kubectl
-        .run(
-            &["apply", "--server-side", "-f", "-"],
-            &serde_json::to_string(&huge).unwrap(),
-        )
-        .await;
+    kubectl_apply(&huge, true).await;
     let note = wait_event(&cluster.admin, TENANT, "huge", "ObjectTooLarge").await;
     assert!(note.contains("--max-object-bytes"), "{note}");
     // Everything else keeps working: a later Ingress is served, the huge one is not.
     let later = big_ingress(TENANT, "later", "later.tenant.example", None, 1);
-    kubectl
-        .run(
-            &["apply", "-f", "-"],
-            &serde_json::to_string(&later).unwrap(),
-        )
-        .await;
-    cluster
-        .wait_tables("the later Ingress", |t| {
-            t.lookup(
-                "later.tenant.example",
-                "/some/rather/long/path/number/00000/to/make/the/ingress/big",
-            )
-            .is_some()
-        })
-        .await;
+    kubectl_apply(&later, false).await;
+    served("later.tenant.example").await;
     for (_, replica) in cluster.running() {
         let table = replica.table().borrow().clone();
         assert!(!holds(&table, ResourceKind::Ingress, TENANT, "huge"));
@@ -357,17 +351,8 @@ async fn an_object_over_the_limit_is_refused_with_an_event_and_nothing_else_is()
     }
     // Shrunk under the limit, it is served.
     let fixed = big_ingress(TENANT, "huge", "huge.tenant.example", None, 10);
-    kubectl
-        .run(
-            &["apply", "--server-side", "-f", "-"],
-            &serde_json::to_string(&fixed).unwrap(),
-        )
-        .await;
-    cluster
-        .wait_tables("the shrunk Ingress", |t| {
-            holds(t, ResourceKind::Ingress, TENANT, "huge")
-        })
-        .await;
+    kubectl_apply(&fixed, true).await;
+    served("huge.tenant.example").await;
     cluster.stop_all().await;
 }
 
@@ -408,7 +393,7 @@ async fn one_namespace_flooding_its_budget_never_refuses_another_namespaces_obje
         )
         .await;
     }
-    let path = "/some/rather/long/path/number/00000/to/make/the/ingress/big";
+    let path = &path_number(0);
     cluster
         .wait_tables("every quiet Ingress", |t| {
             (0..20).all(|i| t.lookup(&format!("web-{i}.quiet.example"), path).is_some())
