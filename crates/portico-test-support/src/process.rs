@@ -76,6 +76,7 @@ pub struct Program {
     program: PathBuf,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    env_removed: Vec<OsString>,
     /// Handed over as fd 3, 4, … in this order, with these names (`LISTEN_FDNAMES`).
     sockets: Vec<(String, Arc<TcpListener>)>,
     /// stdin and stdout are the test's command channel instead of captured output.
@@ -88,6 +89,7 @@ impl Program {
             program: program.as_ref().to_owned(),
             args: Vec::new(),
             env: Vec::new(),
+            env_removed: Vec::new(),
             sockets: Vec::new(),
             command_channel: false,
         }
@@ -105,6 +107,12 @@ impl Program {
 
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Leaves `key` out of the environment the child inherits.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.env_removed.push(key.into());
         self
     }
 
@@ -155,6 +163,9 @@ impl Process {
     fn start(&mut self) {
         let program = &self.program;
         let mut command = tokio::process::Command::new(&program.program);
+        for key in &program.env_removed {
+            command.env_remove(key);
+        }
         command
             .args(&program.args)
             .envs(program.env.iter().map(|(k, v)| (k, v)))

@@ -4,23 +4,13 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, get, wait_until};
+use common::portico_run::{self, LOOPBACK_PORT_0, Member, PORTICO};
+use common::{get, wait_until};
 use portico_test_support::TestCa;
-use portico_test_support::child::{Output, addr_after};
-
-const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use portico_test_support::process::{self, Signal};
 
 #[test]
 fn help_names_every_environment_variable() {
@@ -126,62 +116,29 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
     let kubeconfig = dir.path().join("kubeconfig");
     handle.write_kubeconfig(&kubeconfig).unwrap();
 
-    // A CA given as files; the replica signs its own certificate at first boot.
+    // A CA given as files; the replica signs its own certificate at first boot. Every
+    // listener on port 0, read back from the listening line; Raft on the socket handed over.
     let ca = TestCa::new("portico test CA").write(dir.path());
-    // The proxy listeners bind port 0 and the 'serving' log line says what they got; the
-    // admin and Raft ports are chosen here (portico run logs the admin address as configured
-    // and does not log the Raft one).
-    let (raft, admin) = (free_port(), free_port());
-    let admin_addr = format!("127.0.0.1:{admin}");
-    let mut child = KillOnDrop(
-        Command::new(PORTICO)
-            .args(["run", "--pod-name", "portico-0", "--namespace", "default"])
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
-            .arg("--raft-ca")
-            .arg(&ca.0)
-            .arg("--raft-ca-key")
-            .arg(&ca.1)
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--https",
-                "127.0.0.1:0",
-                "--http3",
-                "127.0.0.1:0",
-            ])
-            .args([
-                "--admin",
-                &admin_addr,
-                "--shutdown-delay-seconds",
-                "6",
-                "--log-format",
-                "json",
-                "--access-log",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let raft = process::raft_listeners(1);
+    let member = Member {
+        ordinal: 0,
+        raft: &raft,
+        ca: &ca,
+    };
+    let mut child = portico_run::run(&member, "default", &kubeconfig, &dir.path().join("data"))
+        .args(LOOPBACK_PORT_0)
+        .args(["--admin", "127.0.0.1:0"])
+        .args(["--shutdown-delay-seconds", "6", "--access-log"])
+        .spawn("portico-0");
+    let listening = portico_run::listening(&child);
+    assert_eq!(
+        listening.raft,
+        Some(raft[0].local_addr().unwrap()),
+        "Raft served on the socket handed over"
     );
-
-    let stderr = child.0.stderr.take().unwrap();
-    let output = runtime.block_on(async {
-        Output::capture(tokio::process::ChildStderr::from_std(stderr).unwrap())
-    });
-    let serving = runtime
-        .block_on(
-            output.wait_for_line("the listening line", Duration::from_secs(60), |l| {
-                l.contains(r#""message":"listening""#)
-            }),
-        )
-        .unwrap();
-    let http_addr = addr_after(&serving, "http")
-        .unwrap_or_else(|| panic!("no HTTP address in {serving}"))
-        .to_string();
+    assert!(!listening.h3.is_empty(), "{listening:?}");
+    let http_addr = listening.http().to_string();
+    let admin_addr = listening.admin();
 
     // Ready once the (empty) committed table is applied.
     wait_until("/readyz 200", Duration::from_secs(60), || {
@@ -238,8 +195,7 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
     });
 
     // SIGTERM: not ready during the shutdown delay, then the Lease is released, then exit.
-    let pid = rustix::process::Pid::from_raw(child.0.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    child.signal(Signal::TERM);
     let (code, body) = wait_until("/readyz 503", Duration::from_secs(6), || {
         get(&admin_addr, "/readyz").filter(|(code, _)| *code == 503)
     });
@@ -256,13 +212,10 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
         200,
         "alive while draining"
     );
-    let status = wait_until("exit", Duration::from_secs(30), || {
-        child.0.try_wait().unwrap()
-    });
+    let status = child.wait_blocking(Duration::from_secs(30)).unwrap();
     assert!(status.success(), "{status}");
     assert_eq!(holder(), "", "the Lease is released on shutdown");
-    let logs = runtime
-        .block_on(output.ended(Duration::from_secs(10)))
+    let logs = process::block_on(child.output().ended(Duration::from_secs(10)))
         .unwrap()
         .join("\n");
     assert!(

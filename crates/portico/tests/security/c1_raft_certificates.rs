@@ -12,10 +12,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{free_port, get, wait_until};
+use crate::common::portico_run::{self, LOOPBACK_PORT_0, PORTICO};
+use crate::common::{get, wait_until};
 use portico_test_support::TestCa;
-
-const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
+use portico_test_support::process::{self, Program};
 
 fn openssl(cert: &Path, what: &[&str]) -> String {
     let out = Command::new("openssl")
@@ -99,35 +99,30 @@ fn pki_issue_signs_a_short_lived_certificate_that_run_serves_raft_with() {
         .unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     _api.write_kubeconfig(&kubeconfig).unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(PORTICO)
+    // Raft on a socket the test holds (socket activation), every other listener on port 0.
+    let raft = process::raft_listeners(1);
+    let child = Program::new(PORTICO)
         .args(["run", "--pod-name", "portico-0", "--namespace", "default"])
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .args(["--raft-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--raft-listen", &raft[0].local_addr().unwrap().to_string()])
+        .socket("raft", &raft[0])
         .arg("--raft-ca")
         .arg(tls.join("ca.crt"))
         .arg("--raft-cert")
         .arg(&cert)
         .arg("--raft-key")
         .arg(tls.join("replica.key"))
-        .args(["--http", &format!("127.0.0.1:{}", free_port())])
-        .args(["--https", "127.0.0.1:0", "--http3", "127.0.0.1:0"])
-        .args(["--admin", &admin])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let ready = std::panic::catch_unwind(|| {
-        wait_until("/readyz 200", Duration::from_secs(60), || {
-            get(&admin, "/readyz").filter(|(code, _)| *code == 200)
-        })
+        .args(LOOPBACK_PORT_0)
+        .args(["--admin", "127.0.0.1:0"])
+        .spawn("portico-0");
+    let admin = portico_run::listening(&child).admin();
+    wait_until("/readyz 200", Duration::from_secs(60), || {
+        get(&admin, "/readyz").filter(|(code, _)| *code == 200)
     });
-    let _ = child.kill();
-    let _ = child.wait();
-    ready.unwrap();
+    drop(child);
     assert!(
         !dir.path().join("data/tls/replica.crt").exists(),
         "signed its own"

@@ -8,30 +8,27 @@
 //! closed at once, while the probes keep answering once the attacker's connections are gone.
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::net::{IpAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, get, wait_until};
+use crate::common::portico_run::{self, Member};
+use crate::common::{get, wait_until};
 use portico_test_support::TestCa;
-
-const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
+use portico_test_support::process::{self, Listening, Process};
 /// The admin listener's header timeout (`admin::HEADER_READ_TIMEOUT`) and connection limit.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: usize = 64;
 
+/// Dropped in field order: the replica first, then the API server it talks to.
 struct Replica {
-    child: Child,
+    _process: Process,
+    /// What it bound.
+    listening: Listening,
     _api: portico_apiserver::ServerHandle,
     _runtime: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// This machine's address on its default route: a non-loopback address to connect from.
@@ -45,8 +42,9 @@ fn non_loopback_ip() -> IpAddr {
     ip
 }
 
-/// One replica against the in-process API server, with `admin` flags; ready.
-fn start(admin: &[String], env: &[(&str, String)], ready_at: &str) -> Replica {
+/// One replica against the in-process API server, with `admin` flags (their ports 0) and
+/// `env`; ready on its first admin address.
+fn start(admin: &[String], env: &[(&str, String)]) -> Replica {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = portico_apiserver::ApiServer::builder()
         .minor_version(33)
@@ -59,55 +57,53 @@ fn start(admin: &[String], env: &[(&str, String)], ready_at: &str) -> Replica {
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).unwrap();
     let ca = TestCa::new("portico test CA").write(dir.path());
-    let child = Command::new(PORTICO)
-        .args(["run", "--pod-name", "portico-0", "--namespace", "default"])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--raft-listen", &format!("127.0.0.1:{}", free_port())])
-        .arg("--raft-ca")
-        .arg(&ca.0)
-        .arg("--raft-ca-key")
-        .arg(&ca.1)
-        .args(["--http", &format!("127.0.0.1:{}", free_port())])
-        .args(["--https", "127.0.0.1:0", "--http3", "127.0.0.1:0"])
+    let raft = process::raft_listeners(1);
+    let member = Member {
+        ordinal: 0,
+        raft: &raft,
+        ca: &ca,
+    };
+    let mut program = portico_run::run(&member, "default", &kubeconfig, &dir.path().join("data"))
+        .args(portico_run::LOOPBACK_PORT_0)
         .args(admin)
-        .env_remove("POD_IP")
-        .envs(env.iter().map(|(k, v)| (*k, v)))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let replica = Replica {
-        child,
+        .env_remove("POD_IP");
+    for (key, value) in env {
+        program = program.env(key, value);
+    }
+    let process = program.spawn("portico-0");
+    let listening = portico_run::listening(&process);
+    let ready_at = listening.admin();
+    wait_until("/readyz 200", Duration::from_secs(60), || {
+        get(&ready_at, "/readyz").filter(|(code, _)| *code == 200)
+    });
+    Replica {
+        _process: process,
+        listening,
         _api: api,
         _runtime: runtime,
         _dir: dir,
-    };
-    wait_until("/readyz 200", Duration::from_secs(60), || {
-        get(ready_at, "/readyz").filter(|(code, _)| *code == 200)
-    });
-    replica
+    }
 }
 
 #[test]
 fn by_default_the_admin_port_is_bound_to_loopback_and_the_pod_ip_only() {
     let ip = non_loopback_ip();
-    let port = free_port();
-    let loopback = format!("127.0.0.1:{port}");
-    let _replica = start(
-        &["--admin-port".into(), port.to_string()],
+    // Port 0: each default listener gets a port of its own, and the listening line says which.
+    let replica = start(
+        &["--admin-port".into(), "0".into()],
         &[("POD_IP", ip.to_string())],
-        &loopback,
     );
-    let pod = std::net::SocketAddr::new(ip, port).to_string();
+    let admin = &replica.listening.admin;
+    assert_eq!(admin.len(), 2, "loopback and the Pod IP: {admin:?}");
+    assert!(admin[0].ip().is_loopback(), "{admin:?}");
+    assert_eq!(admin[1].ip(), ip, "{admin:?}");
+    let pod = admin[1].to_string();
     assert_eq!(get(&pod, "/healthz").map(|(c, _)| c), Some(200));
     assert_eq!(get(&pod, "/metrics").map(|(c, _)| c), Some(200));
     // Another local address: it would answer if the listener were on 0.0.0.0.
-    let other = format!("127.0.0.2:{port}");
+    let other = SocketAddr::new([127, 0, 0, 2].into(), admin[0].port());
     assert!(
-        TcpStream::connect_timeout(&other.parse().unwrap(), Duration::from_secs(2)).is_err(),
+        TcpStream::connect_timeout(&other, Duration::from_secs(2)).is_err(),
         "the admin port answers on {other}"
     );
 }
@@ -115,14 +111,11 @@ fn by_default_the_admin_port_is_bound_to_loopback_and_the_pod_ip_only() {
 #[test]
 fn debug_routes_is_for_loopback_clients_only_and_holds_no_key_material() {
     let ip = non_loopback_ip();
-    let port = free_port();
-    let loopback = format!("127.0.0.1:{port}");
-    let pod = std::net::SocketAddr::new(ip, port).to_string();
-    let _replica = start(
-        &["--admin".into(), format!("{loopback},{pod}")],
-        &[],
-        &loopback,
-    );
+    let replica = start(&["--admin".into(), format!("127.0.0.1:0,{ip}:0")], &[]);
+    let (loopback, pod) = match &replica.listening.admin[..] {
+        [loopback, pod] => (loopback.to_string(), pod.to_string()),
+        other => panic!("two admin listeners, got {other:?}"),
+    };
     // From the Pod network (our non-loopback address): refused; the probes answer.
     let (code, body) = get(&pod, "/debug/routes").unwrap();
     assert_eq!(code, 403, "{body}");
@@ -158,9 +151,8 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 
 #[test]
 fn slowloris_connections_are_closed_and_the_connection_count_is_bounded() {
-    let port = free_port();
-    let admin = format!("127.0.0.1:{port}");
-    let _replica = start(&["--admin".into(), admin.clone()], &[], &admin);
+    let replica = start(&["--admin".into(), "127.0.0.1:0".into()], &[]);
+    let admin = replica.listening.admin();
 
     // A head trickled one byte every 500 ms: closed by the header timeout, long before the
     // head would be complete.

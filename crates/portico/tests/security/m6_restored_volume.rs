@@ -16,24 +16,28 @@
 //! requests made with curl. (The restored and cloned volumes themselves are refused in
 //! `portico-raft`'s `security` tests, `m6_restored_volume`.)
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, get, wait_until};
+use crate::common::portico_run::{self, LOOPBACK_PORT_0, Member, PORTICO};
+use crate::common::{get, wait_until};
 use portico_test_support::TestCa;
+use portico_test_support::process::{self, Process};
 
-const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
-
-/// Three `portico run` processes sharing a CA, an API server and their Raft addresses.
+/// Three `portico run` processes sharing a CA, an API server and their Raft sockets (held
+/// here, so a replica restarted on its volume is back on its Raft address); their other
+/// listeners on port 0, read again at each start.
 struct Replicas {
     dir: PathBuf,
     kubeconfig: PathBuf,
     ca: (PathBuf, PathBuf),
-    raft: Vec<u16>,
+    raft: Vec<Arc<TcpListener>>,
     http: Vec<u16>,
     admin: Vec<String>,
-    children: Vec<Option<Child>>,
+    children: Vec<Option<Process>>,
 }
 
 impl Replicas {
@@ -42,11 +46,9 @@ impl Replicas {
             dir: dir.to_owned(),
             kubeconfig: kubeconfig.to_owned(),
             ca: TestCa::new("portico test CA").write(dir),
-            raft: (0..n).map(|_| free_port()).collect(),
-            http: (0..n).map(|_| free_port()).collect(),
-            admin: (0..n)
-                .map(|_| format!("127.0.0.1:{}", free_port()))
-                .collect(),
+            raft: process::raft_listeners(n),
+            http: vec![0; n],
+            admin: vec![String::new(); n],
             children: (0..n).map(|_| None).collect(),
         }
     }
@@ -55,45 +57,25 @@ impl Replicas {
         self.dir.join(format!("data-{i}"))
     }
 
-    fn log(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("portico-{i}.log"))
-    }
-
+    /// Starts replica `i` and reads the ports it bound.
     fn spawn(&mut self, i: usize) {
-        let members: Vec<String> = self.raft.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log(i))
-            .unwrap();
-        let child = Command::new(PORTICO)
-            .args(["run", "--pod-name", &format!("portico-{i}")])
-            .args(["--namespace", "default", "--kubeconfig"])
-            .arg(&self.kubeconfig)
-            .arg("--data-dir")
-            .arg(self.data_dir(i))
-            .args(["--raft-listen", &members[i]])
-            .args(["--initial-members", &members.join(",")])
-            .arg("--raft-ca")
-            .arg(&self.ca.0)
-            .arg("--raft-ca-key")
-            .arg(&self.ca.1)
-            .args(["--http", &format!("127.0.0.1:{}", self.http[i])])
-            .args(["--https", "127.0.0.1:0", "--http3", "127.0.0.1:0"])
-            .args(["--admin", &self.admin[i], "--log-format", "json"])
-            .args(["--drain-seconds", "1"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let member = Member {
+            ordinal: i,
+            raft: &self.raft,
+            ca: &self.ca,
+        };
+        let child = portico_run::run(&member, "default", &self.kubeconfig, &self.data_dir(i))
+            .args(LOOPBACK_PORT_0)
+            .args(["--admin", "127.0.0.1:0", "--drain-seconds", "1"])
+            .spawn(format!("portico-{i}"));
+        let listening = portico_run::listening(&child);
+        self.http[i] = listening.http().port();
+        self.admin[i] = listening.admin();
         self.children[i] = Some(child);
     }
 
     fn kill(&mut self, i: usize) {
-        let mut child = self.children[i].take().expect("running");
-        child.kill().unwrap();
-        child.wait().unwrap();
+        self.children[i].take().expect("running").kill_blocking();
     }
 
     fn wait_ready(&self, i: usize) {
@@ -151,18 +133,15 @@ impl Replicas {
 
 impl Drop for Replicas {
     fn drop(&mut self) {
-        for i in 0..self.children.len() {
-            if let Some(child) = &mut self.children[i] {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            if std::thread::panicking() {
-                let log = std::fs::read_to_string(self.log(i)).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                eprintln!("---- portico-{i} ----");
-                for l in &lines[lines.len().saturating_sub(30)..] {
-                    eprintln!("{l}");
-                }
+        if !std::thread::panicking() {
+            return;
+        }
+        for child in self.children.iter().flatten() {
+            let log = child.output_text();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("---- {} ----", child.name());
+            for l in &lines[lines.len().saturating_sub(30)..] {
+                eprintln!("{l}");
             }
         }
     }
@@ -257,7 +236,7 @@ fn api_server_and_backend() -> (
     portico_apiserver::ServerHandle,
     tempfile::TempDir,
     std::path::PathBuf,
-    std::process::Child,
+    Process,
 ) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = portico_apiserver::ApiServer::builder()
@@ -270,14 +249,8 @@ fn api_server_and_backend() -> (
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     handle.write_kubeconfig(&kubeconfig).unwrap();
-    let echo_port = free_port();
-    let echo = Command::new(PORTICO)
-        .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
-        .args(["--service", "echo", "--pod", "echo-0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (echo, addr) = portico_run::echo("127.0.0.1", 0, "echo", "echo-0", "default");
+    let echo_port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
     kubectl_apply(&kubeconfig, &backend_yaml(echo_port));
     kubectl_apply(&kubeconfig, &ingress("before"));
     (runtime, handle, dir, kubeconfig, echo)
@@ -285,7 +258,7 @@ fn api_server_and_backend() -> (
 
 #[test]
 fn after_losing_quorum_raft_recover_lets_changes_commit_and_replacements_rejoin() {
-    let (runtime, handle, dir, kubeconfig, mut echo) = api_server_and_backend();
+    let (runtime, handle, dir, kubeconfig, echo) = api_server_and_backend();
 
     let mut replicas = Replicas::new(dir.path(), &kubeconfig, 3);
     for i in 0..3 {
@@ -357,14 +330,13 @@ fn after_losing_quorum_raft_recover_lets_changes_commit_and_replacements_rejoin(
     assert!(metrics.contains("portico_raft_stale_volume 0"), "{metrics}");
 
     drop(replicas);
-    let _ = echo.kill();
-    let _ = echo.wait();
+    drop(echo);
     runtime.block_on(handle.shutdown());
 }
 
 #[test]
 fn a_restored_volume_fails_its_probes_and_says_to_wipe_it() {
-    let (runtime, handle, dir, kubeconfig, mut echo) = api_server_and_backend();
+    let (runtime, handle, dir, kubeconfig, echo) = api_server_and_backend();
     let mut replicas = Replicas::new(dir.path(), &kubeconfig, 3);
     for i in 0..3 {
         replicas.spawn(i);
@@ -415,7 +387,6 @@ fn a_restored_volume_fails_its_probes_and_says_to_wipe_it() {
     }
 
     drop(replicas);
-    let _ = echo.kill();
-    let _ = echo.wait();
+    drop(echo);
     runtime.block_on(handle.shutdown());
 }
