@@ -1,6 +1,6 @@
-//! Test support shared by Portico's crates and chaos harness, used only by tests (as linkerd2-proxy's
-//! `linkerd/app/test` and `linkerd/tls/test-util` are): code that every crate's tests had
-//! written again for itself lives here once.
+//! Test support shared by Portico's crates and its chaos harness, used only by tests (as
+//! linkerd2-proxy's `linkerd/app/test` and `linkerd/tls/test-util` are): code that every
+//! crate's tests had written again for itself lives here once.
 //!
 //! - [`pki`]: one test PKI, a CA that issues server and client certificates for given names.
 //! - [`tables`]: the workspace `testdata/` directory and the one reader of its TSV tables
