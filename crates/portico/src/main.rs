@@ -5,6 +5,8 @@
 //! * `routes`: print a running replica's committed table — [`routes`].
 //! * `echo`: a backend that describes each request it gets — [`echo`].
 //! * `pki issue`: sign this replica's Raft certificate (an init container) — [`pki_issue`].
+//! * `pki serve`: the Raft certificate issuer, the only holder of the CA key —
+//!   [`pki_issuer`].
 //! * `raft recover`: make a stopped survivor the only voter after a lost quorum —
 //!   [`raft_admin`].
 
@@ -18,6 +20,7 @@ mod metrics;
 mod parent;
 mod pki;
 mod pki_issue;
+mod pki_issuer;
 mod raft_admin;
 mod raft_cert_renewal;
 mod routes;
@@ -56,7 +59,7 @@ enum Command {
     /// An echo backend: answers every request with JSON describing it.
     Echo(echo::EchoArgs),
     /// Certificates: `pki issue` signs this replica's Raft certificate (the StatefulSet's
-    /// init container, the only one that mounts the CA key).
+    /// init container); `pki serve` is the issuer replicas ask for short-lived ones.
     Pki(pki_issue::PkiArgs),
     /// Raft administration: `raft recover` makes a stopped survivor the only voter after a
     /// majority of the replicas is lost for good.
@@ -95,10 +98,7 @@ fn main() -> anyhow::Result<()> {
             logging::init(logging::LogFormat::Human, "warn");
             runtime(false)?.block_on(routes::run(args))
         }
-        Command::Pki(args) => {
-            logging::init(logging::LogFormat::Human, "info");
-            pki_issue::run(args)
-        }
+        Command::Pki(args) => pki_issue::run(args),
         Command::Raft(args) => {
             logging::init(logging::LogFormat::Human, "warn");
             runtime(false)?.block_on(raft_admin::run(args))

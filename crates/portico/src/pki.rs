@@ -1,4 +1,5 @@
-//! Certificates: a CA that signs replica (mTLS) and demo (Ingress TLS) certificates.
+//! Certificates: a CA that signs replica (mTLS) and demo (Ingress TLS) certificates, and
+//! certificates for keys a replica made itself (`portico pki serve`).
 //!
 //! Nothing here is hard-coded: every key is generated with the OS CSPRNG (ring, through
 //! rcgen) and written with mode 0600. Keys are never logged.
@@ -7,11 +8,12 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SerialNumber, SubjectPublicKeyInfo,
 };
 
 /// A certificate authority able to sign leaf certificates.
@@ -77,7 +79,8 @@ impl Ca {
     /// A leaf for `names` (DNS names or IP addresses), usable as TLS server and client,
     /// valid until 2044 (the local cluster's demo and first-boot certificates).
     pub fn sign(&self, common_name: &str, names: &[String]) -> anyhow::Result<Leaf> {
-        self.sign_with(common_name, names, None)
+        let params = leaf_params(common_name, names, Validity::Fixed)?;
+        self.sign_new_key(params)
     }
 
     /// Like [`Ca::sign`], valid from an hour ago (clock skew between nodes) for `lifetime`.
@@ -85,44 +88,45 @@ impl Ca {
         &self,
         common_name: &str,
         names: &[String],
-        lifetime: std::time::Duration,
+        lifetime: Duration,
     ) -> anyhow::Result<Leaf> {
-        self.sign_with(common_name, names, Some(lifetime))
+        let skew = Duration::from_secs(3600);
+        let params = leaf_params(common_name, names, Validity::For { lifetime, skew })?;
+        self.sign_new_key(params)
     }
 
-    fn sign_with(
+    /// A leaf for the public key `spki_der` (a DER SubjectPublicKeyInfo, from a CSR whose
+    /// signature was checked), naming `names` only, valid from `skew` ago for `lifetime`,
+    /// with a random serial. What the key's holder asked for beyond its key is not used.
+    pub fn sign_public_key(
         &self,
         common_name: &str,
         names: &[String],
-        lifetime: Option<std::time::Duration>,
-    ) -> anyhow::Result<Leaf> {
-        let mut params = CertificateParams::new(names.to_vec())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        match lifetime {
-            None => {
-                params.not_before = rcgen::date_time_ymd(2025, 1, 1);
-                params.not_after = rcgen::date_time_ymd(2044, 1, 1);
-            }
-            Some(lifetime) => {
-                let since_epoch = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .context("the clock is before 1970")?;
-                let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
-                let skew = std::time::Duration::from_secs(3600);
-                params.not_before = now - skew;
-                params.not_after = now + lifetime;
-            }
-        }
+        spki_der: &[u8],
+        lifetime: Duration,
+        skew: Duration,
+    ) -> anyhow::Result<Issued> {
+        let key = SubjectPublicKeyInfo::from_der(spki_der)
+            .context("the public key's algorithm is not one we sign")?;
+        let mut params = leaf_params(common_name, names, Validity::For { lifetime, skew })?;
+        let mut serial = [0u8; 16];
+        rustls::crypto::ring::default_provider()
+            .secure_random
+            .fill(&mut serial)
+            .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+        // Positive and non-zero, as RFC 5280 asks of a serial.
+        serial[0] = (serial[0] & 0x7f) | 0x01;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        let not_after = params.not_after.to_string();
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+            not_after,
+        })
+    }
+
+    fn sign_new_key(&self, params: CertificateParams) -> anyhow::Result<Leaf> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Leaf {
@@ -130,6 +134,75 @@ impl Ca {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// A certificate signed for a key someone else holds.
+#[derive(Debug)]
+pub struct Issued {
+    pub cert_pem: String,
+    /// The serial number, lower-case hex.
+    pub serial: String,
+    /// The end of its validity, for logs.
+    pub not_after: String,
+}
+
+enum Validity {
+    /// 2025 to 2044.
+    Fixed,
+    /// From `skew` ago to `lifetime` from now.
+    For { lifetime: Duration, skew: Duration },
+}
+
+/// A leaf's parameters: `names` as SANs, usable as TLS server and client.
+fn leaf_params(
+    common_name: &str,
+    names: &[String],
+    validity: Validity,
+) -> anyhow::Result<CertificateParams> {
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    match validity {
+        Validity::Fixed => {
+            params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2044, 1, 1);
+        }
+        Validity::For { lifetime, skew } => {
+            let since_epoch = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("the clock is before 1970")?;
+            let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
+            params.not_before = now - skew;
+            params.not_after = now + lifetime;
+        }
+    }
+    Ok(params)
+}
+
+/// The names of a replica's Raft certificate: `POD.PEER_SERVICE.NAMESPACE.svc.DOMAIN` (when
+/// there is a peer Service) and `POD`. `portico pki issue` and `portico pki serve` both use
+/// it, so a replica's identity is the same whichever signed it.
+pub fn replica_names(
+    pod: &str,
+    namespace: &str,
+    peer_service: Option<&str>,
+    cluster_domain: &str,
+) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Some(peers) = peer_service {
+        names.push(format!("{pod}.{peers}.{namespace}.svc.{cluster_domain}"));
+    }
+    names.push(pod.to_owned());
+    names
 }
 
 pub fn read_string(path: &Path) -> anyhow::Result<String> {

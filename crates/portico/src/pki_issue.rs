@@ -1,3 +1,5 @@
+//! `portico pki issue` and `portico pki serve` (the issuer, [`crate::pki_issuer`]).
+//!
 //! `portico pki issue`: signs this replica's Raft certificate and exits. Run as the
 //! StatefulSet's init container, the only container that mounts the cluster CA's private
 //! key, so the long-running process that serves Internet traffic never holds it (review
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::pki;
+use crate::{logging, pki};
 
 #[derive(clap::Args, Debug)]
 pub struct PkiArgs {
@@ -23,6 +25,9 @@ enum PkiCommand {
     /// Sign this replica's Raft certificate with the cluster CA into --out-dir
     /// (ca.crt, replica.crt, replica.key with mode 0600).
     Issue(IssueArgs),
+    /// Serve Raft certificates over HTTPS to the StatefulSet's Pods, each proving who it
+    /// is with its Pod-bound ServiceAccount token (the only process holding the CA key).
+    Serve(Box<crate::pki_issuer::ServeArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -57,14 +62,12 @@ pub struct IssueArgs {
 
 impl IssueArgs {
     fn names(&self) -> Vec<String> {
-        let mut names = Vec::new();
-        if let Some(peers) = &self.peer_service {
-            names.push(format!(
-                "{}.{peers}.{}.svc.{}",
-                self.pod_name, self.namespace, self.cluster_domain
-            ));
-        }
-        names.push(self.pod_name.clone());
+        let mut names = pki::replica_names(
+            &self.pod_name,
+            &self.namespace,
+            self.peer_service.as_deref(),
+            &self.cluster_domain,
+        );
         for name in &self.name {
             if !names.contains(name) {
                 names.push(name.clone());
@@ -76,7 +79,17 @@ impl IssueArgs {
 
 pub fn run(args: PkiArgs) -> anyhow::Result<()> {
     match args.command {
-        PkiCommand::Issue(args) => issue(&args),
+        PkiCommand::Issue(args) => {
+            logging::init(logging::LogFormat::Human, "info");
+            issue(&args)
+        }
+        PkiCommand::Serve(args) => {
+            logging::init(args.log_format, "info,kube=warn");
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(crate::pki_issuer::serve(*args))
+        }
     }
 }
 
