@@ -15,6 +15,7 @@ mod explain;
 mod kubectl_create;
 mod local;
 mod namespaced;
+mod raft_pki_issuer;
 mod replica;
 mod support;
 mod tenant_attacks;

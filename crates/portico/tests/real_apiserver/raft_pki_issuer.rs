@@ -1,0 +1,869 @@
+//! Issue 15 (review finding C1): `portico pki serve`, the Raft certificate issuer, against the
+//! real kube-apiserver. The issuer runs as its own ServiceAccount `portico-pki` with exactly
+//! the RBAC deploy/ ships for it ([`issuer_rbac`]); replicas are Pod objects `portico-N`
+//! controlled by the StatefulSet `portico` (no controller makes them; they stay Pending), and
+//! their tokens are what kubelet would project: `kubectl create token portico --audience
+//! portico-raft-pki --bound-object-kind Pod`. Requests are real curl over HTTPS, CSRs are
+//! made with openssl, and certificates checked with `openssl verify`.
+//!
+//! What must hold: only a token of ServiceAccount `portico`, made for our audience and bound
+//! to a live Pod that the StatefulSet controls, gets a certificate, and only for that Pod's
+//! names; every other caller gets a refusal naming the rule, and no certificate; when the
+//! API server cannot be asked, nothing is signed. The fixture (`pki_cluster`, `pod_token`,
+//! `Issuer::start`) is public for the replica-side rotation test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::real_apiserver::RealApiServer;
+use crate::common::{free_port, wait_until, write_ca};
+use crate::support::{kustomize, to_yaml};
+use crate::{KillOnDrop, PORTICO, apply_yaml, deploy_dir, ok, run};
+
+pub const NS: &str = "portico-system";
+pub const AUDIENCE: &str = "portico-raft-pki";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The kinds of the issuer's identity and RBAC objects in deploy/.
+const RBAC_KINDS: [&str; 5] = [
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+];
+
+/// The issuer's ServiceAccount `portico-pki` and RBAC exactly as deploy/ ships them
+/// (TokenReviews cluster-wide; `get` on Pods and on the StatefulSet in its namespace).
+pub fn issuer_rbac() -> Vec<serde_yaml::Value> {
+    kustomize(&deploy_dir())
+        .into_iter()
+        .filter(|o| o["metadata"]["name"] == "portico-pki")
+        .filter(|o| RBAC_KINDS.iter().any(|k| o["kind"] == *k))
+        .collect()
+}
+
+/// Applies [`issuer_rbac`], less the `rule`th rule of the object of kind `without.0`.
+fn apply_issuer_rbac(api: &RealApiServer, dir: &Path, without: Option<(&str, usize)>) {
+    let mut objects = issuer_rbac();
+    if let Some((kind, rule)) = without {
+        let object = objects.iter_mut().find(|o| o["kind"] == kind).unwrap();
+        object["rules"].as_sequence_mut().unwrap().remove(rule);
+    }
+    apply_yaml(api, dir, "issuer-rbac.yaml", &to_yaml(&objects));
+}
+
+/// A StatefulSet object `name` (nothing runs it) with Pods of ServiceAccount `portico`.
+fn statefulset_yaml(name: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: {name}
+  namespace: {NS}
+spec:
+  serviceName: portico-peers
+  replicas: 3
+  selector:
+    matchLabels:
+      app.kubernetes.io/name: {name}
+  template:
+    metadata:
+      labels:
+        app.kubernetes.io/name: {name}
+    spec:
+      serviceAccountName: portico
+      containers:
+        - name: portico
+          image: portico:test
+"#
+    )
+}
+
+/// Creates Pod `name` of ServiceAccount `portico`, controlled by StatefulSet `owner` (its
+/// name and UID) when given, and returns the Pod's UID.
+pub fn create_pod(
+    api: &RealApiServer,
+    dir: &Path,
+    name: &str,
+    owner: Option<(&str, &str)>,
+) -> String {
+    let owner = owner
+        .map(|(set, uid)| {
+            format!(
+                "  ownerReferences:\n    - apiVersion: apps/v1\n      kind: StatefulSet\n      name: {set}\n      uid: {uid}\n      controller: true\n      blockOwnerDeletion: true\n"
+            )
+        })
+        .unwrap_or_default();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {NS}\n{owner}spec:\n  serviceAccountName: portico\n  containers:\n    - name: portico\n      image: portico:test\n"
+    );
+    apply_yaml(api, dir, &format!("pod-{name}.yaml"), &yaml);
+    uid_of(api, "pod", name)
+}
+
+fn uid_of(api: &RealApiServer, kind: &str, name: &str) -> String {
+    ok(api.kubectl().args([
+        "-n",
+        NS,
+        "get",
+        kind,
+        name,
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]))
+}
+
+/// Namespace portico-system; ServiceAccounts `portico` (the replicas') and `portico-pki`
+/// (the issuer's, with [`issuer_rbac`]); the StatefulSet `portico` and its Pods
+/// `portico-0..replicas`. Returns the StatefulSet's UID.
+pub fn pki_cluster(api: &RealApiServer, dir: &Path, replicas: usize) -> String {
+    apply_yaml(
+        api,
+        dir,
+        "namespace.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NS}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: portico\n  namespace: {NS}\n"
+        ),
+    );
+    apply_issuer_rbac(api, dir, None);
+    apply_yaml(api, dir, "statefulset.yaml", &statefulset_yaml("portico"));
+    let set = uid_of(api, "statefulset", "portico");
+    for n in 0..replicas {
+        create_pod(api, dir, &format!("portico-{n}"), Some(("portico", &set)));
+    }
+    set
+}
+
+/// A token as kubelet projects it into Pod `pod`: ServiceAccount `portico`, our audience.
+pub fn pod_token(api: &RealApiServer, pod: &str) -> String {
+    token(
+        api,
+        "portico",
+        &[
+            "--audience",
+            AUDIENCE,
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            pod,
+        ],
+    )
+}
+
+fn token(api: &RealApiServer, account: &str, args: &[&str]) -> String {
+    ok(api
+        .kubectl()
+        .args(["-n", NS, "create", "token", account, "--duration=1h"])
+        .args(args))
+    .trim()
+    .to_owned()
+}
+
+/// A running `portico pki serve` as ServiceAccount `portico-pki`, listening on 127.0.0.1.
+pub struct Issuer {
+    process: Option<KillOnDrop>,
+    pub url: String,
+    pub log: PathBuf,
+    /// The CA certificate that signs the issued certificates and the issuer's own.
+    pub ca: PathBuf,
+}
+
+impl Issuer {
+    /// Starts the issuer with the CA in `ca` (certificate, key) and returns once it answers.
+    pub fn start(api: &RealApiServer, dir: &Path, ca: &(PathBuf, PathBuf), lifetime: &str) -> Self {
+        Self::start_on(api, dir, ca, lifetime, free_port())
+    }
+
+    /// [`Issuer::start`] on 127.0.0.1:`port` (again after [`Issuer::stop`]: its log goes on).
+    pub fn start_on(
+        api: &RealApiServer,
+        dir: &Path,
+        ca: &(PathBuf, PathBuf),
+        lifetime: &str,
+        port: u16,
+    ) -> Self {
+        let kubeconfig = dir.join("portico-pki.kubeconfig");
+        let token = token(api, "portico-pki", &[]);
+        api.write_kubeconfig_for_token(&kubeconfig, &token);
+        let log = dir.join("issuer.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let process = KillOnDrop(
+            Command::new(PORTICO)
+                .args([
+                    "pki",
+                    "serve",
+                    "--namespace",
+                    NS,
+                    "--serving-name",
+                    "127.0.0.1",
+                ])
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--certificate-lifetime", lifetime, "--log-format", "json"])
+                .arg("--ca-cert")
+                .arg(&ca.0)
+                .arg("--ca-key")
+                .arg(&ca.1)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .stdout(Stdio::null())
+                .stderr(log_file)
+                .spawn()
+                .unwrap(),
+        );
+        let issuer = Self {
+            process: Some(process),
+            url: format!("https://127.0.0.1:{port}"),
+            log,
+            ca: ca.0.clone(),
+        };
+        wait_until("the issuer to answer over HTTPS", WAIT, || {
+            let out = run(Command::new("curl")
+                .args([
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "2",
+                ])
+                .arg("--cacert")
+                .arg(&issuer.ca)
+                .arg(format!("{}/metrics", issuer.url)));
+            (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
+        });
+        issuer
+    }
+
+    /// Kills the issuer and waits for it to exit.
+    pub fn stop(&mut self) {
+        drop(self.process.take());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// POSTs `body` to the certificate endpoint with curl; (status, content type, body).
+    pub fn post(
+        &self,
+        token: Option<&str>,
+        content_type: &str,
+        body: &Path,
+    ) -> (u16, String, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "\n%{http_code} %{content_type}",
+        ])
+        .arg("--cacert")
+        .arg(&self.ca)
+        .args(["-H", &format!("Content-Type: {content_type}")])
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()));
+        if let Some(token) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        cmd.arg(format!("{}/v1/raft-certificate", self.url));
+        let out = run(&mut cmd);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, last) = text
+            .rsplit_once('\n')
+            .unwrap_or_else(|| panic!("curl: {text}{}", String::from_utf8_lossy(&out.stderr)));
+        let (code, content_type) = last.split_once(' ').unwrap_or((last, ""));
+        (
+            code.parse().unwrap(),
+            content_type.to_owned(),
+            body.to_owned(),
+        )
+    }
+
+    /// POSTs a CSR with `token`; (status, body).
+    pub fn request(&self, token: Option<&str>, csr: &Path) -> (u16, String) {
+        let (status, _, body) = self.post(token, "application/pkcs10", csr);
+        (status, body)
+    }
+}
+
+/// A fresh P-256 key and a CSR for it made by openssl, asking for `names` (which the issuer
+/// must ignore). Returns (key, csr) paths.
+pub fn openssl_csr(dir: &Path, label: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    let (key, csr) = (
+        dir.join(format!("{label}.key")),
+        dir.join(format!("{label}.csr")),
+    );
+    let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    ok(Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-subj", &format!("/CN={}", names[0])])
+        .args(["-addext", &format!("subjectAltName={}", san.join(","))])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .stderr(Stdio::null()));
+    (key, csr)
+}
+
+/// The names a replica's certificate must carry, exactly.
+fn replica_sans(pod: &str) -> String {
+    format!("DNS:{pod}.portico-peers.{NS}.svc.cluster.local, DNS:{pod}")
+}
+
+/// A refusal: `status`, a JSON reason containing `rule_text`, and no certificate.
+fn assert_refused(what: &str, answer: &(u16, String), status: u16, rule_text: &str) {
+    let (got, body) = answer;
+    println!("{what}: {got} {}", body.trim());
+    assert_eq!(*got, status, "{what}: {body}");
+    assert!(
+        !body.contains("-----BEGIN"),
+        "{what}: a certificate came back: {body}"
+    );
+    let reason: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: {body}: {e}"));
+    let reason = reason["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(rule_text),
+        "{what}: reason {reason:?} lacks {rule_text:?}"
+    );
+}
+
+/// A refusal by either of two rules (the API server's or the issuer's, whichever sees it
+/// first).
+fn assert_refused_either(what: &str, answer: &(u16, String), rules: [(u16, &str); 2]) {
+    let (status, rule_text) = rules
+        .into_iter()
+        .find(|(status, _)| *status == answer.0)
+        .unwrap_or_else(|| panic!("{what}: {answer:?}"));
+    assert_refused(what, answer, status, rule_text);
+}
+
+fn openssl_x509(cert: &Path, args: &[&str]) -> String {
+    ok(Command::new("openssl")
+        .args(["x509", "-noout", "-in"])
+        .arg(cert)
+        .args(args))
+    .trim()
+    .to_owned()
+}
+
+fn epoch_of(date: &str) -> i64 {
+    ok(Command::new("date").args(["-u", "-d", date, "+%s"]))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The checks of a certificate issued to `pod` for the key in `key`: it chains to the CA as
+/// a TLS client and server for the Pod's DNS name, names exactly the Pod's names, certifies
+/// that key, and is valid from a minute ago for `lifetime` seconds.
+fn assert_issued_to(issuer: &Issuer, dir: &Path, pod: &str, key: &Path, body: &str, lifetime: i64) {
+    assert_eq!(body.matches("BEGIN CERTIFICATE").count(), 1, "{body}");
+    let cert = dir.join(format!("{pod}-issued.crt"));
+    std::fs::write(&cert, body).unwrap();
+    let fqdn = format!("{pod}.portico-peers.{NS}.svc.cluster.local");
+    for purpose in ["sslclient", "sslserver"] {
+        ok(Command::new("openssl")
+            .args([
+                "verify",
+                "-purpose",
+                purpose,
+                "-verify_hostname",
+                &fqdn,
+                "-CAfile",
+            ])
+            .arg(&issuer.ca)
+            .arg(&cert));
+    }
+    assert_eq!(
+        openssl_x509(&cert, &["-ext", "subjectAltName"])
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim(),
+        replica_sans(pod)
+    );
+    let certified = openssl_x509(&cert, &["-pubkey"]);
+    let held = ok(Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(key));
+    assert_eq!(
+        certified.trim(),
+        held.trim(),
+        "the certificate is not for the CSR's key"
+    );
+    let dates = openssl_x509(&cert, &["-dates", "-dateopt", "iso_8601"]);
+    let date = |field: &str| {
+        let line = dates.lines().find(|l| l.starts_with(field)).unwrap();
+        epoch_of(line.split_once('=').unwrap().1)
+    };
+    let (not_before, not_after) = (date("notBefore"), date("notAfter"));
+    let skew = now() - not_before;
+    assert!((50..=90).contains(&skew), "notBefore is {skew} s ago");
+    assert_eq!(not_after - not_before, lifetime + 60, "{dates}");
+}
+
+/// Every attack of issue 15 on the issuer, and the one request that must succeed.
+#[test]
+fn raft_pki_issuer_signs_only_a_live_statefulset_pod_and_only_its_own_names() {
+    let api = RealApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let set = pki_cluster(&api, dir, 2);
+    let ca = write_ca(dir);
+    let issuer = Issuer::start(&api, dir, &ca, "1h");
+    let mut tokens = Vec::new();
+
+    // The API server vouches for a Pod-bound token with the Pod's name and UID.
+    let token0 = pod_token(&api, "portico-0");
+    tokens.push(token0.clone());
+    let review = dir.join("review.yaml");
+    std::fs::write(
+        &review,
+        format!("apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec:\n  token: {token0}\n  audiences: [{AUDIENCE}]\n"),
+    )
+    .unwrap();
+    let reviewed: serde_json::Value = serde_json::from_str(&ok(api
+        .kubectl()
+        .args(["create", "-o", "json", "-f"])
+        .arg(&review)))
+    .unwrap();
+    let extra = &reviewed["status"]["user"]["extra"];
+    assert_eq!(
+        extra["authentication.kubernetes.io/pod-name"][0], "portico-0",
+        "{reviewed}"
+    );
+    assert_eq!(
+        extra["authentication.kubernetes.io/pod-uid"][0].as_str(),
+        Some(uid_of(&api, "pod", "portico-0").as_str()),
+        "{reviewed}"
+    );
+
+    // Success: portico-0's own token and key, a CSR asking for portico-1's names.
+    let (key, csr) = openssl_csr(
+        dir,
+        "asks-for-1",
+        &[
+            "portico-1",
+            &format!("portico-1.portico-peers.{NS}.svc.cluster.local"),
+        ],
+    );
+    let (status, content_type, body) = issuer.post(Some(&token0), "application/pkcs10", &csr);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(content_type, "application/x-pem-file");
+    assert_issued_to(&issuer, dir, "portico-0", &key, &body, 3600);
+    let log = issuer.log();
+    let issued = log
+        .lines()
+        .find(|l| l.contains("issued a Raft certificate"))
+        .unwrap_or_else(|| panic!("no decision logged:\n{log}"));
+    let issued: serde_json::Value = serde_json::from_str(issued).unwrap();
+    assert_eq!(issued["level"], "INFO");
+    assert_eq!(issued["pod"], "portico-0");
+    assert_eq!(issued["namespace"], NS);
+    assert!(
+        issued["not_after"].is_string() && issued["serial"].is_string(),
+        "{issued}"
+    );
+
+    // Portico-1's own token gets portico-1's names.
+    let token1 = pod_token(&api, "portico-1");
+    tokens.push(token1.clone());
+    let (key1, csr1) = openssl_csr(dir, "one", &["portico-1"]);
+    let (status, body) = issuer.request(Some(&token1), &csr1);
+    assert_eq!(status, 200, "{body}");
+    assert_issued_to(&issuer, dir, "portico-1", &key1, &body, 3600);
+
+    // No token at all.
+    assert_refused(
+        "no token",
+        &issuer.request(None, &csr),
+        401,
+        "no bearer token",
+    );
+
+    // A token of another ServiceAccount of the namespace, for our audience.
+    apply_yaml(
+        &api,
+        dir,
+        "intruder.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: intruder\n  namespace: {NS}\n"
+        ),
+    );
+    let intruder = token(&api, "intruder", &["--audience", AUDIENCE]);
+    tokens.push(intruder.clone());
+    assert_refused(
+        "another ServiceAccount",
+        &issuer.request(Some(&intruder), &csr),
+        403,
+        "ServiceAccount portico-system/portico",
+    );
+    // The issuer's own token, made for our audience.
+    let own = token(&api, "portico-pki", &["--audience", AUDIENCE]);
+    tokens.push(own.clone());
+    assert_refused(
+        "the issuer's ServiceAccount",
+        &issuer.request(Some(&own), &csr),
+        403,
+        "ServiceAccount portico-system/portico",
+    );
+
+    // The replicas' ServiceAccount, but not bound to a Pod.
+    let unbound = token(&api, "portico", &["--audience", AUDIENCE]);
+    tokens.push(unbound.clone());
+    assert_refused(
+        "a token bound to no Pod",
+        &issuer.request(Some(&unbound), &csr),
+        403,
+        "not bound to a Pod",
+    );
+    // Bound to a Secret, not a Pod.
+    apply_yaml(
+        &api,
+        dir,
+        "secret.yaml",
+        &format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: anchor\n  namespace: {NS}\n"),
+    );
+    let secret_bound = token(
+        &api,
+        "portico",
+        &[
+            "--audience",
+            AUDIENCE,
+            "--bound-object-kind",
+            "Secret",
+            "--bound-object-name",
+            "anchor",
+        ],
+    );
+    tokens.push(secret_bound.clone());
+    assert_refused(
+        "a token bound to a Secret",
+        &issuer.request(Some(&secret_bound), &csr),
+        403,
+        "not bound to a Pod",
+    );
+
+    // The right ServiceAccount and audience, bound to a Pod the StatefulSet does not control.
+    create_pod(&api, dir, "portico-9", None);
+    let bare = pod_token(&api, "portico-9");
+    tokens.push(bare.clone());
+    assert_refused(
+        "a bare Pod portico-9",
+        &issuer.request(Some(&bare), &csr),
+        403,
+        "not controlled by StatefulSet portico",
+    );
+    apply_yaml(&api, dir, "other.yaml", &statefulset_yaml("other"));
+    let other_set = uid_of(&api, "statefulset", "other");
+    create_pod(&api, dir, "other-0", Some(("other", &other_set)));
+    let other = pod_token(&api, "other-0");
+    tokens.push(other.clone());
+    assert_refused(
+        "a Pod of StatefulSet other",
+        &issuer.request(Some(&other), &csr),
+        403,
+        "not controlled by StatefulSet portico",
+    );
+    // A Pod claiming the name `portico` but the UID of another StatefulSet (one since gone).
+    create_pod(&api, dir, "portico-7", Some(("portico", &other_set)));
+    let forged = pod_token(&api, "portico-7");
+    tokens.push(forged.clone());
+    assert_refused(
+        "a Pod whose owner is another StatefulSet named portico",
+        &issuer.request(Some(&forged), &csr),
+        403,
+        "not the one that exists now",
+    );
+
+    // Kubernetes' default audience, not ours.
+    let api_audience = token(
+        &api,
+        "portico",
+        &[
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "portico-0",
+        ],
+    );
+    tokens.push(api_audience.clone());
+    let answer = issuer.request(Some(&api_audience), &csr);
+    assert_refused(
+        "the API server's audience",
+        &answer,
+        401,
+        "not authenticated",
+    );
+
+    // A token of a Pod since deleted, then of the same name re-created (another UID).
+    let uid_before = create_pod(&api, dir, "portico-2", Some(("portico", &set)));
+    let stale = pod_token(&api, "portico-2");
+    tokens.push(stale.clone());
+    let (status, body) = issuer.request(Some(&stale), &csr);
+    assert_eq!(status, 200, "{body}");
+    ok(api.kubectl().args([
+        "-n",
+        NS,
+        "delete",
+        "pod",
+        "portico-2",
+        "--grace-period=0",
+        "--force",
+    ]));
+    // The API server's TokenReview refuses such a token once its own cache of Pods has
+    // caught up (401); until then the issuer's fresh GET of the Pod must (403).
+    assert_refused_either(
+        "a deleted Pod's token",
+        &issuer.request(Some(&stale), &csr),
+        [
+            (401, "not authenticated"),
+            (403, "Pod portico-2 does not exist"),
+        ],
+    );
+    let uid_after = create_pod(&api, dir, "portico-2", Some(("portico", &set)));
+    assert_ne!(uid_before, uid_after);
+    assert_refused_either(
+        "a re-created Pod's old token",
+        &issuer.request(Some(&stale), &csr),
+        [
+            (401, "not authenticated"),
+            (403, "Pod portico-2 was deleted and re-created"),
+        ],
+    );
+
+    // A terminating Pod (a finalizer holds it).
+    let uid = create_pod(&api, dir, "portico-3", Some(("portico", &set)));
+    ok(api.kubectl().args([
+        "-n",
+        NS,
+        "patch",
+        "pod",
+        "portico-3",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["portico.dev/test"]}}"#,
+    ]));
+    let terminating = pod_token(&api, "portico-3");
+    tokens.push(terminating.clone());
+    ok(api
+        .kubectl()
+        .args(["-n", NS, "delete", "pod", "portico-3", "--wait=false"]));
+    // The API server may refuse the token itself (401); else the issuer must (403).
+    assert_refused_either(
+        "a terminating Pod",
+        &issuer.request(Some(&terminating), &csr),
+        [
+            (401, "not authenticated"),
+            (403, "Pod portico-3 is terminating"),
+        ],
+    );
+    assert_eq!(uid_of(&api, "pod", "portico-3"), uid);
+    ok(api.kubectl().args([
+        "-n",
+        NS,
+        "patch",
+        "pod",
+        "portico-3",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]));
+
+    // A CSR whose signature does not verify (its last byte, in the signature, flipped).
+    let der = dir.join("tampered.der");
+    ok(Command::new("openssl")
+        .args(["req", "-outform", "DER", "-in"])
+        .arg(&csr)
+        .arg("-out")
+        .arg(&der));
+    let mut bytes = std::fs::read(&der).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&der, &bytes).unwrap();
+    let b64 = ok(Command::new("openssl").args(["base64", "-in"]).arg(&der));
+    let tampered = dir.join("tampered.csr");
+    std::fs::write(
+        &tampered,
+        format!("-----BEGIN CERTIFICATE REQUEST-----\n{b64}-----END CERTIFICATE REQUEST-----\n"),
+    )
+    .unwrap();
+    assert_refused(
+        "a CSR whose signature does not verify",
+        &issuer.request(Some(&token0), &tampered),
+        400,
+        "signature does not verify",
+    );
+    // Not a CSR at all, and the wrong content type.
+    assert_refused(
+        "a certificate instead of a CSR",
+        &issuer.request(Some(&token0), &issuer.ca),
+        400,
+        "CERTIFICATE REQUEST",
+    );
+    let (status, _, body) = issuer.post(Some(&token0), "application/octet-stream", &csr);
+    assert_refused(
+        "the wrong content type",
+        &(status, body),
+        400,
+        "application/pkcs10",
+    );
+
+    // An oversized body (64 KiB).
+    let big = dir.join("big.csr");
+    std::fs::write(&big, vec![b'A'; 64 * 1024]).unwrap();
+    assert_refused(
+        "a 64 KiB body",
+        &issuer.request(Some(&token0), &big),
+        413,
+        "over 16384 bytes",
+    );
+
+    // Other methods and paths.
+    let code = |args: &[&str], path: &str| {
+        ok(Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&issuer.ca)
+            .args(args)
+            .arg(format!("{}{path}", issuer.url)))
+    };
+    assert_eq!(code(&["-X", "GET"], "/v1/raft-certificate"), "405");
+    assert_eq!(code(&["-X", "PUT"], "/v1/raft-certificate"), "405");
+    assert_eq!(code(&["-X", "POST"], "/v1/other"), "404");
+
+    // Each refusal is counted by rule, and the log never holds a token.
+    let metrics = ok(Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&issuer.ca)
+        .arg(format!("{}/metrics", issuer.url)));
+    for rule in [
+        "not_pod_bound",
+        "wrong_service_account",
+        "not_owned_by_statefulset",
+        "missing_token",
+        "body_too_large",
+        "csr_bad_signature",
+    ] {
+        assert!(
+            metrics.contains(&format!("rule=\"{rule}\"")),
+            "{rule} not counted:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("portico_pki_decisions_total{outcome=\"issued\",rule=\"\"} 3"),
+        "{metrics}"
+    );
+    let log = issuer.log();
+    assert!(
+        log.contains("\"rule\":\"not_owned_by_statefulset\""),
+        "{log}"
+    );
+    for token in &tokens {
+        assert!(!log.contains(token.as_str()), "a token was logged");
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!log.contains(signature), "a token's signature was logged");
+    }
+}
+
+/// When the API server cannot be asked, nothing is signed (503), and signing resumes once it
+/// is back.
+#[test]
+fn raft_pki_issuer_fails_closed_without_the_api_server() {
+    let api = RealApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    pki_cluster(&api, dir, 1);
+    let ca = write_ca(dir);
+    let issuer = Issuer::start(&api, dir, &ca, "60");
+    let token = pod_token(&api, "portico-0");
+    let (key, csr) = openssl_csr(dir, "zero", &["portico-0"]);
+
+    api.stop_apiserver();
+    assert_refused(
+        "the API server is down",
+        &issuer.request(Some(&token), &csr),
+        503,
+        "API server could not be asked",
+    );
+    api.start_apiserver();
+    let (status, body) = wait_until("signing to resume", WAIT, || {
+        let answer = issuer.request(Some(&token), &csr);
+        (answer.0 != 503).then_some(answer)
+    });
+    assert_eq!(status, 200, "{body}");
+    assert_issued_to(&issuer, dir, "portico-0", &key, &body, 60);
+}
+
+/// The issuer's shipped RBAC is enough (above) and every rule of it is needed: without any one
+/// of them a valid request is answered 503 (the issuer cannot ask; it never signs unasked),
+/// and signing resumes once the rule is back.
+#[test]
+fn raft_pki_issuer_needs_every_rule_deploy_grants_it() {
+    let api = RealApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    pki_cluster(&api, dir, 1);
+    let ca = write_ca(dir);
+    let issuer = Issuer::start(&api, dir, &ca, "60");
+    let token = pod_token(&api, "portico-0");
+    let (_, csr) = openssl_csr(dir, "zero", &["portico-0"]);
+    let status_becomes = |what: &str, status: u16| {
+        // RBAC changes reach the authorizer's cache a moment after they are written.
+        wait_until(what, WAIT, || {
+            let answer = issuer.request(Some(&token), &csr);
+            (answer.0 == status).then_some(answer)
+        })
+    };
+    status_becomes("a certificate with every rule", 200);
+    let mut dropped = 0;
+    for object in issuer_rbac() {
+        let kind = object["kind"].as_str().unwrap().to_owned();
+        let rules = object["rules"].as_sequence().map_or(0, Vec::len);
+        for rule in 0..rules {
+            println!("without {kind} rule {rule}: {:?}", object["rules"][rule]);
+            apply_issuer_rbac(&api, dir, Some((&kind, rule)));
+            let answer = status_becomes(&format!("503 without {kind} rule {rule}"), 503);
+            assert_refused(
+                "a rule missing",
+                &answer,
+                503,
+                "API server could not be asked",
+            );
+            apply_issuer_rbac(&api, dir, None);
+            status_becomes(&format!("200 with {kind} rule {rule} back"), 200);
+            dropped += 1;
+        }
+    }
+    // TokenReviews, Pods and the StatefulSet.
+    assert_eq!(
+        dropped,
+        3,
+        "deploy/ grants the issuer other rules: {:?}",
+        issuer_rbac()
+    );
+    assert!(issuer.log().contains("forbidden"), "{}", issuer.log());
+}
