@@ -867,3 +867,106 @@ fn raft_pki_issuer_needs_every_rule_deploy_grants_it() {
     );
     assert!(issuer.log().contains("forbidden"), "{}", issuer.log());
 }
+
+/// The issuer's own endpoint: it is trusted with the CA certificate a replica already has,
+/// under the issuer Service's names; it speaks TLS 1.3 only; a client that sends no request
+/// head is cut off; and past 64 connections a further one is closed at once (each connection
+/// holds its place from accept on, before the TLS handshake), until they go.
+#[test]
+fn raft_pki_issuer_serves_tls13_under_its_service_names_with_limits() {
+    let api = RealApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    pki_cluster(&api, dir, 0);
+    let ca = write_ca(dir);
+    let issuer = Issuer::start(&api, dir, &ca, "60");
+    let port = issuer.url.rsplit(':').next().unwrap().to_owned();
+    let curl = |args: &[&str], url: &str| {
+        run(Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .arg("--cacert")
+            .arg(&issuer.ca)
+            .args(args)
+            .arg(url))
+    };
+    for name in [
+        format!("portico-pki.{NS}.svc"),
+        format!("portico-pki.{NS}.svc.cluster.local"),
+    ] {
+        let out = curl(
+            &["--resolve", &format!("{name}:{port}:127.0.0.1")],
+            &format!("https://{name}:{port}/metrics"),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "200",
+            "{name}: {out:?}"
+        );
+    }
+    // A name the serving certificate does not carry is refused by the client.
+    let out = curl(
+        &[
+            "--resolve",
+            &format!("portico-pki.other.svc:{port}:127.0.0.1"),
+        ],
+        &format!("https://portico-pki.other.svc:{port}/metrics"),
+    );
+    assert!(!out.status.success(), "{out:?}");
+    // TLS 1.2 at most: no handshake.
+    let out = curl(
+        &["--tlsv1.2", "--tls-max", "1.2"],
+        &format!("{}/metrics", issuer.url),
+    );
+    assert!(!out.status.success(), "TLS 1.2 was accepted: {out:?}");
+
+    // A TLS client that never sends a request head is closed by the issuer after its 5 s
+    // header timeout.
+    let started = std::time::Instant::now();
+    let mut idle = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-CAfile",
+        ])
+        .arg(&issuer.ca)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let closed = wait_until("the issuer to close an idle connection", WAIT, || {
+        idle.try_wait().unwrap()
+    });
+    let waited = started.elapsed();
+    println!("idle TLS client closed after {waited:?} ({closed})");
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(15),
+        "{waited:?}"
+    );
+
+    // 64 connections held open (no TLS even): the 65th is closed at once.
+    let held: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = curl(&[], &format!("{}/metrics", issuer.url));
+    assert!(
+        !out.status.success(),
+        "a 65th connection was served: {out:?}"
+    );
+    drop(held);
+    wait_until("a connection to be served again", WAIT, || {
+        let out = curl(&[], &format!("{}/metrics", issuer.url));
+        (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
+    });
+}
