@@ -16,6 +16,7 @@ mod kubectl_create;
 mod local;
 mod namespaced;
 mod raft_pki_issuer;
+mod raft_rotation;
 mod replica;
 mod support;
 mod tenant_attacks;
