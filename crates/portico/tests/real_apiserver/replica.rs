@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use crate::common::deploy_rbac::{deploy_and_service_account, rendered_deploy};
 use crate::common::real_apiserver::RealApiServer;
-use crate::common::{free_port, get, wait_until, write_ca};
+use crate::common::{get, wait_until, write_ca};
 use crate::support::{
     Cluster, Member, Publish, Replica, backend_yaml, echo, event_reasons, get_host,
     ingress_jsonpath, met_forbidden, names_resource, rule_resources, tests_without_rule,
 };
 use crate::{KillOnDrop, apply_yaml, ok};
+use portico_test_support::process;
 
 /// The backend (`portico echo` on this machine's address, a Service without a selector and
 /// the EndpointSlice an endpoints controller would have written), an IngressClass of ours
@@ -224,13 +225,13 @@ fn three_replicas_fail_over_when_the_leader_is_killed() {
         ip,
     } = setup(None);
     let ca = write_ca(dir.path());
-    let raft_ports = [free_port(), free_port(), free_port()];
+    let raft = process::raft_listeners(3);
     let mut replicas: Vec<Replica> = (0..3)
         .map(|ordinal| {
             let member = Member {
                 ca: &ca,
                 ordinal,
-                raft_ports: &raft_ports,
+                raft: &raft,
             };
             let publish = Publish::StatusAddress(&ip);
             Replica::spawn(
@@ -257,12 +258,7 @@ fn three_replicas_fail_over_when_the_leader_is_killed() {
         lease_holder(&api)
     });
 
-    replicas[leader]
-        .process
-        .0
-        .kill()
-        .expect("SIGKILL the leader");
-    let _ = replicas[leader].process.0.wait();
+    replicas[leader].process.kill_blocking();
     let successor = wait_until("another Lease holder", Duration::from_secs(30), || {
         lease_holder(&api).filter(|holder| *holder != leader)
     });

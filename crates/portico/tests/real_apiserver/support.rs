@@ -9,9 +9,12 @@ use std::time::Duration;
 pub use crate::common::deploy_rbac::{
     kustomize, met_forbidden, service_account_kubeconfig, to_yaml,
 };
+pub use crate::common::portico_run::Member;
+use crate::common::portico_run::{self, LOOPBACK_PORT_0};
 use crate::common::real_apiserver::RealApiServer;
-use crate::common::{free_port, wait_until, write_ca};
+use crate::common::{wait_until, write_ca};
 use crate::{KillOnDrop, PORTICO, host_ip, ok};
+use portico_test_support::process::{self, Process};
 
 /// The resources an RBAC rule names.
 pub fn rule_resources(rule: &serde_yaml::Value) -> Vec<String> {
@@ -32,20 +35,33 @@ pub fn names_resource(line: &str, resources: &[String]) -> bool {
 }
 
 /// `portico echo` for the Service `test` in `ns`, on this machine's address (the real API
-/// server refuses loopback endpoints). Returns it, that address and its port.
+/// server refuses loopback endpoints) and a port it picks. Returns it, that address and the
+/// port its `echo listening` line reports.
 pub fn echo(ns: &str) -> (KillOnDrop, String, u16) {
+    use std::io::BufRead;
     let ip = host_ip();
-    let echo_port = free_port();
-    let echo = KillOnDrop(
-        Command::new(PORTICO)
-            .args(["echo", "--service", "test", "--namespace", ns])
-            .args(["--listen", &format!("{ip}:{echo_port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    (echo, ip, echo_port)
+    let mut child = Command::new(PORTICO)
+        .args(["echo", "--service", "test", "--namespace", ns])
+        .args(["--listen", &format!("{ip}:0")])
+        // JSON: read here raw, without the human format's colours.
+        .args(["--log-format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let echo = KillOnDrop(child);
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("echo listening"))
+        .expect("portico echo exited before listening");
+    let port = portico_test_support::child::addr_after(&listening, "addr")
+        .unwrap_or_else(|| panic!("no address in {listening}"))
+        .port();
+    // Keep reading, so the echo never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (echo, ip, port)
 }
 
 /// The Service `test` in `ns` without a selector, port 80 to `echo_port`, and the EndpointSlice
@@ -177,14 +193,6 @@ impl Cluster {
     }
 }
 
-/// A replica's place in its Raft cluster: the CA (certificate, key) every member's certificate
-/// is signed by, its ordinal, and every initial member's Raft port in ordinal order.
-pub struct Member<'a> {
-    pub ca: &'a (PathBuf, PathBuf),
-    pub ordinal: usize,
-    pub raft_ports: &'a [u16],
-}
-
 /// Where a replica takes the address it writes to Ingress status from.
 pub enum Publish<'a> {
     /// `--publish-service NAMESPACE/NAME`: that Service's LoadBalancer address.
@@ -193,14 +201,14 @@ pub enum Publish<'a> {
     StatusAddress(&'a str),
 }
 
-/// One `portico run` with a kubeconfig, its Lease in portico-system.
+/// One `portico run` with a kubeconfig, its Lease in portico-system; every listener on a port
+/// of its own, read from its `listening` line.
 pub struct Replica {
-    pub process: KillOnDrop,
+    pub process: Process,
     pub admin: String,
     pub http: String,
-    /// The HTTPS listener's address, when it was given a port of its own (else any port).
+    /// The HTTPS listener's address, when it was asked for.
     pub https: Option<String>,
-    log: PathBuf,
 }
 
 impl Replica {
@@ -213,16 +221,17 @@ impl Replica {
         extra: &[&str],
     ) -> Self {
         let ca = write_ca(dir);
+        let raft = process::raft_listeners(1);
         let member = Member {
-            ca: &ca,
             ordinal: 0,
-            raft_ports: &[free_port()],
+            raft: &raft,
+            ca: &ca,
         };
         Self::spawn(dir, kubeconfig, &member, publish, https_port, extra)
     }
 
-    /// `portico-ORDINAL`, its Raft address the ORDINALth of `raft_ports` (the initial members),
-    /// HTTPS on a free port of its own if `https_port` (else on any port), then `extra` flags.
+    /// `portico-ORDINAL` of `member`'s cluster (Raft on its socket), its data in `dir`; its
+    /// HTTPS address kept if `https_port`; then `extra` flags.
     pub fn spawn(
         dir: &Path,
         kubeconfig: &Path,
@@ -231,64 +240,32 @@ impl Replica {
         https_port: bool,
         extra: &[&str],
     ) -> Self {
-        let (ca, ordinal) = (member.ca, member.ordinal);
-        let (admin, http) = (free_port(), free_port());
-        let https = https_port.then(|| format!("127.0.0.1:{}", free_port()));
-        let raft = member.raft_ports[ordinal];
-        let members: Vec<String> = member
-            .raft_ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
         let publish = match publish {
             Publish::Service(service) => ["--publish-service", service],
             Publish::StatusAddress(address) => ["--publish-status-address", address],
         };
-        let log = dir.join(format!("replica-{ordinal}.log"));
-        let process = KillOnDrop(
-            Command::new(PORTICO)
-                .args(["run", "--pod-name", &format!("portico-{ordinal}")])
-                .args(["--namespace", "portico-system"])
-                .arg("--kubeconfig")
-                .arg(kubeconfig)
-                .arg("--data-dir")
-                .arg(dir.join(format!("data-{ordinal}")))
-                .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
-                .args(["--initial-members", &members.join(",")])
-                .arg("--raft-ca")
-                .arg(&ca.0)
-                .arg("--raft-ca-key")
-                .arg(&ca.1)
-                .args(["--http", &format!("127.0.0.1:{http}")])
-                .args(["--https", https.as_deref().unwrap_or("127.0.0.1:0")])
-                .args(["--http3", "127.0.0.1:0"])
-                .args(["--admin", &format!("127.0.0.1:{admin}")])
-                .args(["--log-format", "json"])
-                .args(publish)
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap(),
-        );
+        let data_dir = dir.join(format!("data-{}", member.ordinal));
+        let process = portico_run::run(member, "portico-system", kubeconfig, &data_dir)
+            .args(LOOPBACK_PORT_0)
+            .args(["--admin", "127.0.0.1:0"])
+            .args(publish)
+            .args(extra)
+            .spawn(format!("portico-{}", member.ordinal));
+        let listening = portico_run::listening(&process);
         Self {
             process,
-            admin: format!("127.0.0.1:{admin}"),
-            http: format!("127.0.0.1:{http}"),
-            https,
-            log,
+            admin: listening.admin(),
+            http: listening.http().to_string(),
+            https: https_port.then(|| listening.https().to_string()),
         }
     }
 
     /// Its log so far; panics with it if the replica has exited.
     pub fn logs(&mut self) -> String {
-        if let Ok(Some(status)) = self.process.0.try_wait() {
-            panic!(
-                "replica exited ({status}):\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
+        if let Some(status) = self.process.exit_status() {
+            panic!("replica exited ({status}):\n{}", self.process.output_text());
         }
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.output_text()
     }
 
     /// Asserts that its log so far holds no 403; the failure says `what`, then the log.
