@@ -264,4 +264,44 @@ mod tests {
             0o600
         );
     }
+
+    #[test]
+    fn a_public_key_is_signed_for_the_given_names_only_with_a_fresh_serial() {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+        let ca = Ca::generate("test").unwrap();
+        let key = KeyPair::generate().unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let names = replica_names("portico-0", "ns", Some("peers"), "cluster.local");
+        let (lifetime, skew) = (Duration::from_secs(600), Duration::from_secs(60));
+        let one = ca
+            .sign_public_key("portico-0", &names, &spki, lifetime, skew)
+            .unwrap();
+        let two = ca
+            .sign_public_key("portico-0", &names, &spki, lifetime, skew)
+            .unwrap();
+        assert_ne!(one.serial, two.serial);
+        let der = CertificateDer::from_pem_slice(one.cert_pem.as_bytes()).unwrap();
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        assert_eq!(cert.public_key().raw, spki.as_slice());
+        assert_eq!(cert.raw_serial_as_string().replace(':', ""), one.serial);
+        let sans: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::DNSName(dns) => dns.to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sans, ["portico-0.peers.ns.svc.cluster.local", "portico-0"]);
+        let validity = cert.validity();
+        let span = validity.not_after.timestamp() - validity.not_before.timestamp();
+        assert_eq!(span, 660);
+    }
 }
