@@ -275,7 +275,13 @@ impl Issuer {
         let public_key = csr::verified_public_key(&body)?;
 
         let review = facts::review_token(&self.client, &token, &self.policy.audience).await?;
-        let bound = self.policy.token(review.as_ref())?;
+        let bound = self.policy.token(review.as_ref()).inspect_err(|_| {
+            // The API server's own words (which never quote the token) help an operator; the
+            // caller gets only the rule.
+            if let Some(error) = review.as_ref().and_then(|s| s.error.as_deref()) {
+                tracing::warn!(error, "the TokenReview's error");
+            }
+        })?;
         let with_pod = |denial: Denial| Denial {
             pod: Some(bound.name.clone()),
             ..denial
