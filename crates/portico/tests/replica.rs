@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::portico_run::{self, LOOPBACK_PORT_0, Member, PORTICO};
-use common::{get, wait_until};
+use common::{InProcessApi, get, wait_until};
 use portico_test_support::TestCa;
 use portico_test_support::process::{self, Signal};
 
@@ -104,17 +104,9 @@ fn bad_flags_are_clear_errors() {
 
 #[test]
 fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = portico_apiserver::ApiServer::builder()
-        .minor_version(33)
-        .build()
-        .unwrap();
-    let handle = runtime
-        .block_on(async { server.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await?) })
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    handle.write_kubeconfig(&kubeconfig).unwrap();
+    let api = InProcessApi::start(dir.path());
+    let kubeconfig = api.kubeconfig.clone();
 
     // A CA given as files; the replica signs its own certificate at first boot. Every
     // listener on port 0, read back from the listening line; Raft on the socket handed over.
@@ -233,5 +225,5 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
     assert_eq!(access[0]["status"], 404, "{}", access[0]);
     assert_eq!(access[0]["protocol"], "HTTP/1.1", "{}", access[0]);
     assert!(!logs.contains("s3cr3t"), "query string logged:\n{logs}");
-    runtime.block_on(handle.shutdown());
+    api.shutdown();
 }

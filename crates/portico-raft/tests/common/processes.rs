@@ -174,13 +174,25 @@ impl ProcessCluster {
 
     /// Waits until every running member sees `voters` voters and the same running leader.
     pub async fn wait_for_leader(&mut self, voters: usize) -> usize {
+        let running = self.running();
+        self.wait_leader_among(&running, Some(voters)).await
+    }
+
+    /// Waits until the members `among` agree on a leader among them (and, if given, on
+    /// `voters` voters); its index.
+    pub async fn wait_leader_among(&mut self, among: &[usize], voters: Option<usize>) -> usize {
         let started = Instant::now();
         loop {
-            let statuses = self.statuses().await;
+            let mut statuses = Vec::new();
+            for &i in among {
+                statuses.push((i, self.process(i).command("status").await));
+            }
             let leader = &statuses[0].1["leader"];
-            let agreed = statuses.iter().all(|(_, s)| {
-                &s["leader"] == leader && s["voters"].as_array().map(Vec::len) == Some(voters)
-            });
+            let agreed = !leader.is_null()
+                && statuses.iter().all(|(_, s)| {
+                    &s["leader"] == leader
+                        && voters.is_none_or(|n| s["voters"].as_array().map(Vec::len) == Some(n))
+                });
             if agreed
                 && let Some((i, _)) = statuses
                     .iter()
@@ -190,7 +202,7 @@ impl ProcessCluster {
             }
             assert!(
                 started.elapsed() < PATIENCE,
-                "no agreed leader: {statuses:#?}\n{}",
+                "no agreed leader among {among:?}: {statuses:#?}\n{}",
                 self.logs()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -36,32 +36,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Waits until the replicas `among` agree on a leader among them; its index.
-async fn wait_leader_among(cluster: &mut ProcessCluster, among: &[usize]) -> usize {
-    let started = Instant::now();
-    loop {
-        let mut statuses = Vec::new();
-        for &i in among {
-            statuses.push((i, cluster.process(i).command("status").await));
-        }
-        let leader = &statuses[0].1["leader"];
-        if !leader.is_null()
-            && statuses.iter().all(|(_, s)| &s["leader"] == leader)
-            && let Some((i, _)) = statuses
-                .iter()
-                .find(|(_, s)| s["is_leader"] == true && &s["node_id"] == leader)
-        {
-            return *i;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "no leader among {among:?}: {statuses:#?}\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Waits until the replicas `among` applied `version`.
 async fn wait_applied(cluster: &mut ProcessCluster, among: &[usize], version: u64) {
     let started = Instant::now();
@@ -121,7 +95,7 @@ async fn a_volume_restored_after_the_replica_ran_on_is_refused_and_never_counts(
     cluster.wait_converged(version).await;
     cluster.kill(leader).await;
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-    let second = wait_leader_among(&mut cluster, &others).await;
+    let second = cluster.wait_leader_among(&others, None).await;
     let version = cluster.propose_ok(second, 1, 40, 20).await;
     cluster.spawn(leader);
     cluster.wait_converged(version).await;
@@ -146,7 +120,7 @@ async fn a_volume_restored_after_the_replica_ran_on_is_refused_and_never_counts(
 
     // The healthy two keep committing, and refuse the restored replica's RPCs.
     let healthy: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
-    let leader = wait_leader_among(&mut cluster, &healthy).await;
+    let leader = cluster.wait_leader_among(&healthy, None).await;
     let version = cluster.propose_ok(leader, 1, 60, 20).await;
     wait_applied(&mut cluster, &healthy, version).await;
     let restored = cluster.process(victim).command("status").await;
@@ -185,7 +159,7 @@ async fn a_volume_restored_after_the_replica_ran_on_is_refused_and_never_counts(
 
     // The healthy replica back: a majority again, writes commit.
     cluster.spawn(gone);
-    let leader = wait_leader_among(&mut cluster, &healthy).await;
+    let leader = cluster.wait_leader_among(&healthy, None).await;
     let version = cluster.propose_ok(leader, 1, 81, 5).await;
     wait_applied(&mut cluster, &healthy, version).await;
     let restored = cluster.process(victim).command("status").await;

@@ -23,6 +23,43 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Portico's in-process API server on 127.0.0.1, a port of its own, and a kubeconfig for it.
+pub struct InProcessApi {
+    pub handle: portico_apiserver::ServerHandle,
+    pub kubeconfig: PathBuf,
+    /// The server's runtime (dropped after the handle).
+    runtime: tokio::runtime::Runtime,
+}
+
+impl InProcessApi {
+    /// Serves, the kubeconfig written to `dir/kubeconfig`.
+    pub fn start(dir: &Path) -> Self {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let server = portico_apiserver::ApiServer::builder()
+            .minor_version(33)
+            .build()
+            .unwrap();
+        let handle = runtime
+            .block_on(async { server.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await?) })
+            .unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        handle.write_kubeconfig(&kubeconfig).unwrap();
+        Self {
+            handle,
+            kubeconfig,
+            runtime,
+        }
+    }
+
+    /// Stops serving and waits until it has.
+    pub fn shutdown(self) {
+        let Self {
+            handle, runtime, ..
+        } = self;
+        runtime.block_on(handle.shutdown());
+    }
+}
+
 /// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let started = Instant::now();

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::portico_run::{self, LOOPBACK_PORT_0, PORTICO};
-use crate::common::{get, wait_until};
+use crate::common::{InProcessApi, get, wait_until};
 use portico_test_support::TestCa;
 use portico_test_support::process::{self, Program};
 
@@ -89,16 +89,8 @@ fn pki_issue_signs_a_short_lived_certificate_that_run_serves_raft_with() {
     );
 
     // A replica given only the CA certificate and its issued pair (no CA key) serves.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = portico_apiserver::ApiServer::builder()
-        .minor_version(33)
-        .build()
-        .unwrap();
-    let _api = runtime
-        .block_on(async { server.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await?) })
-        .unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    _api.write_kubeconfig(&kubeconfig).unwrap();
+    let api = InProcessApi::start(dir.path());
+    let kubeconfig = api.kubeconfig.clone();
     // Raft on a socket the test holds (socket activation), every other listener on port 0.
     let raft = process::raft_listeners(1);
     let child = Program::new(PORTICO)

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::portico_run::{self, Member};
-use crate::common::{get, wait_until};
+use crate::common::{InProcessApi, get, wait_until};
 use portico_test_support::TestCa;
 use portico_test_support::process::{self, Listening, Process};
 /// The admin listener's header timeout (`admin::HEADER_READ_TIMEOUT`) and connection limit.
@@ -26,8 +26,7 @@ struct Replica {
     _process: Process,
     /// What it bound.
     listening: Listening,
-    _api: portico_apiserver::ServerHandle,
-    _runtime: tokio::runtime::Runtime,
+    _api: InProcessApi,
     _dir: tempfile::TempDir,
 }
 
@@ -45,17 +44,9 @@ fn non_loopback_ip() -> IpAddr {
 /// One replica against the in-process API server, with `admin` flags (their ports 0) and
 /// `env`; ready on its first admin address.
 fn start(admin: &[String], env: &[(&str, String)]) -> Replica {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = portico_apiserver::ApiServer::builder()
-        .minor_version(33)
-        .build()
-        .unwrap();
-    let api = runtime
-        .block_on(async { server.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await?) })
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).unwrap();
+    let api = InProcessApi::start(dir.path());
+    let kubeconfig = api.kubeconfig.clone();
     let ca = TestCa::new("portico test CA").write(dir.path());
     let raft = process::raft_listeners(1);
     let member = Member {
@@ -80,7 +71,6 @@ fn start(admin: &[String], env: &[(&str, String)]) -> Replica {
         _process: process,
         listening,
         _api: api,
-        _runtime: runtime,
         _dir: dir,
     }
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::portico_run::{self, LOOPBACK_PORT_0, Member, PORTICO};
-use crate::common::{get, wait_until};
+use crate::common::{InProcessApi, get, wait_until};
 use portico_test_support::TestCa;
 use portico_test_support::process::{self, Process};
 
@@ -231,34 +231,20 @@ ports: [{{name: http, port: {port}, protocol: TCP}}]
 
 /// The in-process API server, a kubeconfig for it, and an echo backend with the Ingress
 /// `before` routed to it: what both process tests below start from.
-fn api_server_and_backend() -> (
-    tokio::runtime::Runtime,
-    portico_apiserver::ServerHandle,
-    tempfile::TempDir,
-    std::path::PathBuf,
-    Process,
-) {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = portico_apiserver::ApiServer::builder()
-        .minor_version(33)
-        .build()
-        .unwrap();
-    let handle = runtime
-        .block_on(async { server.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await?) })
-        .unwrap();
+fn api_server_and_backend() -> (InProcessApi, tempfile::TempDir, Process) {
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    handle.write_kubeconfig(&kubeconfig).unwrap();
+    let api = InProcessApi::start(dir.path());
     let (echo, addr) = portico_run::echo("127.0.0.1", 0, "echo", "echo-0", "default");
     let echo_port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
-    kubectl_apply(&kubeconfig, &backend_yaml(echo_port));
-    kubectl_apply(&kubeconfig, &ingress("before"));
-    (runtime, handle, dir, kubeconfig, echo)
+    kubectl_apply(&api.kubeconfig, &backend_yaml(echo_port));
+    kubectl_apply(&api.kubeconfig, &ingress("before"));
+    (api, dir, echo)
 }
 
 #[test]
 fn after_losing_quorum_raft_recover_lets_changes_commit_and_replacements_rejoin() {
-    let (runtime, handle, dir, kubeconfig, echo) = api_server_and_backend();
+    let (api, dir, echo) = api_server_and_backend();
+    let kubeconfig = api.kubeconfig.clone();
 
     let mut replicas = Replicas::new(dir.path(), &kubeconfig, 3);
     for i in 0..3 {
@@ -331,12 +317,13 @@ fn after_losing_quorum_raft_recover_lets_changes_commit_and_replacements_rejoin(
 
     drop(replicas);
     drop(echo);
-    runtime.block_on(handle.shutdown());
+    api.shutdown();
 }
 
 #[test]
 fn a_restored_volume_fails_its_probes_and_says_to_wipe_it() {
-    let (runtime, handle, dir, kubeconfig, echo) = api_server_and_backend();
+    let (api, dir, echo) = api_server_and_backend();
+    let kubeconfig = api.kubeconfig.clone();
     let mut replicas = Replicas::new(dir.path(), &kubeconfig, 3);
     for i in 0..3 {
         replicas.spawn(i);
@@ -388,5 +375,5 @@ fn a_restored_volume_fails_its_probes_and_says_to_wipe_it() {
 
     drop(replicas);
     drop(echo);
-    runtime.block_on(handle.shutdown());
+    api.shutdown();
 }
