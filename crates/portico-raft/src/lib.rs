@@ -99,3 +99,21 @@ pub use store::{STORE_FILE, StoreError};
 pub use tls::{TlsError, TlsMaterial};
 pub use transport::TransportSettings;
 pub use types::{ApplyOutcome, MAX_EPOCH, NodeId, Proposal};
+
+/// The change `portico-raft-node`'s `propose` command makes for `i`: an upsert of Service
+/// `default/svc-<i>`. One definition for the node and the tests, which compare tables the
+/// node built with ones they built themselves. Test support only (the `node` feature).
+#[cfg(feature = "node")]
+#[doc(hidden)]
+pub fn service_change(i: u64) -> portico_model::Change {
+    use portico_model::{Change, ObjectKey, Resource, ServicePortSource, ServiceSource};
+    Change::Upsert(Resource::Service(std::sync::Arc::new(ServiceSource {
+        key: ObjectKey::new("default", format!("svc-{i}")),
+        ports: vec![ServicePortSource {
+            name: Some("http".into()),
+            port: 80,
+            ..Default::default()
+        }],
+        ..Default::default()
+    })))
+}

@@ -13,14 +13,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use portico_model::{Change, ObjectKey, Resource, ServicePortSource, ServiceSource};
+use portico_model::Change;
 use portico_raft::{
     ProposeError, RaftSettings, Replica, ReplicaConfig, TlsMaterial, TransportSettings,
+    service_change,
 };
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -57,19 +57,6 @@ struct Args {
     election_min_ms: u64,
     #[arg(long, default_value_t = 1200)]
     election_max_ms: u64,
-}
-
-/// A small, valid change: one Service upsert.
-fn service_change(i: u64) -> Change {
-    Change::Upsert(Resource::Service(Arc::new(ServiceSource {
-        key: ObjectKey::new("default", format!("svc-{i}")),
-        ports: vec![ServicePortSource {
-            name: Some("http".into()),
-            port: 80,
-            ..Default::default()
-        }],
-        ..Default::default()
-    })))
 }
 
 fn hex(bytes: &[u8]) -> String {

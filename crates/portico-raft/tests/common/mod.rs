@@ -11,8 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use portico_model::{Change, ObjectKey, Resource, ServicePortSource, ServiceSource};
 use portico_raft::TlsMaterial;
+// The node's own `propose` change; unused by the targets that only run processes.
+#[allow(unused_imports)]
+pub use portico_raft::service_change;
 use portico_test_support::{LeafSpec, TestCa};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
@@ -48,19 +50,6 @@ impl Pki {
             key_pem: leaf.key_pem.into_bytes(),
         }
     }
-}
-
-/// A small change: one Service upsert.
-pub fn service_change(i: u64) -> Change {
-    Change::Upsert(Resource::Service(Arc::new(ServiceSource {
-        key: ObjectKey::new("default", format!("svc-{i}")),
-        ports: vec![ServicePortSource {
-            name: Some("http".into()),
-            port: 80,
-            ..Default::default()
-        }],
-        ..Default::default()
-    })))
 }
 
 /// A TLS client configuration trusting `ca_pem`, presenting `client` (or no certificate).
