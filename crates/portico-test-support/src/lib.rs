@@ -20,5 +20,5 @@ pub mod tables;
 pub mod wait;
 
 pub use pki::{Leaf, LeafSpec, TestCa};
-pub use tables::{ConformanceCase, Table, testdata};
+pub use tables::{ConformanceCase, Table, service_names, testdata};
 pub use wait::{WaitError, poll_until, poll_until_blocking, wait_for, wait_for_watch};

@@ -6,6 +6,7 @@
 //! as written (an empty cell is an empty string). Rows are read by column
 //! name, so a column added to a table does not shift every test's indices.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// A path under the workspace's `testdata/` directory.
@@ -154,6 +155,27 @@ impl ConformanceCase {
     }
 }
 
+/// Every backend Service name (`service.name`, at any depth) in a manifest object, such as an
+/// Ingress of `testdata/manifests/`, added to `out`: the Services whose echo backends a test
+/// must start before the object's cases can pass.
+pub fn service_names(value: &serde_json::Value, out: &mut BTreeSet<String>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            if let Some(name) = map
+                .get("service")
+                .and_then(|s| s.get("name"))
+                .and_then(Value::as_str)
+            {
+                out.insert(name.to_owned());
+            }
+            map.values().for_each(|v| service_names(v, out));
+        }
+        Value::Array(list) => list.iter().for_each(|v| service_names(v, out)),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +200,32 @@ mod tests {
         assert_eq!(
             err.to_string(),
             r#"no column "manifest" in ["case_id", "feature"]"#
+        );
+    }
+
+    #[test]
+    fn service_names_finds_the_default_backend_and_every_rule_backend() {
+        let ingress = serde_json::json!({
+            "kind": "Ingress",
+            "metadata": {"name": "service", "labels": {"service": "not-a-backend"}},
+            "spec": {
+                "defaultBackend": {"service": {"name": "fallback", "port": {"number": 8080}}},
+                "rules": [
+                    {"http": {"paths": [
+                        {"path": "/a", "backend": {"service": {"name": "a", "port": {"name": "http"}}}},
+                        {"path": "/b", "backend": {"resource": {"kind": "Bucket", "name": "b"}}},
+                    ]}},
+                    {"http": {"paths": [
+                        {"path": "/c", "backend": {"service": {"name": "a", "port": {"number": 80}}}},
+                    ]}},
+                ],
+            },
+        });
+        let mut names = BTreeSet::from(["earlier".to_owned()]);
+        service_names(&ingress, &mut names);
+        assert_eq!(
+            names,
+            BTreeSet::from(["a", "earlier", "fallback"].map(str::to_owned))
         );
     }
 
