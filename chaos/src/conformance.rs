@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -23,10 +23,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use portico_test_support::{ConformanceCase as Case, Table};
+use portico_test_support::{ConformanceCase as Case, Table, poll_until, service_names};
 use serde_json::{Value, json};
 
-use crate::cluster::{Cluster, admin_addr, http_addr, https_addr};
+use crate::cluster::{Cluster, STATUS_ADDRESS, admin_addr, http_addr, https_addr};
 use crate::net::{BACKEND_ADDRS, replica_addr};
 use crate::observe;
 use crate::writer::NAMESPACE;
@@ -37,24 +37,6 @@ fn read_cases(path: &Path) -> anyhow::Result<Vec<Case>> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let table = Table::parse(&text).with_context(|| format!("{} has no header", path.display()))?;
     Case::from_table(&table).with_context(|| path.display().to_string())
-}
-
-/// Every backend Service name a manifest's Ingresses reference.
-pub fn service_names(value: &Value, out: &mut BTreeSet<String>) {
-    match value {
-        Value::Object(map) => {
-            if let Some(name) = map
-                .get("service")
-                .and_then(|s| s.get("name"))
-                .and_then(Value::as_str)
-            {
-                out.insert(name.to_string());
-            }
-            map.values().for_each(|v| service_names(v, out));
-        }
-        Value::Array(list) => list.iter().for_each(|v| service_names(v, out)),
-        _ => {}
-    }
 }
 
 /// The outcome: what was checked, what failed, what was skipped.
@@ -191,33 +173,133 @@ async fn status_addresses(api: &Api<Ingress>, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Waits until every replica's table lists (or no longer lists) each of `ingresses`.
-async fn wait_listed(replicas: usize, ingresses: &[String], present: bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut all = true;
+/// How long the replicas may take to show a change in their tables.
+const TABLE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Waits until `ready` holds for every replica's `/debug/routes`.
+async fn wait_tables(
+    replicas: usize,
+    what: String,
+    ready: impl Fn(&Value) -> bool,
+) -> anyhow::Result<()> {
+    let ready = &ready;
+    poll_until(what, TABLE_DEADLINE, || async move {
         for r in 0..replicas {
-            let view = observe::routes(admin_addr(r), Duration::from_secs(2)).await;
-            let listed: BTreeSet<String> = view
-                .as_ref()
-                .and_then(|v| v["ingresses"].as_array().cloned())
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|i| i["ingress"].as_str().map(str::to_string))
-                .collect();
-            if view.is_none() || ingresses.iter().any(|i| listed.contains(i) != present) {
-                all = false;
+            let view = observe::routes(admin_addr(r), Duration::from_secs(2)).await?;
+            if !ready(&view) {
+                return None;
             }
         }
-        if all {
-            return Ok(());
+        Some(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// Waits until every replica's table lists (or no longer lists) each of `ingresses`.
+async fn wait_listed(replicas: usize, ingresses: &[String], present: bool) -> anyhow::Result<()> {
+    let what = format!(
+        "every replica {} {ingresses:?}",
+        if present {
+            "listing"
+        } else {
+            "no longer listing"
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "replicas did not pick up {ingresses:?} within 60s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    );
+    wait_tables(replicas, what, |view| {
+        let listed: BTreeSet<&str> = view["ingresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["ingress"].as_str())
+            .collect();
+        ingresses
+            .iter()
+            .all(|i| listed.contains(i.as_str()) == present)
+    })
+    .await
+}
+
+/// Waits until every replica's table has every route of `ingresses` with its backend resolved
+/// (endpoints, nothing unavailable) and a certificate for each of `tls_hosts`. The Services,
+/// EndpointSlices and the suite's Secret were applied before the Ingresses, but they come
+/// through other watches than the Ingresses' and may commit in a later change; a row sent
+/// before then would be answered 503, or its handshake refused.
+async fn wait_resolved(
+    replicas: usize,
+    ingresses: &[String],
+    tls_hosts: &BTreeSet<&str>,
+) -> anyhow::Result<()> {
+    let what = format!(
+        "every replica resolving the backends of {ingresses:?} and certificates for {tls_hosts:?}"
+    );
+    wait_tables(replicas, what, |view| {
+        let routes: Vec<&Value> = view["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|route| {
+                route["ingress"]
+                    .as_str()
+                    .is_some_and(|i| ingresses.iter().any(|k| k == i))
+            })
+            .collect();
+        let resolved = routes.iter().all(|route| {
+            route["unavailable"].is_null()
+                && route["endpoints"].as_array().is_some_and(|e| !e.is_empty())
+        });
+        let certified = tls_hosts.iter().all(|&host| {
+            routes
+                .iter()
+                .any(|route| route["host"] == host && !route["tls"].is_null())
+        });
+        resolved && certified
+    })
+    .await
+}
+
+/// The Ingress applied after the status-only ones, whose status shows the leader has judged
+/// them: see [`mark_status_judged`]. Its name sorts after theirs (checked there).
+const STATUS_MARKER: &str = "zz-conformance-status-marker";
+
+/// Applies the marker Ingress (ours: the default class) and waits for the leader to publish
+/// its status. The leader's status worker judges the Ingresses before it by then, because:
+/// the reconciler sees one namespace's Ingresses in the order they were written and proposes
+/// each in the same flush as, or an earlier flush than, one written after it; each flush's
+/// commit reaches the status worker in order, after the watch inputs those Ingresses came
+/// with (one channel); and one pass of the worker handles its Ingresses in key order
+/// (portico-controller's `status::Worker::process`; a new leader's first pass too). So once the marker's
+/// status is written, any status write for the earlier Ingresses has been made, and reading
+/// theirs now shows it.
+async fn mark_status_judged(
+    ingresses: &Api<Ingress>,
+    params: &PatchParams,
+    earlier: &[String],
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        earlier.iter().all(|name| name.as_str() < STATUS_MARKER),
+        "the status marker {STATUS_MARKER} must sort after {earlier:?}"
+    );
+    let marker = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": STATUS_MARKER, "namespace": NAMESPACE},
+        "spec": {"rules": [{"host": "status-marker.conformance", "http": {"paths": [{
+            "path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": "echo", "port": {"number": 80}}},
+        }]}}]},
+    });
+    ingresses
+        .patch(STATUS_MARKER, params, &Patch::Apply(&marker))
+        .await?;
+    poll_until(
+        format!("the leader publishing the status of {STATUS_MARKER}"),
+        Duration::from_secs(30),
+        || async {
+            (status_addresses(ingresses, STATUS_MARKER).await == [STATUS_ADDRESS]).then_some(())
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// Applies each manifest in turn and checks its rows on every replica.
@@ -312,14 +394,20 @@ pub async fn recheck(
                 .await?;
             applied.push(name);
         }
-        let keys: Vec<String> = applied.iter().map(|n| format!("{NAMESPACE}/{n}")).collect();
+        let mut keys: Vec<String> = applied.iter().map(|n| format!("{NAMESPACE}/{n}")).collect();
         if status_only {
-            // Long enough for a leader to have written a status it should not write.
-            tokio::time::sleep(Duration::from_secs(6)).await;
+            // An absence is shown by an event after it: the leader publishing the status of
+            // an Ingress applied after these.
+            mark_status_judged(&ingresses, &params, &applied).await?;
+            keys.push(format!("{NAMESPACE}/{STATUS_MARKER}"));
         } else {
             wait_listed(cluster.replicas(), &keys, true).await?;
-            // Backends resolve with the Services, which may land a moment after the Ingress.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            let tls_hosts = rows
+                .iter()
+                .filter(|c| c.scheme == "https")
+                .map(|c| c.host.as_str())
+                .collect();
+            wait_resolved(cluster.replicas(), &keys, &tls_hosts).await?;
         }
         for &case in &rows {
             let (tls, addr): (_, fn(usize) -> std::net::SocketAddr) = match case.scheme.as_str() {
@@ -363,15 +451,21 @@ pub async fn recheck(
             let want: Vec<String> = if status_only {
                 Vec::new()
             } else {
-                vec![crate::cluster::STATUS_ADDRESS.to_string()]
+                vec![STATUS_ADDRESS.to_string()]
             };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let got = loop {
-                let got = status_addresses(&ingresses, name).await;
-                if got == want || status_only || Instant::now() > deadline {
-                    break got;
+            // An absence was awaited above; a status the leader should write, here.
+            let got = if status_only {
+                status_addresses(&ingresses, name).await
+            } else {
+                let what = format!("the leader publishing the status of {name}");
+                let published = poll_until(what, Duration::from_secs(30), || async {
+                    let got = status_addresses(&ingresses, name).await;
+                    (got == want).then_some(got)
+                });
+                match published.await {
+                    Ok(got) => got,
+                    Err(_) => status_addresses(&ingresses, name).await,
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
             };
             outcome.checked += 1;
             if got != want {
@@ -381,7 +475,8 @@ pub async fn recheck(
                 ));
             }
         }
-        for name in &applied {
+        let marker = status_only.then_some(STATUS_MARKER.to_string());
+        for name in applied.iter().chain(&marker) {
             let _ = ingresses.delete(name, &DeleteParams::default()).await;
         }
         wait_listed(cluster.replicas(), &keys, false).await?;
