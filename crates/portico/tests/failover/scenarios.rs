@@ -352,8 +352,15 @@ pub fn docs_conformance_and_tls_ingresses_are_served_everywhere_and_status_has_o
         for name in &names {
             if status_only {
                 // Another class: never admitted. Its host is not routed to its backend
-                // (no default backend now, so 404), and it gets no status.
-                std::thread::sleep(Duration::from_secs(3));
+                // (no default backend now, so 404), and it gets no status. Both looked at
+                // once an Ingress of ours applied after it has its status: the leader has
+                // had its turn at this one.
+                let marker = apply_ingress(
+                    &cluster,
+                    simple_ingress("marker", "marker.failover.test", "test", CLASS),
+                );
+                wait_status(&cluster, &marker, &[&address]);
+                delete_ingress(&cluster, &marker);
                 for r in 0..3 {
                     let (code, body, _) = cluster.http_get(r, "ingress-class", "/").unwrap();
                     assert_eq!(
@@ -472,7 +479,13 @@ fn failover_setup(backend: Backend) -> Cluster {
 fn leader_loss_under_changes(backend: Backend, signal: rustix::process::Signal) -> Duration {
     let mut cluster = failover_setup(backend);
     let client = cluster.api.client.clone();
-    let writer = stream::Writer::start(client, cluster.api.runtime.handle().clone(), "stream", 6);
+    let objects = 6;
+    let writer = stream::Writer::start(
+        client,
+        cluster.api.runtime.handle().clone(),
+        "stream",
+        objects,
+    );
     // The stream is flowing and served before the leader goes.
     for r in 0..3 {
         cluster.wait_served(
@@ -492,7 +505,12 @@ fn leader_loss_under_changes(backend: Backend, signal: rustix::process::Signal) 
             .collect(),
         "stream",
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // The survivors' tables sampled before the leader goes (the order checks start there).
+    wait_until(
+        "two rounds of table samples",
+        Duration::from_secs(10),
+        || (sampler.rounds() >= 2).then_some(()),
+    );
     // The worst moment for a SIGKILL: just after the leader renewed the Lease, since the
     // others must then wait a whole lease duration from when they see that renew.
     wait_for_renew(&cluster, leader);
@@ -540,8 +558,13 @@ fn leader_loss_under_changes(backend: Backend, signal: rustix::process::Signal) 
         assert!(exit.success(), "SIGTERM: clean exit, got {exit}");
     }
 
-    // Changes keep flowing for a while under the new leader, then stop.
-    std::thread::sleep(Duration::from_secs(3));
+    // Changes keep flowing under the new leader (every object changed again), then stop.
+    let under_new_leader = writer.written() + objects;
+    wait_until(
+        "every stream object changed under the new leader",
+        Duration::from_secs(30),
+        || (writer.written() >= under_new_leader).then_some(()),
+    );
     let written = writer.stop();
     let samples = sampler.stop();
     let during = written
@@ -632,6 +655,8 @@ pub fn leader_sigterm_hands_over_and_loses_no_change(backend: Backend) {
 /// renew deadline either way; the real one's etcd is compacted while it is down).
 pub fn api_server_gone_every_replica_keeps_serving_then_the_leader_resyncs(backend: Backend) {
     let _serial = serial();
+    // The outage's length is the scenario (past the renew deadline, in other processes'
+    // real time); `pause` paces the rounds of requests sent through it.
     let (outage_for, pause) = match backend {
         Backend::InProcess => (Duration::from_secs(60), Duration::from_secs(5)),
         Backend::Real => (Duration::from_secs(25), Duration::from_secs(2)),

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,8 @@ pub struct Change {
 
 pub struct Writer {
     stop: Arc<AtomicBool>,
+    /// Changes written so far (the last sequence number).
+    written: Arc<AtomicU64>,
     thread: Option<JoinHandle<Vec<Change>>>,
 }
 
@@ -51,9 +53,11 @@ impl Writer {
         objects: u64,
     ) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
+        let written_so_far = Arc::new(AtomicU64::new(0));
         let prefix = prefix.to_owned();
         let thread = {
             let stop = stop.clone();
+            let written_so_far = written_so_far.clone();
             std::thread::spawn(move || {
                 let api: Api<Ingress> = Api::namespaced(client, NAMESPACE);
                 let params = PatchParams::apply("failover-stream").force();
@@ -80,6 +84,8 @@ impl Writer {
                         seq,
                         at: Instant::now(),
                     });
+                    written_so_far.store(seq, Ordering::SeqCst);
+                    // Paced on purpose: a steady stream across the failover, not a burst.
                     next += INTERVAL;
                     std::thread::sleep(next.saturating_duration_since(Instant::now()));
                 }
@@ -88,8 +94,14 @@ impl Writer {
         };
         Writer {
             stop,
+            written: written_so_far,
             thread: Some(thread),
         }
+    }
+
+    /// How many changes the API server has accepted so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::SeqCst)
     }
 
     pub fn stop(mut self) -> Vec<Change> {
@@ -119,6 +131,8 @@ pub struct Sample {
 
 pub struct Sampler {
     stop: Arc<AtomicBool>,
+    /// Rounds completed (every admin address looked at once).
+    rounds: Arc<AtomicU64>,
     thread: Option<JoinHandle<Vec<Sample>>>,
 }
 
@@ -135,9 +149,11 @@ impl Sampler {
     /// Reads `/debug/routes` of each admin address every 250 ms.
     pub fn start(admins: Vec<String>, prefix: &str) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicU64::new(0));
         let ingress_prefix = format!("{NAMESPACE}/{prefix}-");
         let thread = {
             let stop = stop.clone();
+            let rounds = rounds.clone();
             std::thread::spawn(move || {
                 let mut samples = Vec::new();
                 while !stop.load(Ordering::SeqCst) {
@@ -175,6 +191,9 @@ impl Sampler {
                             seqs,
                         });
                     }
+                    rounds.fetch_add(1, Ordering::SeqCst);
+                    // A sampler's period (`/debug/routes` has no watch to follow): the
+                    // order checks see the tables at this rate.
                     std::thread::sleep(Duration::from_millis(250));
                 }
                 samples
@@ -182,8 +201,14 @@ impl Sampler {
         };
         Sampler {
             stop,
+            rounds,
             thread: Some(thread),
         }
+    }
+
+    /// How many rounds of samples it has taken.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::SeqCst)
     }
 
     pub fn stop(mut self) -> Vec<Sample> {

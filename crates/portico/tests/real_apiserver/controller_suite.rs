@@ -80,8 +80,8 @@ fn log_lines(cluster: &Cluster, from: usize, message: &str) -> Vec<Value> {
 /// answers) while the leader has their status to write: its writes carry the resourceVersion
 /// it read as a precondition, the real server refuses the stale ones with 409, and the leader
 /// retries from what the watch shows next. The published address (`--publish-service`)
-/// flips every half second until a refusal is seen, so every flip is one more status write
-/// per Ingress racing the writer. Once the writer stops, every Ingress gets the last address,
+/// flips, each time once the last flip was written or refused, until a refusal is seen, so
+/// every flip is one more status write per Ingress racing the writer. Once the writer stops, every Ingress gets the last address,
 /// and the writer's last change is what the server holds (the status writes overwrote
 /// nothing).
 #[test]
@@ -122,8 +122,11 @@ fn a_status_write_racing_a_concurrent_change_is_refused_with_409_and_retried() {
 
     let api: Api<Ingress> = Api::namespaced(cluster.api.client.clone(), NAMESPACE);
     let stop = Arc::new(AtomicBool::new(false));
+    // The writer's rounds so far (each patches every Ingress once).
+    let rounds = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
         let (api, stop, names) = (api.clone(), stop.clone(), names.clone());
+        let rounds = rounds.clone();
         let runtime = cluster.api.runtime.handle().clone();
         std::thread::spawn(move || {
             let mut last = std::collections::BTreeMap::new();
@@ -137,6 +140,7 @@ fn a_status_write_racing_a_concurrent_change_is_refused_with_409_and_retried() {
                         .unwrap_or_else(|e| panic!("the concurrent writer's patch of {name}: {e}"));
                     last.insert(name.clone(), seq);
                 }
+                rounds.fetch_add(1, Ordering::SeqCst);
             }
             (seq, last)
         })
@@ -158,9 +162,26 @@ fn a_status_write_racing_a_concurrent_change_is_refused_with_409_and_retried() {
         };
         publish(address);
         flips += 1;
-        std::thread::sleep(Duration::from_millis(500));
+        // The next flip once this one met every Ingress: written, or refused.
+        wait_until(
+            &format!("flip {flips} to {address} written or refused"),
+            Duration::from_secs(30),
+            || {
+                (!log_lines(&cluster, mark, refused).is_empty()
+                    || names
+                        .iter()
+                        .all(|n| cluster.api.status_addresses(n) == [address]))
+                .then_some(())
+            },
+        );
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // The refused write is retried while the writer still patches: one more full round.
+    let round = rounds.load(Ordering::SeqCst);
+    wait_until(
+        "a round of the writer after the refusal",
+        Duration::from_secs(30),
+        || (rounds.load(Ordering::SeqCst) >= round + 2).then_some(()),
+    );
     stop.store(true, Ordering::SeqCst);
     let (patches, last) = writer.join().unwrap();
     let refusals = log_lines(&cluster, mark, refused).len();

@@ -192,7 +192,18 @@ fn with_watch_namespace_the_namespaced_overlay_is_enough_and_other_namespaces_ar
         let reasons = event_reasons(&api, "apps", "missing");
         (!reasons.is_empty()).then_some(())
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // A marker Ingress in `apps`, applied after `later`: once it is served, the replica has
+    // processed everything the API server had before it (a watch of every namespace would
+    // have delivered `later` first), so the absences below are not just "not yet".
+    apply_yaml(
+        &api,
+        dir.path(),
+        "marker.yaml",
+        &ingress("apps", "marker", "marker.example"),
+    );
+    wait_until("the marker Ingress served", Duration::from_secs(30), || {
+        (get_host(&replica.http, "marker.example") == Some(200)).then_some(())
+    });
     assert_eq!(get_host(&replica.http, "other.example"), Some(404));
     assert_eq!(get_host(&replica.http, "later.example"), Some(404));
     assert_eq!(ingress_status(&api, "other"), "");

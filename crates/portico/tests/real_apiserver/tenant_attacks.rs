@@ -111,6 +111,28 @@ impl Tenant {
     }
 }
 
+/// Waits until the wall clock has left the second in which `tenant`'s `kind`/`name` was
+/// created: creationTimestamp has a one-second resolution, so what is created next is
+/// strictly newer (the API server stamps with this machine's clock).
+fn past_the_creation_second(tenant: &Tenant, kind: &str, name: &str) {
+    let created = ok(tenant.kubectl().args([
+        "get",
+        kind,
+        name,
+        "-o",
+        "jsonpath={.metadata.creationTimestamp}",
+    ]));
+    let created: k8s_openapi::jiff::Timestamp = created
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("creationTimestamp {created:?}: {e}"));
+    let second = u64::try_from(created.as_second()).expect("created after 1970");
+    let next = std::time::UNIX_EPOCH + Duration::from_secs(second + 1);
+    if let Ok(left) = next.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(left);
+    }
+}
+
 /// Fills the built-in aggregated ClusterRole `name` (`view`, `edit`) with the rules of the
 /// ClusterRoles its aggregationRule selects, as kube-controller-manager's
 /// clusterrole-aggregation controller does in a cluster (kube-testenv runs no
@@ -446,7 +468,7 @@ fn a_tenant_with_edit_rights_cannot_take_hosts_certificates_catch_alls_loopback_
     );
     alice_answers(&replica, &alice_fp, "before any attack");
     // creationTimestamp has a one-second resolution: mallory's objects are clearly newer.
-    std::thread::sleep(Duration::from_millis(1100));
+    past_the_creation_second(&alice, "ingress", "shop");
 
     // H3 host takeover. Mallory's Ingress claims shop.example, with the same path and a
     // longer, more specific one. Must hold: alice answers every path, HTTP and HTTPS, and
@@ -667,8 +689,10 @@ fn a_tenant_with_edit_rights_cannot_take_hosts_certificates_catch_alls_loopback_
         .collect();
     mallory.apply(&simple("flood", "f0.mallory.example", &tls));
     let stop = Arc::new(AtomicBool::new(false));
+    // Rounds kubectl has applied so far.
+    let applied = Arc::new(AtomicUsize::new(0));
     let flooder = {
-        let (stop, mallory) = (stop.clone(), mallory.clone());
+        let (stop, mallory, applied) = (stop.clone(), mallory.clone(), applied.clone());
         let (crt, key) = certificate(&["f0.mallory.example"]);
         std::thread::spawn(move || {
             let flood_started = Instant::now();
@@ -692,6 +716,7 @@ fn a_tenant_with_edit_rights_cannot_take_hosts_certificates_catch_alls_loopback_
                 ));
                 mallory.apply(&yaml.join("---\n"));
                 rounds += 1;
+                applied.store(rounds, Ordering::SeqCst);
                 if flood_started.elapsed() > Duration::from_secs(60) {
                     break;
                 }
@@ -699,9 +724,15 @@ fn a_tenant_with_edit_rights_cannot_take_hosts_certificates_catch_alls_loopback_
             (rounds, flood_started.elapsed())
         })
     };
-    std::thread::sleep(Duration::from_secs(2));
+    let flood_rounds = |at_least: usize| {
+        wait_until(&format!("{at_least} flood rounds applied"), WAIT, || {
+            (applied.load(Ordering::SeqCst) >= at_least).then_some(())
+        })
+    };
+    // Alice's change goes in while the flood is under way...
+    flood_rounds(1);
     alice.apply(&simple("late", "new.alice.example", &[]));
-    let applied = Instant::now();
+    let applied_at = Instant::now();
     wait_until(
         "alice's new Ingress during the flood",
         Duration::from_secs(20),
@@ -710,8 +741,9 @@ fn a_tenant_with_edit_rights_cannot_take_hosts_certificates_catch_alls_loopback_
                 .then_some(())
         },
     );
-    let delay = applied.elapsed();
-    std::thread::sleep(Duration::from_secs(3));
+    let delay = applied_at.elapsed();
+    // ...and the flood goes on after it was served: one more round at least.
+    flood_rounds((applied.load(Ordering::SeqCst) + 1).max(2));
     stop.store(true, Ordering::SeqCst);
     let (rounds, flood_for) = flooder.join().unwrap();
     assert!(
