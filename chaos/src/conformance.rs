@@ -262,16 +262,18 @@ async fn wait_resolved(
 /// them: see [`mark_status_judged`]. Its name sorts after theirs (checked there).
 const STATUS_MARKER: &str = "zz-conformance-status-marker";
 
-/// Applies the marker Ingress (ours: the default class) and waits for the leader to publish
-/// its status. The leader's status worker judges the Ingresses before it by then, because:
-/// the reconciler sees one namespace's Ingresses in the order they were written and proposes
-/// each in the same flush as, or an earlier flush than, one written after it; each flush's
-/// commit reaches the status worker in order, after the watch inputs those Ingresses came
-/// with (one channel); and one pass of the worker handles its Ingresses in key order
-/// (portico-controller's `status::Worker::process`; a new leader's first pass too). So once the marker's
-/// status is written, any status write for the earlier Ingresses has been made, and reading
-/// theirs now shows it.
+/// Applies the marker Ingress (ours: the default class) once every replica lists the
+/// `earlier` Ingresses, and waits for the leader to publish the marker's status: by then its
+/// status worker has judged them (and made any status write for them). Why, in
+/// portico-controller: the leader proposed the earlier Ingresses in a flush that ended before
+/// its reconciler saw the marker (one loop, and the marker was written after they committed);
+/// it sends the status worker a flush's commit, and an Ingress's watch inputs, in that order
+/// on one channel, so any pass of the worker that takes the marker has taken the earlier commit
+/// too, or an earlier pass judged them; and a pass judges its Ingresses in key order against
+/// one table that holds its commits (`status::Worker::process`; a new leader's first pass
+/// too), the marker's name sorting last.
 async fn mark_status_judged(
+    replicas: usize,
     ingresses: &Api<Ingress>,
     params: &PatchParams,
     earlier: &[String],
@@ -280,6 +282,8 @@ async fn mark_status_judged(
         earlier.iter().all(|name| name.as_str() < STATUS_MARKER),
         "the status marker {STATUS_MARKER} must sort after {earlier:?}"
     );
+    let keys: Vec<String> = earlier.iter().map(|n| format!("{NAMESPACE}/{n}")).collect();
+    wait_listed(replicas, &keys, true).await?;
     let marker = json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
         "metadata": {"name": STATUS_MARKER, "namespace": NAMESPACE},
@@ -398,7 +402,7 @@ pub async fn recheck(
         if status_only {
             // An absence is shown by an event after it: the leader publishing the status of
             // an Ingress applied after these.
-            mark_status_judged(&ingresses, &params, &applied).await?;
+            mark_status_judged(cluster.replicas(), &ingresses, &params, &applied).await?;
             keys.push(format!("{NAMESPACE}/{STATUS_MARKER}"));
         } else {
             wait_listed(cluster.replicas(), &keys, true).await?;
