@@ -30,7 +30,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use portico_test_support::ConformanceCase;
+use portico_test_support::{ConformanceCase, service_names};
 use serde_json::{Value, json};
 
 /// One three-replica cluster at a time: the machine has two cores.
@@ -65,24 +65,6 @@ fn yaml_documents(path: &Path) -> Vec<Value> {
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
         .filter(|v: &Value| !v.is_null())
         .collect()
-}
-
-/// Every backend Service name in a manifest.
-fn service_names(value: &Value, out: &mut BTreeSet<String>) {
-    match value {
-        Value::Object(map) => {
-            if let Some(name) = map
-                .get("service")
-                .and_then(|s| s.get("name"))
-                .and_then(Value::as_str)
-            {
-                out.insert(name.to_owned());
-            }
-            map.values().for_each(|v| service_names(v, out));
-        }
-        Value::Array(list) => list.iter().for_each(|v| service_names(v, out)),
-        _ => {}
-    }
 }
 
 pub fn apply_ingress(cluster: &Cluster, mut object: Value) -> String {
