@@ -109,7 +109,10 @@ pub enum Unusable {
 struct Issued {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
-    not_before: i64,
+    /// Where its life starts as renewal counts it: notBefore, or when it arrived if later
+    /// (issuers backdate notBefore for clock skew; counting from there could make a short
+    /// certificate due for renewal the moment it arrives).
+    since: i64,
     not_after: i64,
     serial: String,
 }
@@ -125,12 +128,12 @@ impl std::fmt::Debug for Issued {
 
 impl Issued {
     fn lifetime(&self) -> i64 {
-        (self.not_after - self.not_before).max(1)
+        (self.not_after - self.since).max(1)
     }
 
     /// When two thirds of its life have passed.
     fn renew_at(&self) -> i64 {
-        self.not_before + self.lifetime() * 2 / 3
+        self.since + self.lifetime() * 2 / 3
     }
 
     /// Whether more than a third of its life is left at `now`.
@@ -209,7 +212,7 @@ impl Checker {
         Ok(Issued {
             cert_pem: cert_pem.to_vec(),
             key_pem: key_pem.to_vec(),
-            not_before: validity.not_before.timestamp(),
+            since: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
             serial: parsed.raw_serial_as_string(),
         })
@@ -314,7 +317,9 @@ impl Client {
                 reason: reason(&body),
             });
         }
-        Ok(checker.check(&body, key.serialize_pem().as_bytes())?)
+        let mut issued = checker.check(&body, key.serialize_pem().as_bytes())?;
+        issued.since = issued.since.max(now());
+        Ok(issued)
     }
 
     async fn post(
@@ -558,10 +563,14 @@ impl Renewal {
             let now = now();
             // Until it expires the old certificate still serves; then still keep trying, so
             // the replica rejoins as soon as the issuer answers.
+            // Often enough to renew in time, but no faster than the backoff once expired.
             let left = Duration::from_secs((self.current.not_after - now).max(0) as u64);
-            let retry_in = backoff
-                .next_delay()
-                .min((left / 10).max(Duration::from_secs(1)));
+            let delay = backoff.next_delay();
+            let retry_in = if left.is_zero() {
+                delay
+            } else {
+                delay.min((left / 10).max(Duration::from_secs(1)))
+            };
             if self.current.expiring_at(now) {
                 self.metrics.expiring.set(1);
                 tracing::error!(issuer = %self.client.url, error = %failed, serial = %self.current.serial, not_after = self.current.not_after, ?retry_in, "the Raft certificate is about to expire and could not be renewed");
@@ -602,8 +611,8 @@ mod tests {
         (Issuer::new(params, key), pem)
     }
 
-    /// A leaf for `names` valid from `from` to `to` (seconds from now), for `public_key`'s
-    /// holder (a CSR) or a fresh key (returned).
+    /// Leaf parameters for `names` (client and server), valid from `from` to `to` seconds
+    /// from now.
     fn leaf_params(names: &[&str], from: i64, to: i64) -> CertificateParams {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -626,7 +635,23 @@ mod tests {
         /// Signs the CSR's key for these names, valid for this many seconds (and from a
         /// second ago).
         Sign(Vec<&'static str>, i64),
+        /// The same, valid from this many seconds ago (a large clock-skew margin).
+        Backdated(Vec<&'static str>, i64, i64),
         Refuse(u16, &'static str),
+    }
+
+    /// The CSR's key certified by `ca` for `names`, from `ago` seconds ago for `lifetime`.
+    fn sign(
+        ca: &Issuer<'static, KeyPair>,
+        csr: &[u8],
+        names: &[&str],
+        ago: i64,
+        lifetime: i64,
+    ) -> String {
+        let mut csr =
+            CertificateSigningRequestParams::from_pem(std::str::from_utf8(csr).unwrap()).unwrap();
+        csr.params = leaf_params(names, -ago, lifetime);
+        csr.signed_by(ca).unwrap().pem()
     }
 
     /// A tiny issuer speaking the protocol over HTTPS with a certificate from `ca`.
@@ -701,12 +726,10 @@ mod tests {
                                         (status, format!(r#"{{"reason":"{reason}"}}"#))
                                     }
                                     Answer::Sign(names, lifetime) => {
-                                        let mut csr = CertificateSigningRequestParams::from_pem(
-                                            std::str::from_utf8(&csr).unwrap(),
-                                        )
-                                        .unwrap();
-                                        csr.params = leaf_params(&names, -1, lifetime);
-                                        (200, csr.signed_by(&*ca).unwrap().pem())
+                                        (200, sign(&ca, &csr, &names, 1, lifetime))
+                                    }
+                                    Answer::Backdated(names, lifetime, ago) => {
+                                        (200, sign(&ca, &csr, &names, ago, lifetime))
                                     }
                                 };
                                 Ok::<_, std::convert::Infallible>(
@@ -914,7 +937,7 @@ mod tests {
     #[tokio::test]
     async fn renewals_are_handed_over_at_once_and_an_outage_is_ridden_out() {
         let s = setup();
-        let issuer = issuer(s.ca.clone(), Answer::Sign(vec![HOST], 9)).await;
+        let issuer = issuer(s.ca.clone(), Answer::Sign(vec![HOST], 20)).await;
         let renewal = s.start(&issuer).await;
         let mut registry = Registry::default();
         renewal.register(&mut registry);
@@ -930,8 +953,8 @@ mod tests {
             },
         ));
         let checker = Checker::new(s.ca_pem.as_bytes(), HOST).unwrap();
-        // Lifetime 10 s (from a second ago): renewed about 6 s in.
-        let (cert, key) = tokio::time::timeout(Duration::from_secs(15), handed_rx.recv())
+        // Lifetime 20 s from its arrival: renewed about 13 s in.
+        let (cert, key) = tokio::time::timeout(Duration::from_secs(25), handed_rx.recv())
             .await
             .unwrap()
             .unwrap();
@@ -943,7 +966,7 @@ mod tests {
         *issuer.answer.lock().unwrap() = Answer::Refuse(503, "the API server cannot be asked");
         *issuer.token.lock().unwrap() = "token-2".to_owned();
         std::fs::write(&s.args.token, "token-2").unwrap();
-        let waited = tokio::time::timeout(Duration::from_secs(15), async {
+        let waited = tokio::time::timeout(Duration::from_secs(25), async {
             while failures.get() < 2 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -969,8 +992,8 @@ mod tests {
         );
 
         // Back before the certificate expires: renewed.
-        *issuer.answer.lock().unwrap() = Answer::Sign(vec![HOST], 9);
-        let (cert, key) = tokio::time::timeout(Duration::from_secs(10), handed_rx.recv())
+        *issuer.answer.lock().unwrap() = Answer::Sign(vec![HOST], 20);
+        let (cert, key) = tokio::time::timeout(Duration::from_secs(15), handed_rx.recv())
             .await
             .unwrap()
             .unwrap();
@@ -980,6 +1003,30 @@ mod tests {
             "renewed before the old one expired"
         );
         assert_ne!(third.serial, second.serial);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    /// An issuer that backdates notBefore by an hour (clock skew) and signs for a minute:
+    /// the life counts from the certificate's arrival, so it is not due for renewal at once
+    /// (no request loop).
+    #[tokio::test]
+    async fn a_backdated_certificate_is_renewed_at_two_thirds_from_its_arrival() {
+        let s = setup();
+        let issuer = issuer(s.ca.clone(), Answer::Backdated(vec![HOST], 60, 3600)).await;
+        let renewal = s.start(&issuer).await;
+        let arrived = now();
+        assert!(
+            renewal.current.renew_at() >= arrived + 39,
+            "{:?}",
+            renewal.current
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(
+            renewal.keep_renewed(stop.clone(), |_: &[u8], _: &[u8]| Ok::<(), String>(())),
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(issuer.requests.load(Ordering::SeqCst), 1, "renewed at once");
         stop.cancel();
         task.await.unwrap();
     }

@@ -35,8 +35,7 @@ use crate::support::{backend_yaml, get_host, host_ingress};
 use crate::{apply_yaml, host_ip, ok};
 
 const REPLICAS: usize = 3;
-/// The issuer's shortest lifetime: renewed about 20 s after issue (two thirds of the 120 s
-/// from notBefore, a minute in the past, to notAfter).
+/// The issuer's shortest lifetime: each certificate is renewed 40 s after it arrives.
 const LIFETIME: &str = "60s";
 const APP: &str = "rotation";
 
