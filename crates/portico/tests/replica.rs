@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::portico_run::{self, LOOPBACK_PORT_0, Member, PORTICO};
 use common::{InProcessApi, get, wait_until};
 use portico_test_support::TestCa;
-use portico_test_support::process::{self, Signal};
+use portico_test_support::process::{self, Program, Signal};
 
 #[test]
 fn help_names_every_environment_variable() {
@@ -226,4 +226,64 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
     assert_eq!(access[0]["protocol"], "HTTP/1.1", "{}", access[0]);
     assert!(!logs.contains("s3cr3t"), "query string logged:\n{logs}");
     api.shutdown();
+}
+
+/// Socket activation fails closed: a socket handed over that `portico run` does not serve
+/// (here one named `admin`) stops the start with an error naming it, instead of being left
+/// open and unserved.
+#[test]
+fn a_socket_handed_over_that_run_does_not_serve_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("portico test CA").write(dir.path());
+    let sockets = process::raft_listeners(1);
+    let mut child = Program::new(PORTICO)
+        .args(["run", "--pod-name", "portico-0", "--raft-ca"])
+        .arg(&ca.0)
+        .arg("--raft-ca-key")
+        .arg(&ca.1)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .socket("admin", &sockets[0])
+        .spawn("portico-0");
+    let status = child.wait_blocking(Duration::from_secs(30)).unwrap();
+    assert!(!status.success(), "{status}");
+    let output = process::block_on(child.output().ended(Duration::from_secs(10)))
+        .unwrap()
+        .join("\n");
+    assert!(
+        output.contains(
+            r#"socket "admin" handed over (LISTEN_FDNAMES) is not one portico run serves"#
+        ),
+        "{output}"
+    );
+}
+
+/// A socket handed to another process (`LISTEN_PID` names someone else, as when a parent
+/// passes its environment on) is not taken: the replica binds `--raft-listen` itself.
+#[test]
+fn a_socket_meant_for_another_process_is_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = InProcessApi::start(dir.path());
+    let ca = TestCa::new("portico test CA").write(dir.path());
+    let held = process::raft_listeners(1);
+    let child = Program::new(PORTICO)
+        .args(["run", "--pod-name", "portico-0", "--namespace", "default"])
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--raft-ca")
+        .arg(&ca.0)
+        .arg("--raft-ca-key")
+        .arg(&ca.1)
+        .args(["--raft-listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(LOOPBACK_PORT_0)
+        .args(["--log-format", "json"])
+        .socket("raft", &held[0])
+        .env("LISTEN_PID", "1")
+        .spawn("portico-0");
+    let listening = portico_run::listening(&child);
+    let raft = listening.raft.expect("a Raft address");
+    assert_ne!(raft, held[0].local_addr().unwrap(), "took another's socket");
+    assert!(raft.ip().is_loopback() && raft.port() != 0, "{raft}");
 }

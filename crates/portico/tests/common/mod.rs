@@ -60,6 +60,32 @@ impl InProcessApi {
     }
 }
 
+/// `kubectl apply -f -` (`kubectl` as `kubectl` is set up: its kubeconfig, its user) with
+/// `manifest` on stdin; panics with kubectl's error, naming `what`, unless it succeeds.
+pub fn kubectl_apply(mut kubectl: Command, manifest: &str, what: &str) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = kubectl
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply {what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let started = Instant::now();

@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -263,8 +263,8 @@ impl ApiSide {
             .count()
     }
 
-    /// Applies one object given as JSON (namespace `default` when namespaced): in-process by
-    /// server-side apply, against the real server with `kubectl apply` as a tenant would.
+    /// Applies one object given as JSON (namespace `default`): in-process by server-side
+    /// apply, against the real server with `kubectl apply` as a tenant would.
     pub fn apply<K>(&self, object: Value)
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -274,20 +274,10 @@ impl ApiSide {
             + std::fmt::Debug,
         K::DynamicType: Default,
     {
-        if self.real.is_some() {
-            return self.kubectl_apply(&object);
-        }
-        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-        let api: Api<K> = Api::namespaced(self.client.clone(), NAMESPACE);
-        self.runtime
-            .block_on(api.patch(
-                &name,
-                &PatchParams::apply("failover-test").force(),
-                &Patch::Apply(&object),
-            ))
-            .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+        self.apply_through(Api::<K>::namespaced(self.client.clone(), NAMESPACE), object);
     }
 
+    /// [`ApiSide::apply`] for a cluster-scoped object.
     pub fn apply_cluster<K>(&self, object: Value)
     where
         K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
@@ -297,11 +287,19 @@ impl ApiSide {
             + std::fmt::Debug,
         K::DynamicType: Default,
     {
-        if self.real.is_some() {
-            return self.kubectl_apply(&object);
-        }
+        self.apply_through(Api::<K>::all(self.client.clone()), object);
+    }
+
+    /// Server-side apply through `api` in-process; `kubectl apply -f -` (client-side, the
+    /// default) as the admin against the real server.
+    fn apply_through<K>(&self, api: Api<K>, object: Value)
+    where
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
         let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-        let api: Api<K> = Api::all(self.client.clone());
+        if self.real.is_some() {
+            return crate::common::kubectl_apply(self.kubectl(), &object.to_string(), &name);
+        }
         self.runtime
             .block_on(api.patch(
                 &name,
@@ -309,32 +307,6 @@ impl ApiSide {
                 &Patch::Apply(&object),
             ))
             .unwrap_or_else(|e| panic!("applying {name}: {e}"));
-    }
-
-    /// `kubectl apply -f -` (client-side, the default) of one object as the admin.
-    fn kubectl_apply(&self, object: &Value) {
-        use std::io::Write;
-        let mut child = self
-            .kubectl()
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(object.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl apply {}: {}",
-            object["metadata"]["name"],
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 
     /// The addresses (IP or hostname) in an Ingress's `status.loadBalancer.ingress`.

@@ -18,7 +18,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,8 +41,9 @@ struct Replicas {
 }
 
 impl Replicas {
-    fn new(dir: &Path, kubeconfig: &Path, n: usize) -> Self {
-        Self {
+    /// `n` replicas started, and ready.
+    fn start(dir: &Path, kubeconfig: &Path, n: usize) -> Self {
+        let mut replicas = Self {
             dir: dir.to_owned(),
             kubeconfig: kubeconfig.to_owned(),
             ca: TestCa::new("portico test CA").write(dir),
@@ -50,7 +51,14 @@ impl Replicas {
             http: vec![0; n],
             admin: vec![String::new(); n],
             children: (0..n).map(|_| None).collect(),
+        };
+        for i in 0..n {
+            replicas.spawn(i);
         }
+        for i in 0..n {
+            replicas.wait_ready(i);
+        }
+        replicas
     }
 
     fn data_dir(&self, i: usize) -> PathBuf {
@@ -161,27 +169,9 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn kubectl_apply(kubeconfig: &Path, yaml: &str) {
-    use std::io::Write;
-    let mut child = Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig)
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut kubectl = Command::new("kubectl");
+    kubectl.env("KUBECONFIG", kubeconfig);
+    crate::common::kubectl_apply(kubectl, yaml, "");
 }
 
 fn ingress(name: &str) -> String {
@@ -245,13 +235,8 @@ fn api_server_and_backend() -> (InProcessApi, tempfile::TempDir, Process) {
 fn after_losing_quorum_raft_recover_lets_changes_commit_and_replacements_rejoin() {
     let (api, dir, echo) = api_server_and_backend();
     let kubeconfig = api.kubeconfig.clone();
-
-    let mut replicas = Replicas::new(dir.path(), &kubeconfig, 3);
+    let mut replicas = Replicas::start(dir.path(), &kubeconfig, 3);
     for i in 0..3 {
-        replicas.spawn(i);
-    }
-    for i in 0..3 {
-        replicas.wait_ready(i);
         replicas.wait_served(i, "before");
     }
 
@@ -324,13 +309,7 @@ fn after_losing_quorum_raft_recover_lets_changes_commit_and_replacements_rejoin(
 fn a_restored_volume_fails_its_probes_and_says_to_wipe_it() {
     let (api, dir, echo) = api_server_and_backend();
     let kubeconfig = api.kubeconfig.clone();
-    let mut replicas = Replicas::new(dir.path(), &kubeconfig, 3);
-    for i in 0..3 {
-        replicas.spawn(i);
-    }
-    for i in 0..3 {
-        replicas.wait_ready(i);
-    }
+    let mut replicas = Replicas::start(dir.path(), &kubeconfig, 3);
 
     // The backup of portico-1's volume, taken while it is stopped; then it runs on.
     replicas.kill(1);
