@@ -129,6 +129,12 @@ impl Program {
         self
     }
 
+    /// The address of the socket handed over as `name`.
+    pub fn handed_over(&self, name: &str) -> Option<SocketAddr> {
+        let (_, socket) = self.sockets.iter().find(|(n, _)| n == name)?;
+        socket.local_addr().ok()
+    }
+
     /// Its arguments, as given.
     pub fn arguments(&self) -> &[OsString] {
         &self.args

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::portico_run::{self, LOOPBACK_PORT_0, Member, PORTICO};
+use common::portico_run::{self, LOOPBACK_PORT_0, PORTICO};
 use common::{InProcessApi, get, wait_until};
 use portico_test_support::TestCa;
 use portico_test_support::process::{self, Program, Signal};
@@ -110,22 +110,14 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
 
     // A CA given as files; the replica signs its own certificate at first boot. Every
     // listener on port 0, read back from the listening line; Raft on the socket handed over.
-    let ca = TestCa::new("portico test CA").write(dir.path());
-    let raft = process::raft_listeners(1);
-    let member = Member {
-        ordinal: 0,
-        raft: &raft,
-        ca: &ca,
-    };
-    let mut child = portico_run::run(&member, "default", &kubeconfig, &dir.path().join("data"))
-        .args(LOOPBACK_PORT_0)
+    let program = portico_run::single(dir.path(), &kubeconfig, "default")
         .args(["--admin", "127.0.0.1:0"])
-        .args(["--shutdown-delay-seconds", "6", "--access-log"])
-        .spawn("portico-0");
+        .args(["--shutdown-delay-seconds", "6", "--access-log"]);
+    let mut child = program.spawn("portico-0");
     let listening = portico_run::listening(&child);
     assert_eq!(
         listening.raft,
-        Some(raft[0].local_addr().unwrap()),
+        program.handed_over("raft"),
         "Raft served on the socket handed over"
     );
     assert!(!listening.h3.is_empty(), "{listening:?}");

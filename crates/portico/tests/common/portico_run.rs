@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use portico_test_support::process::{Listening, Process, Program};
+use portico_test_support::TestCa;
+use portico_test_support::process::{self, Listening, Process, Program};
 
 pub const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
 
@@ -56,6 +57,21 @@ pub fn run(member: &Member, namespace: &str, kubeconfig: &Path, data_dir: &Path)
         .arg(&member.ca.1)
         .args(["--log-format", "json"])
         .socket("raft", own)
+}
+
+/// `portico run` as `portico-0` in `namespace`, the only member of its Raft cluster: its CA
+/// written to `dir` (the replica signs its own certificate at first boot), its data in
+/// `dir/data`, its Raft socket handed over (the program holds it), the data plane on port 0.
+/// The caller adds `--admin` and any other flags.
+pub fn single(dir: &Path, kubeconfig: &Path, namespace: &str) -> Program {
+    let ca = TestCa::new("portico test CA").write(dir);
+    let raft = process::raft_listeners(1);
+    let member = Member {
+        ordinal: 0,
+        raft: &raft,
+        ca: &ca,
+    };
+    run(&member, namespace, kubeconfig, &dir.join("data")).args(LOOPBACK_PORT_0)
 }
 
 /// The data plane's listeners, each on a port of its own the replica picks.

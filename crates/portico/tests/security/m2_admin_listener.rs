@@ -13,10 +13,9 @@ use std::net::{IpAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::portico_run::{self, Member};
+use crate::common::portico_run;
 use crate::common::{InProcessApi, get, wait_until};
-use portico_test_support::TestCa;
-use portico_test_support::process::{self, Listening, Process};
+use portico_test_support::process::{Listening, Process};
 /// The admin listener's header timeout (`admin::HEADER_READ_TIMEOUT`) and connection limit.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: usize = 64;
@@ -47,15 +46,7 @@ fn start(admin: &[String], env: &[(&str, String)]) -> Replica {
     let dir = tempfile::tempdir().unwrap();
     let api = InProcessApi::start(dir.path());
     let kubeconfig = api.kubeconfig.clone();
-    let ca = TestCa::new("portico test CA").write(dir.path());
-    let raft = process::raft_listeners(1);
-    let member = Member {
-        ordinal: 0,
-        raft: &raft,
-        ca: &ca,
-    };
-    let mut program = portico_run::run(&member, "default", &kubeconfig, &dir.path().join("data"))
-        .args(portico_run::LOOPBACK_PORT_0)
+    let mut program = portico_run::single(dir.path(), &kubeconfig, "default")
         .args(admin)
         .env_remove("POD_IP");
     for (key, value) in env {
