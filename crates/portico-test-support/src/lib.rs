@@ -12,11 +12,13 @@
 //! - [`process`]: the one starter of real processes under test (`portico run`, `portico echo`,
 //!   `portico-raft-node`): spawn with sockets handed over, read the reported addresses,
 //!   signal, restart, kill on drop.
+//! - [`volume`]: a replica's data directory copied whole (a backup, a restored volume, a clone).
 
 pub mod child;
 pub mod pki;
 pub mod process;
 pub mod tables;
+pub mod volume;
 pub mod wait;
 
 pub use pki::{Leaf, LeafSpec, TestCa};

@@ -13,28 +13,15 @@
 //! * a replica restarted on its own intact volume (a follower, then the leader) rejoins as
 //!   before.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use portico_test_support::process;
+use portico_test_support::volume::copy_dir;
 use serde_json::Value;
 
 use crate::common::processes::{PATIENCE, ProcessCluster};
 
 const NODE: &str = env!("CARGO_BIN_EXE_portico-raft-node");
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 /// Waits until the replicas `among` applied `version`.
 async fn wait_applied(cluster: &mut ProcessCluster, among: &[usize], version: u64) {
@@ -87,7 +74,7 @@ async fn a_volume_restored_after_the_replica_ran_on_is_refused_and_never_counts(
     let victim = (leader + 1) % 3;
     cluster.kill(victim).await;
     let backup = cluster.scratch().join("backup");
-    copy_dir(&cluster.members[victim].data_dir, &backup);
+    copy_dir(&cluster.members[victim].data_dir, &backup).unwrap();
     cluster.spawn(victim);
 
     // The replica runs on: it acknowledges more entries, and takes part in an election.
@@ -103,7 +90,7 @@ async fn a_volume_restored_after_the_replica_ran_on_is_refused_and_never_counts(
     // The backup is restored and started under the same node ID.
     cluster.kill(victim).await;
     std::fs::remove_dir_all(&cluster.members[victim].data_dir).unwrap();
-    copy_dir(&backup, &cluster.members[victim].data_dir);
+    copy_dir(&backup, &cluster.members[victim].data_dir).unwrap();
     cluster.spawn(victim);
     let stale = wait_stale(&mut cluster, victim).await;
     assert!(stale.contains("stale copy"), "{stale}");
@@ -179,7 +166,7 @@ async fn a_clone_of_a_running_replicas_volume_is_refused() {
     // its node ID, at another address.
     let original = (leader + 1) % 3;
     let clone_dir = cluster.scratch().join("clone");
-    copy_dir(&cluster.members[original].data_dir, &clone_dir);
+    copy_dir(&cluster.members[original].data_dir, &clone_dir).unwrap();
     let original_id = cluster.process(original).command("status").await["node_id"].clone();
     // At an address of its own, held by the test like the members'.
     let clone_socket = process::raft_listeners(1).remove(0);

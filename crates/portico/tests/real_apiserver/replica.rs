@@ -37,32 +37,16 @@ spec:
             backend_yaml("default", &ip, echo_port)
         ),
     );
-    // https://kubernetes.io/docs/concepts/services-networking/ingress/#the-ingress-resource
+    // The docs' minimal Ingress, as testdata/ keeps it (no namespace: kubectl's, default).
+    ok(api
+        .kubectl()
+        .args(["apply", "--server-side", "-n", "default", "-f"])
+        .arg(portico_test_support::testdata("minimal-ingress.yaml")));
     apply_yaml(
         api,
         dir,
-        "ingresses.yaml",
+        "missing-service.yaml",
         r#"apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: minimal-ingress
-  namespace: default
-  annotations:
-    nginx.ingress.kubernetes.io/rewrite-target: /
-spec:
-  ingressClassName: nginx-example
-  rules:
-  - http:
-      paths:
-      - path: /testpath
-        pathType: Prefix
-        backend:
-          service:
-            name: test
-            port:
-              number: 80
----
-apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata:
   name: missing-service

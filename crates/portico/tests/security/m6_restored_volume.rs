@@ -26,6 +26,7 @@ use crate::common::portico_run::{self, LOOPBACK_PORT_0, Member, PORTICO};
 use crate::common::{InProcessApi, get, wait_until};
 use portico_test_support::TestCa;
 use portico_test_support::process::{self, Process};
+use portico_test_support::volume::copy_dir;
 
 /// Three `portico run` processes sharing a CA, an API server and their Raft sockets (held
 /// here, so a replica restarted on its volume is back on its Raft address); their other
@@ -151,19 +152,6 @@ impl Drop for Replicas {
             for l in &lines[lines.len().saturating_sub(30)..] {
                 eprintln!("{l}");
             }
-        }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
         }
     }
 }
@@ -314,7 +302,7 @@ fn a_restored_volume_fails_its_probes_and_says_to_wipe_it() {
     // The backup of portico-1's volume, taken while it is stopped; then it runs on.
     replicas.kill(1);
     let backup = dir.path().join("backup");
-    copy_dir(&replicas.data_dir(1), &backup);
+    copy_dir(&replicas.data_dir(1), &backup).unwrap();
     replicas.spawn(1);
     replicas.wait_ready(1);
     // Its peers take the new incarnation once the old one has been quiet for an election
@@ -329,7 +317,7 @@ fn a_restored_volume_fails_its_probes_and_says_to_wipe_it() {
     // Restored and started: it fails its probes, saying what to do.
     replicas.kill(1);
     std::fs::remove_dir_all(replicas.data_dir(1)).unwrap();
-    copy_dir(&backup, &replicas.data_dir(1));
+    copy_dir(&backup, &replicas.data_dir(1)).unwrap();
     replicas.spawn(1);
     let (_, health) = wait_until(
         "portico-1 /healthz failing",
