@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::common::deploy_rbac::{deploy_dir, kustomize};
 use crate::common::portico_run::{self, LOOPBACK_PORT_0, PORTICO};
 use crate::common::{InProcessApi, get, wait_until};
 use portico_test_support::TestCa;
@@ -126,18 +127,7 @@ fn pki_issue_signs_a_short_lived_certificate_that_run_serves_raft_with() {
 /// ConfigMap holding `ca.crt` only), run no init container and are told of no CA key.
 #[test]
 fn the_shipped_statefulset_mounts_no_ca_key_only_the_issuer_does() {
-    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(&deploy)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let rendered = String::from_utf8_lossy(&out.stdout);
-    let docs: Vec<serde_yaml::Value> = rendered
-        .split("\n---\n")
-        .map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).unwrap())
-        .collect();
+    let docs = kustomize(&deploy_dir());
     let pods = docs
         .iter()
         .filter(|d| !d["spec"]["template"]["spec"].is_null())

@@ -10,9 +10,9 @@
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::net::{IpAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::deploy_rbac::{deploy_dir, kustomize};
 use crate::common::portico_run;
 use crate::common::{InProcessApi, get, wait_until};
 use portico_test_support::process::{Listening, Process};
@@ -186,17 +186,8 @@ fn slowloris_connections_are_closed_and_the_connection_count_is_bounded() {
 /// The shipped NetworkPolicy: Raft from Portico Pods only, admin from labelled Pods only.
 #[test]
 fn the_shipped_network_policy_admits_raft_from_replicas_and_admin_from_labelled_pods() {
-    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(&deploy)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let rendered = String::from_utf8_lossy(&out.stdout);
-    let policy: serde_yaml::Value = rendered
-        .split("\n---\n")
-        .map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).unwrap())
+    let policy = kustomize(&deploy_dir())
+        .into_iter()
         .find(|d| d["kind"] == "NetworkPolicy")
         .expect("deploy/ ships a NetworkPolicy");
     let spec = &policy["spec"];
