@@ -1,6 +1,6 @@
 //! The one starter of real processes under test (`portico run`, `portico echo`,
 //! `portico-raft-node`): a [`Program`] (binary, arguments, environment, sockets handed over) is
-//! spawned as a [`Process`] whose output is captured into a [`child::Output`], which reads the
+//! spawned as a [`Process`] whose output is captured into an [`Output`], which reads the
 //! addresses the child reports, signals it (SIGTERM, SIGKILL, SIGSTOP, SIGCONT), restarts it
 //! with the same arguments (so the same data directory) and kills it when dropped.
 //!
