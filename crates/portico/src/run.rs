@@ -119,7 +119,9 @@ pub struct RunArgs {
     /// The Raft store (a persistent volume in a StatefulSet).
     #[arg(long, env = "PORTICO_DATA_DIR", default_value = "/var/lib/portico")]
     pub data_dir: PathBuf,
-    /// Where Raft RPCs from the other replicas are accepted (mutual TLS).
+    /// Where Raft RPCs from the other replicas are accepted (mutual TLS). A socket named
+    /// `raft` handed over by systemd's socket activation (LISTEN_FDS, LISTEN_FDNAMES) is served
+    /// instead of binding this address; give the socket's address here all the same.
     #[arg(long, env = "PORTICO_RAFT_LISTEN", default_value = "0.0.0.0:9444")]
     pub raft_listen: SocketAddr,
     /// `host:port` the other replicas use to reach this one; must be a SAN of this
