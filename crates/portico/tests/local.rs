@@ -208,7 +208,7 @@ spec:
 fn wait_served(http: &str, host: &str, path: &str, service: &str, within: Duration) {
     let resolve = format!("{host}:{}:127.0.0.1", port(http));
     let url = format!("http://{host}:{}{path}", port(http));
-    poll_until_blocking(&format!("{url} on {http}"), within, || {
+    poll_until_blocking(format!("{url} on {http}"), within, || {
         let (_, code, body) = curl(&["--resolve", &resolve], &url)?;
         (code == 200 && body["service"] == service).then_some(())
     })
@@ -403,7 +403,7 @@ fn local_cluster_end_to_end() {
     assert!(status.success(), "portico local exited with {status}");
     for &pid in &guard.pids {
         poll_until_blocking(
-            &format!("pid {pid} to be gone"),
+            format!("pid {pid} to be gone"),
             Duration::from_secs(10),
             || (!alive(pid)).then_some(()),
         )
@@ -431,7 +431,7 @@ fn local_cluster_end_to_end() {
     child.wait().unwrap();
     for &pid in &guard.pids {
         poll_until_blocking(
-            &format!("pid {pid} to die with its parent"),
+            format!("pid {pid} to die with its parent"),
             Duration::from_secs(10),
             || (!alive(pid)).then_some(()),
         )
