@@ -336,10 +336,12 @@ pub fn docs_conformance_and_tls_ingresses_are_served_everywhere_and_status_has_o
                 // Another class: never admitted. Its host is not routed to its backend
                 // (no default backend now, so 404), and it gets no status. Both looked at
                 // once an Ingress of ours applied after it has its status: the leader has
-                // had its turn at this one.
+                // had its turn at this one (both are listed first, so they were committed
+                // apart, and the marker's name sorts last, so even one status pass over
+                // both judges the other one first).
                 let marker = apply_ingress(
                     &cluster,
-                    simple_ingress("marker", "marker.failover.test", "test", CLASS),
+                    simple_ingress("zz-marker", "marker.failover.test", "test", CLASS),
                 );
                 wait_status(&cluster, &marker, &[&address]);
                 delete_ingress(&cluster, &marker);
