@@ -77,6 +77,8 @@ pub enum ProxyError {
     Quic(#[from] QuicError),
     #[error("cannot bind TCP {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot serve a listener bound already: {0}")]
+    Listener(io::Error),
     #[error("listeners were already started")]
     AlreadyStarted,
     #[error("invalid Server header value")]
@@ -89,6 +91,15 @@ pub struct BoundAddrs {
     pub http: Vec<SocketAddr>,
     pub https: Vec<SocketAddr>,
     pub h3: Vec<SocketAddr>,
+}
+
+/// Listeners bound already (e.g. handed over by socket activation), served besides the
+/// configured addresses: TCP ones must listen; all are made non-blocking here.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub http: Vec<std::net::TcpListener>,
+    pub https: Vec<std::net::TcpListener>,
+    pub h3: Vec<std::net::UdpSocket>,
 }
 
 /// One data-plane instance: its listeners, its current table and its upstream pools.
@@ -142,12 +153,40 @@ impl Proxy {
     /// Binds every configured listener and spawns its accept loop on the current Tokio
     /// runtime. QUIC is bound first so TCP responses can advertise it from the start.
     pub fn spawn_listeners(&mut self) -> Result<BoundAddrs, ProxyError> {
+        self.spawn_listeners_with(Listeners::default())
+    }
+
+    /// [`Proxy::spawn_listeners`], serving `ready` (bound already, listed first in the
+    /// addresses returned) as well as the configured addresses.
+    pub fn spawn_listeners_with(&mut self, ready: Listeners) -> Result<BoundAddrs, ProxyError> {
         if self.bound.is_some() {
             return Err(ProxyError::AlreadyStarted);
         }
         let limits = &self.config.limits;
         let mut bound = BoundAddrs::default();
         let mut tcp_listeners = Vec::new();
+        for socket in ready.h3 {
+            socket.set_nonblocking(true).map_err(ProxyError::Listener)?;
+            let endpoint = quic::endpoint(socket, self.tls.quic.clone(), limits)?;
+            bound
+                .h3
+                .push(endpoint.local_addr().map_err(ProxyError::Listener)?);
+            self.quic_endpoints.push(endpoint);
+        }
+        for (listeners, tls, out) in [
+            (ready.http, None, &mut bound.http),
+            (ready.https, Some(self.tls.tcp.clone()), &mut bound.https),
+        ] {
+            for listener in listeners {
+                listener
+                    .set_nonblocking(true)
+                    .map_err(ProxyError::Listener)?;
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).map_err(ProxyError::Listener)?;
+                out.push(listener.local_addr().map_err(ProxyError::Listener)?);
+                tcp_listeners.push((listener, tls.clone()));
+            }
+        }
         for &addr in &self.config.h3 {
             let endpoint = quic::bind(addr, self.tls.quic.clone(), limits)?;
             let local = endpoint

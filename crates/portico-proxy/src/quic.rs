@@ -46,6 +46,20 @@ pub(crate) fn bind(
     tls: Arc<rustls::ServerConfig>,
     limits: &Limits,
 ) -> Result<quinn::Endpoint, QuicError> {
+    let socket = udp_socket(addr).map_err(|source| QuicError::Bind { addr, source })?;
+    endpoint(socket, tls, limits)
+}
+
+/// A QUIC endpoint on `socket`, bound already (by [`bind`] or by whoever handed it over).
+pub(crate) fn endpoint(
+    socket: std::net::UdpSocket,
+    tls: Arc<rustls::ServerConfig>,
+    limits: &Limits,
+) -> Result<quinn::Endpoint, QuicError> {
+    let addr = socket.local_addr().map_err(|source| QuicError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
     let crypto = QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -60,7 +74,6 @@ pub(crate) fn bind(
         .send_window(limits.quic_send_window);
     server.transport_config(Arc::new(transport));
     let bind_err = |source| QuicError::Bind { addr, source };
-    let socket = udp_socket(addr).map_err(bind_err)?;
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),
