@@ -30,7 +30,7 @@
 
 use std::ffi::OsString;
 use std::fmt::Display;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -70,6 +70,30 @@ pub fn raft_listeners(n: usize) -> Vec<Arc<TcpListener>> {
         .collect()
 }
 
+/// A socket the test holds and hands over: a TCP listener, or a UDP socket (HTTP/3).
+#[derive(Clone)]
+enum Held {
+    Tcp(Arc<TcpListener>),
+    Udp(Arc<UdpSocket>),
+}
+
+impl Held {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Held::Tcp(l) => l.local_addr(),
+            Held::Udp(u) => u.local_addr(),
+        }
+    }
+
+    /// A duplicate of its descriptor, for the child.
+    fn duplicate(&self) -> std::io::Result<OwnedFd> {
+        match self {
+            Held::Tcp(l) => l.try_clone().map(OwnedFd::from),
+            Held::Udp(u) => u.try_clone().map(OwnedFd::from),
+        }
+    }
+}
+
 /// What to run: the binary, its arguments and environment, and the sockets it is handed.
 #[derive(Clone)]
 pub struct Program {
@@ -78,7 +102,7 @@ pub struct Program {
     env: Vec<(OsString, OsString)>,
     env_removed: Vec<OsString>,
     /// Handed over as fd 3, 4, … in this order, with these names (`LISTEN_FDNAMES`).
-    sockets: Vec<(String, Arc<TcpListener>)>,
+    sockets: Vec<(String, Held)>,
     /// stdin and stdout are the test's command channel instead of captured output.
     command_channel: bool,
 }
@@ -118,7 +142,15 @@ impl Program {
 
     /// Hands `listener` to the child by socket activation, named `name`.
     pub fn socket(mut self, name: &str, listener: &Arc<TcpListener>) -> Self {
-        self.sockets.push((name.to_owned(), listener.clone()));
+        self.sockets
+            .push((name.to_owned(), Held::Tcp(listener.clone())));
+        self
+    }
+
+    /// Hands the UDP `socket` to the child by socket activation, named `name`.
+    pub fn udp_socket(mut self, name: &str, socket: &Arc<UdpSocket>) -> Self {
+        self.sockets
+            .push((name.to_owned(), Held::Udp(socket.clone())));
         self
     }
 
@@ -192,11 +224,9 @@ impl Process {
                 .iter()
                 .enumerate()
                 .map(|(i, (name, socket))| FdMapping {
-                    parent_fd: OwnedFd::from(
-                        socket
-                            .try_clone()
-                            .unwrap_or_else(|e| panic!("duplicating socket {name}: {e}")),
-                    ),
+                    parent_fd: socket
+                        .duplicate()
+                        .unwrap_or_else(|e| panic!("duplicating socket {name}: {e}")),
                     child_fd: 3 + i as i32,
                 })
                 .collect();
