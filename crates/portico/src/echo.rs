@@ -21,7 +21,9 @@ use crate::logging::LogFormat;
 
 #[derive(clap::Args, Debug)]
 pub struct EchoArgs {
-    /// Address to listen on (HTTP/1.1 and h2c); repeatable.
+    /// Address to listen on (HTTP/1.1 and h2c); repeatable. Sockets named `listen` handed over
+    /// by socket activation (LISTEN_FDS, LISTEN_FDNAMES) take precedence: they are served
+    /// instead of binding these addresses.
     #[arg(
         long,
         env = "PORTICO_ECHO_LISTEN",
@@ -136,12 +138,23 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         pod: args.pod,
     });
+    let handed = crate::socket_activation::take("portico echo", crate::socket_activation::ECHO)?
+        .tcp("listen");
+    let mut listeners = Vec::new();
+    for listener in handed {
+        listeners.push(TcpListener::from_std(listener)?);
+    }
+    if listeners.is_empty() {
+        for addr in &args.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            listeners.push(listener);
+        }
+    }
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    for addr in &args.listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+    for listener in listeners {
         tracing::info!(addr = %listener.local_addr()?, service = %identity.service, pod = %identity.pod, "echo listening");
         let identity = identity.clone();
         let stop = stop.clone();

@@ -120,8 +120,9 @@ pub struct RunArgs {
     #[arg(long, env = "PORTICO_DATA_DIR", default_value = "/var/lib/portico")]
     pub data_dir: PathBuf,
     /// Where Raft RPCs from the other replicas are accepted (mutual TLS). A socket named
-    /// `raft` handed over by systemd's socket activation (LISTEN_FDS, LISTEN_FDNAMES) is served
-    /// instead of binding this address; give the socket's address here all the same.
+    /// `raft` handed over by systemd's socket activation (LISTEN_FDS, LISTEN_FDNAMES) takes
+    /// precedence: it is served instead of binding this address; give the socket's address
+    /// here all the same (the default --raft-advertise is made from it).
     #[arg(long, env = "PORTICO_RAFT_LISTEN", default_value = "0.0.0.0:9444")]
     pub raft_listen: SocketAddr,
     /// `host:port` the other replicas use to reach this one; must be a SAN of this
@@ -170,7 +171,9 @@ pub struct RunArgs {
     pub raft_heartbeat_ms: u64,
 
     // --- Data plane ---
-    /// Plain HTTP listeners (HTTP/1.1 and h2c); comma-separated.
+    /// Plain HTTP listeners (HTTP/1.1 and h2c); comma-separated. Sockets named `http` handed
+    /// over by socket activation (LISTEN_FDS, LISTEN_FDNAMES) take precedence: they are served
+    /// instead of binding these addresses.
     #[arg(
         long,
         env = "PORTICO_HTTP",
@@ -178,7 +181,8 @@ pub struct RunArgs {
         default_value = "0.0.0.0:8080"
     )]
     pub http: Vec<SocketAddr>,
-    /// TLS listeners (HTTP/1.1 and HTTP/2, certificates by SNI); comma-separated.
+    /// TLS listeners (HTTP/1.1 and HTTP/2, certificates by SNI); comma-separated. Sockets named
+    /// `https` (TCP) handed over by socket activation take precedence over these addresses.
     #[arg(
         long,
         env = "PORTICO_HTTPS",
@@ -186,7 +190,8 @@ pub struct RunArgs {
         default_value = "0.0.0.0:8443"
     )]
     pub https: Vec<SocketAddr>,
-    /// QUIC listeners (HTTP/3, UDP); comma-separated; empty to disable.
+    /// QUIC listeners (HTTP/3, UDP); comma-separated; empty to disable. Sockets named `http3`
+    /// (UDP) handed over by socket activation take precedence over these addresses.
     #[arg(
         long,
         env = "PORTICO_HTTP3",
@@ -244,7 +249,8 @@ pub struct RunArgs {
     // --- Operations ---
     /// The admin listeners (/metrics, /healthz, /readyz, /debug/routes); comma-separated.
     /// Default: loopback and the Pod IP (--pod-ip), port --admin-port; never every
-    /// interface unless you say so.
+    /// interface unless you say so. Sockets named `admin` handed over by socket activation
+    /// take precedence over these addresses.
     #[arg(
         long,
         alias = "admin-address",
@@ -446,8 +452,8 @@ fn tls_material(args: &RunArgs, advertise: &str) -> anyhow::Result<TlsMaterial> 
 }
 
 /// Binds once: a restarted replica gets its old port back at once (tokio sets SO_REUSEADDR, so
-/// connections left in TIME_WAIT do not hold it), and tests bind port 0 or hand the Raft socket
-/// over (`socket_activation`) rather than pick a port for us to bind.
+/// connections left in TIME_WAIT do not hold it), and tests and `portico local` bind port 0 or
+/// hand the sockets over (`socket_activation`) rather than pick a port for us to bind.
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -471,7 +477,7 @@ pub async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Clie
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let inherited = crate::socket_activation::take()?;
+    let mut handed = crate::socket_activation::take("portico run", crate::socket_activation::RUN)?;
     let settings = args.settings()?;
     let controller_config = crate::controller::config(&args, settings.clone())?;
     let advertise = args.raft_advertise();
@@ -500,9 +506,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let state = Arc::new(ReplicaState::default());
     let stop_admin = CancellationToken::new();
+    // Each kind of listener: the sockets handed over under its name, else its flag's addresses.
     let mut admin_listeners = Vec::new();
-    for addr in args.admin_addresses() {
-        admin_listeners.push(bind(addr, "admin").await?);
+    for listener in handed.tcp("admin") {
+        admin_listeners.push(TcpListener::from_std(listener)?);
+    }
+    if admin_listeners.is_empty() {
+        for addr in args.admin_addresses() {
+            admin_listeners.push(bind(addr, "admin").await?);
+        }
     }
     let admin_bound: Vec<SocketAddr> = admin_listeners
         .iter()
@@ -510,8 +522,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
 
     // Raft: the socket handed over, else --raft-listen.
-    let raft_listener = match inherited.raft {
-        Some(listener) => listener,
+    let raft_listener = match handed.tcp("raft").pop() {
+        Some(listener) => TcpListener::from_std(listener)?,
         None => bind(args.raft_listen, "Raft").await?,
     };
     let raft_bound = raft_listener.local_addr()?;
@@ -550,12 +562,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // The data plane, fed below by the table watch; built first so its counters join the
     // registry, bound only once the admin listener is up.
+    let ready = portico_proxy::Listeners {
+        http: handed.tcp("http"),
+        https: handed.tcp("https"),
+        h3: handed.udp("http3"),
+    };
+    let or_flag =
+        |handed: bool, flag: &[SocketAddr]| if handed { Vec::new() } else { flag.to_vec() };
     let mut proxy = Proxy::new(
         ProxyConfig {
             limits: args.proxy_limits(),
-            http: args.http.clone(),
-            https: args.https.clone(),
-            h3: args.http3.clone(),
+            http: or_flag(!ready.http.is_empty(), &args.http),
+            https: or_flag(!ready.https.is_empty(), &args.https),
+            h3: or_flag(!ready.h3.is_empty(), &args.http3),
             alt_svc_port: args.alt_svc_port,
             access_log: args.access_log,
             trusted_proxies: args.trusted_proxies.clone(),
@@ -592,7 +611,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let admin_task = tokio::spawn(admin::serve_all(admin_listeners, admin, stop_admin.clone()));
 
-    let bound = proxy.spawn_listeners()?;
+    let bound = proxy.spawn_listeners_with(ready)?;
     // Every address actually bound (a port 0 given resolved), in one line tests read.
     tracing::info!(http = ?bound.http, https = ?bound.https, h3 = ?bound.h3, admin = ?admin_bound, raft = %raft_bound, "listening");
     let table_task = {

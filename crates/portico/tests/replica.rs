@@ -4,7 +4,10 @@
 
 mod common;
 
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::portico_run::{self, LOOPBACK_PORT_0, PORTICO};
@@ -221,7 +224,7 @@ fn one_replica_serves_admin_and_releases_the_lease_on_sigterm() {
 }
 
 /// Socket activation fails closed: a socket handed over that `portico run` does not serve
-/// (here one named `admin`) stops the start with an error naming it, instead of being left
+/// (here one named `metrics`) stops the start with an error naming it, instead of being left
 /// open and unserved.
 #[test]
 fn a_socket_handed_over_that_run_does_not_serve_stops_the_start() {
@@ -235,7 +238,7 @@ fn a_socket_handed_over_that_run_does_not_serve_stops_the_start() {
         .arg(&ca.1)
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .socket("admin", &sockets[0])
+        .socket("metrics", &sockets[0])
         .spawn("portico-0");
     let status = child.wait_blocking(Duration::from_secs(30)).unwrap();
     assert!(!status.success(), "{status}");
@@ -244,7 +247,7 @@ fn a_socket_handed_over_that_run_does_not_serve_stops_the_start() {
         .join("\n");
     assert!(
         output.contains(
-            r#"socket "admin" handed over (LISTEN_FDNAMES) is not one portico run serves"#
+            r#"socket "metrics" handed over (LISTEN_FDNAMES) is not one portico run serves"#
         ),
         "{output}"
     );
@@ -278,4 +281,153 @@ fn a_socket_meant_for_another_process_is_not_taken() {
     let raft = listening.raft.expect("a Raft address");
     assert_ne!(raft, held[0].local_addr().unwrap(), "took another's socket");
     assert!(raft.ip().is_loopback() && raft.port() != 0, "{raft}");
+}
+
+/// A TCP listener and a UDP socket on one loopback port (HTTPS and HTTP/3 share it).
+fn tcp_and_udp_on_one_port() -> (Arc<TcpListener>, Arc<UdpSocket>) {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        if let Ok(udp) = UdpSocket::bind(tcp.local_addr().unwrap()) {
+            return (Arc::new(tcp), Arc::new(udp));
+        }
+    }
+    panic!("no loopback port free for both TCP and UDP");
+}
+
+/// curl (a client we did not write): (HTTP version, status, Alt-Svc header) of a GET.
+fn curl(extra: &[&str], url: &str) -> (String, u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-o", "/dev/null"])
+        .args(["-w", "%{http_version} %{http_code} %header{alt-svc}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl {extra:?} {url}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut parts = text.splitn(3, ' ');
+    let (version, code) = (parts.next().unwrap(), parts.next().unwrap());
+    (
+        version.to_owned(),
+        code.parse().unwrap(),
+        parts.next().unwrap_or_default().to_owned(),
+    )
+}
+
+/// One HTTP/3 GET with aioquic (tests/h3get.py, no certificate check): its status.
+fn h3_status(addr: SocketAddr) -> Option<u16> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = manifest.join("../../.venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run tests/setup",
+        python.display()
+    );
+    let out = Command::new(python)
+        .arg(manifest.join("tests/h3get.py"))
+        .args([&addr.to_string(), "h3.portico.test", "/"])
+        .output()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    answer["status"].as_u64().map(|s| s as u16)
+}
+
+/// Socket activation for every listener: the data plane (`http`, `https` TCP, `http3` UDP)
+/// and `admin` are served on exactly the sockets handed over, which take precedence over the
+/// flags (given here as port 0), and the `listening` line reports them. Real clients reach
+/// each one: curl over HTTP/1.1, over TLS with HTTP/1.1 and HTTP/2, aioquic over HTTP/3.
+#[test]
+fn every_listener_is_served_on_the_socket_handed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = InProcessApi::start(dir.path());
+    let http = Arc::new(TcpListener::bind("127.0.0.1:0").unwrap());
+    let (https, http3) = tcp_and_udp_on_one_port();
+    let admin = Arc::new(TcpListener::bind("127.0.0.1:0").unwrap());
+    let program = portico_run::single(dir.path(), &api.kubeconfig, "default")
+        .args(["--admin", "127.0.0.1:0"])
+        .socket("http", &http)
+        .socket("https", &https)
+        .udp_socket("http3", &http3)
+        .socket("admin", &admin);
+    let child = program.spawn("portico-0");
+    let listening = portico_run::listening(&child);
+    let addr = |l: &TcpListener| l.local_addr().unwrap();
+    assert_eq!(listening.http, [addr(&http)], "{listening:?}");
+    assert_eq!(listening.https, [addr(&https)], "{listening:?}");
+    assert_eq!(listening.h3, [http3.local_addr().unwrap()], "{listening:?}");
+    assert_eq!(listening.admin, [addr(&admin)], "{listening:?}");
+    assert_eq!(listening.raft, program.handed_over("raft"));
+
+    // No Ingress yet: the data plane answers 404 on each, the admin listener its probes.
+    let (version, code, _) = curl(&["--http1.1"], &format!("http://{}/", addr(&http)));
+    assert_eq!((version.as_str(), code), ("1.1", 404));
+    let port = addr(&https).port();
+    let url = format!("https://h3.portico.test:{port}/");
+    let resolve = format!("h3.portico.test:{port}:127.0.0.1");
+    for (flag, expected) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let (version, code, alt_svc) = curl(&["-k", flag, "--resolve", &resolve], &url);
+        assert_eq!((version.as_str(), code), (expected, 404), "{flag}");
+        // HTTP/3 is advertised on the UDP socket handed over.
+        assert!(alt_svc.starts_with(&format!("h3=\":{port}\"")), "{alt_svc}");
+    }
+    let status = wait_until("an HTTP/3 answer", Duration::from_secs(20), || {
+        h3_status(http3.local_addr().unwrap())
+    });
+    assert_eq!(status, 404);
+    wait_until(
+        "/healthz on the admin socket",
+        Duration::from_secs(30),
+        || get(&addr(&admin).to_string(), "/healthz").filter(|(code, _)| *code == 200),
+    );
+    drop(child);
+    api.shutdown();
+}
+
+/// `portico run` with one socket handed over as `name` (nothing else), run to its exit: its
+/// output.
+fn start_refused(name: &str, tcp: Option<Arc<TcpListener>>, udp: Option<Arc<UdpSocket>>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("portico test CA").write(dir.path());
+    let mut program = Program::new(PORTICO)
+        .args(["run", "--pod-name", "portico-0", "--raft-ca"])
+        .arg(&ca.0)
+        .arg("--raft-ca-key")
+        .arg(&ca.1)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"));
+    if let Some(tcp) = &tcp {
+        program = program.socket(name, tcp);
+    }
+    if let Some(udp) = &udp {
+        program = program.udp_socket(name, udp);
+    }
+    let mut child = program.spawn("portico-0");
+    let status = child.wait_blocking(Duration::from_secs(30)).unwrap();
+    assert!(!status.success(), "{status}");
+    process::block_on(child.output().ended(Duration::from_secs(10)))
+        .unwrap()
+        .join("\n")
+}
+
+/// Socket activation checks each socket's type: a UDP socket handed over as `https` (TCP
+/// expected) or a TCP listener as `http3` (UDP expected) stops the start with an error naming
+/// it, instead of failing later or serving the wrong protocol.
+#[test]
+fn a_socket_of_the_wrong_type_stops_the_start() {
+    let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+    let output = start_refused("https", None, Some(udp));
+    assert!(
+        output.contains("the socket named https (fd 3) is not a TCP socket"),
+        "{output}"
+    );
+    let tcp = Arc::new(TcpListener::bind("127.0.0.1:0").unwrap());
+    let output = start_refused("http3", Some(tcp), None);
+    assert!(
+        output.contains("the socket named http3 (fd 3) is not a UDP socket"),
+        "{output}"
+    );
 }
