@@ -19,15 +19,23 @@
 //! the kernel ties that signal to the spawning thread.
 //!
 //! Ports are chosen once and kept in `STATE_DIR/layout.json`: Raft membership stores each
-//! replica's address, so a restart over the same state must use the same ports.
+//! replica's address, so a restart over the same state must use the same ports. This process
+//! binds every child's sockets itself (port 0 at first start, the kept ports on a restart) and
+//! hands each child its own by socket activation (`LISTEN_FDS`, `LISTEN_FDNAMES`; see
+//! `socket_activation`): a port is never released between being chosen and being served, so no
+//! other process can take it, and the ports printed are the sockets the children serve. Its own
+//! copy of a child's sockets is closed once the child is started: a child that dies leaves its
+//! ports refusing connections, as a dead process does.
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use command_fds::{CommandFdExt, FdMapping};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
@@ -136,29 +144,27 @@ struct BackendInfo {
 
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-fn free_tcp_port(ip: Ipv4Addr, held: &mut Vec<TcpListener>) -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((ip, 0)).context("finding a free port")?;
-    let port = listener.local_addr()?.port();
-    held.push(listener);
-    Ok(port)
+/// A TCP listener on `ip`, on a port the kernel picks, held until handed to a child.
+fn bind_and_hold_tcp(ip: Ipv4Addr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((ip, 0)).with_context(|| format!("binding a TCP listener on {ip}"))
 }
 
-/// A port free for TCP and UDP alike (HTTPS and HTTP/3 share it, as on port 443).
-fn free_tcp_udp_port(held: &mut Vec<TcpListener>, udp: &mut Vec<UdpSocket>) -> anyhow::Result<u16> {
+/// A TCP listener and a UDP socket on one loopback port (HTTPS and HTTP/3 share it, as on
+/// port 443), both held until handed to a child.
+fn bind_and_hold_tcp_udp() -> anyhow::Result<(TcpListener, UdpSocket)> {
     for _ in 0..50 {
         let listener = TcpListener::bind((LOOPBACK, 0))?;
         let port = listener.local_addr()?.port();
         if let Ok(socket) = UdpSocket::bind((LOOPBACK, port)) {
-            held.push(listener);
-            udp.push(socket);
-            return Ok(port);
+            return Ok((listener, socket));
         }
     }
     bail!("no port free for both TCP and UDP")
 }
 
-/// A port free on every address in `ips`.
-fn free_port_on(ips: &[Ipv4Addr], held: &mut Vec<TcpListener>) -> anyhow::Result<u16> {
+/// TCP listeners on one port on every address in `ips` (in that order), held until handed to
+/// the children.
+fn bind_and_hold_on(ips: &[Ipv4Addr]) -> anyhow::Result<Vec<TcpListener>> {
     'outer: for _ in 0..50 {
         let first = TcpListener::bind((ips[0], 0))?;
         let port = first.local_addr()?.port();
@@ -169,10 +175,46 @@ fn free_port_on(ips: &[Ipv4Addr], held: &mut Vec<TcpListener>) -> anyhow::Result
                 Err(_) => continue 'outer,
             }
         }
-        held.extend(these);
-        return Ok(port);
+        return Ok(these);
     }
     bail!("no port free on {ips:?}")
+}
+
+/// Binds a port kept in the layout again (a restart over the same state).
+fn bind_kept_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).with_context(|| {
+        format!("binding {what} on {addr} again (kept in layout.json); stop whatever holds it")
+    })
+}
+
+/// One replica's sockets, bound by this process and handed to it.
+struct ReplicaSockets {
+    raft: TcpListener,
+    http: TcpListener,
+    https: TcpListener,
+    http3: UdpSocket,
+    admin: TcpListener,
+}
+
+impl ReplicaSockets {
+    /// As handed over: socket-activation names and descriptors, in fd order.
+    fn handed(self) -> Vec<(&'static str, OwnedFd)> {
+        vec![
+            ("raft", self.raft.into()),
+            ("http", self.http.into()),
+            ("https", self.https.into()),
+            ("http3", self.http3.into()),
+            ("admin", self.admin.into()),
+        ]
+    }
+}
+
+/// Every socket of a [`Layout`], bound and held by this process.
+struct Held {
+    apiserver: TcpListener,
+    replicas: Vec<ReplicaSockets>,
+    /// In the order of [`Layout::backends`].
+    backends: Vec<TcpListener>,
 }
 
 /// Where the demo backends listen.
@@ -202,51 +244,109 @@ fn first_non_loopback_ipv4() -> anyhow::Result<Ipv4Addr> {
 }
 
 impl Layout {
-    fn choose(replicas: u32, backends_on: Backends) -> anyhow::Result<Self> {
-        let (mut held, mut udp) = (Vec::new(), Vec::new());
-        let apiserver_port = free_tcp_port(LOOPBACK, &mut held)?;
-        let mut ports = Vec::new();
+    /// Binds every socket on a port the kernel picks, and the layout they make.
+    fn choose(replicas: u32, backends_on: Backends) -> anyhow::Result<(Self, Held)> {
+        let port = |l: &TcpListener| l.local_addr().map(|a| a.port());
+        let apiserver = bind_and_hold_tcp(LOOPBACK)?;
+        let (mut ports, mut replica_sockets) = (Vec::new(), Vec::new());
         for _ in 0..replicas {
+            let (https, http3) = bind_and_hold_tcp_udp()?;
+            let sockets = ReplicaSockets {
+                raft: bind_and_hold_tcp(LOOPBACK)?,
+                http: bind_and_hold_tcp(LOOPBACK)?,
+                https,
+                http3,
+                admin: bind_and_hold_tcp(LOOPBACK)?,
+            };
             ports.push(ReplicaPorts {
-                http: free_tcp_port(LOOPBACK, &mut held)?,
-                https: free_tcp_udp_port(&mut held, &mut udp)?,
-                raft: free_tcp_port(LOOPBACK, &mut held)?,
-                admin: free_tcp_port(LOOPBACK, &mut held)?,
+                http: port(&sockets.http)?,
+                https: port(&sockets.https)?,
+                raft: port(&sockets.raft)?,
+                admin: port(&sockets.admin)?,
             });
+            replica_sockets.push(sockets);
         }
-        let mut backends = Vec::new();
-        if let Backends::On(ip) = backends_on {
-            for service in ["test", "web"] {
-                for i in 0..2 {
-                    let port = free_tcp_port(ip, &mut held)?;
-                    backends.push(BackendLayout {
-                        service: service.to_owned(),
-                        pod: format!("{service}-{i}"),
-                        addr: SocketAddr::V4(SocketAddrV4::new(ip, port)),
-                    });
+        let (mut backends, mut backend_sockets) = (Vec::new(), Vec::new());
+        match backends_on {
+            Backends::On(ip) => {
+                for service in ["test", "web"] {
+                    for i in 0..2 {
+                        let listener = bind_and_hold_tcp(ip)?;
+                        backends.push(BackendLayout {
+                            service: service.to_owned(),
+                            pod: format!("{service}-{i}"),
+                            addr: listener.local_addr()?,
+                        });
+                        backend_sockets.push(listener);
+                    }
+                }
+            }
+            Backends::Loopback => {
+                for (service, first_ip) in [("test", 2u8), ("web", 4u8)] {
+                    let ips = [
+                        Ipv4Addr::new(127, 0, 0, first_ip),
+                        Ipv4Addr::new(127, 0, 0, first_ip + 1),
+                    ];
+                    for (i, listener) in bind_and_hold_on(&ips)?.into_iter().enumerate() {
+                        backends.push(BackendLayout {
+                            service: service.to_owned(),
+                            pod: format!("{service}-{i}"),
+                            addr: listener.local_addr()?,
+                        });
+                        backend_sockets.push(listener);
+                    }
                 }
             }
         }
-        for (service, first_ip) in [("test", 2u8), ("web", 4u8)] {
-            if backends_on != Backends::Loopback {
-                break;
-            }
-            let ips = [
-                Ipv4Addr::new(127, 0, 0, first_ip),
-                Ipv4Addr::new(127, 0, 0, first_ip + 1),
-            ];
-            let port = free_port_on(&ips, &mut held)?;
-            for (i, ip) in ips.iter().enumerate() {
-                backends.push(BackendLayout {
-                    service: service.to_owned(),
-                    pod: format!("{service}-{i}"),
-                    addr: SocketAddr::V4(SocketAddrV4::new(*ip, port)),
-                });
-            }
-        }
-        Ok(Self {
-            apiserver_port,
+        let layout = Self {
+            apiserver_port: port(&apiserver)?,
             replicas: ports,
+            backends,
+        };
+        let held = Held {
+            apiserver,
+            replicas: replica_sockets,
+            backends: backend_sockets,
+        };
+        Ok((layout, held))
+    }
+
+    /// Binds this layout's ports again (a restart over the same state). The API server, in
+    /// this process and named only by the kubeconfig written at each start, may move.
+    fn bind(&self) -> anyhow::Result<Held> {
+        let apiserver = match TcpListener::bind((LOOPBACK, self.apiserver_port)) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(port = self.apiserver_port, error = %e, "API server port taken; using another");
+                bind_and_hold_tcp(LOOPBACK)?
+            }
+        };
+        let loopback = |port| SocketAddr::V4(SocketAddrV4::new(LOOPBACK, port));
+        let mut replicas = Vec::new();
+        for (i, p) in self.replicas.iter().enumerate() {
+            let what = |listener: &str| format!("portico-{i}'s {listener} listener");
+            replicas.push(ReplicaSockets {
+                raft: bind_kept_tcp(loopback(p.raft), &what("Raft"))?,
+                http: bind_kept_tcp(loopback(p.http), &what("HTTP"))?,
+                https: bind_kept_tcp(loopback(p.https), &what("HTTPS"))?,
+                http3: UdpSocket::bind(loopback(p.https)).with_context(|| {
+                    format!(
+                        "binding {} on UDP {} again (kept in layout.json); stop whatever holds it",
+                        what("HTTP/3"),
+                        loopback(p.https)
+                    )
+                })?,
+                admin: bind_kept_tcp(loopback(p.admin), &what("admin"))?,
+            });
+        }
+        let backends = self
+            .backends
+            .iter()
+            .map(|b| bind_kept_tcp(b.addr, &format!("backend {}", b.pod)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Held {
+            apiserver,
+            replicas,
             backends,
         })
     }
@@ -258,7 +358,12 @@ impl Layout {
         }
     }
 
-    fn load_or_choose(path: &Path, replicas: u32, backends: Backends) -> anyhow::Result<Self> {
+    /// The layout kept in `path` with its sockets bound again, else a new one (written there).
+    fn load_or_choose(
+        path: &Path,
+        replicas: u32,
+        backends: Backends,
+    ) -> anyhow::Result<(Self, Held)> {
         if let Ok(text) = fs::read_to_string(path) {
             let layout: Layout = serde_json::from_str(&text).with_context(|| {
                 format!(
@@ -282,11 +387,12 @@ impl Layout {
                     layout.backends()
                 );
             }
-            return Ok(layout);
+            let held = layout.bind()?;
+            return Ok((layout, held));
         }
-        let layout = Self::choose(replicas, backends)?;
+        let (layout, held) = Self::choose(replicas, backends)?;
         fs::write(path, serde_json::to_vec_pretty(&layout)?)?;
-        Ok(layout)
+        Ok((layout, held))
     }
 }
 
@@ -299,21 +405,51 @@ struct Managed {
 }
 
 impl Managed {
-    fn spawn(name: &str, args: &[String], log: PathBuf) -> anyhow::Result<Self> {
+    /// Starts `portico ARGS`, handing it `sockets` by socket activation (fd 3.. in order,
+    /// `LISTEN_FDNAMES` their names); this process's copies are closed once it runs.
+    fn spawn(
+        name: &str,
+        args: &[String],
+        sockets: Vec<(&'static str, OwnedFd)>,
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating the portico binary")?;
         let out = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(args)
             .arg("--die-with-parent")
             .env(PARENT_PID_ENV, std::process::id().to_string())
+            // Sockets handed to this process are not the child's; LISTEN_PID would name us.
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        if !sockets.is_empty() {
+            let names: Vec<&str> = sockets.iter().map(|(n, _)| *n).collect();
+            command
+                .env("LISTEN_FDS", sockets.len().to_string())
+                .env("LISTEN_FDNAMES", names.join(":"));
+            let mappings = sockets
+                .into_iter()
+                .enumerate()
+                .map(|(i, (_, fd))| FdMapping {
+                    parent_fd: fd,
+                    child_fd: 3 + i as i32,
+                })
+                .collect();
+            command
+                .fd_mappings(mappings)
+                .with_context(|| format!("handing {name} its sockets"))?;
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         Ok(Self {
@@ -587,7 +723,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         (Some(_), Some(ip)) => Backends::On(ip),
         (Some(_), None) => Backends::On(first_non_loopback_ipv4()?),
     };
-    let layout = Layout::load_or_choose(&state.join("layout.json"), args.replicas, backends)?;
+    let (layout, held) =
+        Layout::load_or_choose(&state.join("layout.json"), args.replicas, backends)?;
 
     // Certificates: the demo CA (its certificate is what curl --cacert needs) and the
     // cluster CA for replica-to-replica mTLS; each replica signs its own certificate from
@@ -605,7 +742,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             (client, kubeconfig, url, None)
         }
         None => {
-            let (client, kubeconfig, handle) = in_process_api_server(&state, &layout).await?;
+            let (client, kubeconfig, handle) = in_process_api_server(&state, held.apiserver)?;
             (client, kubeconfig, handle.url(), Some(handle))
         }
     };
@@ -615,7 +752,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         replicas: Vec::new(),
         backends: Vec::new(),
     };
-    for backend in &layout.backends {
+    for (backend, socket) in layout.backends.iter().zip(held.backends) {
         let log = state.join("logs").join(format!("{}.log", backend.pod));
         cluster.backends.push(Managed::spawn(
             &backend.pod,
@@ -630,6 +767,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 "--pod".into(),
                 backend.pod.clone(),
             ],
+            vec![("listen", socket.into())],
             log,
         )?);
     }
@@ -638,7 +776,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| format!("127.0.0.1:{}", p.raft))
         .collect();
-    for (i, ports) in layout.replicas.iter().enumerate() {
+    for (i, (ports, sockets)) in layout.replicas.iter().zip(held.replicas).enumerate() {
         let name = format!("portico-{i}");
         let log = state.join("logs").join(format!("{name}.log"));
         let data_dir = state.join("replicas").join(&name);
@@ -676,6 +814,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 "--drain-seconds".into(),
                 "5".into(),
             ],
+            sockets.handed(),
             log,
         )?);
     }
@@ -711,23 +850,17 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
 }
 
 /// The in-process API server (state in STATE_DIR/apiserver) and its kubeconfig.
-async fn in_process_api_server(
+fn in_process_api_server(
     state: &Path,
-    layout: &Layout,
+    listener: TcpListener,
 ) -> anyhow::Result<(kube::Client, PathBuf, portico_apiserver::ServerHandle)> {
     let apiserver = ApiServer::builder()
         .data_dir(state.join("apiserver"))
         .minor_version(33)
         .build()
         .context("opening the API server's state")?;
-    let listener = match tokio::net::TcpListener::bind((LOOPBACK, layout.apiserver_port)).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            tracing::warn!(port = layout.apiserver_port, error = %e, "API server port taken; using another");
-            tokio::net::TcpListener::bind((LOOPBACK, 0)).await?
-        }
-    };
-    let handle = apiserver.serve(listener)?;
+    listener.set_nonblocking(true)?;
+    let handle = apiserver.serve(tokio::net::TcpListener::from_std(listener)?)?;
     let kubeconfig = state.join("kubeconfig");
     handle.write_kubeconfig(&kubeconfig)?;
     tracing::info!(url = %handle.url(), "API server listening");

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use portico_test_support::poll_until_blocking;
+use portico_test_support::process::Listening;
 use serde_json::Value;
 
 const PORTICO: &str = env!("CARGO_BIN_EXE_portico");
@@ -204,6 +205,50 @@ spec:
     )
 }
 
+/// The `listening` line of the child whose log is `log` (ANSI colours removed), once written.
+fn listening_in_log(log: &str) -> Listening {
+    poll_until_blocking(
+        format!("the listening line in {log}"),
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(log).ok()?;
+            let mut plain = String::with_capacity(text.len());
+            let mut chars = text.chars();
+            while let Some(c) = chars.next() {
+                if c == '\x1b' {
+                    chars.by_ref().find(|c| c.is_ascii_alphabetic());
+                } else {
+                    plain.push(c);
+                }
+            }
+            plain
+                .lines()
+                .rev()
+                .find(|l| Listening::is_listening(l))
+                .map(Listening::parse)
+        },
+    )
+    .unwrap()
+}
+
+/// Every child serves exactly the addresses cluster.json (and the walk-through) names: the
+/// sockets `portico local` bound and handed over.
+fn assert_served_as_printed(info: &Value) {
+    let addr = |v: &Value| v.as_str().unwrap().parse::<std::net::SocketAddr>().unwrap();
+    for r in info["replicas"].as_array().unwrap() {
+        let served = listening_in_log(r["log"].as_str().unwrap());
+        assert_eq!(served.http, [addr(&r["http"])], "{r}: {served:?}");
+        assert_eq!(served.https, [addr(&r["https"])], "{r}: {served:?}");
+        assert_eq!(served.h3, [addr(&r["http3"])], "{r}: {served:?}");
+        assert_eq!(served.admin, [addr(&r["admin"])], "{r}: {served:?}");
+        assert_eq!(served.raft, Some(addr(&r["raft"])), "{r}: {served:?}");
+    }
+    for b in info["backends"].as_array().unwrap() {
+        let served = listening_in_log(b["log"].as_str().unwrap());
+        assert_eq!(served.addr, Some(addr(&b["addr"])), "{b}: {served:?}");
+    }
+}
+
 /// Waits until `host`+`path` on `http` answers 200 from `service` over HTTP/1.1.
 fn wait_served(http: &str, host: &str, path: &str, service: &str, within: Duration) {
     let resolve = format!("{host}:{}:127.0.0.1", port(http));
@@ -237,6 +282,7 @@ fn local_cluster_end_to_end() {
             .unwrap()
             .starts_with("http://127.0.0.1:")
     );
+    assert_served_as_printed(&info);
 
     // The demo works as printed: the docs' Ingress with its rewrite, round-robin over both
     // endpoints, and the TLS host with the demo CA.
@@ -418,6 +464,8 @@ fn local_cluster_end_to_end() {
     // (parent-death signal). The restarted cluster serves what was applied before.
     let mut guard = start_local(&state);
     let info = wait_for_cluster(&state, &mut guard);
+    // The kept ports are bound again by `portico local` and handed over as before.
+    assert_served_as_printed(&info);
     let http = info["replicas"][2]["http"].as_str().unwrap().to_owned();
     wait_served(
         &http,
