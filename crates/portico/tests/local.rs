@@ -205,30 +205,46 @@ spec:
     )
 }
 
-/// The `listening` line of the child whose log is `log` (ANSI colours removed), once written.
-fn listening_in_log(log: &str) -> Listening {
-    poll_until_blocking(
+/// A child's log without its ANSI colours.
+fn plain_log(log: &str) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// The last `listening` line of the child whose log is `log`, once written; and that the child
+/// took the sockets `names` handed over (its socket-activation line).
+fn listening_in_log(log: &str, names: &str) -> Listening {
+    let listening = poll_until_blocking(
         format!("the listening line in {log}"),
         Duration::from_secs(10),
         || {
-            let text = std::fs::read_to_string(log).ok()?;
-            let mut plain = String::with_capacity(text.len());
-            let mut chars = text.chars();
-            while let Some(c) = chars.next() {
-                if c == '\x1b' {
-                    chars.by_ref().find(|c| c.is_ascii_alphabetic());
-                } else {
-                    plain.push(c);
-                }
-            }
-            plain
+            plain_log(log)
                 .lines()
                 .rev()
                 .find(|l| Listening::is_listening(l))
                 .map(Listening::parse)
         },
     )
-    .unwrap()
+    .unwrap();
+    let names = format!("names={names}");
+    let plain = plain_log(log);
+    assert!(
+        plain
+            .lines()
+            .any(|l| l.contains("sockets handed over (socket activation)")
+                && l.split_whitespace().any(|field| field == names)),
+        "{log} lacks its sockets handed over ({names}):\n{plain}"
+    );
+    listening
 }
 
 /// Every child serves exactly the addresses cluster.json (and the walk-through) names: the
@@ -236,7 +252,7 @@ fn listening_in_log(log: &str) -> Listening {
 fn assert_served_as_printed(info: &Value) {
     let addr = |v: &Value| v.as_str().unwrap().parse::<std::net::SocketAddr>().unwrap();
     for r in info["replicas"].as_array().unwrap() {
-        let served = listening_in_log(r["log"].as_str().unwrap());
+        let served = listening_in_log(r["log"].as_str().unwrap(), "raft:http:https:http3:admin");
         assert_eq!(served.http, [addr(&r["http"])], "{r}: {served:?}");
         assert_eq!(served.https, [addr(&r["https"])], "{r}: {served:?}");
         assert_eq!(served.h3, [addr(&r["http3"])], "{r}: {served:?}");
@@ -244,7 +260,7 @@ fn assert_served_as_printed(info: &Value) {
         assert_eq!(served.raft, Some(addr(&r["raft"])), "{r}: {served:?}");
     }
     for b in info["backends"].as_array().unwrap() {
-        let served = listening_in_log(b["log"].as_str().unwrap());
+        let served = listening_in_log(b["log"].as_str().unwrap(), "listen");
         assert_eq!(served.addr, Some(addr(&b["addr"])), "{b}: {served:?}");
     }
 }
