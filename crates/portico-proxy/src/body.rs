@@ -369,12 +369,30 @@ mod tests {
         assert!(handle.reclaim().is_none());
     }
 
-    #[tokio::test]
-    async fn timeout_body_fires_when_quiet() {
-        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+    /// On Tokio's paused clock: the timer is the subject, so it is driven exactly, not raced.
+    #[tokio::test(start_paused = true)]
+    async fn timeout_body_fires_when_quiet_for_the_timeout_and_not_before() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
         let quiet = http_body_util::StreamBody::new(ReceiverStream(rx));
-        let body = TimeoutBody::new(boxed(quiet), Duration::from_millis(20));
-        assert!(body.collect().await.is_err());
+        let mut body = TimeoutBody::new(boxed(quiet), Duration::from_secs(60));
+        let started = tokio::time::Instant::now();
+        // A frame after 59 s restarts the wait: quiet is measured from the last frame.
+        let feeder = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(59)).await;
+            tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+                .await
+                .unwrap();
+            std::future::pending::<()>().await;
+        });
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "x");
+        assert_eq!(started.elapsed(), Duration::from_secs(59));
+        assert!(
+            body.frame().await.unwrap().is_err(),
+            "quiet for the timeout"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(59 + 60));
+        feeder.abort();
     }
 
     struct ReceiverStream(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>);

@@ -10,10 +10,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+// Tokio's clock, the one its timers run on (std's outside tests with paused time).
+use tokio::time::Instant;
 
 use crate::body::{BoxError, ProxyBody};
 
@@ -111,27 +113,42 @@ mod tests {
         )))
     }
 
-    #[tokio::test]
-    async fn a_chunk_not_followed_by_another_poll_stalls_after_the_timeout() {
+    // On Tokio's paused clock: the timers are the subject, so they are driven exactly.
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_not_followed_by_another_poll_stalls_after_the_timeout_and_not_before() {
         let watch = SendWatch::new();
         let mut body = WatchedBody::new(chunks(3), watch.clone());
         body.frame().await.unwrap().unwrap();
-        // The hop takes no more: stalled once the timeout has passed.
-        let started = std::time::Instant::now();
-        let stalled = watch.stalled(Duration::from_millis(50));
-        tokio::time::timeout(Duration::from_secs(10), stalled)
-            .await
-            .expect("a stall is reported");
-        assert!(started.elapsed() >= Duration::from_millis(50));
+        // The hop takes no more: stalled once the timeout has passed (checked every quarter
+        // of it, so within 1.25 timeouts), never before.
+        let started = Instant::now();
+        watch.stalled(Duration::from_secs(60)).await;
+        let took = started.elapsed();
+        assert!(took >= Duration::from_secs(60), "{took:?}");
+        assert!(took <= Duration::from_secs(75), "{took:?}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_body_taken_to_its_end_never_stalls() {
         let watch = SendWatch::new();
         let mut body = WatchedBody::new(chunks(3), watch.clone());
         while body.frame().await.is_some() {}
-        let stalled = watch.stalled(Duration::from_millis(20));
-        let waited = tokio::time::timeout(Duration::from_millis(300), stalled).await;
+        let stalled = watch.stalled(Duration::from_secs(60));
+        let waited = tokio::time::timeout(Duration::from_secs(3600), stalled).await;
         assert!(waited.is_err(), "an ended body is not a stall");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_polled_again_is_not_stalled() {
+        let watch = SendWatch::new();
+        let mut body = WatchedBody::new(chunks(3), watch.clone());
+        body.frame().await.unwrap().unwrap();
+        tokio::time::advance(Duration::from_secs(50)).await;
+        // The hop asked for more before the timeout: the wait starts again from here.
+        body.frame().await.unwrap().unwrap();
+        let started = Instant::now();
+        watch.stalled(Duration::from_secs(60)).await;
+        assert!(started.elapsed() >= Duration::from_secs(60));
     }
 }
