@@ -162,6 +162,8 @@ pub struct RunArgs {
     pub raft_key: Option<PathBuf>,
     /// The cluster CA's private key (PEM): used only at first boot, to sign a certificate
     /// for --raft-advertise stored in DATA_DIR/tls/ (0600), when --raft-cert is not given.
+    /// For clusters on one machine (`portico local`, tests): this process then holds the CA
+    /// key while it serves Internet traffic. In Kubernetes use --raft-cert-issuer.
     #[arg(long, env = "PORTICO_RAFT_CA_KEY", conflicts_with = "raft_cert")]
     pub raft_ca_key: Option<PathBuf>,
     #[command(flatten)]
