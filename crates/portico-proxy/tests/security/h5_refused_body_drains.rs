@@ -27,9 +27,25 @@ async fn refused_bodies_become(proxy: &TestProxy, want: RefusedBodiesSnapshot) {
     .unwrap_or_else(|e| panic!("{e}; now {:?}", proxy.proxy.metrics().refused_bodies));
 }
 
-/// Sends a POST with a 10-byte body announced but not sent to a host with no route, and
-/// reads the 404.
-async fn refused_post(proxy: &TestProxy) -> TcpStream {
+/// A proxy with one Service and no Ingress, with a POST to it refused (404) whose 10-byte
+/// body is announced but not sent, and the drain of that body under way.
+async fn refused_post() -> (Backend, TestProxy, TcpStream) {
+    let backend = Backend::start().await;
+    let proxy = TestProxy::start(&service("echo", &[backend.addr])).await;
+    let s = refused_post_on(&proxy).await;
+    refused_bodies_become(
+        &proxy,
+        RefusedBodiesSnapshot {
+            draining: 1,
+            drained: 0,
+            dropped: 0,
+        },
+    )
+    .await;
+    (backend, proxy, s)
+}
+
+async fn refused_post_on(proxy: &TestProxy) -> TcpStream {
     let mut s = TcpStream::connect(proxy.http()).await.unwrap();
     s.write_all(b"POST /x HTTP/1.1\r\nHost: nobody.test\r\nContent-Length: 10\r\n\r\n")
         .await
@@ -50,18 +66,7 @@ async fn refused_post(proxy: &TestProxy) -> TcpStream {
 
 #[tokio::test]
 async fn a_refused_body_is_drained_and_counted_while_it_runs_and_when_it_ends() {
-    let backend = Backend::start().await;
-    let proxy = TestProxy::start(&service("echo", &[backend.addr])).await;
-    let mut s = refused_post(&proxy).await;
-    refused_bodies_become(
-        &proxy,
-        RefusedBodiesSnapshot {
-            draining: 1,
-            drained: 0,
-            dropped: 0,
-        },
-    )
-    .await;
+    let (_backend, proxy, mut s) = refused_post().await;
     s.write_all(b"0123456789").await.unwrap();
     refused_bodies_become(
         &proxy,
@@ -76,18 +81,7 @@ async fn a_refused_body_is_drained_and_counted_while_it_runs_and_when_it_ends() 
 
 #[tokio::test]
 async fn a_client_that_never_sends_its_refused_body_holds_the_drain_for_the_bound_only() {
-    let backend = Backend::start().await;
-    let proxy = TestProxy::start(&service("echo", &[backend.addr])).await;
-    let _silent = refused_post(&proxy).await;
-    refused_bodies_become(
-        &proxy,
-        RefusedBodiesSnapshot {
-            draining: 1,
-            drained: 0,
-            dropped: 0,
-        },
-    )
-    .await;
+    let (_backend, proxy, _silent) = refused_post().await;
     // The 5 s bound runs in the proxy under test, on real time: released within it (plus
     // the poll's slack), with the client still connected and silent.
     let started = std::time::Instant::now();
