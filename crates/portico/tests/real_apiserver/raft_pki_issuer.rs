@@ -12,14 +12,19 @@
 //! API server cannot be asked, nothing is signed. The fixture (`pki_cluster`, `pod_token`,
 //! `Issuer::start`) is public for the replica-side rotation test.
 
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use portico_test_support::process::{Process, Program};
+
 use crate::common::real_apiserver::RealApiServer;
-use crate::common::{free_port, wait_until, write_ca};
+use crate::common::{wait_until, write_ca};
 use crate::support::{kustomize, to_yaml};
-use crate::{KillOnDrop, PORTICO, apply_yaml, deploy_dir, ok, run};
+use crate::{PORTICO, apply_yaml, deploy_dir, ok, run};
 
 pub const NS: &str = "portico-system";
 pub const AUDIENCE: &str = "portico-raft-pki";
@@ -161,93 +166,122 @@ fn token(api: &RealApiServer, account: &str, args: &[&str]) -> String {
     .to_owned()
 }
 
-/// A running `portico pki serve` as ServiceAccount `portico-pki`, listening on 127.0.0.1.
+/// A running `portico pki serve` as ServiceAccount `portico-pki`, on 127.0.0.1.
 pub struct Issuer {
-    process: Option<KillOnDrop>,
+    process: Process,
+    /// The listener handed to it, held by the test across [`Issuer::stop`] and
+    /// [`Issuer::restart`] so the port its clients were given stays its own; `None` when the
+    /// issuer bound port 0 itself.
+    listener: Option<Arc<TcpListener>>,
+    /// While it is stopped, what answers on its port (see [`Closer`]).
+    closer: Option<Closer>,
     pub url: String,
-    pub log: PathBuf,
     /// The CA certificate that signs the issued certificates and the issuer's own.
     pub ca: PathBuf,
 }
 
 impl Issuer {
-    /// Starts the issuer with the CA in `ca` (certificate, key) and returns once it answers.
+    /// Starts the issuer with the CA in `ca` (certificate, key) on a listener the test binds
+    /// and hands over (socket activation, `pki`), and returns once it reports that address.
     pub fn start(api: &RealApiServer, dir: &Path, ca: &(PathBuf, PathBuf), lifetime: &str) -> Self {
-        Self::start_on(api, dir, ca, lifetime, free_port())
+        let listener = Arc::new(TcpListener::bind("127.0.0.1:0").unwrap());
+        let program = Self::program(api, dir, ca, lifetime).socket("pki", &listener);
+        Self::spawn(program, Some(listener), ca)
     }
 
-    /// [`Issuer::start`] on 127.0.0.1:`port` (again after [`Issuer::stop`]: its log goes on).
-    pub fn start_on(
+    /// [`Issuer::start`], the issuer binding `--listen 127.0.0.1:0` itself (it cannot be
+    /// restarted on the same port).
+    pub fn start_on_port_0(
         api: &RealApiServer,
         dir: &Path,
         ca: &(PathBuf, PathBuf),
         lifetime: &str,
-        port: u16,
     ) -> Self {
+        let program = Self::program(api, dir, ca, lifetime).args(["--listen", "127.0.0.1:0"]);
+        Self::spawn(program, None, ca)
+    }
+
+    fn program(
+        api: &RealApiServer,
+        dir: &Path,
+        ca: &(PathBuf, PathBuf),
+        lifetime: &str,
+    ) -> Program {
         let kubeconfig = dir.join("portico-pki.kubeconfig");
         let token = token(api, "portico-pki", &[]);
         api.write_kubeconfig_for_token(&kubeconfig, &token);
-        let log = dir.join("issuer.log");
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let process = KillOnDrop(
-            Command::new(PORTICO)
-                .args([
-                    "pki",
-                    "serve",
-                    "--namespace",
-                    NS,
-                    "--serving-name",
-                    "127.0.0.1",
-                ])
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .args(["--certificate-lifetime", lifetime, "--log-format", "json"])
-                .arg("--ca-cert")
-                .arg(&ca.0)
-                .arg("--ca-key")
-                .arg(&ca.1)
-                .arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .stdout(Stdio::null())
-                .stderr(log_file)
-                .spawn()
-                .unwrap(),
-        );
-        let issuer = Self {
-            process: Some(process),
-            url: format!("https://127.0.0.1:{port}"),
-            log,
+        Program::new(PORTICO)
+            .args([
+                "pki",
+                "serve",
+                "--namespace",
+                NS,
+                "--serving-name",
+                "127.0.0.1",
+            ])
+            .args(["--certificate-lifetime", lifetime, "--log-format", "json"])
+            .arg("--ca-cert")
+            .arg(&ca.0)
+            .arg("--ca-key")
+            .arg(&ca.1)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+    }
+
+    fn spawn(
+        program: Program,
+        listener: Option<Arc<TcpListener>>,
+        ca: &(PathBuf, PathBuf),
+    ) -> Self {
+        let process = program.spawn("portico pki serve");
+        let mut issuer = Self {
+            process,
+            listener,
+            closer: None,
+            url: String::new(),
             ca: ca.0.clone(),
         };
-        wait_until("the issuer to answer over HTTPS", WAIT, || {
-            let out = run(Command::new("curl")
-                .args([
-                    "-sS",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--max-time",
-                    "2",
-                ])
-                .arg("--cacert")
-                .arg(&issuer.ca)
-                .arg(format!("{}/metrics", issuer.url)));
-            (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
-        });
+        issuer.url = format!("https://{}", issuer.listening());
         issuer
     }
 
-    /// Kills the issuer and waits for it to exit.
-    pub fn stop(&mut self) {
-        drop(self.process.take());
+    /// Waits for its `listening` line; the address in it, which is the handed-over
+    /// listener's when there is one.
+    fn listening(&self) -> SocketAddr {
+        let listening = self
+            .process
+            .listening_blocking(WAIT)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        let addr = listening.addr.expect("the issuer's address");
+        if let Some(listener) = &self.listener {
+            assert_eq!(addr, listener.local_addr().unwrap(), "{}", self.log());
+            assert!(self.log().contains("sockets handed over"), "{}", self.log());
+        }
+        addr
     }
 
+    /// Kills the issuer and waits for it to exit. Its port stays the test's: every connection
+    /// to it is closed at once until [`Issuer::restart`].
+    pub fn stop(&mut self) {
+        self.process.kill_blocking();
+        let listener = self
+            .listener
+            .as_ref()
+            .expect("an issuer on a handed-over listener");
+        self.closer = Some(Closer::start(listener));
+    }
+
+    /// Starts it again after [`Issuer::stop`], on the same listener (so the same URL); its
+    /// log starts afresh.
+    pub fn restart(&mut self) {
+        drop(self.closer.take());
+        self.process.restart_blocking();
+        self.listening();
+    }
+
+    /// Its log since it last started.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.output_text()
     }
 
     /// POSTs `body` to the certificate endpoint with curl; (status, content type, body).
@@ -291,6 +325,50 @@ impl Issuer {
     pub fn request(&self, token: Option<&str>, csr: &Path) -> (u16, String) {
         let (status, _, body) = self.post(token, "application/pkcs10", csr);
         (status, body)
+    }
+}
+
+/// While an issuer is down, the test accepts on its held listener and closes each connection
+/// at once, as a port nobody serves refuses it: a replica's renewal fails at once (instead of
+/// its request waiting in the backlog for a process that is not there), and no connection is
+/// left queued for the next issuer.
+struct Closer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Closer {
+    fn start(listener: &TcpListener) -> Self {
+        let listener = listener.try_clone().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((connection, _)) => drop(connection),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(e) => panic!("accepting on the stopped issuer's port: {e}"),
+                    }
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -879,7 +957,8 @@ fn raft_pki_issuer_serves_tls13_under_its_service_names_with_limits() {
     let dir = dir.path();
     pki_cluster(&api, dir, 0);
     let ca = write_ca(dir);
-    let issuer = Issuer::start(&api, dir, &ca, "60");
+    // Bound by the issuer itself here (the other tests hand it a socket).
+    let issuer = Issuer::start_on_port_0(&api, dir, &ca, "60");
     let port = issuer.url.rsplit(':').next().unwrap().to_owned();
     let curl = |args: &[&str], url: &str| {
         run(Command::new("curl")
