@@ -423,14 +423,13 @@ fn assert_refused(what: &str, answer: &(u16, String), status: u16, rule_text: &s
     );
 }
 
-/// A refusal by either of two rules (the API server's or the issuer's, whichever sees it
-/// first).
-fn assert_refused_either(what: &str, answer: &(u16, String), rules: [(u16, &str); 2]) {
+/// A refusal by one of `rules` (the API server's or the issuer's, whichever sees it first).
+fn assert_refused_by(what: &str, answer: &(u16, String), rules: &[(u16, &str)]) {
     let (status, rule_text) = rules
-        .into_iter()
+        .iter()
         .find(|(status, _)| *status == answer.0)
-        .unwrap_or_else(|| panic!("{what}: {answer:?}"));
-    assert_refused(what, answer, status, rule_text);
+        .unwrap_or_else(|| panic!("{what}: {answer:?}, not one of {rules:?}"));
+    assert_refused(what, answer, *status, rule_text);
 }
 
 fn openssl_x509(cert: &Path, args: &[&str]) -> String {
@@ -505,13 +504,399 @@ fn assert_issued_to(issuer: &Issuer, dir: &Path, pod: &str, key: &Path, body: &s
     assert_eq!(not_after - not_before, lifetime + 60, "{dates}");
 }
 
+/// An object the attacker has made (or had made) before its token is minted.
+enum Make {
+    ServiceAccount(&'static str),
+    Secret(&'static str),
+    /// A StatefulSet that nothing runs, with Pods of ServiceAccount `portico`.
+    StatefulSet(&'static str),
+    /// A Pod of ServiceAccount `portico`; its controller reference names StatefulSet
+    /// `owner.0` with the UID of the StatefulSet named `owner.1` (none: no controller).
+    Pod {
+        name: &'static str,
+        owner: Option<(&'static str, &'static str)>,
+    },
+}
+
+/// How the attacker's token is made.
+enum Token {
+    /// None sent.
+    Absent,
+    /// `portico-0`'s own, as kubelet projects it: the attack is in what is sent with it.
+    Own,
+    /// `kubectl create token ACCOUNT FLAGS...`.
+    Made {
+        account: &'static str,
+        flags: &'static [&'static str],
+    },
+    /// As kubelet projects it into Pod NAME ([`pod_token`]).
+    Pod(&'static str),
+    /// The one of the row before.
+    Previous,
+}
+
+/// What happens between the token being minted and the attacker's request.
+enum Then {
+    Nothing,
+    /// The token first gets a certificate, then its Pod is deleted (forced, no grace).
+    DeletePod(&'static str),
+    /// The Pod is created again, with another UID.
+    RecreatePod(&'static str),
+    /// A finalizer holds the Pod and it is deleted: it is terminating when the request comes
+    /// (the finalizer is removed after).
+    TerminatePod(&'static str),
+}
+
+/// What the attacker sends with its token.
+enum Sends {
+    /// A valid PEM CSR as `application/pkcs10`.
+    Csr,
+    /// That CSR with its signature's last byte flipped.
+    TamperedCsr,
+    /// The CA certificate instead of a CSR.
+    Certificate,
+    /// The CSR as `application/octet-stream`.
+    OctetStream,
+    /// 64 KiB of `A`.
+    Oversized,
+}
+
+/// One attack on the issuer and how it must be refused: one `(status, reason fragment)`, or
+/// two where the API server may refuse the token itself before the issuer's rule does.
+struct Attack {
+    what: &'static str,
+    holds: &'static [Make],
+    token: Token,
+    then: Then,
+    sends: Sends,
+    refused: &'static [(u16, &'static str)],
+}
+
+impl Attack {
+    /// `what`, with `token`, sending portico-0's CSR; refused with one of `refused`.
+    const fn new(
+        what: &'static str,
+        token: Token,
+        refused: &'static [(u16, &'static str)],
+    ) -> Self {
+        Self {
+            what,
+            holds: &[],
+            token,
+            then: Then::Nothing,
+            sends: Sends::Csr,
+            refused,
+        }
+    }
+
+    const fn holding(self, holds: &'static [Make]) -> Self {
+        Self { holds, ..self }
+    }
+
+    const fn then(self, then: Then) -> Self {
+        Self { then, ..self }
+    }
+
+    const fn sending(self, sends: Sends) -> Self {
+        Self { sends, ..self }
+    }
+}
+
+impl Make {
+    const fn pod(name: &'static str, owner: Option<(&'static str, &'static str)>) -> Self {
+        Self::Pod { name, owner }
+    }
+}
+
+impl Token {
+    const fn of(account: &'static str, flags: &'static [&'static str]) -> Self {
+        Self::Made { account, flags }
+    }
+}
+
+const AUDIENCE_FLAG: &str = "--audience";
+const BOUND_KIND: &str = "--bound-object-kind";
+const BOUND_NAME: &str = "--bound-object-name";
+const OUR_AUDIENCE: &[&str] = &[AUDIENCE_FLAG, AUDIENCE];
+const NOT_AUTHENTICATED: (u16, &str) = (401, "not authenticated");
+const NOT_PORTICO: (u16, &str) = (403, "ServiceAccount portico-system/portico");
+const NOT_POD_BOUND: (u16, &str) = (403, "not bound to a Pod");
+const NOT_OURS: (u16, &str) = (403, "not controlled by StatefulSet portico");
+
+const ATTACKS: &[Attack] = &[
+    Attack::new("no token", Token::Absent, &[(401, "no bearer token")]),
+    Attack::new(
+        "another ServiceAccount",
+        Token::of("intruder", OUR_AUDIENCE),
+        &[NOT_PORTICO],
+    )
+    .holding(&[Make::ServiceAccount("intruder")]),
+    Attack::new(
+        "the issuer's ServiceAccount",
+        Token::of("portico-pki", OUR_AUDIENCE),
+        &[NOT_PORTICO],
+    ),
+    Attack::new(
+        "a token bound to no Pod",
+        Token::of("portico", OUR_AUDIENCE),
+        &[NOT_POD_BOUND],
+    ),
+    Attack::new(
+        "a token bound to a Secret",
+        Token::of(
+            "portico",
+            &[
+                AUDIENCE_FLAG,
+                AUDIENCE,
+                BOUND_KIND,
+                "Secret",
+                BOUND_NAME,
+                "anchor",
+            ],
+        ),
+        &[NOT_POD_BOUND],
+    )
+    .holding(&[Make::Secret("anchor")]),
+    Attack::new("a bare Pod portico-9", Token::Pod("portico-9"), &[NOT_OURS])
+        .holding(&[Make::pod("portico-9", None)]),
+    Attack::new(
+        "a Pod of StatefulSet other",
+        Token::Pod("other-0"),
+        &[NOT_OURS],
+    )
+    .holding(&[
+        Make::StatefulSet("other"),
+        Make::pod("other-0", Some(("other", "other"))),
+    ]),
+    // Claiming the name `portico` with the UID of another StatefulSet (one since gone).
+    Attack::new(
+        "a Pod whose owner is another StatefulSet named portico",
+        Token::Pod("portico-7"),
+        &[(403, "not the one that exists now")],
+    )
+    .holding(&[Make::pod("portico-7", Some(("portico", "other")))]),
+    Attack::new(
+        "the API server's audience",
+        Token::of("portico", &[BOUND_KIND, "Pod", BOUND_NAME, "portico-0"]),
+        &[NOT_AUTHENTICATED],
+    ),
+    // The API server's TokenReview refuses a deleted Pod's token once its own cache of Pods
+    // has caught up (401); until then the issuer's fresh GET of the Pod must (403).
+    Attack::new(
+        "a deleted Pod's token",
+        Token::Pod("portico-2"),
+        &[NOT_AUTHENTICATED, (403, "Pod portico-2 does not exist")],
+    )
+    .holding(&[Make::pod("portico-2", Some(("portico", "portico")))])
+    .then(Then::DeletePod("portico-2")),
+    Attack::new(
+        "a re-created Pod's old token",
+        Token::Previous,
+        &[
+            NOT_AUTHENTICATED,
+            (403, "Pod portico-2 was deleted and re-created"),
+        ],
+    )
+    .then(Then::RecreatePod("portico-2")),
+    Attack::new(
+        "a terminating Pod",
+        Token::Pod("portico-3"),
+        &[NOT_AUTHENTICATED, (403, "Pod portico-3 is terminating")],
+    )
+    .holding(&[Make::pod("portico-3", Some(("portico", "portico")))])
+    .then(Then::TerminatePod("portico-3")),
+    Attack::new(
+        "a CSR whose signature does not verify",
+        Token::Own,
+        &[(400, "signature does not verify")],
+    )
+    .sending(Sends::TamperedCsr),
+    Attack::new(
+        "a certificate instead of a CSR",
+        Token::Own,
+        &[(400, "CERTIFICATE REQUEST")],
+    )
+    .sending(Sends::Certificate),
+    Attack::new(
+        "the wrong content type",
+        Token::Own,
+        &[(400, "application/pkcs10")],
+    )
+    .sending(Sends::OctetStream),
+    Attack::new("a 64 KiB body", Token::Own, &[(413, "over 16384 bytes")])
+        .sending(Sends::Oversized),
+];
+
+/// Carries out [`ATTACKS`] against `issuer`, in order.
+struct Attacker<'a> {
+    api: &'a RealApiServer,
+    dir: &'a Path,
+    issuer: &'a Issuer,
+    /// portico-0's CSR.
+    csr: &'a Path,
+    /// portico-0's token.
+    own: &'a str,
+    /// The token of the row before ([`Token::Previous`]).
+    last_token: Option<String>,
+    /// The UID of the Pod [`Then::DeletePod`] deleted.
+    deleted_uid: Option<String>,
+}
+
+impl Attacker<'_> {
+    /// Makes what `attack` holds and mints its token.
+    fn token(&self, attack: &Attack) -> Option<String> {
+        let (api, dir) = (self.api, self.dir);
+        for make in attack.holds {
+            match make {
+                Make::ServiceAccount(name) => apply_yaml(
+                    api,
+                    dir,
+                    &format!("sa-{name}.yaml"),
+                    &format!(
+                        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {NS}\n"
+                    ),
+                ),
+                Make::Secret(name) => apply_yaml(
+                    api,
+                    dir,
+                    &format!("secret-{name}.yaml"),
+                    &format!(
+                        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {NS}\n"
+                    ),
+                ),
+                Make::StatefulSet(name) => apply_yaml(
+                    api,
+                    dir,
+                    &format!("statefulset-{name}.yaml"),
+                    &statefulset_yaml(name),
+                ),
+                Make::Pod { name, owner } => {
+                    self.create_pod(name, *owner);
+                }
+            }
+        }
+        match &attack.token {
+            Token::Absent => None,
+            Token::Own => Some(self.own.to_owned()),
+            Token::Made { account, flags } => Some(token(api, account, flags)),
+            Token::Pod(pod) => Some(pod_token(api, pod)),
+            Token::Previous => Some(self.last_token.clone().expect("a token of the row before")),
+        }
+    }
+
+    /// [`create_pod`], the controller named by (StatefulSet name, the StatefulSet whose UID).
+    fn create_pod(&self, name: &str, owner: Option<(&str, &str)>) -> String {
+        let owner =
+            owner.map(|(set, uid_of_set)| (set, uid_of(self.api, "statefulset", uid_of_set)));
+        create_pod(
+            self.api,
+            self.dir,
+            name,
+            owner.as_ref().map(|(set, uid)| (*set, uid.as_str())),
+        )
+    }
+
+    /// What happens before the request ([`Then`]), the request, and what must hold after it;
+    /// its (status, body).
+    fn send(&mut self, attack: &Attack, token: Option<&str>) -> (u16, String) {
+        let (api, issuer) = (self.api, self.issuer);
+        let mut terminating = None;
+        match attack.then {
+            Then::Nothing => {}
+            Then::DeletePod(pod) => {
+                self.deleted_uid = Some(uid_of(api, "pod", pod));
+                // The token is good while its Pod lives.
+                let (status, body) = issuer.request(token, self.csr);
+                assert_eq!(status, 200, "{}: {body}", attack.what);
+                ok(api.kubectl().args([
+                    "-n",
+                    NS,
+                    "delete",
+                    "pod",
+                    pod,
+                    "--grace-period=0",
+                    "--force",
+                ]));
+            }
+            Then::RecreatePod(pod) => {
+                let before = self.deleted_uid.take().expect("the deleted Pod's UID");
+                let after = self.create_pod(pod, Some(("portico", "portico")));
+                assert_ne!(before, after, "{}: the same UID again", attack.what);
+            }
+            Then::TerminatePod(pod) => {
+                terminating = Some(uid_of(api, "pod", pod));
+                set_finalizers(api, pod, r#"["portico.dev/test"]"#);
+                ok(api
+                    .kubectl()
+                    .args(["-n", NS, "delete", "pod", pod, "--wait=false"]));
+            }
+        }
+        let answer = match attack.sends {
+            Sends::Csr => issuer.request(token, self.csr),
+            Sends::TamperedCsr => issuer.request(token, &tampered_csr(self.dir, self.csr)),
+            Sends::Certificate => issuer.request(token, &issuer.ca),
+            Sends::OctetStream => {
+                let (status, _, body) = issuer.post(token, "application/octet-stream", self.csr);
+                (status, body)
+            }
+            Sends::Oversized => {
+                let big = self.dir.join("big.csr");
+                std::fs::write(&big, vec![b'A'; 64 * 1024]).unwrap();
+                issuer.request(token, &big)
+            }
+        };
+        if let (Then::TerminatePod(pod), Some(uid)) = (&attack.then, terminating) {
+            // The same Pod is still there, terminating, until its finalizer goes.
+            assert_eq!(uid_of(api, "pod", pod), uid, "{}", attack.what);
+            set_finalizers(api, pod, "null");
+        }
+        self.last_token = token.map(str::to_owned);
+        answer
+    }
+}
+
+/// Sets Pod `pod`'s finalizers to `json` (a list, or `null` for none).
+fn set_finalizers(api: &RealApiServer, pod: &str, json: &str) {
+    ok(api.kubectl().args([
+        "-n",
+        NS,
+        "patch",
+        "pod",
+        pod,
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"metadata":{{"finalizers":{json}}}}}"#),
+    ]));
+}
+
+/// `csr` with the last byte of its signature flipped, so the signature does not verify.
+fn tampered_csr(dir: &Path, csr: &Path) -> PathBuf {
+    let der = dir.join("tampered.der");
+    ok(Command::new("openssl")
+        .args(["req", "-outform", "DER", "-in"])
+        .arg(csr)
+        .arg("-out")
+        .arg(&der));
+    let mut bytes = std::fs::read(&der).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&der, &bytes).unwrap();
+    let b64 = ok(Command::new("openssl").args(["base64", "-in"]).arg(&der));
+    let tampered = dir.join("tampered.csr");
+    std::fs::write(
+        &tampered,
+        format!("-----BEGIN CERTIFICATE REQUEST-----\n{b64}-----END CERTIFICATE REQUEST-----\n"),
+    )
+    .unwrap();
+    tampered
+}
+
 /// Every attack of issue 15 on the issuer, and the one request that must succeed.
 #[test]
 fn raft_pki_issuer_signs_only_a_live_statefulset_pod_and_only_its_own_names() {
     let api = RealApiServer::start();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let set = pki_cluster(&api, dir, 2);
+    pki_cluster(&api, dir, 2);
     let ca = write_ca(dir);
     let issuer = Issuer::start(&api, dir, &ca, "1h");
     let mut tokens = Vec::new();
@@ -576,250 +961,24 @@ fn raft_pki_issuer_signs_only_a_live_statefulset_pod_and_only_its_own_names() {
     assert_eq!(status, 200, "{body}");
     assert_issued_to(&issuer, dir, "portico-1", &key1, &body, 3600);
 
-    // No token at all.
-    assert_refused(
-        "no token",
-        &issuer.request(None, &csr),
-        401,
-        "no bearer token",
-    );
-
-    // A token of another ServiceAccount of the namespace, for our audience.
-    apply_yaml(
-        &api,
+    // Every attack of issue 15, one row each: what the attacker holds, how its token is made,
+    // what it sends; each is refused with the status and reason of the rule, and no
+    // certificate.
+    let mut attacker = Attacker {
+        api: &api,
         dir,
-        "intruder.yaml",
-        &format!(
-            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: intruder\n  namespace: {NS}\n"
-        ),
-    );
-    let intruder = token(&api, "intruder", &["--audience", AUDIENCE]);
-    tokens.push(intruder.clone());
-    assert_refused(
-        "another ServiceAccount",
-        &issuer.request(Some(&intruder), &csr),
-        403,
-        "ServiceAccount portico-system/portico",
-    );
-    // The issuer's own token, made for our audience.
-    let own = token(&api, "portico-pki", &["--audience", AUDIENCE]);
-    tokens.push(own.clone());
-    assert_refused(
-        "the issuer's ServiceAccount",
-        &issuer.request(Some(&own), &csr),
-        403,
-        "ServiceAccount portico-system/portico",
-    );
-
-    // The replicas' ServiceAccount, but not bound to a Pod.
-    let unbound = token(&api, "portico", &["--audience", AUDIENCE]);
-    tokens.push(unbound.clone());
-    assert_refused(
-        "a token bound to no Pod",
-        &issuer.request(Some(&unbound), &csr),
-        403,
-        "not bound to a Pod",
-    );
-    // Bound to a Secret, not a Pod.
-    apply_yaml(
-        &api,
-        dir,
-        "secret.yaml",
-        &format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: anchor\n  namespace: {NS}\n"),
-    );
-    let secret_bound = token(
-        &api,
-        "portico",
-        &[
-            "--audience",
-            AUDIENCE,
-            "--bound-object-kind",
-            "Secret",
-            "--bound-object-name",
-            "anchor",
-        ],
-    );
-    tokens.push(secret_bound.clone());
-    assert_refused(
-        "a token bound to a Secret",
-        &issuer.request(Some(&secret_bound), &csr),
-        403,
-        "not bound to a Pod",
-    );
-
-    // The right ServiceAccount and audience, bound to a Pod the StatefulSet does not control.
-    create_pod(&api, dir, "portico-9", None);
-    let bare = pod_token(&api, "portico-9");
-    tokens.push(bare.clone());
-    assert_refused(
-        "a bare Pod portico-9",
-        &issuer.request(Some(&bare), &csr),
-        403,
-        "not controlled by StatefulSet portico",
-    );
-    apply_yaml(&api, dir, "other.yaml", &statefulset_yaml("other"));
-    let other_set = uid_of(&api, "statefulset", "other");
-    create_pod(&api, dir, "other-0", Some(("other", &other_set)));
-    let other = pod_token(&api, "other-0");
-    tokens.push(other.clone());
-    assert_refused(
-        "a Pod of StatefulSet other",
-        &issuer.request(Some(&other), &csr),
-        403,
-        "not controlled by StatefulSet portico",
-    );
-    // A Pod claiming the name `portico` but the UID of another StatefulSet (one since gone).
-    create_pod(&api, dir, "portico-7", Some(("portico", &other_set)));
-    let forged = pod_token(&api, "portico-7");
-    tokens.push(forged.clone());
-    assert_refused(
-        "a Pod whose owner is another StatefulSet named portico",
-        &issuer.request(Some(&forged), &csr),
-        403,
-        "not the one that exists now",
-    );
-
-    // Kubernetes' default audience, not ours.
-    let api_audience = token(
-        &api,
-        "portico",
-        &[
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "portico-0",
-        ],
-    );
-    tokens.push(api_audience.clone());
-    let answer = issuer.request(Some(&api_audience), &csr);
-    assert_refused(
-        "the API server's audience",
-        &answer,
-        401,
-        "not authenticated",
-    );
-
-    // A token of a Pod since deleted, then of the same name re-created (another UID).
-    let uid_before = create_pod(&api, dir, "portico-2", Some(("portico", &set)));
-    let stale = pod_token(&api, "portico-2");
-    tokens.push(stale.clone());
-    let (status, body) = issuer.request(Some(&stale), &csr);
-    assert_eq!(status, 200, "{body}");
-    ok(api.kubectl().args([
-        "-n",
-        NS,
-        "delete",
-        "pod",
-        "portico-2",
-        "--grace-period=0",
-        "--force",
-    ]));
-    // The API server's TokenReview refuses such a token once its own cache of Pods has
-    // caught up (401); until then the issuer's fresh GET of the Pod must (403).
-    assert_refused_either(
-        "a deleted Pod's token",
-        &issuer.request(Some(&stale), &csr),
-        [
-            (401, "not authenticated"),
-            (403, "Pod portico-2 does not exist"),
-        ],
-    );
-    let uid_after = create_pod(&api, dir, "portico-2", Some(("portico", &set)));
-    assert_ne!(uid_before, uid_after);
-    assert_refused_either(
-        "a re-created Pod's old token",
-        &issuer.request(Some(&stale), &csr),
-        [
-            (401, "not authenticated"),
-            (403, "Pod portico-2 was deleted and re-created"),
-        ],
-    );
-
-    // A terminating Pod (a finalizer holds it).
-    let uid = create_pod(&api, dir, "portico-3", Some(("portico", &set)));
-    ok(api.kubectl().args([
-        "-n",
-        NS,
-        "patch",
-        "pod",
-        "portico-3",
-        "--type=merge",
-        "-p",
-        r#"{"metadata":{"finalizers":["portico.dev/test"]}}"#,
-    ]));
-    let terminating = pod_token(&api, "portico-3");
-    tokens.push(terminating.clone());
-    ok(api
-        .kubectl()
-        .args(["-n", NS, "delete", "pod", "portico-3", "--wait=false"]));
-    // The API server may refuse the token itself (401); else the issuer must (403).
-    assert_refused_either(
-        "a terminating Pod",
-        &issuer.request(Some(&terminating), &csr),
-        [
-            (401, "not authenticated"),
-            (403, "Pod portico-3 is terminating"),
-        ],
-    );
-    assert_eq!(uid_of(&api, "pod", "portico-3"), uid);
-    ok(api.kubectl().args([
-        "-n",
-        NS,
-        "patch",
-        "pod",
-        "portico-3",
-        "--type=merge",
-        "-p",
-        r#"{"metadata":{"finalizers":null}}"#,
-    ]));
-
-    // A CSR whose signature does not verify (its last byte, in the signature, flipped).
-    let der = dir.join("tampered.der");
-    ok(Command::new("openssl")
-        .args(["req", "-outform", "DER", "-in"])
-        .arg(&csr)
-        .arg("-out")
-        .arg(&der));
-    let mut bytes = std::fs::read(&der).unwrap();
-    *bytes.last_mut().unwrap() ^= 1;
-    std::fs::write(&der, &bytes).unwrap();
-    let b64 = ok(Command::new("openssl").args(["base64", "-in"]).arg(&der));
-    let tampered = dir.join("tampered.csr");
-    std::fs::write(
-        &tampered,
-        format!("-----BEGIN CERTIFICATE REQUEST-----\n{b64}-----END CERTIFICATE REQUEST-----\n"),
-    )
-    .unwrap();
-    assert_refused(
-        "a CSR whose signature does not verify",
-        &issuer.request(Some(&token0), &tampered),
-        400,
-        "signature does not verify",
-    );
-    // Not a CSR at all, and the wrong content type.
-    assert_refused(
-        "a certificate instead of a CSR",
-        &issuer.request(Some(&token0), &issuer.ca),
-        400,
-        "CERTIFICATE REQUEST",
-    );
-    let (status, _, body) = issuer.post(Some(&token0), "application/octet-stream", &csr);
-    assert_refused(
-        "the wrong content type",
-        &(status, body),
-        400,
-        "application/pkcs10",
-    );
-
-    // An oversized body (64 KiB).
-    let big = dir.join("big.csr");
-    std::fs::write(&big, vec![b'A'; 64 * 1024]).unwrap();
-    assert_refused(
-        "a 64 KiB body",
-        &issuer.request(Some(&token0), &big),
-        413,
-        "over 16384 bytes",
-    );
+        issuer: &issuer,
+        csr: &csr,
+        own: &token0,
+        last_token: None,
+        deleted_uid: None,
+    };
+    for attack in ATTACKS {
+        let token = attacker.token(attack);
+        tokens.extend(token.clone());
+        let answer = attacker.send(attack, token.as_deref());
+        assert_refused_by(attack.what, &answer, attack.refused);
+    }
 
     // Other methods and paths.
     let code = |args: &[&str], path: &str| {
@@ -854,6 +1013,16 @@ fn raft_pki_issuer_signs_only_a_live_statefulset_pod_and_only_its_own_names() {
     assert!(
         metrics.contains("portico_pki_decisions_total{outcome=\"issued\",rule=\"\"} 3"),
         "{metrics}"
+    );
+    let refused: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("portico_pki_decisions_total{outcome=\"refused\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(
+        refused,
+        ATTACKS.len() as u64,
+        "one refusal counted per attack:\n{metrics}"
     );
     let log = issuer.log();
     assert!(
