@@ -618,111 +618,66 @@ const AUDIENCE_FLAG: &str = "--audience";
 const BOUND_KIND: &str = "--bound-object-kind";
 const BOUND_NAME: &str = "--bound-object-name";
 const OUR_AUDIENCE: &[&str] = &[AUDIENCE_FLAG, AUDIENCE];
+/// Our audience, bound to the Secret `anchor` rather than a Pod.
+const BOUND_TO_SECRET: &[&str] = &[
+    AUDIENCE_FLAG,
+    AUDIENCE,
+    BOUND_KIND,
+    "Secret",
+    BOUND_NAME,
+    "anchor",
+];
+/// Bound to `portico-0` but for the API server's audience, not ours.
+const BOUND_TO_POD_0: &[&str] = &[BOUND_KIND, "Pod", BOUND_NAME, "portico-0"];
 const NOT_AUTHENTICATED: (u16, &str) = (401, "not authenticated");
 const NOT_PORTICO: (u16, &str) = (403, "ServiceAccount portico-system/portico");
 const NOT_POD_BOUND: (u16, &str) = (403, "not bound to a Pod");
 const NOT_OURS: (u16, &str) = (403, "not controlled by StatefulSet portico");
 
+// One row an attack: what it is, its token and the refusal, then what the attacker holds
+// (made before the token), what happens before the request, and what it sends (by default
+// nothing, nothing, and portico-0's CSR).
+#[rustfmt::skip]
 const ATTACKS: &[Attack] = &[
     Attack::new("no token", Token::Absent, &[(401, "no bearer token")]),
-    Attack::new(
-        "another ServiceAccount",
-        Token::of("intruder", OUR_AUDIENCE),
-        &[NOT_PORTICO],
-    )
-    .holding(&[Make::ServiceAccount("intruder")]),
-    Attack::new(
-        "the issuer's ServiceAccount",
-        Token::of("portico-pki", OUR_AUDIENCE),
-        &[NOT_PORTICO],
-    ),
-    Attack::new(
-        "a token bound to no Pod",
-        Token::of("portico", OUR_AUDIENCE),
-        &[NOT_POD_BOUND],
-    ),
-    Attack::new(
-        "a token bound to a Secret",
-        Token::of(
-            "portico",
-            &[
-                AUDIENCE_FLAG,
-                AUDIENCE,
-                BOUND_KIND,
-                "Secret",
-                BOUND_NAME,
-                "anchor",
-            ],
-        ),
-        &[NOT_POD_BOUND],
-    )
-    .holding(&[Make::Secret("anchor")]),
+    Attack::new("another ServiceAccount", Token::of("intruder", OUR_AUDIENCE), &[NOT_PORTICO])
+        .holding(&[Make::ServiceAccount("intruder")]),
+    Attack::new("the issuer's ServiceAccount", Token::of("portico-pki", OUR_AUDIENCE),
+        &[NOT_PORTICO]),
+    Attack::new("a token bound to no Pod", Token::of("portico", OUR_AUDIENCE), &[NOT_POD_BOUND]),
+    Attack::new("a token bound to a Secret", Token::of("portico", BOUND_TO_SECRET),
+        &[NOT_POD_BOUND])
+        .holding(&[Make::Secret("anchor")]),
     Attack::new("a bare Pod portico-9", Token::Pod("portico-9"), &[NOT_OURS])
         .holding(&[Make::pod("portico-9", None)]),
-    Attack::new(
-        "a Pod of StatefulSet other",
-        Token::Pod("other-0"),
-        &[NOT_OURS],
-    )
-    .holding(&[
-        Make::StatefulSet("other"),
-        Make::pod("other-0", Some(("other", "other"))),
-    ]),
+    Attack::new("a Pod of StatefulSet other", Token::Pod("other-0"), &[NOT_OURS])
+        .holding(&[Make::StatefulSet("other"), Make::pod("other-0", Some(("other", "other")))]),
     // Claiming the name `portico` with the UID of another StatefulSet (one since gone).
-    Attack::new(
-        "a Pod whose owner is another StatefulSet named portico",
-        Token::Pod("portico-7"),
-        &[(403, "not the one that exists now")],
-    )
-    .holding(&[Make::pod("portico-7", Some(("portico", "other")))]),
-    Attack::new(
-        "the API server's audience",
-        Token::of("portico", &[BOUND_KIND, "Pod", BOUND_NAME, "portico-0"]),
-        &[NOT_AUTHENTICATED],
-    ),
+    Attack::new("a Pod whose owner is another StatefulSet named portico", Token::Pod("portico-7"),
+        &[(403, "not the one that exists now")])
+        .holding(&[Make::pod("portico-7", Some(("portico", "other")))]),
+    Attack::new("the API server's audience", Token::of("portico", BOUND_TO_POD_0),
+        &[NOT_AUTHENTICATED]),
     // The API server's TokenReview refuses a deleted Pod's token once its own cache of Pods
     // has caught up (401); until then the issuer's fresh GET of the Pod must (403).
-    Attack::new(
-        "a deleted Pod's token",
-        Token::Pod("portico-2"),
-        &[NOT_AUTHENTICATED, (403, "Pod portico-2 does not exist")],
-    )
-    .holding(&[Make::pod("portico-2", Some(("portico", "portico")))])
-    .then(Then::DeletePod("portico-2")),
-    Attack::new(
-        "a re-created Pod's old token",
-        Token::Previous,
-        &[
-            NOT_AUTHENTICATED,
-            (403, "Pod portico-2 was deleted and re-created"),
-        ],
-    )
-    .then(Then::RecreatePod("portico-2")),
-    Attack::new(
-        "a terminating Pod",
-        Token::Pod("portico-3"),
-        &[NOT_AUTHENTICATED, (403, "Pod portico-3 is terminating")],
-    )
-    .holding(&[Make::pod("portico-3", Some(("portico", "portico")))])
-    .then(Then::TerminatePod("portico-3")),
-    Attack::new(
-        "a CSR whose signature does not verify",
-        Token::Own,
-        &[(400, "signature does not verify")],
-    )
-    .sending(Sends::TamperedCsr),
-    Attack::new(
-        "a certificate instead of a CSR",
-        Token::Own,
-        &[(400, "CERTIFICATE REQUEST")],
-    )
-    .sending(Sends::Certificate),
-    Attack::new(
-        "the wrong content type",
-        Token::Own,
-        &[(400, "application/pkcs10")],
-    )
-    .sending(Sends::OctetStream),
+    Attack::new("a deleted Pod's token", Token::Pod("portico-2"),
+        &[NOT_AUTHENTICATED, (403, "Pod portico-2 does not exist")])
+        .holding(&[Make::pod("portico-2", Some(("portico", "portico")))])
+        .then(Then::DeletePod("portico-2")),
+    Attack::new("a re-created Pod's old token", Token::Previous,
+        &[NOT_AUTHENTICATED, (403, "Pod portico-2 was deleted and re-created")])
+        .then(Then::RecreatePod("portico-2")),
+    Attack::new("a terminating Pod", Token::Pod("portico-3"),
+        &[NOT_AUTHENTICATED, (403, "Pod portico-3 is terminating")])
+        .holding(&[Make::pod("portico-3", Some(("portico", "portico")))])
+        .then(Then::TerminatePod("portico-3")),
+    Attack::new("a CSR whose signature does not verify", Token::Own,
+        &[(400, "signature does not verify")])
+        .sending(Sends::TamperedCsr),
+    Attack::new("a certificate instead of a CSR", Token::Own, &[(400, "CERTIFICATE REQUEST")])
+        .sending(Sends::Certificate),
+    Attack::new("the wrong content type", Token::Own, &[(400, "application/pkcs10")])
+        .sending(Sends::OctetStream),
     Attack::new("a 64 KiB body", Token::Own, &[(413, "over 16384 bytes")])
         .sending(Sends::Oversized),
 ];
@@ -748,22 +703,8 @@ impl Attacker<'_> {
         let (api, dir) = (self.api, self.dir);
         for make in attack.holds {
             match make {
-                Make::ServiceAccount(name) => apply_yaml(
-                    api,
-                    dir,
-                    &format!("sa-{name}.yaml"),
-                    &format!(
-                        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {NS}\n"
-                    ),
-                ),
-                Make::Secret(name) => apply_yaml(
-                    api,
-                    dir,
-                    &format!("secret-{name}.yaml"),
-                    &format!(
-                        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {NS}\n"
-                    ),
-                ),
+                Make::ServiceAccount(name) => apply_v1(api, dir, "ServiceAccount", name),
+                Make::Secret(name) => apply_v1(api, dir, "Secret", name),
                 Make::StatefulSet(name) => apply_yaml(
                     api,
                     dir,
@@ -855,6 +796,16 @@ impl Attacker<'_> {
     }
 }
 
+/// Applies an empty core (v1) object of `kind` named `name` in [`NS`].
+fn apply_v1(api: &RealApiServer, dir: &Path, kind: &str, name: &str) {
+    apply_yaml(
+        api,
+        dir,
+        &format!("{kind}-{name}.yaml"),
+        &format!("apiVersion: v1\nkind: {kind}\nmetadata:\n  name: {name}\n  namespace: {NS}\n"),
+    );
+}
+
 /// Sets Pod `pod`'s finalizers to `json` (a list, or `null` for none).
 fn set_finalizers(api: &RealApiServer, pod: &str, json: &str) {
     ok(api.kubectl().args([
@@ -893,12 +844,8 @@ fn tampered_csr(dir: &Path, csr: &Path) -> PathBuf {
 /// Every attack of issue 15 on the issuer, and the one request that must succeed.
 #[test]
 fn raft_pki_issuer_signs_only_a_live_statefulset_pod_and_only_its_own_names() {
-    let api = RealApiServer::start();
-    let dir = tempfile::tempdir().unwrap();
+    let Fixture { issuer, api, dir } = Fixture::start(2, "1h", Issuer::start);
     let dir = dir.path();
-    pki_cluster(&api, dir, 2);
-    let ca = write_ca(dir);
-    let issuer = Issuer::start(&api, dir, &ca, "1h");
     let mut tokens = Vec::new();
 
     // The API server vouches for a Pod-bound token with the Pod's name and UID.
@@ -1036,16 +983,34 @@ fn raft_pki_issuer_signs_only_a_live_statefulset_pod_and_only_its_own_names() {
     }
 }
 
+/// How an issuer is started: [`Issuer::start`] or [`Issuer::start_on_port_0`].
+type StartIssuer = fn(&RealApiServer, &Path, &(PathBuf, PathBuf), &str) -> Issuer;
+
+/// The API server with [`pki_cluster`] of `replicas` Pods, a CA, and an issuer of it.
+struct Fixture {
+    issuer: Issuer,
+    api: RealApiServer,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// `start`ed with certificates living `lifetime`.
+    fn start(replicas: usize, lifetime: &str, start: StartIssuer) -> Self {
+        let api = RealApiServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        pki_cluster(&api, dir.path(), replicas);
+        let ca = write_ca(dir.path());
+        let issuer = start(&api, dir.path(), &ca, lifetime);
+        Self { issuer, api, dir }
+    }
+}
+
 /// When the API server cannot be asked, nothing is signed (503), and signing resumes once it
 /// is back.
 #[test]
 fn raft_pki_issuer_fails_closed_without_the_api_server() {
-    let api = RealApiServer::start();
-    let dir = tempfile::tempdir().unwrap();
+    let Fixture { issuer, api, dir } = Fixture::start(1, "60", Issuer::start);
     let dir = dir.path();
-    pki_cluster(&api, dir, 1);
-    let ca = write_ca(dir);
-    let issuer = Issuer::start(&api, dir, &ca, "60");
     let token = pod_token(&api, "portico-0");
     let (key, csr) = openssl_csr(dir, "zero", &["portico-0"]);
 
@@ -1070,12 +1035,8 @@ fn raft_pki_issuer_fails_closed_without_the_api_server() {
 /// and signing resumes once the rule is back.
 #[test]
 fn raft_pki_issuer_needs_every_rule_deploy_grants_it() {
-    let api = RealApiServer::start();
-    let dir = tempfile::tempdir().unwrap();
+    let Fixture { issuer, api, dir } = Fixture::start(1, "60", Issuer::start);
     let dir = dir.path();
-    pki_cluster(&api, dir, 1);
-    let ca = write_ca(dir);
-    let issuer = Issuer::start(&api, dir, &ca, "60");
     let token = pod_token(&api, "portico-0");
     let (_, csr) = openssl_csr(dir, "zero", &["portico-0"]);
     let status_becomes = |what: &str, status: u16| {
@@ -1121,13 +1082,9 @@ fn raft_pki_issuer_needs_every_rule_deploy_grants_it() {
 /// holds its place from accept on, before the TLS handshake), until they go.
 #[test]
 fn raft_pki_issuer_serves_tls13_under_its_service_names_with_limits() {
-    let api = RealApiServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
-    pki_cluster(&api, dir, 0);
-    let ca = write_ca(dir);
     // Bound by the issuer itself here (the other tests hand it a socket).
-    let issuer = Issuer::start_on_port_0(&api, dir, &ca, "60");
+    let fixture = Fixture::start(0, "60", Issuer::start_on_port_0);
+    let issuer = &fixture.issuer;
     let port = issuer.url.rsplit(':').next().unwrap().to_owned();
     let curl = |args: &[&str], url: &str| {
         run(Command::new("curl")
