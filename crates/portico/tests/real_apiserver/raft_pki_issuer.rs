@@ -1175,3 +1175,45 @@ fn raft_pki_issuer_serves_tls13_under_its_service_names_with_limits() {
         (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
     });
 }
+
+/// Socket activation fails closed for the issuer too: a socket handed over under a name it
+/// does not serve, or a second `pki`, stops the start with an error naming it (before the CA
+/// is even read), instead of being left open and unserved.
+#[test]
+fn raft_pki_issuer_refuses_a_socket_it_does_not_serve() {
+    let refused = |names: &[&str]| {
+        let mut program = Program::new(PORTICO).args([
+            "pki",
+            "serve",
+            "--ca-cert",
+            "/nonexistent/ca.crt",
+            "--ca-key",
+            "/nonexistent/ca.key",
+        ]);
+        let held: Vec<_> = names
+            .iter()
+            .map(|_| Arc::new(TcpListener::bind("127.0.0.1:0").unwrap()))
+            .collect();
+        for (name, listener) in names.iter().zip(&held) {
+            program = program.socket(name, listener);
+        }
+        let mut process = program.spawn("portico pki serve");
+        let status = process.wait_blocking(WAIT).unwrap();
+        assert!(!status.success(), "{status}");
+        portico_test_support::process::block_on(process.output().ended(WAIT))
+            .unwrap()
+            .join("\n")
+    };
+    let output = refused(&["listen"]);
+    assert!(
+        output.contains(
+            r#"socket "listen" handed over (LISTEN_FDNAMES) is not one portico pki serve serves"#
+        ),
+        "{output}"
+    );
+    let output = refused(&["pki", "pki"]);
+    assert!(
+        output.contains("a second socket named pki handed over (fd 4)"),
+        "{output}"
+    );
+}
