@@ -490,24 +490,27 @@ mod tests {
         }
     }
 
-    /// A target nothing listens on (TCP refused; QUIC unanswered).
-    async fn dead() -> Target {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// A target nothing listens on (TCP refused; QUIC unanswered), with the sockets that keep
+    /// its ports ours (bound, never listening or read) for as long as the caller holds them:
+    /// a port released instead could be taken by another process and answer.
+    async fn dead() -> (Target, (tokio::net::TcpSocket, std::net::UdpSocket)) {
+        let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+        tcp.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let t = Target {
             http: tcp.local_addr().unwrap(),
             h3: udp.local_addr().unwrap(),
         };
-        drop(tcp);
-        t
+        (t, (tcp, udp))
     }
 
     #[tokio::test]
     async fn every_protocol_is_served_and_clients_move_on_from_a_dead_replica() {
         let cert = LoadCertificate::generate().unwrap();
         let live = server(crate::writer::LOAD_HOST, &cert).await;
+        let (dead, _held) = dead().await;
         let config = LoadConfig {
-            targets: vec![dead().await, live],
+            targets: vec![dead, live],
             host: crate::writer::LOAD_HOST.into(),
             path: "/".into(),
             h3_roots: vec![cert.der.clone()],

@@ -78,19 +78,8 @@ impl Admin {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
         }
         match request.uri().path() {
-            "/metrics" => {
-                let mut body = String::new();
-                if prometheus_client::encoding::text::encode(&mut body, &self.registry).is_err() {
-                    return text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n");
-                }
-                Response::builder()
-                    .header(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )
-                    .body(Full::new(Bytes::from(body)))
-                    .expect("static response parts")
-            }
+            "/metrics" => crate::metrics::openmetrics(&self.registry)
+                .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n")),
             "/healthz" | "/livez" => match self.state.failure() {
                 None => text(StatusCode::OK, "ok\n"),
                 Some(failure) => text(
@@ -148,18 +137,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::debug!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => return,
-        };
+    while let Some((stream, peer)) = crate::accept::next(&listener, &stop, "admin").await {
         let Ok(permit) = admin.connections.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "admin connection limit reached; closed");
             continue;

@@ -159,17 +159,7 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
         let identity = identity.clone();
         let stop = stop.clone();
         tasks.spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "accept failed");
-                            continue;
-                        }
-                    },
-                    _ = stop.cancelled() => return,
-                };
+            while let Some((stream, peer)) = crate::accept::next(&listener, &stop, "echo").await {
                 let identity = identity.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {

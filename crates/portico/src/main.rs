@@ -10,6 +10,7 @@
 //! * `raft recover`: make a stopped survivor the only voter after a lost quorum —
 //!   [`raft_admin`].
 
+mod accept;
 mod admin;
 mod cert_reload;
 mod controller;

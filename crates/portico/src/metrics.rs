@@ -3,9 +3,15 @@
 //! Raft state is read from [`Replica::metrics`] at scrape time (a collector), so the
 //! exported values are never stale and nothing has to poll. The data plane's request
 //! counters are read the same way, from the proxy's atomic counters.
+//!
+//! [`openmetrics`] answers `/metrics` from a registry, for the admin listener and the
+//! certificate issuer alike.
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http::{Response, header};
+use http_body_util::Full;
 use portico_proxy::MetricsHandle;
 use portico_raft::Replica;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -15,6 +21,21 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::state::ReplicaState;
+
+/// The content type of [`openmetrics`]' answer.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `registry` encoded as an OpenMetrics text answer (200); the error of a collector that
+/// failed to encode, for the caller to answer in its own format.
+pub fn openmetrics(registry: &Registry) -> Result<Response<Full<Bytes>>, std::fmt::Error> {
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, registry)?;
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts"))
+}
 
 struct ReplicaCollector {
     replica: Replica,
@@ -283,5 +304,26 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_registry_is_answered_as_openmetrics_text() {
+        use http_body_util::BodyExt;
+        let mut registry = Registry::default();
+        let counter = prometheus_client::metrics::counter::Counter::<u64>::default();
+        counter.inc();
+        registry.register("portico_test", "A test counter", counter);
+        let response = openmetrics(&registry).unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = std::str::from_utf8(&body).unwrap();
+        assert!(
+            body.contains("portico_test_total 1\n") && body.ends_with("# EOF\n"),
+            "{body}"
+        );
     }
 }

@@ -85,10 +85,15 @@ pub fn run(args: PkiArgs) -> anyhow::Result<()> {
         }
         PkiCommand::Serve(args) => {
             logging::init(args.log_format, "info,kube=warn");
+            // Before the runtime's threads start: taking them edits the environment.
+            let handed =
+                crate::socket_activation::take("portico pki serve", crate::socket_activation::PKI)?
+                    .tcp("pki")
+                    .pop();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(crate::pki_issuer::serve(*args))
+                .block_on(crate::pki_issuer::serve(*args, handed))
         }
     }
 }

@@ -2,7 +2,7 @@
 //! (`LISTEN_FDS` sockets from fd 3 on, `LISTEN_PID` naming this process, `LISTEN_FDNAMES` their
 //! names). `portico run` serves every listener it has on the sockets named after it (`raft`,
 //! `http`, `https`, `admin` TCP; `http3` UDP) instead of binding the flag's addresses;
-//! `portico echo` serves the ones named `listen`.
+//! `portico echo` serves the ones named `listen`; `portico pki serve` the one named `pki`.
 //!
 //! Under systemd, a `.socket` unit with `FileDescriptorName=http` keeps the port bound across
 //! restarts of the service. `portico local` and the multi-process tests do the same: they bind
@@ -55,6 +55,9 @@ pub const RUN: &[Name] = &[
 
 /// `portico echo`'s listeners (`--listen`).
 pub const ECHO: &[Name] = &[name("listen", Transport::Tcp, true)];
+
+/// `portico pki serve`'s HTTPS listener (`--listen`): one, as the flag takes one address.
+pub const PKI: &[Name] = &[name("pki", Transport::Tcp, false)];
 
 /// The names in `LISTEN_FDNAMES`, one per socket handed over (`count`, from `LISTEN_FDS`),
 /// each matched to what `command` serves under it.
@@ -258,6 +261,22 @@ mod tests {
         let err = echo("http", 1).unwrap_err().to_string();
         assert!(
             err.contains("is not one portico echo serves (it serves listen)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_issuer_serves_one_pki_socket_only() {
+        let pki = |given: &str, n| assign("portico pki serve", Some(given), n, PKI);
+        assert_eq!(pki("pki", 1).unwrap()[0].transport, Transport::Tcp);
+        let twice = pki("pki:pki", 2).unwrap_err().to_string();
+        assert!(
+            twice.contains("a second socket named pki handed over (fd 4)"),
+            "{twice}"
+        );
+        let err = pki("listen", 1).unwrap_err().to_string();
+        assert!(
+            err.contains("is not one portico pki serve serves (it serves pki)"),
             "{err}"
         );
     }

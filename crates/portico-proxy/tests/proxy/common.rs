@@ -16,6 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portico_model::{RoutingTable, Settings};
 use portico_proxy::{BoundAddrs, Proxy, ProxyConfig, table_file};
+pub use portico_test_support::process::{Process, Program};
 use portico_test_support::wait_for_watch;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -35,40 +36,25 @@ impl Drop for TaskGuard {
 /// The standalone binary, for the tests that run the proxy as a process.
 pub const STANDALONE: &str = env!("CARGO_BIN_EXE_portico-proxy-standalone");
 
-/// A started standalone proxy: the child, its stdout and stderr read line by line, and the
-/// `ready http=[…] https=[…] h3=[…]` line it printed. It binds port 0 itself and reports
-/// what it got, so no port is chosen for it and released first.
+/// A started standalone proxy (a [`Process`]: its output read line by line, signals, killed
+/// when dropped) and the `ready http=[…] https=[…] h3=[…]` line it printed. It binds port 0
+/// itself and reports what it got, so no port is chosen for it and released first.
 pub struct Standalone {
-    pub child: tokio::process::Child,
-    pub output: portico_test_support::child::Output,
+    pub process: Process,
     ready: String,
 }
 
 impl Standalone {
-    /// Starts `command` (its output piped and read) and waits for the ready line.
-    pub async fn start(mut command: tokio::process::Command) -> Standalone {
-        use std::process::Stdio;
-        command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("spawn standalone proxy");
-        let output = portico_test_support::child::Output::default();
-        output.read(child.stdout.take().unwrap());
-        output.read(child.stderr.take().unwrap());
-        output.seal();
-        let ready = output
+    /// Starts `program` and waits for the ready line.
+    pub async fn start(program: Program) -> Standalone {
+        let process = program.spawn("portico-proxy-standalone");
+        let ready = process
             .wait_for_line("the ready line", Duration::from_secs(30), |l| {
                 l.starts_with("ready ")
             })
             .await
             .unwrap();
-        Standalone {
-            child,
-            output,
-            ready,
-        }
+        Standalone { process, ready }
     }
 
     /// The first address the `listener` (`http`, `https` or `h3`) bound.

@@ -4,18 +4,18 @@
 use std::time::Duration;
 
 use portico_proxy::{Protocol, StatusClass};
-use tokio::process::Command;
+use portico_test_support::process::Signal;
 
 use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_count_requests_by_protocol_and_status_class() {
     let backend = Backend::start().await;
-    // A port nothing listens on: its endpoint refuses connections.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port bound but not listening, held by the test: its endpoint refuses connections,
+    // and no other process can start listening on it meanwhile.
+    let dead_socket = tokio::net::TcpSocket::new_v4().unwrap();
+    dead_socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = dead_socket.local_addr().unwrap();
     let yaml = service("echo", &[backend.addr])
         + &service("dead", &[dead])
         + &ingress("echo", "echo.test", "/", "echo", &[])
@@ -70,28 +70,32 @@ async fn standalone_stderr(extra: &[&str]) -> String {
         "observe-routes.yaml",
         &(service("echo", &[backend.addr]) + &ingress("e", "log.test", "/", "echo", &[])),
     );
-    let mut cmd = Command::new(STANDALONE);
-    cmd.args([
-        "--table",
-        file.path(),
-        "--http",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-    ])
-    .args(extra)
-    .env("RUST_LOG", "info");
-    let mut proxy = Standalone::start(cmd).await;
+    let program = Program::new(STANDALONE)
+        .args([
+            "--table",
+            file.path(),
+            "--http",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info");
+    let mut proxy = Standalone::start(program).await;
     let url = format!("http://{}/logged/path?token=s3cr3t", proxy.addr("http"));
     assert_eq!(curl_status(&["-H", "Host: log.test", &url]).await, 200);
-    let pid = proxy.child.id().unwrap().to_string();
-    assert!(run("kill", &["-TERM", &pid]).await.status.success());
+    proxy.process.signal(Signal::TERM);
     let lines = proxy
-        .output
+        .process
+        .output()
         .ended(Duration::from_secs(30))
         .await
         .expect("proxy exits after SIGTERM");
-    let _ = proxy.child.wait().await;
+    proxy
+        .process
+        .wait(Duration::from_secs(30))
+        .await
+        .expect("proxy exits after SIGTERM");
     lines.join("\n")
 }
 

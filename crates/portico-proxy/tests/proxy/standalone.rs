@@ -4,24 +4,11 @@
 use std::time::{Duration, Instant};
 
 use portico_test_support::poll_until;
+use portico_test_support::process::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::Command;
 
 use crate::common::*;
-
-/// Starts `command` as a [`Standalone`]; returns the child, its output and its HTTP address.
-async fn start_standalone(
-    command: Command,
-) -> (
-    tokio::process::Child,
-    portico_test_support::child::Output,
-    std::net::SocketAddr,
-) {
-    let proxy = Standalone::start(command).await;
-    let http = proxy.addr("http");
-    (proxy.child, proxy.output, http)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_serves_reloads_on_sighup_and_drains_on_sigterm() {
@@ -30,8 +17,7 @@ async fn standalone_serves_reloads_on_sighup_and_drains_on_sigterm() {
         "routes.yaml",
         &(service("echo", &[backend.addr]) + &ingress("e", "one.test", "/", "echo", &[])),
     );
-    let mut cmd = Command::new(STANDALONE);
-    cmd.args([
+    let program = Program::new(STANDALONE).args([
         "--table",
         file.path(),
         "--http",
@@ -43,19 +29,19 @@ async fn standalone_serves_reloads_on_sighup_and_drains_on_sigterm() {
         "--workers",
         "1",
     ]);
-    let (mut child, output, http) = start_standalone(cmd).await;
-    let url = format!("http://{http}/");
+    let mut proxy = Standalone::start(program).await;
+    let url = format!("http://{}/", proxy.addr("http"));
     assert_eq!(curl_status(&["-H", "Host: one.test", &url]).await, 200);
     std::fs::write(
         &file.0,
         service("echo", &[backend.addr]) + &ingress("e", "two.test", "/", "echo", &[]),
     )
     .unwrap();
-    let pid = child.id().unwrap().to_string();
     let patience = Duration::from_secs(20);
-    assert!(run("kill", &["-HUP", &pid]).await.status.success());
+    proxy.process.signal(Signal::HUP);
     // The proxy logs the reload after swapping the table in.
-    output
+    proxy
+        .process
         .wait_for_line("the reload", patience, |l| l.contains("table reloaded"))
         .await
         .unwrap();
@@ -64,19 +50,21 @@ async fn standalone_serves_reloads_on_sighup_and_drains_on_sigterm() {
     // A broken file keeps the current table: once the proxy has said it refused the file,
     // the old table still answers.
     std::fs::write(&file.0, "kind: [unclosed").unwrap();
-    assert!(run("kill", &["-HUP", &pid]).await.status.success());
-    output
+    proxy.process.signal(Signal::HUP);
+    proxy
+        .process
         .wait_for_line("the refused reload", patience, |l| {
             l.contains("table reload failed")
         })
         .await
         .unwrap();
     assert_eq!(curl_status(&["-H", "Host: two.test", &url]).await, 200);
-    assert!(run("kill", &["-TERM", &pid]).await.status.success());
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+    proxy.process.signal(Signal::TERM);
+    let status = proxy
+        .process
+        .wait(Duration::from_secs(20))
         .await
-        .expect("exits after drain")
-        .unwrap();
+        .expect("exits after drain");
     assert!(status.success(), "{status:?}");
 }
 
@@ -91,9 +79,8 @@ async fn accept_loop_survives_file_descriptor_exhaustion() {
         "ulimit -n 64; exec {STANDALONE} --table {} --http 127.0.0.1:0 --workers 1",
         file.path()
     );
-    let mut cmd = Command::new("bash");
-    cmd.args(["-c", &script]);
-    let (mut child, output, http) = start_standalone(cmd).await;
+    let mut proxy = Standalone::start(Program::new("bash").args(["-c", &script])).await;
+    let http = proxy.addr("http");
     let url = format!("http://{http}/");
     assert_eq!(curl_status(&["-H", "Host: fd.test", &url]).await, 200);
     // Hold more connections than the process has descriptors, until it says it ran out.
@@ -103,14 +90,15 @@ async fn accept_loop_survives_file_descriptor_exhaustion() {
             held.push(s);
         }
     }
-    output
+    proxy
+        .process
         .wait_for_line("the accept loop to run out", Duration::from_secs(20), |l| {
             l.contains("out of resources")
         })
         .await
         .unwrap();
     assert!(
-        child.try_wait().unwrap().is_none(),
+        proxy.process.is_running(),
         "still running while out of descriptors"
     );
     drop(held);
@@ -122,7 +110,7 @@ async fn accept_loop_survives_file_descriptor_exhaustion() {
     )
     .await
     .unwrap();
-    assert!(child.try_wait().unwrap().is_none());
+    assert!(proxy.process.is_running());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

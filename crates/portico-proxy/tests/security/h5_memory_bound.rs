@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::common::*;
 use crate::raw_h2;
@@ -80,10 +80,9 @@ async fn raise_nofile() {
     assert!(out.status.success(), "{out:?}");
 }
 
-/// The standalone proxy on `table`: the child, its HTTP and its QUIC address.
-async fn start_proxy(table: &TempFile) -> (Child, SocketAddr, SocketAddr) {
-    let mut command = Command::new(STANDALONE);
-    command.args([
+/// The standalone proxy on `table`: the process, its HTTP and its QUIC address.
+async fn start_proxy(table: &TempFile) -> (Process, SocketAddr, SocketAddr) {
+    let program = Program::new(STANDALONE).args([
         "--table",
         table.path(),
         "--http",
@@ -93,9 +92,9 @@ async fn start_proxy(table: &TempFile) -> (Child, SocketAddr, SocketAddr) {
         "--workers",
         "2",
     ]);
-    let proxy = Standalone::start(command).await;
+    let proxy = Standalone::start(program).await;
     let (http, h3) = (proxy.addr("http"), proxy.addr("h3"));
-    (proxy.child, http, h3)
+    (proxy.process, http, h3)
 }
 
 /// Idle connections from 127.0.1.1 upwards, 500 per address: under the default per-IP limit.
@@ -119,7 +118,7 @@ async fn slow_readers_and_idle_connections_hold_bounded_memory_and_a_client_is_s
         &(service("echo", &[backend.addr]) + &ingress("e", "mem.test", "/", "echo", &[])),
     );
     let (child, addr, _) = start_proxy(&table).await;
-    let pid = child.id().unwrap();
+    let pid = child.pid().unwrap();
     let url = format!("http://{addr}/");
     let served = || async { curl_status(&["-H", "Host: mem.test", &url]).await };
     assert_eq!(served().await, 200);
@@ -181,7 +180,7 @@ async fn an_http2_connection_that_never_reads_holds_at_most_the_per_connection_b
         &(service("echo", &[backend.addr]) + &ingress("e", "mem.test", "/", "echo", &[])),
     );
     let (child, addr, _) = start_proxy(&table).await;
-    let pid = child.id().unwrap();
+    let pid = child.pid().unwrap();
     let url = format!("http://{addr}/");
     let served = || async { curl_status(&["-H", "Host: mem.test", &url]).await };
     assert_eq!(served().await, 200);
@@ -260,7 +259,7 @@ async fn http3_request_bodies_waiting_for_an_upstream_hold_at_most_the_receive_w
             )),
     );
     let (child, _, h3) = start_proxy(&table).await;
-    let pid = child.id().unwrap();
+    let pid = child.pid().unwrap();
     let before = settled_rss(pid).await;
 
     // 100 uploads of 1 MB (under the default 1 MiB body limit): quinn's default windows

@@ -42,7 +42,9 @@ pub struct ServeArgs {
     /// The cluster CA's private key (PEM). Only this process reads it.
     #[arg(long, env = "PORTICO_RAFT_CA_KEY")]
     ca_key: PathBuf,
-    /// Address of the HTTPS listener.
+    /// Address of the HTTPS listener (port 0: any free port, reported in the `listening` log
+    /// line). A socket named `pki` handed over by socket activation (LISTEN_FDS,
+    /// LISTEN_FDNAMES) is served instead of binding it.
     #[arg(long, env = "PORTICO_PKI_LISTEN", default_value = "0.0.0.0:9445")]
     listen: SocketAddr,
     /// The namespace of the issuer, the replicas' Pods and their StatefulSet.
@@ -114,8 +116,9 @@ fn parse_lifetime(text: &str) -> Result<Duration, String> {
     Ok(lifetime)
 }
 
-/// Runs the issuer until SIGTERM or SIGINT.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Runs the issuer until SIGTERM or SIGINT, on `handed` (the socket named `pki` handed over,
+/// see `crate::socket_activation`) or else on `--listen`.
+pub async fn serve(args: ServeArgs, handed: Option<std::net::TcpListener>) -> anyhow::Result<()> {
     let ca_pem = pki::read_string(&args.ca_cert)?;
     let ca = pki::Ca::from_pem(&ca_pem, &pki::read_string(&args.ca_key)?)?;
     let client = crate::run::kube_client(args.kubeconfig.as_deref()).await?;
@@ -147,16 +150,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         decisions,
     });
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener = match handed {
+        Some(listener) => tokio::net::TcpListener::from_std(listener)?,
+        None => tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?,
+    };
     tracing::info!(
-        listen = %listener.local_addr()?,
         namespace = %args.namespace,
         serving_names = %names.join(","),
         lifetime_seconds = args.certificate_lifetime.as_secs(),
         "serving Raft certificates"
     );
+    // The bound address (the port chosen for port 0), as `portico run` and `echo` report it.
+    tracing::info!(addr = %listener.local_addr()?, "listening");
 
     let stop = CancellationToken::new();
     let renewer = {

@@ -204,17 +204,8 @@ impl Issuer {
     }
 
     fn metrics(&self) -> Response<Full<Bytes>> {
-        let mut body = String::new();
-        if prometheus_client::encoding::text::encode(&mut body, &self.registry).is_err() {
-            return json(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed");
-        }
-        Response::builder()
-            .header(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )
-            .body(Full::new(Bytes::from(body)))
-            .expect("static response parts")
+        crate::metrics::openmetrics(&self.registry)
+            .unwrap_or_else(|_| json(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed"))
     }
 
     async fn answer_certificate(
@@ -331,18 +322,7 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => return,
-        };
+    while let Some((stream, peer)) = crate::accept::next(&listener, &stop, "pki").await {
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "connection limit reached; closed");
             continue;

@@ -10,19 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1, released before use: any process may take it before the
-/// child binds it. Prefer a child that binds port 0 and reports its address
-/// (`portico_test_support::process`, `common::portico_run`), or a socket the test holds and
-/// hands over; kept for `portico pki serve` in real_apiserver/raft_pki_issuer.rs, which is
-/// restarted on the port its clients were given.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Portico's in-process API server on 127.0.0.1, a port of its own, and a kubeconfig for it.
 pub struct InProcessApi {
     pub handle: portico_apiserver::ServerHandle,

@@ -12,14 +12,19 @@
 //! API server cannot be asked, nothing is signed. The fixture (`pki_cluster`, `pod_token`,
 //! `Issuer::start`) is public for the replica-side rotation test.
 
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use portico_test_support::process::{Process, Program};
+
 use crate::common::real_apiserver::RealApiServer;
-use crate::common::{free_port, wait_until, write_ca};
+use crate::common::{wait_until, write_ca};
 use crate::support::{kustomize, to_yaml};
-use crate::{KillOnDrop, PORTICO, apply_yaml, deploy_dir, ok, run};
+use crate::{PORTICO, apply_yaml, deploy_dir, ok, run};
 
 pub const NS: &str = "portico-system";
 pub const AUDIENCE: &str = "portico-raft-pki";
@@ -161,93 +166,122 @@ fn token(api: &RealApiServer, account: &str, args: &[&str]) -> String {
     .to_owned()
 }
 
-/// A running `portico pki serve` as ServiceAccount `portico-pki`, listening on 127.0.0.1.
+/// A running `portico pki serve` as ServiceAccount `portico-pki`, on 127.0.0.1.
 pub struct Issuer {
-    process: Option<KillOnDrop>,
+    process: Process,
+    /// The listener handed to it, held by the test across [`Issuer::stop`] and
+    /// [`Issuer::restart`] so the port its clients were given stays its own; `None` when the
+    /// issuer bound port 0 itself.
+    listener: Option<Arc<TcpListener>>,
+    /// While it is stopped, what answers on its port (see [`Closer`]).
+    closer: Option<Closer>,
     pub url: String,
-    pub log: PathBuf,
     /// The CA certificate that signs the issued certificates and the issuer's own.
     pub ca: PathBuf,
 }
 
 impl Issuer {
-    /// Starts the issuer with the CA in `ca` (certificate, key) and returns once it answers.
+    /// Starts the issuer with the CA in `ca` (certificate, key) on a listener the test binds
+    /// and hands over (socket activation, `pki`), and returns once it reports that address.
     pub fn start(api: &RealApiServer, dir: &Path, ca: &(PathBuf, PathBuf), lifetime: &str) -> Self {
-        Self::start_on(api, dir, ca, lifetime, free_port())
+        let listener = Arc::new(TcpListener::bind("127.0.0.1:0").unwrap());
+        let program = Self::program(api, dir, ca, lifetime).socket("pki", &listener);
+        Self::spawn(program, Some(listener), ca)
     }
 
-    /// [`Issuer::start`] on 127.0.0.1:`port` (again after [`Issuer::stop`]: its log goes on).
-    pub fn start_on(
+    /// [`Issuer::start`], the issuer binding `--listen 127.0.0.1:0` itself (it cannot be
+    /// restarted on the same port).
+    pub fn start_on_port_0(
         api: &RealApiServer,
         dir: &Path,
         ca: &(PathBuf, PathBuf),
         lifetime: &str,
-        port: u16,
     ) -> Self {
+        let program = Self::program(api, dir, ca, lifetime).args(["--listen", "127.0.0.1:0"]);
+        Self::spawn(program, None, ca)
+    }
+
+    fn program(
+        api: &RealApiServer,
+        dir: &Path,
+        ca: &(PathBuf, PathBuf),
+        lifetime: &str,
+    ) -> Program {
         let kubeconfig = dir.join("portico-pki.kubeconfig");
         let token = token(api, "portico-pki", &[]);
         api.write_kubeconfig_for_token(&kubeconfig, &token);
-        let log = dir.join("issuer.log");
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let process = KillOnDrop(
-            Command::new(PORTICO)
-                .args([
-                    "pki",
-                    "serve",
-                    "--namespace",
-                    NS,
-                    "--serving-name",
-                    "127.0.0.1",
-                ])
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .args(["--certificate-lifetime", lifetime, "--log-format", "json"])
-                .arg("--ca-cert")
-                .arg(&ca.0)
-                .arg("--ca-key")
-                .arg(&ca.1)
-                .arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .stdout(Stdio::null())
-                .stderr(log_file)
-                .spawn()
-                .unwrap(),
-        );
-        let issuer = Self {
-            process: Some(process),
-            url: format!("https://127.0.0.1:{port}"),
-            log,
+        Program::new(PORTICO)
+            .args([
+                "pki",
+                "serve",
+                "--namespace",
+                NS,
+                "--serving-name",
+                "127.0.0.1",
+            ])
+            .args(["--certificate-lifetime", lifetime, "--log-format", "json"])
+            .arg("--ca-cert")
+            .arg(&ca.0)
+            .arg("--ca-key")
+            .arg(&ca.1)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+    }
+
+    fn spawn(
+        program: Program,
+        listener: Option<Arc<TcpListener>>,
+        ca: &(PathBuf, PathBuf),
+    ) -> Self {
+        let process = program.spawn("portico pki serve");
+        let mut issuer = Self {
+            process,
+            listener,
+            closer: None,
+            url: String::new(),
             ca: ca.0.clone(),
         };
-        wait_until("the issuer to answer over HTTPS", WAIT, || {
-            let out = run(Command::new("curl")
-                .args([
-                    "-sS",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--max-time",
-                    "2",
-                ])
-                .arg("--cacert")
-                .arg(&issuer.ca)
-                .arg(format!("{}/metrics", issuer.url)));
-            (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
-        });
+        issuer.url = format!("https://{}", issuer.listening());
         issuer
     }
 
-    /// Kills the issuer and waits for it to exit.
-    pub fn stop(&mut self) {
-        drop(self.process.take());
+    /// Waits for its `listening` line; the address in it, which is the handed-over
+    /// listener's when there is one.
+    fn listening(&self) -> SocketAddr {
+        let listening = self
+            .process
+            .listening_blocking(WAIT)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        let addr = listening.addr.expect("the issuer's address");
+        if let Some(listener) = &self.listener {
+            assert_eq!(addr, listener.local_addr().unwrap(), "{}", self.log());
+            assert!(self.log().contains("sockets handed over"), "{}", self.log());
+        }
+        addr
     }
 
+    /// Kills the issuer and waits for it to exit. Its port stays the test's: every connection
+    /// to it is closed at once until [`Issuer::restart`].
+    pub fn stop(&mut self) {
+        self.process.kill_blocking();
+        let listener = self
+            .listener
+            .as_ref()
+            .expect("an issuer on a handed-over listener");
+        self.closer = Some(Closer::start(listener));
+    }
+
+    /// Starts it again after [`Issuer::stop`], on the same listener (so the same URL); its
+    /// log starts afresh.
+    pub fn restart(&mut self) {
+        drop(self.closer.take());
+        self.process.restart_blocking();
+        self.listening();
+    }
+
+    /// Its log since it last started.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.output_text()
     }
 
     /// POSTs `body` to the certificate endpoint with curl; (status, content type, body).
@@ -291,6 +325,50 @@ impl Issuer {
     pub fn request(&self, token: Option<&str>, csr: &Path) -> (u16, String) {
         let (status, _, body) = self.post(token, "application/pkcs10", csr);
         (status, body)
+    }
+}
+
+/// While an issuer is down, the test accepts on its held listener and closes each connection
+/// at once, as a port nobody serves refuses it: a replica's renewal fails at once (instead of
+/// its request waiting in the backlog for a process that is not there), and no connection is
+/// left queued for the next issuer.
+struct Closer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Closer {
+    fn start(listener: &TcpListener) -> Self {
+        let listener = listener.try_clone().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((connection, _)) => drop(connection),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(e) => panic!("accepting on the stopped issuer's port: {e}"),
+                    }
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -345,14 +423,13 @@ fn assert_refused(what: &str, answer: &(u16, String), status: u16, rule_text: &s
     );
 }
 
-/// A refusal by either of two rules (the API server's or the issuer's, whichever sees it
-/// first).
-fn assert_refused_either(what: &str, answer: &(u16, String), rules: [(u16, &str); 2]) {
+/// A refusal by one of `rules` (the API server's or the issuer's, whichever sees it first).
+fn assert_refused_by(what: &str, answer: &(u16, String), rules: &[(u16, &str)]) {
     let (status, rule_text) = rules
-        .into_iter()
+        .iter()
         .find(|(status, _)| *status == answer.0)
-        .unwrap_or_else(|| panic!("{what}: {answer:?}"));
-    assert_refused(what, answer, status, rule_text);
+        .unwrap_or_else(|| panic!("{what}: {answer:?}, not one of {rules:?}"));
+    assert_refused(what, answer, *status, rule_text);
 }
 
 fn openssl_x509(cert: &Path, args: &[&str]) -> String {
@@ -427,15 +504,348 @@ fn assert_issued_to(issuer: &Issuer, dir: &Path, pod: &str, key: &Path, body: &s
     assert_eq!(not_after - not_before, lifetime + 60, "{dates}");
 }
 
+/// An object the attacker has made (or had made) before its token is minted.
+enum Make {
+    ServiceAccount(&'static str),
+    Secret(&'static str),
+    /// A StatefulSet that nothing runs, with Pods of ServiceAccount `portico`.
+    StatefulSet(&'static str),
+    /// A Pod of ServiceAccount `portico`; its controller reference names StatefulSet
+    /// `owner.0` with the UID of the StatefulSet named `owner.1` (none: no controller).
+    Pod {
+        name: &'static str,
+        owner: Option<(&'static str, &'static str)>,
+    },
+}
+
+/// How the attacker's token is made.
+enum Token {
+    /// None sent.
+    Absent,
+    /// `portico-0`'s own, as kubelet projects it: the attack is in what is sent with it.
+    Own,
+    /// `kubectl create token ACCOUNT FLAGS...`.
+    Made {
+        account: &'static str,
+        flags: &'static [&'static str],
+    },
+    /// As kubelet projects it into Pod NAME ([`pod_token`]).
+    Pod(&'static str),
+    /// The one of the row before.
+    Previous,
+}
+
+/// What happens between the token being minted and the attacker's request.
+enum Then {
+    Nothing,
+    /// The token first gets a certificate, then its Pod is deleted (forced, no grace).
+    DeletePod(&'static str),
+    /// The Pod is created again, with another UID.
+    RecreatePod(&'static str),
+    /// A finalizer holds the Pod and it is deleted: it is terminating when the request comes
+    /// (the finalizer is removed after).
+    TerminatePod(&'static str),
+}
+
+/// What the attacker sends with its token.
+enum Sends {
+    /// A valid PEM CSR as `application/pkcs10`.
+    Csr,
+    /// That CSR with its signature's last byte flipped.
+    TamperedCsr,
+    /// The CA certificate instead of a CSR.
+    Certificate,
+    /// The CSR as `application/octet-stream`.
+    OctetStream,
+    /// 64 KiB of `A`.
+    Oversized,
+}
+
+/// One attack on the issuer and how it must be refused: one `(status, reason fragment)`, or
+/// two where the API server may refuse the token itself before the issuer's rule does.
+struct Attack {
+    what: &'static str,
+    holds: &'static [Make],
+    token: Token,
+    then: Then,
+    sends: Sends,
+    refused: &'static [(u16, &'static str)],
+}
+
+impl Attack {
+    /// `what`, with `token`, sending portico-0's CSR; refused with one of `refused`.
+    const fn new(
+        what: &'static str,
+        token: Token,
+        refused: &'static [(u16, &'static str)],
+    ) -> Self {
+        Self {
+            what,
+            holds: &[],
+            token,
+            then: Then::Nothing,
+            sends: Sends::Csr,
+            refused,
+        }
+    }
+
+    const fn holding(self, holds: &'static [Make]) -> Self {
+        Self { holds, ..self }
+    }
+
+    const fn then(self, then: Then) -> Self {
+        Self { then, ..self }
+    }
+
+    const fn sending(self, sends: Sends) -> Self {
+        Self { sends, ..self }
+    }
+}
+
+impl Make {
+    const fn pod(name: &'static str, owner: Option<(&'static str, &'static str)>) -> Self {
+        Self::Pod { name, owner }
+    }
+}
+
+impl Token {
+    const fn of(account: &'static str, flags: &'static [&'static str]) -> Self {
+        Self::Made { account, flags }
+    }
+}
+
+const AUDIENCE_FLAG: &str = "--audience";
+const BOUND_KIND: &str = "--bound-object-kind";
+const BOUND_NAME: &str = "--bound-object-name";
+const OUR_AUDIENCE: &[&str] = &[AUDIENCE_FLAG, AUDIENCE];
+/// Our audience, bound to the Secret `anchor` rather than a Pod.
+const BOUND_TO_SECRET: &[&str] = &[
+    AUDIENCE_FLAG,
+    AUDIENCE,
+    BOUND_KIND,
+    "Secret",
+    BOUND_NAME,
+    "anchor",
+];
+/// Bound to `portico-0` but for the API server's audience, not ours.
+const BOUND_TO_POD_0: &[&str] = &[BOUND_KIND, "Pod", BOUND_NAME, "portico-0"];
+const NOT_AUTHENTICATED: (u16, &str) = (401, "not authenticated");
+const NOT_PORTICO: (u16, &str) = (403, "ServiceAccount portico-system/portico");
+const NOT_POD_BOUND: (u16, &str) = (403, "not bound to a Pod");
+const NOT_OURS: (u16, &str) = (403, "not controlled by StatefulSet portico");
+
+// One row an attack: what it is, its token and the refusal, then what the attacker holds
+// (made before the token), what happens before the request, and what it sends (by default
+// nothing, nothing, and portico-0's CSR).
+#[rustfmt::skip]
+const ATTACKS: &[Attack] = &[
+    Attack::new("no token", Token::Absent, &[(401, "no bearer token")]),
+    Attack::new("another ServiceAccount", Token::of("intruder", OUR_AUDIENCE), &[NOT_PORTICO])
+        .holding(&[Make::ServiceAccount("intruder")]),
+    Attack::new("the issuer's ServiceAccount", Token::of("portico-pki", OUR_AUDIENCE),
+        &[NOT_PORTICO]),
+    Attack::new("a token bound to no Pod", Token::of("portico", OUR_AUDIENCE), &[NOT_POD_BOUND]),
+    Attack::new("a token bound to a Secret", Token::of("portico", BOUND_TO_SECRET),
+        &[NOT_POD_BOUND])
+        .holding(&[Make::Secret("anchor")]),
+    Attack::new("a bare Pod portico-9", Token::Pod("portico-9"), &[NOT_OURS])
+        .holding(&[Make::pod("portico-9", None)]),
+    Attack::new("a Pod of StatefulSet other", Token::Pod("other-0"), &[NOT_OURS])
+        .holding(&[Make::StatefulSet("other"), Make::pod("other-0", Some(("other", "other")))]),
+    // Claiming the name `portico` with the UID of another StatefulSet (one since gone).
+    Attack::new("a Pod whose owner is another StatefulSet named portico", Token::Pod("portico-7"),
+        &[(403, "not the one that exists now")])
+        .holding(&[Make::pod("portico-7", Some(("portico", "other")))]),
+    Attack::new("the API server's audience", Token::of("portico", BOUND_TO_POD_0),
+        &[NOT_AUTHENTICATED]),
+    // The API server's TokenReview refuses a deleted Pod's token once its own cache of Pods
+    // has caught up (401); until then the issuer's fresh GET of the Pod must (403).
+    Attack::new("a deleted Pod's token", Token::Pod("portico-2"),
+        &[NOT_AUTHENTICATED, (403, "Pod portico-2 does not exist")])
+        .holding(&[Make::pod("portico-2", Some(("portico", "portico")))])
+        .then(Then::DeletePod("portico-2")),
+    Attack::new("a re-created Pod's old token", Token::Previous,
+        &[NOT_AUTHENTICATED, (403, "Pod portico-2 was deleted and re-created")])
+        .then(Then::RecreatePod("portico-2")),
+    Attack::new("a terminating Pod", Token::Pod("portico-3"),
+        &[NOT_AUTHENTICATED, (403, "Pod portico-3 is terminating")])
+        .holding(&[Make::pod("portico-3", Some(("portico", "portico")))])
+        .then(Then::TerminatePod("portico-3")),
+    Attack::new("a CSR whose signature does not verify", Token::Own,
+        &[(400, "signature does not verify")])
+        .sending(Sends::TamperedCsr),
+    Attack::new("a certificate instead of a CSR", Token::Own, &[(400, "CERTIFICATE REQUEST")])
+        .sending(Sends::Certificate),
+    Attack::new("the wrong content type", Token::Own, &[(400, "application/pkcs10")])
+        .sending(Sends::OctetStream),
+    Attack::new("a 64 KiB body", Token::Own, &[(413, "over 16384 bytes")])
+        .sending(Sends::Oversized),
+];
+
+/// Carries out [`ATTACKS`] against `issuer`, in order.
+struct Attacker<'a> {
+    api: &'a RealApiServer,
+    dir: &'a Path,
+    issuer: &'a Issuer,
+    /// portico-0's CSR.
+    csr: &'a Path,
+    /// portico-0's token.
+    own: &'a str,
+    /// The token of the row before ([`Token::Previous`]).
+    last_token: Option<String>,
+    /// The UID of the Pod [`Then::DeletePod`] deleted.
+    deleted_uid: Option<String>,
+}
+
+impl Attacker<'_> {
+    /// Makes what `attack` holds and mints its token.
+    fn token(&self, attack: &Attack) -> Option<String> {
+        let (api, dir) = (self.api, self.dir);
+        for make in attack.holds {
+            match make {
+                Make::ServiceAccount(name) => apply_v1(api, dir, "ServiceAccount", name),
+                Make::Secret(name) => apply_v1(api, dir, "Secret", name),
+                Make::StatefulSet(name) => apply_yaml(
+                    api,
+                    dir,
+                    &format!("statefulset-{name}.yaml"),
+                    &statefulset_yaml(name),
+                ),
+                Make::Pod { name, owner } => {
+                    self.create_pod(name, *owner);
+                }
+            }
+        }
+        match &attack.token {
+            Token::Absent => None,
+            Token::Own => Some(self.own.to_owned()),
+            Token::Made { account, flags } => Some(token(api, account, flags)),
+            Token::Pod(pod) => Some(pod_token(api, pod)),
+            Token::Previous => Some(self.last_token.clone().expect("a token of the row before")),
+        }
+    }
+
+    /// [`create_pod`], the controller named by (StatefulSet name, the StatefulSet whose UID).
+    fn create_pod(&self, name: &str, owner: Option<(&str, &str)>) -> String {
+        let owner =
+            owner.map(|(set, uid_of_set)| (set, uid_of(self.api, "statefulset", uid_of_set)));
+        create_pod(
+            self.api,
+            self.dir,
+            name,
+            owner.as_ref().map(|(set, uid)| (*set, uid.as_str())),
+        )
+    }
+
+    /// What happens before the request ([`Then`]), the request, and what must hold after it;
+    /// its (status, body).
+    fn send(&mut self, attack: &Attack, token: Option<&str>) -> (u16, String) {
+        let (api, issuer) = (self.api, self.issuer);
+        let mut terminating = None;
+        match attack.then {
+            Then::Nothing => {}
+            Then::DeletePod(pod) => {
+                self.deleted_uid = Some(uid_of(api, "pod", pod));
+                // The token is good while its Pod lives.
+                let (status, body) = issuer.request(token, self.csr);
+                assert_eq!(status, 200, "{}: {body}", attack.what);
+                ok(api.kubectl().args([
+                    "-n",
+                    NS,
+                    "delete",
+                    "pod",
+                    pod,
+                    "--grace-period=0",
+                    "--force",
+                ]));
+            }
+            Then::RecreatePod(pod) => {
+                let before = self.deleted_uid.take().expect("the deleted Pod's UID");
+                let after = self.create_pod(pod, Some(("portico", "portico")));
+                assert_ne!(before, after, "{}: the same UID again", attack.what);
+            }
+            Then::TerminatePod(pod) => {
+                terminating = Some(uid_of(api, "pod", pod));
+                set_finalizers(api, pod, r#"["portico.dev/test"]"#);
+                ok(api
+                    .kubectl()
+                    .args(["-n", NS, "delete", "pod", pod, "--wait=false"]));
+            }
+        }
+        let answer = match attack.sends {
+            Sends::Csr => issuer.request(token, self.csr),
+            Sends::TamperedCsr => issuer.request(token, &tampered_csr(self.dir, self.csr)),
+            Sends::Certificate => issuer.request(token, &issuer.ca),
+            Sends::OctetStream => {
+                let (status, _, body) = issuer.post(token, "application/octet-stream", self.csr);
+                (status, body)
+            }
+            Sends::Oversized => {
+                let big = self.dir.join("big.csr");
+                std::fs::write(&big, vec![b'A'; 64 * 1024]).unwrap();
+                issuer.request(token, &big)
+            }
+        };
+        if let (Then::TerminatePod(pod), Some(uid)) = (&attack.then, terminating) {
+            // The same Pod is still there, terminating, until its finalizer goes.
+            assert_eq!(uid_of(api, "pod", pod), uid, "{}", attack.what);
+            set_finalizers(api, pod, "null");
+        }
+        self.last_token = token.map(str::to_owned);
+        answer
+    }
+}
+
+/// Applies an empty core (v1) object of `kind` named `name` in [`NS`].
+fn apply_v1(api: &RealApiServer, dir: &Path, kind: &str, name: &str) {
+    apply_yaml(
+        api,
+        dir,
+        &format!("{kind}-{name}.yaml"),
+        &format!("apiVersion: v1\nkind: {kind}\nmetadata:\n  name: {name}\n  namespace: {NS}\n"),
+    );
+}
+
+/// Sets Pod `pod`'s finalizers to `json` (a list, or `null` for none).
+fn set_finalizers(api: &RealApiServer, pod: &str, json: &str) {
+    ok(api.kubectl().args([
+        "-n",
+        NS,
+        "patch",
+        "pod",
+        pod,
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"metadata":{{"finalizers":{json}}}}}"#),
+    ]));
+}
+
+/// `csr` with the last byte of its signature flipped, so the signature does not verify.
+fn tampered_csr(dir: &Path, csr: &Path) -> PathBuf {
+    let der = dir.join("tampered.der");
+    ok(Command::new("openssl")
+        .args(["req", "-outform", "DER", "-in"])
+        .arg(csr)
+        .arg("-out")
+        .arg(&der));
+    let mut bytes = std::fs::read(&der).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&der, &bytes).unwrap();
+    let b64 = ok(Command::new("openssl").args(["base64", "-in"]).arg(&der));
+    let tampered = dir.join("tampered.csr");
+    std::fs::write(
+        &tampered,
+        format!("-----BEGIN CERTIFICATE REQUEST-----\n{b64}-----END CERTIFICATE REQUEST-----\n"),
+    )
+    .unwrap();
+    tampered
+}
+
 /// Every attack of issue 15 on the issuer, and the one request that must succeed.
 #[test]
 fn raft_pki_issuer_signs_only_a_live_statefulset_pod_and_only_its_own_names() {
-    let api = RealApiServer::start();
-    let dir = tempfile::tempdir().unwrap();
+    let Fixture { issuer, api, dir } = Fixture::start(2, "1h", Issuer::start);
     let dir = dir.path();
-    let set = pki_cluster(&api, dir, 2);
-    let ca = write_ca(dir);
-    let issuer = Issuer::start(&api, dir, &ca, "1h");
     let mut tokens = Vec::new();
 
     // The API server vouches for a Pod-bound token with the Pod's name and UID.
@@ -498,250 +908,24 @@ fn raft_pki_issuer_signs_only_a_live_statefulset_pod_and_only_its_own_names() {
     assert_eq!(status, 200, "{body}");
     assert_issued_to(&issuer, dir, "portico-1", &key1, &body, 3600);
 
-    // No token at all.
-    assert_refused(
-        "no token",
-        &issuer.request(None, &csr),
-        401,
-        "no bearer token",
-    );
-
-    // A token of another ServiceAccount of the namespace, for our audience.
-    apply_yaml(
-        &api,
+    // Every attack of issue 15, one row each: what the attacker holds, how its token is made,
+    // what it sends; each is refused with the status and reason of the rule, and no
+    // certificate.
+    let mut attacker = Attacker {
+        api: &api,
         dir,
-        "intruder.yaml",
-        &format!(
-            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: intruder\n  namespace: {NS}\n"
-        ),
-    );
-    let intruder = token(&api, "intruder", &["--audience", AUDIENCE]);
-    tokens.push(intruder.clone());
-    assert_refused(
-        "another ServiceAccount",
-        &issuer.request(Some(&intruder), &csr),
-        403,
-        "ServiceAccount portico-system/portico",
-    );
-    // The issuer's own token, made for our audience.
-    let own = token(&api, "portico-pki", &["--audience", AUDIENCE]);
-    tokens.push(own.clone());
-    assert_refused(
-        "the issuer's ServiceAccount",
-        &issuer.request(Some(&own), &csr),
-        403,
-        "ServiceAccount portico-system/portico",
-    );
-
-    // The replicas' ServiceAccount, but not bound to a Pod.
-    let unbound = token(&api, "portico", &["--audience", AUDIENCE]);
-    tokens.push(unbound.clone());
-    assert_refused(
-        "a token bound to no Pod",
-        &issuer.request(Some(&unbound), &csr),
-        403,
-        "not bound to a Pod",
-    );
-    // Bound to a Secret, not a Pod.
-    apply_yaml(
-        &api,
-        dir,
-        "secret.yaml",
-        &format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: anchor\n  namespace: {NS}\n"),
-    );
-    let secret_bound = token(
-        &api,
-        "portico",
-        &[
-            "--audience",
-            AUDIENCE,
-            "--bound-object-kind",
-            "Secret",
-            "--bound-object-name",
-            "anchor",
-        ],
-    );
-    tokens.push(secret_bound.clone());
-    assert_refused(
-        "a token bound to a Secret",
-        &issuer.request(Some(&secret_bound), &csr),
-        403,
-        "not bound to a Pod",
-    );
-
-    // The right ServiceAccount and audience, bound to a Pod the StatefulSet does not control.
-    create_pod(&api, dir, "portico-9", None);
-    let bare = pod_token(&api, "portico-9");
-    tokens.push(bare.clone());
-    assert_refused(
-        "a bare Pod portico-9",
-        &issuer.request(Some(&bare), &csr),
-        403,
-        "not controlled by StatefulSet portico",
-    );
-    apply_yaml(&api, dir, "other.yaml", &statefulset_yaml("other"));
-    let other_set = uid_of(&api, "statefulset", "other");
-    create_pod(&api, dir, "other-0", Some(("other", &other_set)));
-    let other = pod_token(&api, "other-0");
-    tokens.push(other.clone());
-    assert_refused(
-        "a Pod of StatefulSet other",
-        &issuer.request(Some(&other), &csr),
-        403,
-        "not controlled by StatefulSet portico",
-    );
-    // A Pod claiming the name `portico` but the UID of another StatefulSet (one since gone).
-    create_pod(&api, dir, "portico-7", Some(("portico", &other_set)));
-    let forged = pod_token(&api, "portico-7");
-    tokens.push(forged.clone());
-    assert_refused(
-        "a Pod whose owner is another StatefulSet named portico",
-        &issuer.request(Some(&forged), &csr),
-        403,
-        "not the one that exists now",
-    );
-
-    // Kubernetes' default audience, not ours.
-    let api_audience = token(
-        &api,
-        "portico",
-        &[
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "portico-0",
-        ],
-    );
-    tokens.push(api_audience.clone());
-    let answer = issuer.request(Some(&api_audience), &csr);
-    assert_refused(
-        "the API server's audience",
-        &answer,
-        401,
-        "not authenticated",
-    );
-
-    // A token of a Pod since deleted, then of the same name re-created (another UID).
-    let uid_before = create_pod(&api, dir, "portico-2", Some(("portico", &set)));
-    let stale = pod_token(&api, "portico-2");
-    tokens.push(stale.clone());
-    let (status, body) = issuer.request(Some(&stale), &csr);
-    assert_eq!(status, 200, "{body}");
-    ok(api.kubectl().args([
-        "-n",
-        NS,
-        "delete",
-        "pod",
-        "portico-2",
-        "--grace-period=0",
-        "--force",
-    ]));
-    // The API server's TokenReview refuses such a token once its own cache of Pods has
-    // caught up (401); until then the issuer's fresh GET of the Pod must (403).
-    assert_refused_either(
-        "a deleted Pod's token",
-        &issuer.request(Some(&stale), &csr),
-        [
-            (401, "not authenticated"),
-            (403, "Pod portico-2 does not exist"),
-        ],
-    );
-    let uid_after = create_pod(&api, dir, "portico-2", Some(("portico", &set)));
-    assert_ne!(uid_before, uid_after);
-    assert_refused_either(
-        "a re-created Pod's old token",
-        &issuer.request(Some(&stale), &csr),
-        [
-            (401, "not authenticated"),
-            (403, "Pod portico-2 was deleted and re-created"),
-        ],
-    );
-
-    // A terminating Pod (a finalizer holds it).
-    let uid = create_pod(&api, dir, "portico-3", Some(("portico", &set)));
-    ok(api.kubectl().args([
-        "-n",
-        NS,
-        "patch",
-        "pod",
-        "portico-3",
-        "--type=merge",
-        "-p",
-        r#"{"metadata":{"finalizers":["portico.dev/test"]}}"#,
-    ]));
-    let terminating = pod_token(&api, "portico-3");
-    tokens.push(terminating.clone());
-    ok(api
-        .kubectl()
-        .args(["-n", NS, "delete", "pod", "portico-3", "--wait=false"]));
-    // The API server may refuse the token itself (401); else the issuer must (403).
-    assert_refused_either(
-        "a terminating Pod",
-        &issuer.request(Some(&terminating), &csr),
-        [
-            (401, "not authenticated"),
-            (403, "Pod portico-3 is terminating"),
-        ],
-    );
-    assert_eq!(uid_of(&api, "pod", "portico-3"), uid);
-    ok(api.kubectl().args([
-        "-n",
-        NS,
-        "patch",
-        "pod",
-        "portico-3",
-        "--type=merge",
-        "-p",
-        r#"{"metadata":{"finalizers":null}}"#,
-    ]));
-
-    // A CSR whose signature does not verify (its last byte, in the signature, flipped).
-    let der = dir.join("tampered.der");
-    ok(Command::new("openssl")
-        .args(["req", "-outform", "DER", "-in"])
-        .arg(&csr)
-        .arg("-out")
-        .arg(&der));
-    let mut bytes = std::fs::read(&der).unwrap();
-    *bytes.last_mut().unwrap() ^= 1;
-    std::fs::write(&der, &bytes).unwrap();
-    let b64 = ok(Command::new("openssl").args(["base64", "-in"]).arg(&der));
-    let tampered = dir.join("tampered.csr");
-    std::fs::write(
-        &tampered,
-        format!("-----BEGIN CERTIFICATE REQUEST-----\n{b64}-----END CERTIFICATE REQUEST-----\n"),
-    )
-    .unwrap();
-    assert_refused(
-        "a CSR whose signature does not verify",
-        &issuer.request(Some(&token0), &tampered),
-        400,
-        "signature does not verify",
-    );
-    // Not a CSR at all, and the wrong content type.
-    assert_refused(
-        "a certificate instead of a CSR",
-        &issuer.request(Some(&token0), &issuer.ca),
-        400,
-        "CERTIFICATE REQUEST",
-    );
-    let (status, _, body) = issuer.post(Some(&token0), "application/octet-stream", &csr);
-    assert_refused(
-        "the wrong content type",
-        &(status, body),
-        400,
-        "application/pkcs10",
-    );
-
-    // An oversized body (64 KiB).
-    let big = dir.join("big.csr");
-    std::fs::write(&big, vec![b'A'; 64 * 1024]).unwrap();
-    assert_refused(
-        "a 64 KiB body",
-        &issuer.request(Some(&token0), &big),
-        413,
-        "over 16384 bytes",
-    );
+        issuer: &issuer,
+        csr: &csr,
+        own: &token0,
+        last_token: None,
+        deleted_uid: None,
+    };
+    for attack in ATTACKS {
+        let token = attacker.token(attack);
+        tokens.extend(token.clone());
+        let answer = attacker.send(attack, token.as_deref());
+        assert_refused_by(attack.what, &answer, attack.refused);
+    }
 
     // Other methods and paths.
     let code = |args: &[&str], path: &str| {
@@ -777,6 +961,16 @@ fn raft_pki_issuer_signs_only_a_live_statefulset_pod_and_only_its_own_names() {
         metrics.contains("portico_pki_decisions_total{outcome=\"issued\",rule=\"\"} 3"),
         "{metrics}"
     );
+    let refused: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("portico_pki_decisions_total{outcome=\"refused\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(
+        refused,
+        ATTACKS.len() as u64,
+        "one refusal counted per attack:\n{metrics}"
+    );
     let log = issuer.log();
     assert!(
         log.contains("\"rule\":\"not_owned_by_statefulset\""),
@@ -789,16 +983,34 @@ fn raft_pki_issuer_signs_only_a_live_statefulset_pod_and_only_its_own_names() {
     }
 }
 
+/// How an issuer is started: [`Issuer::start`] or [`Issuer::start_on_port_0`].
+type StartIssuer = fn(&RealApiServer, &Path, &(PathBuf, PathBuf), &str) -> Issuer;
+
+/// The API server with [`pki_cluster`] of `replicas` Pods, a CA, and an issuer of it.
+struct Fixture {
+    issuer: Issuer,
+    api: RealApiServer,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// `start`ed with certificates living `lifetime`.
+    fn start(replicas: usize, lifetime: &str, start: StartIssuer) -> Self {
+        let api = RealApiServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        pki_cluster(&api, dir.path(), replicas);
+        let ca = write_ca(dir.path());
+        let issuer = start(&api, dir.path(), &ca, lifetime);
+        Self { issuer, api, dir }
+    }
+}
+
 /// When the API server cannot be asked, nothing is signed (503), and signing resumes once it
 /// is back.
 #[test]
 fn raft_pki_issuer_fails_closed_without_the_api_server() {
-    let api = RealApiServer::start();
-    let dir = tempfile::tempdir().unwrap();
+    let Fixture { issuer, api, dir } = Fixture::start(1, "60", Issuer::start);
     let dir = dir.path();
-    pki_cluster(&api, dir, 1);
-    let ca = write_ca(dir);
-    let issuer = Issuer::start(&api, dir, &ca, "60");
     let token = pod_token(&api, "portico-0");
     let (key, csr) = openssl_csr(dir, "zero", &["portico-0"]);
 
@@ -823,12 +1035,8 @@ fn raft_pki_issuer_fails_closed_without_the_api_server() {
 /// and signing resumes once the rule is back.
 #[test]
 fn raft_pki_issuer_needs_every_rule_deploy_grants_it() {
-    let api = RealApiServer::start();
-    let dir = tempfile::tempdir().unwrap();
+    let Fixture { issuer, api, dir } = Fixture::start(1, "60", Issuer::start);
     let dir = dir.path();
-    pki_cluster(&api, dir, 1);
-    let ca = write_ca(dir);
-    let issuer = Issuer::start(&api, dir, &ca, "60");
     let token = pod_token(&api, "portico-0");
     let (_, csr) = openssl_csr(dir, "zero", &["portico-0"]);
     let status_becomes = |what: &str, status: u16| {
@@ -874,12 +1082,9 @@ fn raft_pki_issuer_needs_every_rule_deploy_grants_it() {
 /// holds its place from accept on, before the TLS handshake), until they go.
 #[test]
 fn raft_pki_issuer_serves_tls13_under_its_service_names_with_limits() {
-    let api = RealApiServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
-    pki_cluster(&api, dir, 0);
-    let ca = write_ca(dir);
-    let issuer = Issuer::start(&api, dir, &ca, "60");
+    // Bound by the issuer itself here (the other tests hand it a socket).
+    let fixture = Fixture::start(0, "60", Issuer::start_on_port_0);
+    let issuer = &fixture.issuer;
     let port = issuer.url.rsplit(':').next().unwrap().to_owned();
     let curl = |args: &[&str], url: &str| {
         run(Command::new("curl")
@@ -969,4 +1174,46 @@ fn raft_pki_issuer_serves_tls13_under_its_service_names_with_limits() {
         let out = curl(&[], &format!("{}/metrics", issuer.url));
         (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
     });
+}
+
+/// Socket activation fails closed for the issuer too: a socket handed over under a name it
+/// does not serve, or a second `pki`, stops the start with an error naming it (before the CA
+/// is even read), instead of being left open and unserved.
+#[test]
+fn raft_pki_issuer_refuses_a_socket_it_does_not_serve() {
+    let refused = |names: &[&str]| {
+        let mut program = Program::new(PORTICO).args([
+            "pki",
+            "serve",
+            "--ca-cert",
+            "/nonexistent/ca.crt",
+            "--ca-key",
+            "/nonexistent/ca.key",
+        ]);
+        let held: Vec<_> = names
+            .iter()
+            .map(|_| Arc::new(TcpListener::bind("127.0.0.1:0").unwrap()))
+            .collect();
+        for (name, listener) in names.iter().zip(&held) {
+            program = program.socket(name, listener);
+        }
+        let mut process = program.spawn("portico pki serve");
+        let status = process.wait_blocking(WAIT).unwrap();
+        assert!(!status.success(), "{status}");
+        portico_test_support::process::block_on(process.output().ended(WAIT))
+            .unwrap()
+            .join("\n")
+    };
+    let output = refused(&["listen"]);
+    assert!(
+        output.contains(
+            r#"socket "listen" handed over (LISTEN_FDNAMES) is not one portico pki serve serves"#
+        ),
+        "{output}"
+    );
+    let output = refused(&["pki", "pki"]);
+    assert!(
+        output.contains("a second socket named pki handed over (fd 4)"),
+        "{output}"
+    );
 }

@@ -351,7 +351,6 @@ fn replica_certificates_rotate_without_a_restart_and_ride_out_an_issuer_outage()
             .count()
     };
     let failed_before: Vec<usize> = c.replicas.iter().map(failures).collect();
-    let port = c.issuer.url.rsplit(':').next().unwrap().parse().unwrap();
     c.issuer.stop();
     let held = c.presented();
     for (r, before) in c.replicas.iter().zip(failed_before) {
@@ -376,7 +375,7 @@ fn replica_certificates_rotate_without_a_restart_and_ride_out_an_issuer_outage()
         );
     }
     // Back on the same address: renewed before the old certificates expire.
-    c.issuer = Issuer::start_on(&c.api, c.dir.path(), &c.ca, LIFETIME, port);
+    c.issuer.restart();
     let started = Instant::now();
     let renewed = c.rotated(&still, Duration::from_secs(40));
     for ((r, (_, old)), (serial, _)) in c.replicas.iter().zip(&still).zip(&renewed) {
