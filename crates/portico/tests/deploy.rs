@@ -321,23 +321,11 @@ fn the_replicas_hold_no_ca_key_and_only_the_issuer_mounts_it() {
 /// workload, policy and RBAC kinds without running them), and a second apply changes nothing.
 #[test]
 fn kubectl_applies_the_rendered_base_to_the_in_process_api_server() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = portico_apiserver::ApiServer::builder()
-        .minor_version(33)
-        .build()
-        .unwrap();
-    let handle = runtime
-        .block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            server.serve(listener)
-        })
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    handle.write_kubeconfig(&kubeconfig).unwrap();
+    let api = common::InProcessApi::start(dir.path());
     let kubectl = |args: &[&str]| {
         let mut cmd = Command::new("kubectl");
-        cmd.env("KUBECONFIG", &kubeconfig).args(args);
+        cmd.env("KUBECONFIG", &api.kubeconfig).args(args);
         cmd
     };
 
@@ -413,5 +401,5 @@ fn kubectl_applies_the_rendered_base_to_the_in_process_api_server() {
         "jsonpath={.spec.replicas}",
     ]));
     assert_eq!(replicas.trim(), "3");
-    runtime.block_on(handle.shutdown());
+    api.shutdown();
 }

@@ -14,6 +14,13 @@ use tokio::net::TcpStream;
 
 use crate::common::*;
 
+/// One refused body drained, none in progress or dropped.
+const DRAINED_ONE: RefusedBodiesSnapshot = RefusedBodiesSnapshot {
+    draining: 0,
+    drained: 1,
+    dropped: 0,
+};
+
 async fn refused_bodies_become(proxy: &TestProxy, want: RefusedBodiesSnapshot) {
     poll_until(
         format!("refused bodies {want:?}"),
@@ -68,15 +75,7 @@ async fn refused_post_on(proxy: &TestProxy) -> TcpStream {
 async fn a_refused_body_is_drained_and_counted_while_it_runs_and_when_it_ends() {
     let (_backend, proxy, mut s) = refused_post().await;
     s.write_all(b"0123456789").await.unwrap();
-    refused_bodies_become(
-        &proxy,
-        RefusedBodiesSnapshot {
-            draining: 0,
-            drained: 1,
-            dropped: 0,
-        },
-    )
-    .await;
+    refused_bodies_become(&proxy, DRAINED_ONE).await;
 }
 
 #[tokio::test]
@@ -85,15 +84,7 @@ async fn a_client_that_never_sends_its_refused_body_holds_the_drain_for_the_boun
     // The 5 s bound runs in the proxy under test, on real time: released within it (plus
     // the poll's slack), with the client still connected and silent.
     let started = std::time::Instant::now();
-    refused_bodies_become(
-        &proxy,
-        RefusedBodiesSnapshot {
-            draining: 0,
-            drained: 1,
-            dropped: 0,
-        },
-    )
-    .await;
+    refused_bodies_become(&proxy, DRAINED_ONE).await;
     assert!(
         started.elapsed() < Duration::from_secs(7),
         "{:?}",
