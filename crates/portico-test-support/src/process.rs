@@ -57,6 +57,27 @@ fn background() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// Runs `cmd` (a short-lived tool: kubectl, openssl) with `input` on its stdin and its
+/// stdout and stderr captured, as `Command::output` does without stdin.
+pub fn output_with_stdin(
+    cmd: &mut std::process::Command,
+    input: &[u8],
+) -> std::io::Result<std::process::Output> {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Dropped after writing: the tool sees the end of its input.
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(input)?;
+    child.wait_with_output()
+}
+
 /// Runs `future` to completion from synchronous code (not from inside a runtime).
 pub fn block_on<F: Future>(future: F) -> F::Output {
     background().handle().block_on(future)

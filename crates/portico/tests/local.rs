@@ -103,20 +103,7 @@ fn kubectl(kubeconfig: &str, args: &[&str], stdin: Option<&str>) -> String {
     let out = match stdin {
         None => cmd.output().unwrap(),
         Some(input) => {
-            use std::io::Write;
-            let mut child = cmd
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-            child.wait_with_output().unwrap()
+            portico_test_support::process::output_with_stdin(&mut cmd, input.as_bytes()).unwrap()
         }
     };
     assert!(

@@ -50,22 +50,11 @@ impl InProcessApi {
 /// `kubectl apply -f -` (`kubectl` as `kubectl` is set up: its kubeconfig, its user) with
 /// `manifest` on stdin; panics with kubectl's error, naming `what`, unless it succeeds.
 pub fn kubectl_apply(mut kubectl: Command, manifest: &str, what: &str) {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = kubectl
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = portico_test_support::process::output_with_stdin(
+        kubectl.args(["apply", "-f", "-"]),
+        manifest.as_bytes(),
+    )
+    .expect("running kubectl");
     assert!(
         out.status.success(),
         "kubectl apply {what}: {}",

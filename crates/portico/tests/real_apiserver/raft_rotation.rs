@@ -122,17 +122,11 @@ fn presented(raft: &str) -> Option<(String, String)> {
 
 /// `openssl x509 ARGS` of `pem`, its trimmed stdout if it succeeded.
 fn openssl_x509(pem: &str, args: &[&str]) -> Option<String> {
-    use std::io::Write;
-    let mut child = Command::new("openssl")
-        .arg("x509")
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    child.stdin.take()?.write_all(pem.as_bytes()).ok()?;
-    let out = child.wait_with_output().ok()?;
+    let out = portico_test_support::process::output_with_stdin(
+        Command::new("openssl").arg("x509").args(args),
+        pem.as_bytes(),
+    )
+    .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())

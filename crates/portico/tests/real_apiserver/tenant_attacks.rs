@@ -178,19 +178,8 @@ fn aggregate_role(api: &RealApiServer, name: &str) {
 }
 
 fn piped(cmd: &mut Command, input: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    portico_test_support::process::output_with_stdin(cmd, input.as_bytes())
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
 /// Namespaces, one ServiceAccount `tenant` each with a RoleBinding to ClusterRole `edit` in
