@@ -110,32 +110,34 @@ pub struct Handed {
 impl Handed {
     /// The TCP listeners named `name`, in fd order (empty when none was handed over).
     pub fn tcp(&mut self, name: &str) -> Vec<TcpListener> {
-        let (these, rest) = std::mem::take(&mut self.sockets)
-            .into_iter()
-            .partition::<Vec<_>, _>(|(n, s)| *n == name && matches!(s, Socket::Tcp(_)));
-        self.sockets = rest;
-        these
-            .into_iter()
-            .filter_map(|(_, s)| match s {
-                Socket::Tcp(l) => Some(l),
-                Socket::Udp(_) => None,
-            })
-            .collect()
+        self.take_named(name, |socket| match socket {
+            Socket::Tcp(listener) => Ok(listener),
+            other => Err(other),
+        })
     }
 
     /// The UDP sockets named `name`, in fd order.
     pub fn udp(&mut self, name: &str) -> Vec<UdpSocket> {
-        let (these, rest) = std::mem::take(&mut self.sockets)
-            .into_iter()
-            .partition::<Vec<_>, _>(|(n, s)| *n == name && matches!(s, Socket::Udp(_)));
-        self.sockets = rest;
-        these
-            .into_iter()
-            .filter_map(|(_, s)| match s {
-                Socket::Udp(u) => Some(u),
-                Socket::Tcp(_) => None,
-            })
-            .collect()
+        self.take_named(name, |socket| match socket {
+            Socket::Udp(udp) => Ok(udp),
+            other => Err(other),
+        })
+    }
+
+    /// Removes the sockets named `name` that `pick` accepts; the others stay.
+    fn take_named<T>(&mut self, name: &str, pick: fn(Socket) -> Result<T, Socket>) -> Vec<T> {
+        let mut taken = Vec::new();
+        for (n, socket) in std::mem::take(&mut self.sockets) {
+            if n != name {
+                self.sockets.push((n, socket));
+                continue;
+            }
+            match pick(socket) {
+                Ok(t) => taken.push(t),
+                Err(socket) => self.sockets.push((n, socket)),
+            }
+        }
+        taken
     }
 }
 
